@@ -1,0 +1,32 @@
+"""Glue between invoke tasks and the libraries: user errors become exit 2, one line."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from artifacts.errors import UserError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Turn :class:`UserError` (and a few well-known user mistakes) into ``invoke.Exit(code=2)``.
+
+    Why: a person who typed a wrong path must see one line telling them what to fix, not a
+    traceback. Anything else is a bug and propagates with its traceback.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from invoke.exceptions import Exit
+
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            raise Exit(f"error: {err}", code=err.exit_code) from None
+        except KeyboardInterrupt:
+            raise Exit("interrupted", code=130) from None
+
+    return wrapper  # type: ignore[return-value]

@@ -24,7 +24,9 @@ def init_logging(level: int | str | None = None, *, rank: int | None = None) -> 
         return
     handler = logging.StreamHandler(sys.stderr)
     prefix = f"[rank{rank}] " if rank else ""
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
     root.handlers[:] = [handler]
     root.setLevel(level)
     root._twostage_configured = True  # type: ignore[attr-defined]

@@ -1,0 +1,91 @@
+"""Artifact tasks: signing keys, publish, verified download, offline verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import task
+
+from artifacts.cli_support import user_errors
+
+
+@task(help={"out": "Path of the new private key (mode 0600); the public key goes to OUT.pub"})
+@user_errors
+def signing_keygen(c, out):
+    """Create an Ed25519 key pair for signing published manifests (refuses to overwrite)."""
+    from artifacts.signing import generate_keypair
+
+    priv, pub = generate_keypair(Path(out))
+    print(
+        f"private key: {priv} (mode 0600, keep it secret)\npublic key:  {pub} (copy this to the machines that download)"
+    )
+
+
+@task(
+    help={
+        "src": "Local folder to publish",
+        "dest": "Destination URI: s3://bucket/prefix, file:///path or a local path",
+        "signing_key": "Ed25519 private key (from `invoke signing-keygen`) to sign the manifest",
+        "overwrite": "Replace an artifact already committed at DEST",
+    }
+)
+@user_errors
+def publish(c, src, dest, signing_key=None, overwrite=False):
+    """Upload a folder as a committed artifact: every file, then MANIFEST.json (and its signature) last."""
+    from artifacts.publish import publish_dir
+
+    m = publish_dir(
+        Path(src),
+        dest,
+        signing_key=Path(signing_key) if signing_key else None,
+        progress=True,
+        overwrite=overwrite,
+    )
+    print(
+        f"published {len(m.files)} files ({m.total_bytes / 1e6:.1f} MB) to {dest}{' (signed)' if signing_key else ''}"
+    )
+
+
+@task(
+    help={
+        "src": "URI of a committed artifact (s3://bucket/prefix, file:///path or a local path)",
+        "dest": "Local folder to create (left untouched if anything fails)",
+        "public_key": "Ed25519 public key (.pub): require and check the manifest signature",
+        "force": "Replace a non-empty DEST, only after the new copy has been verified",
+    }
+)
+@user_errors
+def download(c, src, dest, public_key=None, force=False):
+    """Download an artifact and verify every file's size and SHA-256 (and signature) before it lands in DEST."""
+    from artifacts.download import download_verified
+
+    m = download_verified(
+        src,
+        Path(dest),
+        public_key=Path(public_key) if public_key else None,
+        force=force,
+        progress=True,
+    )
+    print(
+        f"verified {len(m.files)} files ({m.total_bytes / 1e6:.1f} MB) into {dest}{' (signature ok)' if public_key else ''}"
+    )
+
+
+@task(
+    help={
+        "dir": "A downloaded artifact folder (holds MANIFEST.json)",
+        "public_key": "Ed25519 public key (.pub): also check the signature",
+    }
+)
+@user_errors
+def verify(c, dir, public_key=None):
+    """Re-verify a downloaded folder offline against its manifest (and signature)."""
+    from artifacts.verify import verify_dir
+
+    m = verify_dir(Path(dir), public_key=Path(public_key) if public_key else None)
+    print(
+        f"ok: {len(m.files)} files ({m.total_bytes / 1e6:.1f} MB) match {dir}/MANIFEST.json{' (signature ok)' if public_key else ''}"
+    )
+
+
+TASKS = [signing_keygen, publish, download, verify]

@@ -1,0 +1,8 @@
+"""The Pulumi program behind ``pulumi up``: network, storage and compute for stage 1.
+
+``infra/__main__.py`` is the program Pulumi runs (``main: infra/`` in ``Pulumi.yaml``); it reads
+the typed stack config (:mod:`infra.config`), wires one component per concern
+(:mod:`infra.network`, :mod:`infra.storage`, :mod:`infra.compute`) and exports the stack outputs
+other tools read. Policy documents and node user data are pure functions
+(:mod:`infra.policies`, :mod:`infra.userdata`) so they are tested without the engine.
+"""

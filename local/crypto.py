@@ -357,7 +357,7 @@ def open_decrypted_text(path: Path, key: bytes) -> Iterator[str]:
             yield raw.decode("utf-8")
         except UnicodeDecodeError as err:
             raise LocalError(
-                f"{path}: line {lineno}: not valid UTF-8 (at byte {err.start})"
+                f"{path}: line {lineno}: not valid UTF-8 (at byte offset {err.start})"
             ) from None
 
 

@@ -69,7 +69,7 @@ def _records(chunks: Iterator[bytes], name: str) -> Iterator[dict[str, str]]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise LocalError(f"{where}: not valid UTF-8 (at byte {err.start})") from None
+            raise LocalError(f"{where}: not valid UTF-8 (at byte offset {err.start})") from None
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as err:

@@ -1,0 +1,158 @@
+"""The invoke tasks `keygen`, `encrypt`, `inspect-data`: exit codes, one-line errors, no leaks."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from local.crypto import decrypt_bytes, encrypt_bytes
+
+REPO = Path(__file__).resolve().parents[2]
+KEY = bytes(range(32))
+SECRET = "patient 4711 has a rare condition"
+
+
+def run_task(*argv: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run one of local.crypto_cli's tasks through invoke's own Program, like `invoke ARGV`."""
+    code = (
+        "from invoke import Collection, Program; from local.crypto_cli import TASKS; "
+        "Program(namespace=Collection(*TASKS), version='test').run()"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    from local.keys import generate_key_file
+
+    return generate_key_file(tmp_path / "data.key")
+
+
+def test_encrypt_task_round_trip_and_refuses_overwrite(tmp_path: Path, key_file: Path) -> None:
+    src, dest = tmp_path / "train.jsonl", tmp_path / "train.enc"
+    src.write_text('{"text": "private sentence"}\n')
+    done = run_task("encrypt", "--key-file", str(key_file), "--src", str(src), "--dest", str(dest))
+    assert done.returncode == 0, done.stderr
+    from local.keys import load_key
+
+    assert decrypt_bytes(dest.read_bytes(), load_key(key_file)) == src.read_bytes()
+    before = dest.read_bytes()
+    again = run_task("encrypt", "--key-file", str(key_file), "--src", str(src), "--dest", str(dest))
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        f"error: {dest} already exists; pass --force to replace it"
+    ]
+    assert dest.read_bytes() == before
+    forced = run_task(
+        "encrypt", "--key-file", str(key_file), "--src", str(src), "--dest", str(dest), "--force"
+    )
+    assert forced.returncode == 0 and dest.read_bytes() != before
+
+
+@pytest.mark.parametrize("problem", ["missing-src", "missing-key", "open-key", "encrypted-src"])
+def test_encrypt_task_bad_input_is_one_line_exit_2(
+    tmp_path: Path, key_file: Path, problem: str
+) -> None:
+    src, dest = tmp_path / "train.jsonl", tmp_path / "out" / "train.enc"
+    dest.parent.mkdir()
+    src.write_text('{"text": "x"}\n')
+    key = key_file
+    if problem == "missing-src":
+        src = tmp_path / "nope.jsonl"
+    elif problem == "missing-key":
+        key = tmp_path / "nope.key"
+    elif problem == "open-key":
+        key_file.chmod(0o644)
+    else:
+        src.write_bytes(encrypt_bytes(b"x", KEY))
+    done = run_task("encrypt", "--key-file", str(key), "--src", str(src), "--dest", str(dest))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(dest.parent.iterdir()) == []  # nothing half-written
+
+
+def test_keygen_task(tmp_path: Path) -> None:
+    out = tmp_path / "k.key"
+    done = run_task("keygen", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    before = out.read_bytes()
+    again = run_task("keygen", "--out", str(out))
+    assert again.returncode == 2
+    assert len(again.stderr.strip().splitlines()) == 1 and "refusing to overwrite" in again.stderr
+    assert out.read_bytes() == before
+    nowhere = run_task("keygen", "--out", str(tmp_path / "no" / "such" / "k.key"))
+    assert nowhere.returncode == 2 and "does not exist" in nowhere.stderr
+
+
+def _encrypted_dataset(tmp_path: Path, key_file: Path, text: str) -> Path:
+    src, dest = tmp_path / "train.jsonl", tmp_path / "train.enc"
+    src.write_text(text)
+    done = run_task("encrypt", "--key-file", str(key_file), "--src", str(src), "--dest", str(dest))
+    assert done.returncode == 0, done.stderr
+    src.unlink()
+    return dest
+
+
+def test_inspect_data_prints_counts_never_contents(tmp_path: Path, key_file: Path) -> None:
+    lines = "".join(f'{{"prompt": "{SECRET} {i}", "response": "ok {i}"}}\n' for i in range(5))
+    cipher = _encrypted_dataset(tmp_path, key_file, lines)
+    done = run_task("inspect-data", "--key-file", str(key_file), "--src", str(cipher))
+    assert done.returncode == 0, done.stderr
+    assert "records: 5 (prompt-response)" in done.stdout
+    assert f"plaintext: {len(lines.encode())} B" in done.stdout
+    assert SECRET not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("problem", ["flipped", "truncated", "wrong-key", "bad-record", "missing"])
+def test_inspect_data_failures_are_one_line_exit_2(
+    tmp_path: Path, key_file: Path, problem: str
+) -> None:
+    text = (
+        f'{{"text": "{SECRET}"}}\n{{"text": "{SECRET}",}}\n'
+        if problem == "bad-record"
+        else f'{{"text": "{SECRET}"}}\n' * 20000
+    )
+    cipher = _encrypted_dataset(tmp_path, key_file, text)
+    key = key_file
+    blob = bytearray(cipher.read_bytes())
+    if problem == "flipped":
+        blob[85 + 3 * (64 * 1024 + 16) + 10] ^= 0x04  # inside chunk 3
+        cipher.write_bytes(bytes(blob))
+    elif problem == "truncated":
+        cipher.write_bytes(bytes(blob[:-1000]))
+    elif problem == "wrong-key":
+        from local.keys import generate_key_file
+
+        key = generate_key_file(tmp_path / "other.key")
+    elif problem == "missing":
+        cipher = tmp_path / "nope.enc"
+    done = run_task("inspect-data", "--key-file", str(key), "--src", str(cipher))
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    expected = {
+        "flipped": "chunk 3 failed authentication",
+        "truncated": "failed authentication",
+        "wrong-key": "wrong key",
+        "bad-record": "line 2: not valid JSON",
+        "missing": "no such encrypted file",
+    }[problem]
+    assert expected in lines[0]
+    assert SECRET not in done.stdout + done.stderr
+    assert "records:" not in done.stdout  # nothing reported as fine for a bad file
+
+
+def test_tasks_are_documented() -> None:
+    for name in ("keygen", "encrypt", "inspect-data"):
+        done = run_task("--help", name)
+        assert done.returncode == 0
+        assert "--key-file" in done.stdout or "--out" in done.stdout

@@ -15,7 +15,7 @@ ns = Collection()
 
 # Order is the order `invoke --list` prints within its alphabetical listing; modules that are
 # not present yet (a partial checkout) are skipped rather than breaking the whole front door.
-for _module in ("artifacts.cli", "trainer.cli", "trainer.launch.cli", "local.cli", "demo_cli"):
+for _module in ("artifacts.cli", "trainer.cli", "trainer.launch.cli", "local.cli", "local.crypto_cli", "demo.cli"):
     try:
         _mod = importlib.import_module(_module)
     except ModuleNotFoundError as _err:

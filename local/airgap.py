@@ -59,7 +59,11 @@ _PLUMBING_PREFIXES = (
     "urllib3",
     "requests",
     "httpx",
+    "httpx2",
     "httpcore",
+    "httpcore2",
+    "h11",
+    "h2",
     "anyio",
     "aiohttp",
     "botocore",
@@ -191,10 +195,10 @@ def _caller() -> str:
     return _frame_label(first) if first is not None else "?"
 
 
-def _violation(what: str, destination: str) -> AirgapViolation:
+def _violation(what: str, destination: str, note: str = "") -> AirgapViolation:
     caller = _caller()
     err = AirgapViolation(
-        f"air gap: blocked {what} {destination} by {caller}; the network is off for this run "
+        f"air gap: blocked {what} {destination}{note} by {caller}; the network is off for this run "
         "(do anything that needs it before the air gap goes up)",
         destination=destination,
         caller=caller,
@@ -228,7 +232,7 @@ def _check_address(sock: socket.socket, address: Any, what: str) -> Any:
     host, port = address[0], address[1]
     addr = _ip(_strip(host))
     if addr is None and not is_local_name(host):
-        raise _violation(what + " (needs a DNS lookup)", _dest(host, port))
+        raise _violation(what, _dest(host, port), " (a host name: needs DNS)")
     if not (addr.is_loopback if addr is not None else True) or not _loopback_allowed():
         raise _violation(what, _dest(host, port))
     if addr is None:  # a local name: pin it to loopback instead of letting the resolver see it
@@ -281,8 +285,8 @@ def _getaddrinfo(
 def _create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
     host, port = address[0], address[1]
     if not is_loopback(host) or not _loopback_allowed():
-        what = "connect to" if is_ip_literal(host) else "connect to (needs a DNS lookup)"
-        raise _violation(what, _dest(host, port))
+        note = "" if is_ip_literal(host) else " (a host name: needs DNS)"
+        raise _violation("connect to", _dest(host, port), note)
     return _original("create_connection")(address, *args, **kwargs)
 
 

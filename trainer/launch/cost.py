@@ -1,0 +1,191 @@
+"""Pure cost arithmetic: spot price, node-hours, dollars, the report the user sees.
+
+Inputs are plain data (boto3 response dicts or spans); nothing here calls AWS. EC2 bills Linux
+instances per second (60 s minimum), so node-hours are the sum of each instance's running span.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+# On-demand Linux list prices, USD per hour, us-east-1, as published by AWS when this table was
+# written (prices change and differ per region: check https://aws.amazon.com/ec2/pricing/on-demand/).
+# Only a reference for "spot vs on-demand"; TWOSTAGE_ON_DEMAND_USD overrides it for your region.
+ON_DEMAND_USD_PER_HOUR: dict[str, float] = {
+    "p4d.24xlarge": 32.7726,
+    "p4de.24xlarge": 40.9657,
+    "p5.48xlarge": 98.32,
+    "p3.16xlarge": 24.48,
+    "p3dn.24xlarge": 31.212,
+    "g5.xlarge": 1.006,
+    "g5.12xlarge": 5.672,
+    "g5.48xlarge": 16.288,
+}
+MIN_BILLED_SECONDS = 60.0
+_TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
+
+
+def on_demand_price(instance_type: str, env: Mapping[str, str] | None = None) -> float | None:
+    """Reference on-demand price per node-hour (``TWOSTAGE_ON_DEMAND_USD`` overrides)."""
+    env = os.environ if env is None else env
+    override = env.get("TWOSTAGE_ON_DEMAND_USD")
+    if override:
+        try:
+            return float(override)
+        except ValueError:
+            pass  # a bad override falls back to the table; the report names the source
+    return ON_DEMAND_USD_PER_HOUR.get(instance_type)
+
+
+def _ts(value: Any) -> float:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.timestamp()
+    return float(value)
+
+
+def latest_spot_price(
+    history: Iterable[Mapping[str, Any]], instance_type: str, availability_zone: str | None = None
+) -> float | None:
+    """The newest price for the type (and AZ) in a ``describe_spot_price_history`` list."""
+    best: tuple[float, float] | None = None
+    for entry in history:
+        if entry.get("InstanceType") != instance_type:
+            continue
+        if availability_zone and entry.get("AvailabilityZone") != availability_zone:
+            continue
+        product = entry.get("ProductDescription", "Linux/UNIX")
+        if "Linux/UNIX" not in product:
+            continue
+        when = _ts(entry.get("Timestamp", 0))
+        price = float(entry["SpotPrice"])
+        if best is None or when > best[0]:
+            best = (when, price)
+    return None if best is None else best[1]
+
+
+@dataclass(frozen=True)
+class InstanceSpan:
+    """When one instance was billed: launch to stop/termination (``end=None`` while running)."""
+
+    instance_id: str
+    start: float
+    end: float | None = None
+
+
+def transition_time(reason: str) -> float | None:
+    """The time in an EC2 ``StateTransitionReason`` such as ``User initiated (2026-11-23 15:00:00 GMT)``."""
+    m = _TRANSITION_TIME.search(reason or "")
+    if not m:
+        return None
+    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+
+
+def span_from_instance(
+    instance: Mapping[str, Any], *, seen_end: float | None = None
+) -> InstanceSpan:
+    """A span from one ``describe_instances`` instance dict.
+
+    Ended instances take the end from the state-transition reason, else ``seen_end`` (when the
+    watcher first saw it gone), else the launch time (nothing better is known).
+    """
+    start = _ts(instance["LaunchTime"])
+    state = instance.get("State", {}).get("Name", "running")
+    end: float | None = None
+    if state in ("shutting-down", "terminated", "stopping", "stopped"):
+        end = transition_time(instance.get("StateTransitionReason", ""))
+        if end is None:
+            end = seen_end if seen_end is not None else start
+    return InstanceSpan(instance_id=instance["InstanceId"], start=start, end=end)
+
+
+def node_hours(spans: Iterable[InstanceSpan], now: float) -> float:
+    """Billed node-hours: each span to its end (or now), at least the 60 s minimum."""
+    total = 0.0
+    for span in spans:
+        end = now if span.end is None else span.end
+        total += max(end - span.start, MIN_BILLED_SECONDS)
+    return total / 3600.0
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """What the run cost (or would have cost on demand)."""
+
+    instance_type: str
+    node_hours: float
+    spot: bool
+    hourly_price: float | None
+    """What one node-hour cost: spot price for spot nodes, on-demand otherwise."""
+    on_demand_price: float | None
+
+    @property
+    def dollars(self) -> float | None:
+        return None if self.hourly_price is None else self.node_hours * self.hourly_price
+
+    @property
+    def on_demand_dollars(self) -> float | None:
+        return None if self.on_demand_price is None else self.node_hours * self.on_demand_price
+
+    def lines(self) -> list[str]:
+        """Human-readable report, one fact a line."""
+        out = [f"node-hours: {self.node_hours:.2f} ({self.instance_type})"]
+        kind = "spot" if self.spot else "on-demand"
+        if self.hourly_price is None:
+            out.append(f"price: unknown {kind} price for {self.instance_type}")
+        else:
+            out.append(f"price: ${self.hourly_price:.4f}/node-hour ({kind})")
+            out.append(f"spent: ${self.dollars:.2f}")
+        if self.on_demand_price is not None:
+            out.append(
+                f"on-demand reference: ${self.on_demand_price:.4f}/node-hour, "
+                f"${self.on_demand_dollars:.2f} for the same node-hours"
+            )
+            if self.spot and self.hourly_price is not None and self.on_demand_price > 0:
+                saved = 1.0 - self.hourly_price / self.on_demand_price
+                out.append(f"spot saved {saved:.0%} against on-demand")
+        return out
+
+
+def cost_report(
+    spans: Iterable[InstanceSpan],
+    *,
+    now: float,
+    instance_type: str,
+    spot: bool,
+    spot_price: float | None,
+    env: Mapping[str, str] | None = None,
+) -> CostReport:
+    """The report for these spans at ``now``."""
+    od = on_demand_price(instance_type, env)
+    return CostReport(
+        instance_type=instance_type,
+        node_hours=node_hours(spans, now),
+        spot=spot,
+        hourly_price=spot_price if spot else od,
+        on_demand_price=od,
+    )
+
+
+def hourly_line(
+    instance_type: str, node_count: int, *, spot: bool, spot_price: float | None, az: str = ""
+) -> str:
+    """One line before launch: what the cluster costs per hour while it runs."""
+    od = on_demand_price(instance_type)
+    price = spot_price if spot else od
+    where = f" in {az}" if az else ""
+    if price is None:
+        return f"price: unknown for {node_count} × {instance_type}{where}"
+    line = (
+        f"price: {node_count} × {instance_type}{where} at ${price:.4f}/h "
+        f"({'spot' if spot else 'on-demand'}) = ${price * node_count:.2f}/h while it runs"
+    )
+    if spot and od:
+        line += f" (on-demand reference ${od * node_count:.2f}/h)"
+    return line

@@ -1,0 +1,362 @@
+"""Pure decisions of a multi-node launch: ranks, rendezvous, environment, the per-node script.
+
+Everything here is a function over plain data (no AWS, no subprocess) so it is tested directly.
+The script each node runs through SSM:
+
+1. sources ``/etc/twostage/node.env`` (written by the node's user data) and refuses to run when
+   the node's own index is not the one the command was rendered for;
+2. exports the EFA/NCCL environment for the instance type (p4d: libfabric EFA provider with GPU
+   RDMA, NCCL async error handling so a lost peer fails the job fast instead of hanging);
+3. downloads ``config.toml`` from the run prefix with the project's own store;
+4. runs the DeepSpeed launcher without SSH (``--no_ssh --node_rank i``) or torchrun, which starts
+   ``python -m trainer --config ... --run ...`` on every GPU;
+5. records the exit code (local file, the run prefix's ``logs/``, the script's own exit status);
+6. exit 0 (finished) → ``shutdown -h +1``: the instance-initiated shutdown behaviour of the
+   launch template is *terminate*, so the node stops billing. One minute, not ``now``, so the SSM
+   agent can still report the exit code and upload the output first.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from trainer.launch import LaunchError
+
+NODE_ENV = "/etc/twostage/node.env"
+REPO_DIR = "/opt/twostage"
+PYTHON = "/opt/twostage/.venv/bin/python"
+SCRATCH = "/opt/dlami/nvme/twostage"
+READY_MARKER = "/etc/twostage/bootstrap.done"
+"""Written by the node's user data when the project is installed (the SSM agent is up earlier)."""
+DEFAULT_MASTER_PORT = 29500
+INTERRUPTED_EXIT_CODE = 75
+"""Mirrors ``trainer.spot.INTERRUPTED_EXIT_CODE`` (kept here so this module imports nothing heavy)."""
+LAUNCHERS = ("deepspeed", "torchrun")
+
+GPUS_PER_INSTANCE: dict[str, int] = {
+    "p4d.24xlarge": 8,
+    "p4de.24xlarge": 8,
+    "p5.48xlarge": 8,
+    "p5e.48xlarge": 8,
+    "p5en.48xlarge": 8,
+    "p3.16xlarge": 8,
+    "p3dn.24xlarge": 8,
+    "g5.xlarge": 1,
+    "g5.2xlarge": 1,
+    "g5.12xlarge": 4,
+    "g5.48xlarge": 8,
+    "g6.12xlarge": 4,
+    "g6e.12xlarge": 4,
+}
+EFA_FAMILIES = ("p4d", "p4de", "p5", "p5e", "p5en", "p3dn", "trn1", "trn1n")
+
+# `invoke stop` signals the trainer *workers* (they commit a checkpoint and exit 75). The
+# launchers are started with ``--module trainer`` so this pattern never matches them: SIGTERM
+# to the DeepSpeed launcher would make it kill its workers after 30 s and exit 1.
+WORKER_PATTERN = "-m trainer --config"
+
+
+@dataclass(frozen=True)
+class Node:
+    """A live node as EC2 reports it."""
+
+    index: int
+    instance_id: str
+    private_ip: str
+
+
+@dataclass(frozen=True)
+class RankAssignment:
+    """One node's place in the job."""
+
+    node_index: int
+    node_rank: int
+    instance_id: str
+    private_ip: str
+    is_head: bool
+
+
+def assign_ranks(nodes: Sequence[Node]) -> list[RankAssignment]:
+    """Node rank = node index; node 0 is the head (rank 0, rendezvous host).
+
+    Rejects a set that is not exactly indices 0..N-1 with distinct instances and IPs: a
+    duplicated rank or a missing one would hang the rendezvous until its time-out.
+    """
+    if not nodes:
+        raise LaunchError("no nodes to launch on")
+    indices = sorted(n.index for n in nodes)
+    if indices != list(range(len(nodes))):
+        raise LaunchError(f"node indices must be 0..{len(nodes) - 1} exactly once, got {indices}")
+    for what, values in (
+        ("instance id", [n.instance_id for n in nodes]),
+        ("private IP", [n.private_ip for n in nodes]),
+    ):
+        if any(not v for v in values):
+            raise LaunchError(f"a node has no {what} (is it running?)")
+        if len(set(values)) != len(values):
+            raise LaunchError(f"two nodes share a {what}: {sorted(values)}")
+    return [
+        RankAssignment(
+            node_index=n.index,
+            node_rank=n.index,
+            instance_id=n.instance_id,
+            private_ip=n.private_ip,
+            is_head=n.index == 0,
+        )
+        for n in sorted(nodes, key=lambda n: n.index)
+    ]
+
+
+def head_address(assignments: Sequence[RankAssignment]) -> str:
+    """The rendezvous host: the head node's private IP."""
+    heads = [a for a in assignments if a.is_head]
+    if len(heads) != 1:
+        raise LaunchError(f"expected exactly one head node, got {len(heads)}")
+    return heads[0].private_ip
+
+
+def make_spec(run_uri: str, assignments: Sequence[RankAssignment], **kwargs: object) -> LaunchSpec:
+    """The shared spec for these nodes: head IP as rendezvous, hosts in node-rank order."""
+    ordered = sorted(assignments, key=lambda a: a.node_rank)
+    return LaunchSpec(
+        run_uri=run_uri,
+        num_nodes=len(ordered),
+        master_addr=head_address(ordered),
+        hosts=tuple(a.private_ip for a in ordered),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def gpus_for(instance_type: str) -> int:
+    """GPUs per node for a known instance type; unknown types must be given explicitly."""
+    try:
+        return GPUS_PER_INSTANCE[instance_type]
+    except KeyError:
+        raise LaunchError(
+            f"unknown GPU count for instance type {instance_type}; known: "
+            f"{', '.join(sorted(GPUS_PER_INSTANCE))}"
+        ) from None
+
+
+def network_env(instance_type: str) -> dict[str, str]:
+    """EFA/NCCL environment for the instance type (EFA only where the family has it)."""
+    env = {
+        # A lost peer (spot reclaim) must fail the collective quickly so this node's trainer exits
+        # and the watcher can relaunch, instead of hanging for the NCCL time-out.
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+        "NCCL_DEBUG": "WARN",
+        # Bootstrap over the VPC interface, never docker/loopback.
+        "NCCL_SOCKET_IFNAME": "^lo,docker",
+    }
+    if instance_type.split(".")[0] in EFA_FAMILIES:
+        env.update(
+            {
+                "FI_PROVIDER": "efa",
+                "FI_EFA_USE_DEVICE_RDMA": "1",
+                "FI_EFA_FORK_SAFE": "1",
+                # SSM runs a non-login shell: the DLAMI's profile does not put these on the path.
+                "LD_LIBRARY_PATH": "/opt/amazon/efa/lib:/opt/amazon/ofi-nccl/lib:"
+                "/opt/aws-ofi-nccl/lib:${LD_LIBRARY_PATH:-}",
+            }
+        )
+    return env
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything every node's command shares."""
+
+    run_uri: str
+    """The run prefix, e.g. ``s3://bucket/runs/2026-11-23-1530``."""
+    num_nodes: int
+    master_addr: str
+    """Head node's private IP."""
+    hosts: tuple[str, ...] = ()
+    """Every node's private IP in node-rank order (the DeepSpeed hostfile; same on every node)."""
+    instance_type: str = "p4d.24xlarge"
+    master_port: int = DEFAULT_MASTER_PORT
+    gpus_per_node: int | None = None
+    """None → from the instance type."""
+    launcher: str = "deepspeed"
+    """``deepspeed`` (``--no_ssh``) or ``torchrun``."""
+    node_env: str = NODE_ENV
+    repo_dir: str = REPO_DIR
+    python: str = PYTHON
+    scratch: str = SCRATCH
+    ready_marker: str = READY_MARKER
+    ready_timeout_s: int = 1800
+    """How long a freshly booted node may take to finish its bootstrap."""
+    self_terminate: bool = True
+    """Power off after exit 0 (the launch template makes that a termination)."""
+    shutdown_cmd: str = "shutdown -h +1"
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.launcher not in LAUNCHERS:
+            raise LaunchError(
+                f"launcher must be one of {', '.join(LAUNCHERS)}, got {self.launcher!r}"
+            )
+        if self.num_nodes < 1:
+            raise LaunchError(f"num_nodes must be >= 1, got {self.num_nodes}")
+        if not 1 <= self.master_port <= 65535:
+            raise LaunchError(f"master_port must be a TCP port, got {self.master_port}")
+        if not self.master_addr:
+            raise LaunchError("master_addr (the head node's private IP) is empty")
+        if self.launcher == "deepspeed" and len(self.hosts) != self.num_nodes:
+            raise LaunchError(
+                f"the DeepSpeed hostfile needs {self.num_nodes} node IPs, got {len(self.hosts)}"
+            )
+        if self.hosts and self.hosts[0] != self.master_addr:
+            raise LaunchError("the rendezvous address must be the first host (node rank 0)")
+
+    @property
+    def gpus(self) -> int:
+        return (
+            self.gpus_per_node if self.gpus_per_node is not None else gpus_for(self.instance_type)
+        )
+
+
+def run_slug(run_uri: str) -> str:
+    """A filesystem-safe name for the run's scratch folder on the node."""
+    name = run_uri.rstrip("/").rsplit("/", 1)[-1] or "run"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def work_dir_on_node(spec: LaunchSpec) -> str:
+    """The run's scratch folder on the node's local NVMe."""
+    return f"{spec.scratch}/runs/{run_slug(spec.run_uri)}"
+
+
+def config_path_on_node(spec: LaunchSpec) -> str:
+    return f"{work_dir_on_node(spec)}/config.toml"
+
+
+def hostfile_text(spec: LaunchSpec) -> str:
+    """DeepSpeed hostfile: one ``<ip> slots=<gpus>`` line per node, in node-rank order."""
+    return "".join(f"{ip} slots={spec.gpus}\n" for ip in spec.hosts)
+
+
+def launcher_argv(spec: LaunchSpec, node: RankAssignment, config_path: str) -> list[str]:
+    """The launcher command for one node (starts ``python -m trainer`` on each GPU)."""
+    trainer_args = ["--config", config_path, "--run", spec.run_uri]
+    if spec.launcher == "deepspeed":
+        return [
+            spec.python, "-m", "deepspeed.launcher.runner",
+            "--hostfile", f"{work_dir_on_node(spec)}/hostfile",
+            "--no_ssh",
+            f"--node_rank={node.node_rank}",
+            "--num_nodes", str(spec.num_nodes),
+            "--num_gpus", str(spec.gpus),
+            "--master_addr", spec.master_addr,
+            "--master_port", str(spec.master_port),
+            "--no_local_rank",
+            "--module", "trainer",
+            *trainer_args,
+        ]  # fmt: skip
+    return [
+        spec.python, "-m", "torch.distributed.run",
+        "--nnodes", str(spec.num_nodes),
+        "--node_rank", str(node.node_rank),
+        "--nproc_per_node", str(spec.gpus),
+        "--master_addr", spec.master_addr,
+        "--master_port", str(spec.master_port),
+        "--module", "trainer",
+        *trainer_args,
+    ]  # fmt: skip
+
+
+_FETCH = (
+    "import sys; from artifacts.store import open_store; "
+    "open_store(sys.argv[1]).download_file('config.toml', sys.argv[2])"
+)
+_PUT = (
+    "import sys; from artifacts.store import open_store; "
+    "open_store(sys.argv[1]).put_bytes(sys.argv[2], sys.argv[3].encode())"
+)
+
+
+def exit_code_key(node_index: int) -> str:
+    """Where a node records its trainer's exit code, relative to the run prefix."""
+    return f"logs/node-{node_index}/exit_code"
+
+
+def node_script(spec: LaunchSpec, node: RankAssignment) -> str:
+    """The bash script SSM runs on one node (see the module docstring for the steps)."""
+    q = shlex.quote
+    cfg = config_path_on_node(spec)
+    env = {**network_env(spec.instance_type), **spec.extra_env}
+    # Values may reference ${VAR} (LD_LIBRARY_PATH), so double-quote rather than shlex-quote them.
+    exports = "\n".join(f'export {k}="{v}"' for k, v in env.items())
+    argv = " ".join(q(a) for a in launcher_argv(spec, node, cfg))
+    role = "head" if node.is_head else "worker"
+    lines = [
+        "#!/bin/bash",
+        f"# twostage: run {spec.run_uri}, node {node.node_index} ({role}) of {spec.num_nodes}, "
+        f"rendezvous {spec.master_addr}:{spec.master_port}",
+        "set -uo pipefail",
+        "set -a",
+        f". {q(spec.node_env)} || {{ echo 'error: cannot read {spec.node_env}' >&2; exit 3; }}",
+        "set +a",
+        f'if [ "${{TWOSTAGE_NODE_INDEX:-}}" != "{node.node_index}" ]; then',
+        f'  echo "error: this is node ${{TWOSTAGE_NODE_INDEX:-?}}, the command is for node {node.node_index}" >&2',
+        "  exit 3",
+        "fi",
+        f"waited=0; while [ ! -e {q(spec.ready_marker)} ]; do",
+        f"  if [ $waited -ge {spec.ready_timeout_s} ]; then",
+        f"    echo 'error: node bootstrap not finished after {spec.ready_timeout_s} s "
+        "(see /var/log/twostage-bootstrap.log)' >&2; exit 3",
+        "  fi",
+        "  sleep 10; waited=$((waited + 10))",
+        "done",
+        exports,
+        f"export TWOSTAGE_RUN={q(spec.run_uri)}",
+        f"mkdir -p {q(work_dir_on_node(spec))}",
+        f"cd {q(spec.repo_dir)}",
+        f"{q(spec.python)} -c {q(_FETCH)} {q(spec.run_uri)} {q(cfg)} || "
+        f"{{ echo 'error: cannot download config.toml from {spec.run_uri}' >&2; exit 3; }}",
+        *(
+            [f"printf %s {q(hostfile_text(spec))} > {q(work_dir_on_node(spec) + '/hostfile')}"]
+            if spec.launcher == "deepspeed"
+            else []
+        ),
+        f'echo "twostage: node {node.node_index} rank {node.node_rank} starting {spec.launcher}"',
+        argv,
+        "rc=$?",
+        f'echo "$rc" > {q(work_dir_on_node(spec) + "/exit_code")}',
+        f'{q(spec.python)} -c {q(_PUT)} {q(spec.run_uri)} {q(exit_code_key(node.node_index))} "$rc" '
+        "|| echo 'warning: could not record the exit code in the run prefix' >&2",
+        'echo "twostage: trainer exited with $rc"',
+    ]
+    if spec.self_terminate:
+        lines += [
+            'if [ "$rc" -eq 0 ]; then',
+            '  echo "twostage: finished; powering off (shutdown terminates this node)"',
+            f"  {spec.shutdown_cmd}",
+            "fi",
+        ]
+    lines.append('exit "$rc"')
+    return "\n".join(lines) + "\n"
+
+
+def node_scripts(spec: LaunchSpec, assignments: Sequence[RankAssignment]) -> dict[int, str]:
+    """One script per node index, all sharing the spec's rendezvous."""
+    if len(assignments) != spec.num_nodes:
+        raise LaunchError(f"spec is for {spec.num_nodes} nodes, got {len(assignments)} assignments")
+    if head_address(assignments) != spec.master_addr:
+        raise LaunchError("the rendezvous address is not the head node's private IP")
+    return {a.node_index: node_script(spec, a) for a in assignments}
+
+
+def stop_script(signal: str = "TERM") -> str:
+    """What `invoke stop` runs on every node: signal the trainer workers (they commit and exit 75)."""
+    return (
+        "#!/bin/bash\n"
+        f"if pkill -{signal} -f -- {shlex.quote(WORKER_PATTERN)}; then\n"
+        f'  echo "twostage: sent SIG{signal} to the trainer"\n'
+        "else\n"
+        '  echo "twostage: no trainer running on this node"\n'
+        "fi\n"
+    )

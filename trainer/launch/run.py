@@ -1,0 +1,572 @@
+"""Orchestration behind `invoke pretrain/status/logs/stop` (remote path).
+
+Reads the stack outputs, checks the nodes, uploads the run config (and local data) to the run
+prefix, shows the hourly price, launches through SSM and watches. The last launched run is kept
+in ``.twostage/last-run`` (JSON, in the current directory) so ``status``/``logs``/``stop`` work
+without ``--run``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import re
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from trainer.launch import LaunchError
+from trainer.launch.outputs import StackOutputs
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = Path(".twostage/last-run")
+STOP_KEY = "control/stop"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+# -- AWS plumbing ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def aws_errors() -> Iterator[None]:
+    """Credential / endpoint / API errors become one-line :class:`LaunchError`s."""
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        PartialCredentialsError,
+    )
+
+    try:
+        yield
+    except (NoCredentialsError, PartialCredentialsError):
+        raise LaunchError(
+            "AWS credentials not found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+            "(or run `aws configure` / `aws sso login`)"
+        ) from None
+    except NoRegionError:
+        raise LaunchError("no AWS region: set AWS_DEFAULT_REGION") from None
+    except EndpointConnectionError as err:
+        raise LaunchError(f"cannot reach AWS: {err}") from None
+    except ClientError as err:
+        e = err.response.get("Error", {})
+        code, msg = e.get("Code", "?"), e.get("Message", "")
+        if code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired"):
+            raise LaunchError(
+                "AWS credentials have expired: log in again (e.g. `aws sso login`)"
+            ) from None
+        if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException"):
+            raise LaunchError(f"AWS denied {err.operation_name}: {msg}") from None
+        raise LaunchError(f"AWS {err.operation_name} failed: {code}: {msg}") from None
+
+
+def clients(outputs: StackOutputs) -> tuple[Any, Any]:
+    """(ec2, ssm) clients for the stack's region."""
+    import boto3
+
+    session = boto3.session.Session(region_name=outputs.region)
+    return session.client("ec2"), session.client("ssm")
+
+
+# -- run naming and local state --------------------------------------------------------------
+def resolve_run_uri(outputs: StackOutputs, run: str | None, *, now: datetime | None = None) -> str:
+    """``--run NAME`` → ``<run_prefix>/<NAME>``; an s3:// URI is used as is; None → timestamp."""
+    if run and "://" in run:
+        if not run.startswith("s3://"):
+            raise LaunchError(f"--run {run}: a remote run lives in S3 (s3://...), or give a NAME")
+        return run.rstrip("/")
+    if not run:
+        run = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+    if not _NAME.match(run):
+        raise LaunchError(f"--run {run!r}: use letters, digits, '.', '_' or '-' (or an s3:// URI)")
+    return f"{outputs.run_prefix}/{run}"
+
+
+@dataclass
+class LastRun:
+    """What ``.twostage/last-run`` remembers about the last launched run."""
+
+    run_uri: str
+    stack: str | None = None
+    outputs_file: str | None = None
+    launched_at: str = ""
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    """node index → [command id, instance id] of the latest launch."""
+
+
+def save_last_run(state: LastRun, path: Path = STATE_FILE) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state.__dict__, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def load_last_run(path: Path = STATE_FILE) -> LastRun | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return LastRun(**data)
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as err:
+        raise LaunchError(f"{path} is not a twostage run state file ({err}): delete it") from None
+
+
+def pick_run(
+    outputs: StackOutputs, run: str | None, path: Path = STATE_FILE
+) -> tuple[str, LastRun | None]:
+    """The run a lifecycle task acts on: ``--run`` or the last launched one."""
+    last = load_last_run(path)
+    if run:
+        uri = resolve_run_uri(outputs, run)
+        return uri, last if last and last.run_uri == uri else None
+    if last is None:
+        raise LaunchError(f"no --run given and no {path}: pass --run NAME")
+    return last.run_uri, last
+
+
+# -- config and data upload ------------------------------------------------------------------
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise LaunchError(f"cannot write {type(value).__name__} values into the run config")
+
+
+def dump_toml(raw: dict[str, Any], header: str = "") -> str:
+    """A recipe dict (top-level tables of scalars and lists) as TOML; round-trips with tomllib."""
+    out = [f"# {line}" for line in header.splitlines()]
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            out.append(f"{name} = {_toml_value(table)}")
+            continue
+        out.append(f"\n[{name}]")
+        out += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(out).lstrip("\n") + "\n"
+
+
+def validate_config(path: Path) -> dict[str, Any]:
+    """Validate with the trainer's own loader; return the parsed TOML."""
+    from trainer.config import load_config
+
+    load_config(path)  # raises TrainerError (a UserError) naming the key and the file
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def local_train_files(patterns: list[str], base: Path) -> list[Path]:
+    """The local files a ``data.train_files`` list names (store URIs are left alone)."""
+    files: list[Path] = []
+    for pattern in patterns:
+        if "://" in pattern:
+            continue
+        p = Path(pattern).expanduser()
+        p = p if p.is_absolute() else base / p
+        matched = sorted(Path(m) for m in glob.glob(str(p))) or [p]
+        for m in matched:
+            if m.is_dir():
+                files += sorted(f for f in m.rglob("*") if f.is_file())
+            elif m.is_file():
+                files.append(m)
+            else:
+                raise LaunchError(f"data.train_files: {pattern} matches no file")
+    return files
+
+
+def upload_run_config(config: Path, run_uri: str, store: Any) -> dict[str, Any]:
+    """Upload local data to ``data/`` and the run's config (pointing at it) to ``config.toml``."""
+    raw = validate_config(config)
+    data = dict(raw.get("data", {}))
+    patterns = list(data.get("train_files", []))
+    local = local_train_files(patterns, config.parent)
+    if local:
+        remote = [p for p in patterns if "://" in p]
+        for i, f in enumerate(local):
+            key = f"data/{i:04d}-{f.name}"
+            store.upload_file(f, key, progress=True)
+        data["train_files"] = remote + [f"{run_uri}/data/"]
+        log.info("uploaded %d local data file(s) to %s/data/", len(local), run_uri)
+    tok = data.get("tokenizer")
+    if tok and "://" not in tok:
+        raise LaunchError(
+            f"data.tokenizer {tok} is a local folder: publish it (`invoke publish`) and use its s3:// URI"
+        )
+    init = raw.get("model", {}).get("init_from")
+    if init and "://" not in init:
+        raise LaunchError(
+            f"model.init_from {init} is a local folder: upload it and use its s3:// URI"
+        )
+    if raw.get("run", {}).get("signing_key"):
+        log.warning("run.signing_key must exist at that path on every node")
+    remote_raw = {**raw, "data": data, "run": {**raw.get("run", {}), "uri": run_uri}}
+    text = dump_toml(remote_raw, header=f"run config for {run_uri}\ngenerated from {config}")
+    store.put_bytes("config.toml", text.encode("utf-8"))
+    return remote_raw
+
+
+# -- run state from the store -----------------------------------------------------------------
+class StoreRunState:
+    """The real :class:`trainer.launch.watch.RunState`: ``STATUS.json`` and the stop marker."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def status(self) -> dict[str, Any] | None:
+        if not self.store.exists("STATUS.json"):
+            return None
+        try:
+            return json.loads(self.store.get_bytes("STATUS.json"))
+        except ValueError:
+            log.warning("STATUS.json is not JSON (being rewritten?): ignoring this poll")
+            return None
+
+    def stop_requested(self) -> bool:
+        return self.store.exists(STOP_KEY)
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+# -- the context every lifecycle task builds ---------------------------------------------------
+@dataclass
+class Context:
+    """Outputs plus the adapters built from them (tests inject fakes)."""
+
+    outputs: StackOutputs
+    ec2: Any
+    ssm: Any
+    fleet: Any
+    runner_for: Any
+    """run_uri → CommandRunner."""
+
+    @classmethod
+    def real(cls, outputs: StackOutputs) -> Context:
+        from trainer.launch.fleet import Ec2Fleet
+        from trainer.launch.ssm import SsmRunner
+
+        ec2, ssm = clients(outputs)
+        fleet = Ec2Fleet(
+            ec2, ssm, cluster=outputs.cluster_name, launch_template_id=outputs.launch_template_id
+        )
+        return cls(
+            outputs,
+            ec2,
+            ssm,
+            fleet,
+            lambda run_uri: SsmRunner(ssm, cluster=outputs.cluster_name, run_uri=run_uri),
+        )
+
+
+def spot_price(ctx: Context) -> float | None:
+    """Current spot price of the stack's instance type in its AZ (None if unknown)."""
+    from trainer.launch.cost import latest_spot_price
+
+    kwargs: dict[str, Any] = {
+        "InstanceTypes": [ctx.outputs.instance_type],
+        "ProductDescriptions": ["Linux/UNIX"],
+        "StartTime": datetime.now(UTC),
+    }
+    if ctx.outputs.availability_zone:
+        kwargs["AvailabilityZone"] = ctx.outputs.availability_zone
+    history = ctx.ec2.describe_spot_price_history(**kwargs).get("SpotPriceHistory", [])
+    return latest_spot_price(
+        history, ctx.outputs.instance_type, ctx.outputs.availability_zone or None
+    )
+
+
+def check_nodes(ctx: Context) -> dict[int, Any]:
+    """Every node index running and (where SSM can tell) SSM-managed, else a one-line error."""
+    from trainer.launch.watch import current_nodes
+
+    nodes = current_nodes(ctx.fleet.nodes())
+    n = ctx.outputs.node_count
+    for i in range(n):
+        node = nodes.get(i)
+        if node is None:
+            raise LaunchError(
+                f"node {i} of cluster {ctx.outputs.cluster_name} does not exist: run `pulumi up --refresh`"
+            )
+        if node.state != "running":
+            raise LaunchError(
+                f"node {i} ({node.instance_id}) is {node.state}, not running: "
+                "run `pulumi up --refresh` to recreate it"
+            )
+        if node.ssm_online is False:
+            raise LaunchError(
+                f"node {i} ({node.instance_id}) is not managed by SSM (agent not online): wait a few "
+                "minutes after `pulumi up`; check its role has AmazonSSMManagedInstanceCore"
+            )
+    if any(nodes[i].ssm_online is None for i in range(n)):
+        log.warning("could not verify SSM registration; an unmanaged node will show as undelivered")
+    return {i: nodes[i] for i in range(n)}
+
+
+def make_watcher(
+    ctx: Context,
+    run_uri: str,
+    store: Any,
+    *,
+    launcher: str = "deepspeed",
+    public_key: str | None = None,
+    policy: Any = None,
+    clock: Any = None,
+    on_launch: Any = None,
+) -> Any:
+    """The :class:`Watcher` for this run with the real or injected ports."""
+    from trainer.launch.cost import cost_report
+    from trainer.launch.ranks import make_spec, node_scripts, stop_script
+    from trainer.launch.watch import Watcher
+
+    o = ctx.outputs
+    price = spot_price(ctx) if o.spot else None
+
+    def scripts_for(assignments: list) -> dict[int, str]:
+        spec = make_spec(run_uri, assignments, instance_type=o.instance_type, launcher=launcher)
+        return node_scripts(spec, assignments)
+
+    def cost_for(spans: list, now: float) -> Any:
+        return cost_report(
+            spans, now=now, instance_type=o.instance_type, spot=o.spot, spot_price=price
+        )
+
+    return Watcher(
+        run_uri=run_uri,
+        node_count=o.node_count,
+        runner=ctx.runner_for(run_uri),
+        fleet=ctx.fleet,
+        run_state=StoreRunState(store),
+        clock=clock or SystemClock(),
+        scripts_for=scripts_for,
+        stop_script=stop_script(),
+        cost_for=cost_for,
+        policy=policy,
+        public_key=public_key,
+        on_launch=on_launch,
+    )
+
+
+def pretrain_remote(
+    ctx: Context,
+    *,
+    config: Path,
+    run: str | None,
+    watch: bool = True,
+    launcher: str = "deepspeed",
+    public_key: str | None = None,
+    stack: str | None = None,
+    outputs_file: str | None = None,
+    state_path: Path = STATE_FILE,
+    policy: Any = None,
+    clock: Any = None,
+) -> tuple[str, Any]:
+    """Upload, launch, and (with ``watch``) follow the run. Returns (run URI, Outcome or None)."""
+    from artifacts.store import open_store
+    from trainer.launch.cost import hourly_line
+
+    o = ctx.outputs
+    run_uri = resolve_run_uri(o, run)
+    with aws_errors():
+        check_nodes(ctx)
+        store = open_store(run_uri)
+        upload_run_config(Path(config), run_uri, store)
+        if store.exists(STOP_KEY):
+            store.delete([STOP_KEY])  # a new launch lifts an earlier `invoke stop`
+        price = spot_price(ctx) if o.spot else None
+        log.info(
+            "%s",
+            hourly_line(
+                o.instance_type, o.node_count, spot=o.spot, spot_price=price, az=o.availability_zone
+            ),
+        )
+        state = LastRun(
+            run_uri, stack, outputs_file, datetime.now(UTC).isoformat(timespec="seconds")
+        )
+
+        def on_launch(commands: dict[int, tuple[str, str]]) -> None:
+            state.commands = {str(i): [c, iid] for i, (c, iid) in commands.items()}
+            save_last_run(state, state_path)
+
+        watcher = make_watcher(
+            ctx,
+            run_uri,
+            store,
+            launcher=launcher,
+            public_key=public_key,
+            policy=policy,
+            clock=clock,
+            on_launch=on_launch,
+        )
+        watcher.launch()
+        log.info("launched %s on %d node(s)", run_uri, o.node_count)
+        if not watch:
+            return run_uri, None
+        return run_uri, watcher.watch(launch=False)
+
+
+# -- status / logs / stop ----------------------------------------------------------------------
+def trend(history: list[float], last: int = 6) -> str:
+    """The last val losses with arrows, e.g. ``3.10 ↓ 2.95 ↓ 2.94 ↑ 2.96``."""
+    vals = [float(v) for v in history[-last:]]
+    if not vals:
+        return "no evaluation yet"
+    parts = [f"{vals[0]:.4f}"]
+    for prev, cur in zip(vals, vals[1:], strict=False):
+        parts += ["↓" if cur < prev else ("↑" if cur > prev else "="), f"{cur:.4f}"]
+    return " ".join(parts)
+
+
+def run_status(ctx: Context, run_uri: str) -> list[str]:
+    """What `invoke status` prints."""
+    from artifacts.manifest import latest_committed
+    from artifacts.store import open_store
+    from trainer.launch.cost import InstanceSpan, cost_report
+
+    lines = [f"run: {run_uri}"]
+    with aws_errors():
+        store = open_store(run_uri)
+        status = StoreRunState(store).status()
+        if status is None:
+            lines.append("state: launched (no STATUS.json yet)")
+        else:
+            lines.append(
+                f"state: {status.get('state', '?')} at step {status.get('global_step', '?')}, "
+                f"epoch {status.get('epoch', '?')}, best val loss {status.get('best_val_loss', '?')}"
+                f" (updated {status.get('updated_at', '?')})"
+            )
+            lines.append(f"val loss: {trend(list(status.get('val_loss_history') or []))}")
+        ckpt = latest_committed(store.list("checkpoints/"), prefix="checkpoints")
+        lines.append(f"last committed checkpoint: {ckpt or 'none yet'}")
+        if store.exists("final/MANIFEST.json"):
+            lines.append(f"final model: {run_uri}/final")
+        nodes = sorted(ctx.fleet.nodes(), key=lambda n: (n.index, n.launch_time))
+        for n in nodes:
+            ssm = {True: ", SSM online", False: ", SSM offline", None: ""}[n.ssm_online]
+            lines.append(f"node {n.index}: {n.instance_id} {n.state} {n.private_ip}{ssm}")
+        if not nodes:
+            lines.append(f"nodes: none in cluster {ctx.outputs.cluster_name}")
+        started = _iso_ts(status.get("started_at")) if status else None
+        spans = [
+            InstanceSpan(n.instance_id, max(n.launch_time, started or 0.0), n.end_time)
+            for n in nodes
+            if n.end_time is None or started is None or n.end_time > started
+        ]
+        o = ctx.outputs
+        report = cost_report(
+            spans,
+            now=time.time(),
+            instance_type=o.instance_type,
+            spot=o.spot,
+            spot_price=spot_price(ctx) if o.spot else None,
+        )
+        lines += [f"so far: {line}" for line in report.lines()]
+    return lines
+
+
+def _iso_ts(value: Any) -> float | None:
+    if not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+def node_logs(ctx: Context, run_uri: str, last: LastRun | None, node: int | None) -> dict[int, str]:
+    """node index → output of its latest launch command (S3 copy when present, else SSM's)."""
+    from artifacts.store import open_store
+
+    if last is None or not last.commands:
+        raise LaunchError(f"no launch of {run_uri} recorded in {STATE_FILE}: nothing to show")
+    wanted = sorted(int(i) for i in last.commands)
+    if node is not None:
+        if node not in wanted:
+            raise LaunchError(f"--node {node}: the run has nodes {wanted}")
+        wanted = [node]
+    store = open_store(run_uri)
+    runner = ctx.runner_for(run_uri)
+    out: dict[int, str] = {}
+    with aws_errors():
+        for i in wanted:
+            cid, iid = last.commands[str(i)]
+            keys = [
+                o.key
+                for o in store.list(f"logs/{cid}/{iid}/")
+                if o.key.endswith(("stdout", "stderr"))
+            ]
+            if keys:
+                out[i] = "".join(
+                    store.get_bytes(k).decode("utf-8", "replace")
+                    for k in sorted(keys, reverse=True)
+                )
+                continue
+            inv = runner.invocation(cid, iid) or {}
+            out[i] = (inv.get("StandardOutputContent") or "") + (
+                inv.get("StandardErrorContent") or ""
+            )
+            out[i] = out[i] or f"(no output yet; command {cid} is {inv.get('Status', 'pending')})\n"
+    return out
+
+
+def command_done(ctx: Context, run_uri: str, last: LastRun, node: int) -> bool:
+    """Whether the node's latest launch command has ended."""
+    from trainer.launch.watch import TERMINAL_COMMAND
+
+    cid, iid = last.commands[str(node)]
+    with aws_errors():
+        return ctx.runner_for(run_uri).poll(cid, iid).status in TERMINAL_COMMAND
+
+
+def stop_run(
+    ctx: Context, run_uri: str, *, terminate: bool, timeout_s: float = 600.0, clock: Any = None
+) -> list[str]:
+    """Graceful stop: mark the run stopped, SIGTERM the trainers, wait for them, maybe terminate."""
+    from artifacts.store import open_store
+    from trainer.launch.ranks import exit_code_key, stop_script
+
+    clock = clock or SystemClock()
+    lines: list[str] = []
+    with aws_errors():
+        store = open_store(run_uri)
+        requested = clock.now()
+        store.put_bytes(STOP_KEY, json.dumps({"requested_at": requested}).encode())
+        ctx.runner_for(run_uri).send_all(stop_script(), comment="twostage stop")
+        lines.append(f"sent SIGTERM to the trainer on every node of {ctx.outputs.cluster_name}")
+        keys = [exit_code_key(i) for i in range(ctx.outputs.node_count)]
+        deadline = requested + timeout_s
+        while True:
+            # A node records its exit code after the trainer committed and exited.
+            fresh = {
+                o.key for o in store.list("logs/") if o.key in keys and o.mtime >= requested - 5
+            }
+            if len(fresh) == len(keys):
+                codes = sorted({store.get_bytes(k).decode().strip() for k in keys})
+                lines.append(f"trainer exited on every node (exit code {', '.join(codes)})")
+                break
+            if clock.now() >= deadline:
+                lines.append(f"the trainer did not confirm its exit within {timeout_s:.0f} s")
+                break
+            clock.sleep(10.0)
+        if terminate:
+            ids = ctx.fleet.terminate_all()
+            lines.append(f"terminated {len(ids)} node(s); `pulumi up --refresh` brings them back")
+        else:
+            lines.append(
+                "nodes left running (billing continues): `invoke stop --terminate` ends them"
+            )
+        lines.append(f"resume: invoke pretrain --run {run_uri}")
+    return lines

@@ -1,0 +1,172 @@
+"""Thin adapter over SSM Run Command: tag targets, output to the run's ``logs/``, invocations.
+
+Commands target nodes by tag (``twostage:cluster`` AND ``twostage:node-index``), never by a bare
+instance-id list: a replacement node gets the same tags, so the same target keeps working. The
+script is written to a temporary file and run with bash (``AWS-RunShellScript`` would run the
+lines with ``sh``, and a script fed on stdin could be eaten by a child reading stdin).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from trainer.launch.watch import TERMINAL_COMMAND, Invocation
+
+log = logging.getLogger(__name__)
+
+TAG_CLUSTER = "twostage:cluster"
+TAG_INDEX = "twostage:node-index"
+DOCUMENT = "AWS-RunShellScript"
+MAX_EXECUTION_TIMEOUT_S = 172800
+"""SSM's ceiling (48 h): a longer run is cut there and the watcher relaunches it (it resumes)."""
+_EOF = "TWOSTAGE_SCRIPT_EOF"
+
+
+def node_targets(cluster: str, index: int) -> list[dict[str, Any]]:
+    """SSM Targets selecting exactly the node with this index in this cluster."""
+    return [
+        {"Key": f"tag:{TAG_INDEX}", "Values": [str(index)]},
+        {"Key": f"tag:{TAG_CLUSTER}", "Values": [cluster]},
+    ]
+
+
+def cluster_targets(cluster: str) -> list[dict[str, Any]]:
+    """SSM Targets selecting every node of the cluster."""
+    return [{"Key": f"tag:{TAG_CLUSTER}", "Values": [cluster]}]
+
+
+def shell_commands(script: str) -> list[str]:
+    """``AWS-RunShellScript`` lines that write ``script`` to a temp file and run it with bash."""
+    if _EOF in script:
+        raise ValueError("script contains the heredoc terminator")
+    return [
+        "f=$(mktemp /tmp/twostage-XXXXXX.sh)",
+        f"cat > \"$f\" <<'{_EOF}'",
+        *script.rstrip("\n").split("\n"),
+        _EOF,
+        'bash "$f" </dev/null; rc=$?',
+        'rm -f "$f"',
+        'exit "$rc"',
+    ]
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` → (``bucket``, ``a/b``)."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    return bucket, key.strip("/")
+
+
+def send_command_args(
+    *,
+    targets: list[dict[str, Any]],
+    script: str,
+    run_uri: str,
+    comment: str,
+    execution_timeout_s: int = MAX_EXECUTION_TIMEOUT_S,
+) -> dict[str, Any]:
+    """The ``send_command`` keyword arguments (pure; output goes to ``<run>/logs/``)."""
+    args: dict[str, Any] = {
+        "DocumentName": DOCUMENT,
+        "Targets": targets,
+        "Parameters": {
+            "commands": shell_commands(script),
+            "executionTimeout": [str(min(execution_timeout_s, MAX_EXECUTION_TIMEOUT_S))],
+        },
+        "Comment": comment[:100],
+        "TimeoutSeconds": 600,  # delivery: a node that is not online within 10 min is not coming
+    }
+    if run_uri.startswith("s3://"):
+        bucket, prefix = split_s3_uri(run_uri)
+        args["OutputS3BucketName"] = bucket
+        args["OutputS3KeyPrefix"] = f"{prefix}/logs".lstrip("/")
+    return args
+
+
+class SsmRunner:
+    """The real :class:`trainer.launch.watch.CommandRunner`."""
+
+    def __init__(self, client: Any, *, cluster: str, run_uri: str) -> None:
+        self.client = client
+        self.cluster = cluster
+        self.run_uri = run_uri
+
+    def send(self, node_index: int, script: str, *, comment: str) -> str:
+        resp = self.client.send_command(
+            **send_command_args(
+                targets=node_targets(self.cluster, node_index),
+                script=script,
+                run_uri=self.run_uri,
+                comment=comment,
+            )
+        )
+        cid = resp["Command"]["CommandId"]
+        log.debug("node %d: command %s", node_index, cid)
+        return cid
+
+    def send_all(self, script: str, *, comment: str) -> str:
+        """One command to every node of the cluster (e.g. the stop signal)."""
+        resp = self.client.send_command(
+            **send_command_args(
+                targets=cluster_targets(self.cluster),
+                script=script,
+                run_uri=self.run_uri,
+                comment=comment,
+            )
+        )
+        return resp["Command"]["CommandId"]
+
+    def invocation(self, command_id: str, instance_id: str) -> dict[str, Any] | None:
+        """The raw invocation, or None while SSM has not registered it yet."""
+        try:
+            return self.client.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
+        except self.client.exceptions.InvocationDoesNotExist:
+            return None
+
+    def poll(self, command_id: str, instance_id: str) -> Invocation:
+        resp = self.invocation(command_id, instance_id)
+        if resp is None:
+            return Invocation("Pending")
+        status = resp.get("Status", "Pending")
+        code = resp.get("ResponseCode")
+        if status not in TERMINAL_COMMAND or code is None or code < 0:
+            code = None
+        return Invocation(status, code)
+
+    def cancel(self, command_id: str) -> None:
+        try:
+            self.client.cancel_command(CommandId=command_id)
+        except NotImplementedError:  # moto; real SSM implements it
+            log.warning("cancel_command is not available on this endpoint")
+
+
+def ssm_online(client: Any, instance_ids: list[str]) -> dict[str, bool] | None:
+    """instance id → SSM agent online, or None when the endpoint cannot tell (e.g. moto).
+
+    None means "unknown": the launch goes on and an offline node shows up as an undelivered
+    command instead (SSM's own delivery time-out).
+    """
+    from botocore.exceptions import ClientError
+
+    try:
+        pages = client.get_paginator("describe_instance_information").paginate(
+            Filters=[{"Key": "InstanceIds", "Values": list(instance_ids)}]
+        )
+        online = {i: False for i in instance_ids}
+        for page in pages:
+            for info in page.get("InstanceInformationList", []):
+                online[info["InstanceId"]] = info.get("PingStatus") == "Online"
+        return online
+    except NotImplementedError:
+        log.warning(
+            "cannot check SSM registration here (describe_instance_information unavailable)"
+        )
+        return None
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code in ("AccessDeniedException", "NotImplemented", "InvalidAction"):
+            log.warning("cannot check SSM registration (%s): continuing without the check", code)
+            return None
+        raise

@@ -1,0 +1,247 @@
+"""Background checkpoint commit: non-blocking submit, multi-node commit, keep-last-K, HF glue."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from artifacts.manifest import MANIFEST_NAME, Manifest
+from artifacts.store import open_store
+from trainer.checkpoints import (
+    CheckpointCommitError,
+    CheckpointCommitter,
+    committed_steps,
+    parse_step,
+    step_folder,
+)
+
+
+@pytest.fixture(scope="module")
+def moto_server():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(params=["local", "moto", "moto_server"])
+def run_uri(request, tmp_path, monkeypatch):
+    """A run prefix on a local folder, in-process moto, and moto's server on 127.0.0.1."""
+    if request.param == "local":
+        yield str(tmp_path / "store" / "run")
+        return
+    import boto3
+
+    bucket = f"ckpt-{uuid.uuid4().hex[:10]}"
+    if request.param == "moto":
+        from moto import mock_aws
+
+        with mock_aws():
+            boto3.client("s3").create_bucket(Bucket=bucket)
+            yield f"s3://{bucket}/runs/r1"
+        return
+    monkeypatch.setenv("AWS_ENDPOINT_URL", request.getfixturevalue("moto_server"))
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    yield f"s3://{bucket}/runs/r1"
+
+
+def make_checkpoint(root: Path, step: int, ranks=(0, 1), *, with_global=True, size=2048) -> Path:
+    """A folder shaped like an HF + DeepSpeed ZeRO-3 checkpoint written by ``ranks``."""
+    d = root / f"checkpoint-{step}"
+    (d / f"global_step{step}").mkdir(parents=True, exist_ok=True)
+    for r in ranks:
+        (d / f"global_step{step}" / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(
+            os.urandom(size)
+        )
+        (d / f"rng_state_{r}.pth").write_bytes(os.urandom(64))
+    if with_global:
+        (d / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        (d / "latest").write_text(f"global_step{step}")
+    return d
+
+
+def manifest_of(run_uri: str, step: int) -> Manifest:
+    store = open_store(run_uri).child(f"checkpoints/{step_folder(step)}")
+    return Manifest.from_json(store.get_bytes(MANIFEST_NAME))
+
+
+def test_step_folder_names_sort_and_parse():
+    assert step_folder(40) == "step-0000000040"
+    assert parse_step("runs/x/checkpoints/step-0000000040/") == 40
+    assert parse_step("checkpoint-40") is None
+    assert sorted([step_folder(100), step_folder(9)]) == [step_folder(9), step_folder(100)]
+
+
+def test_commit_layout_and_metadata(run_uri, tmp_path):
+    d = make_checkpoint(tmp_path / "out", 40)
+    with CheckpointCommitter(run_uri, node_rank=0, num_nodes=1, keep_last=2) as c:
+        c.submit(d, 40, {"epoch": 1.0, "config_hash": "abc"})
+        c.wait()
+    m = manifest_of(run_uri, 40)
+    paths = {f.path for f in m.files}
+    # relative paths of the HF folder are preserved, including the ZeRO shard sub-folder
+    assert "global_step40/zero_pp_rank_1_mp_rank_00_optim_states.pt" in paths
+    assert "trainer_state.json" in paths and not any(p.startswith("_parts") for p in paths)
+    assert m.metadata["global_step"] == 40 and m.metadata["config_hash"] == "abc"
+    assert committed_steps(run_uri) == [40]
+    assert 40 in c.durations
+    # the hard-link staging copy is gone after the upload
+    assert not any((tmp_path / "out" / ".commit-staging").iterdir())
+
+
+class SlowStore:
+    """Wraps publish_part so an upload blocks until the test releases it."""
+
+    def __init__(self, monkeypatch):
+        import trainer.committer as committer
+
+        self.release = threading.Event()
+        self.started = threading.Event()
+        real = committer.publish_part
+
+        def slow(*a, **kw):
+            self.started.set()
+            assert self.release.wait(30)
+            return real(*a, **kw)
+
+        monkeypatch.setattr(committer, "publish_part", slow)
+
+
+def test_submit_does_not_wait_for_the_upload(tmp_path, monkeypatch):
+    slow = SlowStore(monkeypatch)
+    run = str(tmp_path / "run")
+    d = make_checkpoint(tmp_path / "out", 10)
+    c = CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=3)
+    t0 = time.monotonic()
+    c.submit(d, 10, {})
+    assert time.monotonic() - t0 < 2.0
+    assert slow.started.wait(10)  # the upload is in flight...
+    assert committed_steps(run) == []  # ...and nothing is committed yet
+    with pytest.raises(TimeoutError):
+        c.wait(timeout=0.2)
+    slow.release.set()
+    c.wait(timeout=30)
+    assert committed_steps(run) == [10]
+    c.close()
+
+
+def test_rotation_of_the_local_folder_during_upload_is_harmless(tmp_path, monkeypatch):
+    """HF's save_total_limit deletes old checkpoint-* folders while they may still upload."""
+    import shutil
+
+    slow = SlowStore(monkeypatch)
+    run = str(tmp_path / "run")
+    d = make_checkpoint(tmp_path / "out", 10)
+    c = CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=3)
+    c.submit(d, 10, {})
+    assert slow.started.wait(10)
+    shutil.rmtree(d)
+    slow.release.set()
+    c.close()
+    assert len(manifest_of(run, 10).files) == 6
+
+
+@pytest.mark.parametrize("run_uri", ["local", "moto_server"], indirect=True)
+def test_manifest_only_after_every_node_part(run_uri, tmp_path):
+    """Two nodes: node 1's shards missing → not committed; they arrive → committed with both."""
+    head_dir = make_checkpoint(tmp_path / "node0", 20, ranks=(0, 1))
+    other_dir = make_checkpoint(tmp_path / "node1", 20, ranks=(2, 3), with_global=False)
+    head = CheckpointCommitter(run_uri, node_rank=0, num_nodes=2, keep_last=2, part_timeout=60)
+    head.submit(head_dir, 20, {})
+    store = open_store(run_uri).child(f"checkpoints/{step_folder(20)}")
+    deadline = time.monotonic() + 30
+    while not store.exists("_parts/node-0.json"):  # head's own part is up...
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert not store.exists(MANIFEST_NAME)  # ...but without node 1 there is no commit
+    assert committed_steps(run_uri) == []
+    other = CheckpointCommitter(run_uri, node_rank=1, num_nodes=2, keep_last=2)
+    other.submit(other_dir, 20, {})
+    other.close()
+    head.close()
+    paths = {f.path for f in manifest_of(run_uri, 20).files}
+    assert "global_step20/zero_pp_rank_3_mp_rank_00_optim_states.pt" in paths  # node 1's shard
+    assert "global_step20/zero_pp_rank_0_mp_rank_00_optim_states.pt" in paths  # node 0's shard
+    assert not store.exists("_parts/node-1.json")  # part records cleaned after the commit
+
+
+def test_missing_node_times_out_and_is_raised(tmp_path):
+    run = str(tmp_path / "run")
+    head = CheckpointCommitter(run, node_rank=0, num_nodes=2, keep_last=2, part_timeout=0.5)
+    head.submit(make_checkpoint(tmp_path / "out", 5), 5, {})
+    with pytest.raises(CheckpointCommitError, match="node-1"):
+        head.wait(timeout=30)
+    assert committed_steps(run) == []
+    # and training does not silently go on without checkpoints: the next submit raises too
+    with pytest.raises(CheckpointCommitError):
+        head.submit(make_checkpoint(tmp_path / "out", 6), 6, {})
+
+
+@pytest.mark.parametrize("run_uri", ["local", "moto"], indirect=True)
+def test_keep_last_k(run_uri, tmp_path):
+    with CheckpointCommitter(run_uri, node_rank=0, num_nodes=1, keep_last=2) as c:
+        for step in (10, 20, 30, 40):
+            c.submit(make_checkpoint(tmp_path / "out", step, size=64), step, {})
+        c.wait()
+    assert committed_steps(run_uri) == [30, 40]
+    listing = open_store(run_uri).list("checkpoints")
+    assert not any(step_folder(10) in o.key for o in listing)  # files gone, not only the manifest
+
+
+def test_stale_incomplete_folder_of_a_killed_run_is_removed(tmp_path):
+    """A half-upload (no manifest) from before this launch must not linger or be reused."""
+    run = str(tmp_path / "run")
+    stale = open_store(run).child(f"checkpoints/{step_folder(30)}")
+    stale.put_bytes("global_step30/zero_pp_rank_9_mp_rank_00_optim_states.pt", b"old")
+    stale.put_bytes("_parts/node-1.json", b"[]")
+    old = time.time() - 60
+    for p in (tmp_path / "run").rglob("*"):
+        os.utime(p, (old, old))
+    with CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=2) as c:
+        c.submit(make_checkpoint(tmp_path / "out", 30), 30, {})
+    paths = {f.path for f in manifest_of(run, 30).files}
+    assert "global_step30/zero_pp_rank_9_mp_rank_00_optim_states.pt" not in paths
+    assert not stale.exists("global_step30/zero_pp_rank_9_mp_rank_00_optim_states.pt")
+
+
+def test_already_committed_step_is_not_rewritten(tmp_path):
+    run = str(tmp_path / "run")
+    with CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=2) as c:
+        c.submit(make_checkpoint(tmp_path / "a", 50), 50, {"tag": "first"})
+    with CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=2) as c:
+        c.submit(make_checkpoint(tmp_path / "b", 50), 50, {"tag": "second"})
+    assert manifest_of(run, 50).metadata["tag"] == "first"
+
+
+def test_commit_callback_submits_on_local_rank_zero_only(tmp_path):
+    pytest.importorskip("transformers")
+    from trainer.checkpoints import CommitCallback
+
+    calls = []
+    fake = SimpleNamespace(submit=lambda d, s, m: calls.append((d, s, m)), wait=lambda: None)
+    cb = CommitCallback(fake, metadata=lambda state: {"convergence": {"stalls": 2}})
+    state = SimpleNamespace(
+        global_step=40,
+        epoch=2.0,
+        best_metric=None,
+        log_history=[{"loss": 3.0, "step": 10}, {"eval_loss": 2.5, "epoch": 1.0, "step": 20}],
+    )
+    control = SimpleNamespace(should_save=False)
+    args = SimpleNamespace(output_dir=str(tmp_path), local_process_index=0)
+    cb.on_save(args, state, control)
+    (d, step, meta) = calls[0]
+    assert d == tmp_path / "checkpoint-40" and step == 40
+    assert meta["val_losses"] == [{"step": 20, "epoch": 1.0, "eval_loss": 2.5}]
+    assert meta["convergence"] == {"stalls": 2} and meta["epoch"] == 2.0
+    cb.on_save(SimpleNamespace(output_dir=str(tmp_path), local_process_index=1), state, control)
+    assert len(calls) == 1

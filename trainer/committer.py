@@ -1,0 +1,244 @@
+"""Background commit of checkpoints to the run's store prefix (every node's shards, manifest last).
+
+Protocol for one checkpoint of global step S, destination ``<run>/checkpoints/step-S/``:
+
+1. every rank has written its part of ``checkpoint-S`` on its node's local disk (barrier);
+2. local rank 0 of each node calls :meth:`CheckpointCommitter.submit`: the folder is snapshotted
+   with hard links (instant; the Trainer may rotate the original away while it uploads) and
+   queued; training goes on;
+3. the node's background thread uploads its files and then ``_parts/node-<rank>.json``
+   (:func:`artifacts.publish.publish_part`);
+4. the head (node 0) waits for every node's part record and only then writes ``MANIFEST.json``
+   (:func:`artifacts.publish.commit_parts`) — a checkpoint missing one node's shards is never
+   committed; then it keeps the newest ``keep_last`` and removes stale incomplete folders.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from artifacts.manifest import MANIFEST_NAME, PARTS_DIR
+from artifacts.publish import commit_parts, publish_part
+from artifacts.retention import cleanup_incomplete, prune_committed
+from artifacts.store import join_key, open_store
+from trainer.resume import checkpoints_uri, step_folder
+
+log = logging.getLogger(__name__)
+
+STAGING_DIR = ".commit-staging"
+#: An incomplete folder whose newest object is older than this is a dead upload, not a slow one.
+STALE_GRACE_SECONDS = 3600.0
+
+
+class CheckpointCommitError(RuntimeError):
+    """A checkpoint could not be uploaded or committed (raised by submit/wait, not swallowed)."""
+
+
+def snapshot(local_dir: Path, dest: Path) -> None:
+    """Hard-link copy of ``local_dir`` at ``dest`` (byte copy where links are not possible).
+
+    Why: the Trainer deletes old ``checkpoint-*`` folders (``save_total_limit``) while an upload
+    may still read them; links keep the bytes alive until the upload is done.
+    """
+    if dest.exists():
+        shutil.rmtree(dest)
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(local_dir, dest, copy_function=link_or_copy)
+
+
+class CheckpointCommitter:
+    """Uploads checkpoints in a background thread; node 0 writes the commit.
+
+    ``submit`` never waits on the network; ``wait`` blocks until everything submitted is
+    committed (on other nodes: uploaded) and re-raises a background failure. A failure is also
+    raised by the next ``submit``: training must not go on for days with no usable checkpoint.
+    """
+
+    def __init__(
+        self,
+        run_uri: str,
+        *,
+        node_rank: int,
+        num_nodes: int,
+        keep_last: int,
+        signing_key: Path | None = None,
+        part_timeout: float = 600.0,
+        stale_grace: float = STALE_GRACE_SECONDS,
+    ) -> None:
+        if num_nodes < 1 or not 0 <= node_rank < num_nodes:
+            raise ValueError(f"node_rank {node_rank} is not in [0, num_nodes={num_nodes})")
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        self.run_uri = run_uri
+        self.checkpoints_uri = checkpoints_uri(run_uri)
+        self.node_rank = node_rank
+        self.num_nodes = num_nodes
+        self.keep_last = keep_last
+        self.signing_key = signing_key
+        self.part_timeout = part_timeout
+        self.stale_grace = stale_grace
+        self.is_head = node_rank == 0
+        #: step -> seconds from submit to commit (head) or to part uploaded (other nodes)
+        self.durations: dict[int, float] = {}
+        self.committed_steps: list[int] = []
+        self._jobs: deque[Any] = deque()
+        self._submitted: set[int] = set()
+        self._pending = 0
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._closed = False
+        self._started_at = time.time()
+        if self.is_head:
+            # Incomplete folders of earlier launches (killed mid-upload) would otherwise be reused
+            # by the same step with stale part records; only folders older than this launch go.
+            self._jobs.append(("cleanup", None))
+            self._pending += 1
+        self._thread = threading.Thread(target=self._run, name="checkpoint-committer", daemon=True)
+        self._thread.start()
+
+    # -- API -----------------------------------------------------------------------------
+    def submit(self, local_dir: Path, step: int, metadata: dict[str, Any]) -> None:
+        """Queue ``local_dir`` (this node's files of checkpoint ``step``) for upload and commit."""
+        self._raise_pending_error()
+        if self._closed:
+            raise CheckpointCommitError("committer is closed")
+        if step in self._submitted:
+            log.warning(
+                "checkpoint step %d was already submitted; ignoring the second submit", step
+            )
+            return
+        local_dir = Path(local_dir)
+        staged: Path | None = None
+        if local_dir.is_dir():
+            staged = local_dir.parent / STAGING_DIR / local_dir.name
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            snapshot(local_dir, staged)
+        else:
+            log.info("checkpoint %d: nothing written on node %d; empty part", step, self.node_rank)
+        with self._cond:
+            self._submitted.add(step)
+            self._pending += 1
+            self._jobs.append(("commit", (staged, step, dict(metadata), time.monotonic())))
+            self._cond.notify_all()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every submitted checkpoint is committed; re-raise a background failure."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending and self._error is None:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(
+                        f"{self._pending} checkpoint commit(s) still running after {timeout}s"
+                    )
+                self._cond.wait(remaining)
+        self._raise_pending_error()
+
+    def close(self) -> None:
+        """Wait for pending commits, then stop the thread."""
+        try:
+            self.wait()
+        finally:
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> CheckpointCommitter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- background ----------------------------------------------------------------------
+    def _raise_pending_error(self) -> None:
+        if self._error is not None:
+            err = self._error
+            raise CheckpointCommitError(f"checkpoint upload failed: {err}") from err
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closed:
+                    self._cond.wait()
+                if not self._jobs:
+                    return
+                kind, job = self._jobs.popleft()
+            try:
+                if kind == "cleanup":
+                    self._cleanup(now=self._started_at, grace=2.0)
+                else:
+                    self._commit(*job)
+            except BaseException as err:  # kept and re-raised by submit()/wait() in the main thread
+                log.error("checkpoint %s failed: %s", job[1] if job else kind, err)
+                with self._cond:
+                    if self._error is None:
+                        self._error = err
+            finally:
+                if kind == "commit" and job[0] is not None:
+                    shutil.rmtree(job[0], ignore_errors=True)
+                with self._cond:
+                    self._pending -= 1
+                    self._cond.notify_all()
+
+    def _cleanup(self, *, now: float | None, grace: float) -> None:
+        removed = cleanup_incomplete(self.checkpoints_uri, grace, now=now)
+        if removed:
+            log.info(
+                "removed %d incomplete checkpoint folder(s): %s", len(removed), ", ".join(removed)
+            )
+
+    def _commit(
+        self, staged: Path | None, step: int, metadata: dict[str, Any], submitted: float
+    ) -> None:
+        dest = open_store(self.checkpoints_uri).child_uri(step_folder(step))
+        store = open_store(dest)
+        if store.exists(MANIFEST_NAME):
+            log.info("checkpoint %d is already committed at %s; not uploading it again", step, dest)
+            return
+        part = f"node-{self.node_rank}"
+        store.delete([join_key(PARTS_DIR, f"{part}.json")])  # a record left by an earlier attempt
+        files = None if staged is not None else []
+        entries = publish_part(staged or Path("."), dest, part, files=files)
+        if not self.is_head:
+            self.durations[step] = time.monotonic() - submitted
+            log.info(
+                "checkpoint %d: node %d uploaded %d files in %.1fs",
+                step,
+                self.node_rank,
+                len(entries),
+                self.durations[step],
+            )
+            return
+        manifest = commit_parts(
+            dest,
+            [f"node-{i}" for i in range(self.num_nodes)],
+            metadata={"global_step": step, **metadata},
+            signing_key=self.signing_key,
+            timeout=self.part_timeout,
+        )
+        self.durations[step] = time.monotonic() - submitted
+        self.committed_steps.append(step)
+        log.info(
+            "checkpoint %d committed to %s (%d files, %.1f MB) %.1fs after the save",
+            step,
+            dest,
+            len(manifest.files),
+            manifest.total_bytes / 1e6,
+            self.durations[step],
+        )
+        prune_committed(self.checkpoints_uri, self.keep_last)
+        self._cleanup(now=None, grace=self.stale_grace)

@@ -1,0 +1,165 @@
+"""The demo's end report: a summary table for the terminal, ``summary.json`` and a loss plot (PNG).
+
+Everything here works on the plain ``summary`` dict the pipeline assembles (see
+:func:`demo.pipeline.run_demo`), so it is tested with canned histories and no training.
+Shape of the parts used here::
+
+    summary["pretrain"] = {"global_step", "epochs", "converged", "converged_epoch",
+                           "converged_step", "first_val_loss", "best_val_loss", "final_val_loss",
+                           "val_history": [[epoch, loss], ...], "train_history": [[epoch, loss], ...],
+                           "checkpoints", "patience", "min_rel_improvement"}
+    summary["download"] = {"files", "bytes_verified", "signature_verified"}
+    summary["finetune"] = {"steps", "loss_before", "loss_after", "export_bytes", "export_files",
+                           "train_history": [[step, loss], ...]}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _num(value: Any, fmt: str = "{:.4f}") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return fmt.format(value)
+
+
+def human_bytes(n: int | None) -> str:
+    """``1536 -> '1.5 KiB'`` (binary units, one decimal)."""
+    if n is None:
+        return "—"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The table's (label, value) rows, in reading order."""
+    pre = summary.get("pretrain", {})
+    dl = summary.get("download", {})
+    ft = summary.get("finetune", {})
+    data = summary.get("private_data", {})
+    if pre.get("converged"):
+        where = (
+            f"epoch {_num(pre.get('converged_epoch'), '{:g}')} (step {pre.get('converged_step')}), after "
+            f"{pre.get('patience')} epochs improving < {pre.get('min_rel_improvement', 0) * 100:g}%"
+        )
+    else:
+        where = "not converged (epoch limit reached)"
+    return [
+        ("pretrain steps", _num(pre.get("global_step"), "{}")),
+        ("pretrain epochs", _num(pre.get("epochs"), "{:g}")),
+        ("convergence declared", where),
+        (
+            "val loss first → best → last",
+            f"{_num(pre.get('first_val_loss'))} → {_num(pre.get('best_val_loss'))} → "
+            f"{_num(pre.get('final_val_loss'))}",
+        ),
+        ("checkpoints committed", _num(pre.get("checkpoints"), "{}")),
+        (
+            "bytes verified (download)",
+            f"{human_bytes(dl.get('bytes_verified'))} in {dl.get('files', '—')} files"
+            + (", signature ok" if dl.get("signature_verified") else ""),
+        ),
+        (
+            "private dataset",
+            f"{data.get('records', '—')} records, {human_bytes(data.get('ciphertext_bytes'))} ciphertext",
+        ),
+        ("fine-tune steps", _num(ft.get("steps"), "{}")),
+        (
+            "fine-tune eval loss before → after",
+            f"{_num(ft.get('loss_before'))} → {_num(ft.get('loss_after'))}",
+        ),
+        (
+            "export size",
+            f"{human_bytes(ft.get('export_bytes'))} in {ft.get('export_files', '—')} files",
+        ),
+        ("wall time", _num(summary.get("wall_seconds"), "{:.0f} s")),
+    ]
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A two-column text table with a border, ready to print."""
+    rows = summary_rows(summary)
+    left = max(len(k) for k, _ in rows)
+    right = max(len(v) for _, v in rows)
+    rule = f"+-{'-' * left}-+-{'-' * right}-+"
+    lines = [rule]
+    lines += [f"| {k.ljust(left)} | {v.ljust(right)} |" for k, v in rows]
+    lines.append(rule)
+    return "\n".join(lines)
+
+
+def write_summary_json(summary: dict[str, Any], path: Path) -> Path:
+    """Machine-readable summary (strict JSON: a NaN would be a bug upstream, so it fails here)."""
+    path = Path(path)
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return path
+
+
+def plot_losses(summary: dict[str, Any], path: Path) -> Path:
+    """PNG: pretraining train/val loss per epoch with the convergence point marked; fine-tune loss.
+
+    The Agg backend is selected explicitly: no display is needed (or wanted) on a server.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    pre = summary.get("pretrain", {})
+    ft = summary.get("finetune", {})
+    fig = Figure(figsize=(11, 4.2), dpi=110)
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+
+    train = pre.get("train_history") or []
+    val = pre.get("val_history") or []
+    if train:
+        ax1.plot(*zip(*train, strict=True), color="tab:blue", alpha=0.6, lw=1, label="train loss")
+    if val:
+        ax1.plot(
+            *zip(*val, strict=True), "o-", color="tab:orange", ms=4, label="val loss (per epoch)"
+        )
+        best_epoch, best = min(val, key=lambda p: p[1])
+        ax1.plot([best_epoch], [best], "*", color="tab:green", ms=14, label=f"best val {best:.3f}")
+    if pre.get("converged") and pre.get("converged_epoch") is not None:
+        ax1.axvline(
+            pre["converged_epoch"],
+            color="tab:red",
+            ls="--",
+            label=f"converged: epoch {pre['converged_epoch']:g} (step {pre.get('converged_step')})",
+        )
+    ax1.set(xlabel="epoch", ylabel="loss", title="Stage 1: pretraining (ZeRO-3, 2 CPU ranks)")
+    ax1.grid(alpha=0.3)
+    if train or val:
+        ax1.legend(fontsize=8)
+
+    history = ft.get("train_history") or []
+    if history:
+        ax2.plot(*zip(*history, strict=True), "o-", color="tab:purple", ms=3, label="train loss")
+    steps = ft.get("steps")
+    if ft.get("loss_before") is not None and ft.get("loss_after") is not None and steps:
+        ax2.plot(
+            [0, steps],
+            [ft["loss_before"], ft["loss_after"]],
+            "s--",
+            color="tab:gray",
+            label=f"eval loss {ft['loss_before']:.3f} → {ft['loss_after']:.3f}",
+        )
+    ax2.set(xlabel="step", ylabel="loss", title="Stage 2: air-gapped QLoRA fine-tune")
+    ax2.grid(alpha=0.3)
+    if history or steps:
+        ax2.legend(fontsize=8)
+
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path

@@ -1,0 +1,207 @@
+"""Rank assignment and the per-node command: pure checks, then the script really run by bash."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer.launch import LaunchError
+from trainer.launch.ranks import (
+    WORKER_PATTERN,
+    LaunchSpec,
+    Node,
+    assign_ranks,
+    launcher_argv,
+    make_spec,
+    network_env,
+    node_scripts,
+    stop_script,
+)
+
+RUN = "s3://bucket/runs/r1"
+
+
+def nodes(n: int) -> list[Node]:
+    return [Node(i, f"i-{i}", f"10.0.0.{10 + i}") for i in range(n)]
+
+
+def flag(script: str, name: str) -> str:
+    m = re.search(rf"{name}[= ](\S+)", script)
+    assert m, f"{name} missing"
+    return m.group(1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 16])
+def test_every_node_gets_a_distinct_rank_and_exactly_one_head(n):
+    assignments = assign_ranks(list(reversed(nodes(n))))
+    assert sorted(a.node_rank for a in assignments) == list(range(n))
+    heads = [a for a in assignments if a.is_head]
+    assert len(heads) == 1 and heads[0].node_rank == 0 and heads[0].private_ip == "10.0.0.10"
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        ([Node(0, "i-0", "10.0.0.1"), Node(2, "i-2", "10.0.0.2")], "indices"),
+        ([Node(0, "i-0", "10.0.0.1"), Node(0, "i-1", "10.0.0.2")], "indices"),
+        ([Node(0, "i-0", "10.0.0.1"), Node(1, "i-1", "10.0.0.1")], "share a private IP"),
+        ([Node(0, "i-0", "")], "no private IP"),
+        ([], "no nodes"),
+    ],
+)
+def test_bad_node_sets_are_rejected(bad, reason):
+    with pytest.raises(LaunchError, match=reason):
+        assign_ranks(bad)
+
+
+@pytest.mark.parametrize("launcher", ["deepspeed", "torchrun"])
+def test_per_node_commands_share_one_rendezvous(launcher):
+    assignments = assign_ranks(nodes(4))
+    spec = make_spec(RUN, assignments, launcher=launcher, master_port=29611)
+    scripts = node_scripts(spec, assignments)
+    assert sorted(scripts) == [0, 1, 2, 3]
+    ranks = set()
+    for i, script in scripts.items():
+        assert flag(script, "--master_addr") == "10.0.0.10"
+        assert flag(script, "--master_port") == "29611"
+        assert flag(script, "--node_rank") == str(i)
+        ranks.add(flag(script, "--node_rank"))
+        nodes_flag = "--num_nodes" if launcher == "deepspeed" else "--nnodes"
+        assert flag(script, nodes_flag) == "4"
+        gpus_flag = "--num_gpus" if launcher == "deepspeed" else "--nproc_per_node"
+        assert flag(script, gpus_flag) == "8"  # p4d.24xlarge
+        assert ". /etc/twostage/node.env" in script
+        assert f'"${{TWOSTAGE_NODE_INDEX:-}}" != "{i}"' in script
+        assert f"--run {RUN}" in script and "--module trainer --config" in script
+        assert "shutdown -h" in script  # self-termination after a clean finish
+        assert "ssh" not in script.replace("--no_ssh", "")
+    assert len(ranks) == 4
+    if launcher == "deepspeed":
+        assert all("--no_ssh" in s for s in scripts.values())
+        hostfiles = {re.search(r"printf %s ('[^']*')", s).group(1) for s in scripts.values()}
+        assert hostfiles == {shlex.quote("".join(f"10.0.0.{10 + i} slots=8\n" for i in range(4)))}
+
+
+def test_p4d_gets_efa_and_nccl_environment_and_g5_no_efa():
+    env = network_env("p4d.24xlarge")
+    assert env["FI_PROVIDER"] == "efa" and env["FI_EFA_USE_DEVICE_RDMA"] == "1"
+    assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+    script = node_scripts(make_spec(RUN, assign_ranks(nodes(2))), assign_ranks(nodes(2)))[1]
+    assert 'export FI_PROVIDER="efa"' in script and 'export FI_EFA_USE_DEVICE_RDMA="1"' in script
+    assert "FI_PROVIDER" not in network_env("g5.12xlarge")
+
+
+def test_spec_rejects_an_inconsistent_rendezvous():
+    with pytest.raises(LaunchError, match="launcher"):
+        LaunchSpec(RUN, 1, "10.0.0.1", hosts=("10.0.0.1",), launcher="mpirun")
+    with pytest.raises(LaunchError, match="first host"):
+        LaunchSpec(RUN, 2, "10.0.0.2", hosts=("10.0.0.1", "10.0.0.2"))
+    with pytest.raises(LaunchError, match="hostfile needs 2"):
+        LaunchSpec(RUN, 2, "10.0.0.1", hosts=("10.0.0.1",))
+    with pytest.raises(LaunchError, match="unknown GPU count"):
+        _ = LaunchSpec(RUN, 1, "10.0.0.1", hosts=("10.0.0.1",), instance_type="x9.huge").gpus
+
+
+def test_stop_signal_reaches_the_workers_not_the_launchers():
+    spec = make_spec(RUN, assign_ranks(nodes(2)))
+    a = assign_ranks(nodes(2))[1]
+    launcher_cmd = " ".join(launcher_argv(spec, a, "/x/config.toml"))
+    torchrun = make_spec(RUN, assign_ranks(nodes(2)), launcher="torchrun")
+    torchrun_cmd = " ".join(launcher_argv(torchrun, a, "/x/config.toml"))
+    # What DeepSpeed's launch.py / torchrun start on each GPU: python -u -m trainer ...
+    worker_cmd = f"/opt/twostage/.venv/bin/python -u -m trainer --config /x/config.toml --run {RUN}"
+    assert re.search(WORKER_PATTERN, worker_cmd)
+    assert not re.search(WORKER_PATTERN, launcher_cmd)
+    assert not re.search(WORKER_PATTERN, torchrun_cmd)
+    assert "pkill -TERM -f -- '-m trainer --config'" in stop_script()
+
+
+# -- the script itself, run by bash with a fake launcher ----------------------------------------
+FAKE_PYTHON = """#!/bin/bash
+# Stands in for the node's venv python: `-c` snippets run for real, a launcher is recorded.
+if [ "$1" = "-c" ]; then exec {python} "$@"; fi
+printf '%s\\n' "$@" > "$REC/argv"
+cp "$(dirname "$(grep -A1 -- --config "$REC/argv" | tail -1)")/config.toml" "$REC/config.seen"
+exit "${{FAKE_RC:-0}}"
+"""
+
+
+@pytest.fixture
+def node_sandbox(tmp_path):
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text("[run]\nname = 'r1'\n")
+    (tmp_path / "node.env").write_text("TWOSTAGE_NODE_INDEX=1\nTWOSTAGE_CLUSTER=c\n")
+    (tmp_path / "ready").write_text("")
+
+    def render(**over):
+        assignments = assign_ranks(nodes(2))
+        kw = dict(
+            instance_type="g5.12xlarge",
+            node_env=str(tmp_path / "node.env"),
+            repo_dir=str(Path.cwd()),
+            python=str(fake),
+            scratch=str(tmp_path / "nvme"),
+            ready_marker=str(tmp_path / "ready"),
+            shutdown_cmd=f"touch {rec}/shutdown",
+        )
+        kw.update(over)
+        spec = make_spec(str(run), assignments, **kw)
+        path = tmp_path / "node1.sh"
+        path.write_text(node_scripts(spec, assignments)[1])
+        return path
+
+    def execute(script: Path, rc: int = 0) -> subprocess.CompletedProcess:
+        env = {**os.environ, "REC": str(rec), "FAKE_RC": str(rc)}
+        return subprocess.run(
+            ["bash", str(script)], capture_output=True, text=True, env=env, timeout=60
+        )
+
+    return render, execute, rec, run
+
+
+def test_script_fetches_config_launches_records_exit_and_powers_off(node_sandbox):
+    render, execute, rec, run = node_sandbox
+    proc = execute(render(), rc=0)
+    assert proc.returncode == 0, proc.stderr
+    argv = (rec / "argv").read_text().split("\n")
+    assert "--node_rank=1" in argv and "--no_ssh" in argv
+    assert (rec / "config.seen").read_text() == (run / "config.toml").read_text()
+    assert (run / "logs/node-1/exit_code").read_text() == "0"
+    assert (rec / "shutdown").exists()
+
+
+def test_script_keeps_the_node_up_after_exit_75(node_sandbox):
+    render, execute, rec, run = node_sandbox
+    proc = execute(render(), rc=75)
+    assert proc.returncode == 75
+    assert (run / "logs/node-1/exit_code").read_text() == "75"
+    assert not (rec / "shutdown").exists()
+
+
+def test_script_refuses_to_run_on_the_wrong_node(node_sandbox, tmp_path):
+    render, execute, rec, run = node_sandbox
+    (tmp_path / "node.env").write_text("TWOSTAGE_NODE_INDEX=0\n")
+    proc = execute(render())
+    assert proc.returncode == 3
+    assert "this is node 0, the command is for node 1" in proc.stderr
+    assert not (rec / "argv").exists()
+
+
+def test_script_waits_for_the_bootstrap_then_gives_up(node_sandbox, tmp_path):
+    render, execute, rec, run = node_sandbox
+    proc = execute(render(ready_marker=str(tmp_path / "never"), ready_timeout_s=0))
+    assert proc.returncode == 3
+    assert "bootstrap not finished" in proc.stderr
+    assert not (rec / "argv").exists()

@@ -1,0 +1,55 @@
+"""Entry point on every rank: ``python -m trainer --config FILE.toml [--run URI]``.
+
+Exit codes: 0 finished (converged or epoch limit), 75 interrupted (resume me), 2 user error,
+anything else a failure. A launcher should also read ``<run>/STATUS.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config", required=True, help="recipe TOML (e.g. configs/pretrain-tiny.toml)"
+    )
+    parser.add_argument(
+        "--run",
+        default=None,
+        help="run prefix URI (s3://..., file://..., or a path); default: [run] uri, else runs/<name>-<time>",
+    )
+    # The DeepSpeed launcher appends --local_rank=N; the environment carries the same value.
+    parser.add_argument(
+        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
+    )
+    return parser.parse_args(argv)
+
+
+def default_run_uri(name: str) -> str:
+    """A fresh folder under ``runs/`` (used when neither ``--run`` nor ``[run] uri`` is given)."""
+    return f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from artifacts.errors import UserError
+    from artifacts.logs import init_logging
+
+    init_logging()
+    args = parse_args(argv)
+    try:
+        from trainer.config import load_config
+        from trainer.train import run_training
+
+        cfg = load_config(args.config)
+        run_uri = args.run or cfg.run.uri or default_run_uri(cfg.run.name)
+        return run_training(cfg, run_uri)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""The training run on every rank: config → CPU adaptations → data → model → HF Trainer → finish.
+
+The HF ``Trainer`` (with DeepSpeed from the generated JSON) does the loop; this module adds the
+callbacks that make it a stage-1 run: evaluation every epoch feeds the convergence criterion
+(state saved as ``convergence.json`` in every checkpoint, restored on resume), every save is
+committed to the run prefix in the background (``trainer.checkpoints``), a spot notice or SIGTERM
+saves and exits 75 (``trainer.spot``), and the end publishes ``final/`` with ``STATUS.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer.config import TrainerConfig
+from trainer.convergence import ConvergenceCriterion
+
+log = logging.getLogger(__name__)
+
+CONVERGENCE_FILE = "convergence.json"
+LOSS_HISTORY_FILE = "loss_history.json"
+EXIT_OK = 0
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_dist_env() -> None:
+    """A single process started without a launcher becomes rank 0 of 1 (DeepSpeed would look for MPI)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        os.environ.setdefault("LOCAL_RANK", "0")
+        return
+    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"})
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+
+
+def scratch_dir(cfg: TrainerConfig, run_uri: str) -> Path:
+    """Node-local working folder of this run (checkpoints before upload, data cache)."""
+    base = cfg.run.scratch_dir or os.environ.get("TWOSTAGE_SCRATCH") or "runs/.scratch"
+    tag = hashlib.sha256(run_uri.encode()).hexdigest()[:12]
+    return (Path(base).expanduser() / f"{cfg.run.name}-{tag}").absolute()
+
+
+def _all_ok(flag: bool) -> bool:
+    """All-reduce MIN of a flag: a barrier that also tells every rank whether all succeeded."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def training_arguments(
+    cfg: TrainerConfig,
+    *,
+    output_dir: Path,
+    ds_config: dict[str, Any],
+    precision: str,
+    extra: dict[str, Any],
+) -> Any:
+    """HF ``TrainingArguments`` from the recipe (transformers 5.x names)."""
+    from transformers import TrainingArguments
+
+    t = cfg.training
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        max_grad_norm=t.max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        eval_strategy="epoch",
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=2,
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        report_to="none",
+        seed=cfg.run.seed,
+        data_seed=cfg.run.seed,
+        deepspeed=ds_config,
+        gradient_checkpointing=t.gradient_checkpointing,
+        dataloader_num_workers=t.dataloader_num_workers,
+        disable_tqdm=not sys.stderr.isatty() or os.environ.get("TWOSTAGE_PROGRESS") == "0",
+        save_only_model=False,
+        ddp_timeout=1800,
+        **extra,
+    )
+
+
+def _build_convergence_callback() -> type:
+    from transformers import TrainerCallback
+
+    class ConvergenceCallback(TrainerCallback):
+        """Feeds each evaluation's loss to the criterion; saves and stops once converged.
+
+        Also: saves at the epoch limit (so the last state is committed), writes
+        ``convergence.json`` and ``loss_history.json`` into every checkpoint folder (global rank
+        0, before the commit callback submits it) and updates ``STATUS.json`` after every eval.
+        """
+
+        def __init__(
+            self, criterion: ConvergenceCriterion, history: list[dict[str, Any]], status: Any
+        ) -> None:
+            self.criterion = criterion
+            self.history = history
+            self.status = status
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.max_steps and state.global_step >= state.max_steps:
+                control.should_save = True  # epoch/step limit: commit the last state too
+            return control
+
+        def on_evaluate(
+            self,
+            args: Any,
+            state: Any,
+            control: Any,
+            metrics: dict[str, float] | None = None,
+            **kw: Any,
+        ) -> Any:
+            loss = (metrics or {}).get("eval_loss")
+            stalled = self.criterion.is_stall(loss) and self.criterion.best is not None
+            converged = self.criterion.update(loss)
+            self.history.append(
+                {
+                    "step": state.global_step,
+                    "epoch": state.epoch,
+                    "val_loss": loss,
+                    "stalled": bool(stalled),
+                }
+            )
+            log.info(
+                "epoch %.2f step %d: val loss %.4f (best %.4f, %d/%d stalls)",
+                state.epoch or 0.0,
+                state.global_step,
+                float("nan") if loss is None else loss,
+                float("nan") if self.criterion.best is None else self.criterion.best,
+                self.criterion.stalls,
+                self.criterion.patience,
+            )
+            if converged:
+                log.info("converged at step %d: saving, publishing, stopping", state.global_step)
+                control.should_save = True
+                control.should_training_stop = True
+            self.status.write(
+                "running",
+                global_step=state.global_step,
+                epoch=state.epoch,
+                best_val_loss=self.criterion.best,
+                converged=converged,
+                val_loss_history=self.history,
+            )
+            return control
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                doc = {"criterion": self.criterion.state_dict(), "val_loss_history": self.history}
+                (folder / CONVERGENCE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+                from trainer.finish import loss_history
+
+                (folder / LOSS_HISTORY_FILE).write_text(
+                    json.dumps(loss_history(state.log_history), indent=2) + "\n"
+                )
+            return control
+
+    return ConvergenceCallback
+
+
+def restore_convergence(folder: Path, criterion: ConvergenceCriterion) -> list[dict[str, Any]]:
+    """Load ``convergence.json`` of a resumed checkpoint into ``criterion``; returns the val history."""
+    path = folder / CONVERGENCE_FILE
+    if not path.exists():
+        log.warning("resume: %s has no %s; convergence counting restarts", folder, CONVERGENCE_FILE)
+        return []
+    doc = json.loads(path.read_text())
+    criterion.load_state_dict(doc["criterion"])
+    log.info(
+        "resume: convergence state restored (best %s, %d/%d stalls)",
+        criterion.best,
+        criterion.stalls,
+        criterion.patience,
+    )
+    return list(doc.get("val_loss_history", []))
+
+
+def run_training(cfg: TrainerConfig, run_uri: str) -> int:
+    """Train on this rank until convergence, the epoch limit or an interruption; return the exit code."""
+    from artifacts.logs import init_logging
+
+    started = time.monotonic()
+    ensure_dist_env()
+    init_logging(rank=int(os.environ["RANK"]))
+    import torch
+
+    from trainer import cpu_compat
+    from trainer.dsconfig import build_ds_config, resolve_precision, write_ds_config
+
+    accelerator = cpu_compat.has_accelerator()
+    bf16_ok = torch.cuda.is_bf16_supported() if accelerator else cpu_compat.cpu_bf16_supported()
+    precision = resolve_precision(
+        cfg.training.precision, accelerator=accelerator, bf16_supported=bf16_ok
+    )
+    compat = cpu_compat.apply(precision=precision)
+    scratch = scratch_dir(cfg, run_uri)
+    ds_config = build_ds_config(cfg, accelerator=accelerator)
+    args = training_arguments(
+        cfg,
+        output_dir=scratch / "output",
+        ds_config=ds_config,
+        precision=precision,
+        extra=compat.training_kwargs,
+    )
+    rank, local_rank, world = args.process_index, args.local_process_index, args.world_size
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    num_nodes = max(1, world // max(1, local_world))
+    node_rank = rank // max(1, local_world)
+    if rank == 0:
+        write_ds_config(ds_config, scratch / "ds_config.json")
+        log.info(
+            "run %s: %d rank(s) on %d node(s), precision %s, ZeRO-%d, scratch %s",
+            run_uri,
+            world,
+            num_nodes,
+            precision,
+            cfg.deepspeed.zero_stage,
+            scratch,
+        )
+
+    from trainer.finish import StatusWriter
+
+    status = StatusWriter(run_uri, enabled=rank == 0, node_count=num_nodes)
+    status.write("running")
+    try:
+        return _train(
+            cfg, run_uri, args, scratch, status, rank, local_rank, node_rank, num_nodes, started
+        )
+    except BaseException:
+        status.write("failed")
+        raise
+
+
+def _train(
+    cfg: TrainerConfig,
+    run_uri: str,
+    args: Any,
+    scratch: Path,
+    status: Any,
+    rank: int,
+    local_rank: int,
+    node_rank: int,
+    num_nodes: int,
+    started: float,
+) -> int:
+    from transformers import Trainer, default_data_collator
+
+    from trainer.checkpoints import CheckpointCommitter, CommitCallback, agree_resume_checkpoint
+    from trainer.data import BlockDataset, load_tokenizer, prepare_data
+    from trainer.finish import loss_history, publish_final
+    from trainer.model import build_model
+    from trainer.spot import INTERRUPTED_EXIT_CODE, InterruptionCallback, InterruptionWatcher
+
+    data = prepare_data(cfg, run_uri, scratch, rank=rank, local_rank=local_rank, all_ok=_all_ok)
+    tokenizer = load_tokenizer(data.root)
+    model = build_model(
+        cfg.model,
+        vocab_size=len(tokenizer),
+        block_size=cfg.data.block_size,
+        eos_token_id=tokenizer.eos_token_id,
+        workdir=scratch,
+    )
+    train_ds, val_ds = BlockDataset(data.train_path), BlockDataset(data.val_path)
+
+    criterion = ConvergenceCriterion(cfg.convergence.min_rel_improvement, cfg.convergence.patience)
+    resumed = agree_resume_checkpoint(run_uri, scratch / "resume", local_rank=local_rank)
+    history: list[dict[str, Any]] = []
+    if resumed is not None:
+        history = restore_convergence(resumed[0], criterion)
+    signing_key = Path(cfg.run.signing_key) if cfg.run.signing_key else None
+    committer = CheckpointCommitter(
+        run_uri,
+        node_rank=node_rank,
+        num_nodes=num_nodes,
+        keep_last=cfg.run.keep_last,
+        signing_key=signing_key,
+    )
+    watcher = (
+        InterruptionWatcher(cfg.spot.endpoint, cfg.spot.poll_interval) if cfg.spot.enabled else None
+    )
+
+    def metadata(state: Any) -> dict[str, Any]:
+        return {
+            "converged": criterion.converged,
+            "best_val_loss": criterion.best,
+            "convergence": criterion.state_dict(),
+            "config": cfg.raw,
+        }
+
+    callbacks: list[Any] = [
+        _build_convergence_callback()(criterion, history, status),
+        CommitCallback(committer, metadata=metadata),
+    ]
+    interruption = None
+    if watcher is not None:
+        interruption = InterruptionCallback(watcher, committer=committer)
+        callbacks.append(interruption)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        processing_class=tokenizer,
+        data_collator=default_data_collator,
+        callbacks=callbacks,
+    )
+    if watcher is not None:
+        watcher.start()
+    try:
+        if criterion.converged and resumed is not None:
+            # Converged before the last launch could publish: finish from the checkpoint as it is.
+            log.info(
+                "resume: the run had already converged at step %d; publishing",
+                trainer.state.global_step,
+            )
+            trainer.args.max_steps = int(resumed[1].get("global_step", 0)) or 1
+        trainer.train(resume_from_checkpoint=str(resumed[0]) if resumed else None)
+    finally:
+        if watcher is not None:
+            watcher.stop()
+    state = trainer.state
+    if interruption is not None and interruption.interrupted:
+        committer.close()
+        status.write(
+            "interrupted",
+            global_step=state.global_step,
+            epoch=state.epoch,
+            best_val_loss=criterion.best,
+            converged=False,
+            val_loss_history=history,
+            notice=watcher.notice if watcher else None,
+            notice_to_commit_s=interruption.notice_to_commit_s,
+        )
+        log.warning(
+            "interrupted at step %d; exit %d (resume me)", state.global_step, INTERRUPTED_EXIT_CODE
+        )
+        return INTERRUPTED_EXIT_CODE
+    final_state = "converged" if criterion.converged else "finished"
+    summary = {
+        "state": final_state,
+        "converged": criterion.converged,
+        "global_step": state.global_step,
+        "epoch": state.epoch,
+        "best_val_loss": criterion.best,
+        "convergence": criterion.state_dict(),
+        "val_loss_history": history,
+        "loss_history": loss_history(state.log_history),
+        "num_nodes": num_nodes,
+        "world_size": args.world_size,
+        "train_seconds_this_launch": round(time.monotonic() - started, 1),
+        "config": cfg.raw,
+    }
+    final_uri = publish_final(
+        trainer,
+        trainer.processing_class,
+        run_uri=run_uri,
+        out_dir=scratch / "final",
+        summary=summary,
+        signing_key=signing_key,
+        is_main=rank == 0,
+    )
+    committer.close()
+    _all_ok(True)  # nobody exits (and tears the group down) before rank 0 has published
+    status.write(
+        final_state,
+        global_step=state.global_step,
+        epoch=state.epoch,
+        best_val_loss=criterion.best,
+        converged=criterion.converged,
+        val_loss_history=history,
+        final=final_uri,
+    )
+    if rank == 0:
+        log.info(
+            "%s at step %d (epoch %.2f), best val loss %.4f; final model: %s",
+            final_state,
+            state.global_step,
+            state.epoch or 0.0,
+            criterion.best if criterion.best is not None else float("nan"),
+            final_uri,
+        )
+    return EXIT_OK

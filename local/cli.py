@@ -1,0 +1,84 @@
+"""Task ``finetune``: air-gapped QLoRA fine-tune of a verified model on an encrypted dataset.
+
+Thin: parse flags, call :func:`local.finetune.run_finetune`, print the summary. Nothing heavy is
+imported here, so ``invoke --list`` stays instant and ``--airgapped`` can set the offline switches
+before transformers is imported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import task
+
+from artifacts.cli_support import user_errors
+from local.errors import LocalError
+
+
+@task(
+    help={
+        "model": "Model folder from `invoke download` (HF causal LM + MANIFEST.json).",
+        "data": "Encrypted JSON Lines dataset (`invoke encrypt`); decrypted in memory only.",
+        "key_file": "The dataset's 256-bit key file (or KMS-wrapped key, unwrapped before going offline).",
+        "out": "New folder for the export (adapter, tokenizer, manifest); must not exist.",
+        "airgapped": "Set every HF offline switch and block all non-loopback network access for the run.",
+        "config": "Fine-tune recipe TOML (default: the built-in values of configs/finetune-qlora.toml).",
+        "verify": "Re-verify the model folder against its manifest before loading (--no-verify skips).",
+        "merge": "Also export a merged full-precision model (safetensors) under OUT/merged/.",
+        "max_steps": "Override the config's max_steps.",
+        "public_key": "Ed25519 public key: also require a valid MANIFEST.json.sig on the model.",
+    }
+)
+@user_errors
+def finetune(
+    c,
+    model,
+    data,
+    key_file,
+    out,
+    airgapped=False,
+    config=None,
+    verify=True,
+    merge=False,
+    max_steps=None,
+    public_key=None,
+):
+    """QLoRA fine-tune (4-bit NF4 base + LoRA) on an encrypted dataset; export only the adapter.
+
+    :param model: verified model folder; re-hashed against MANIFEST.json unless --no-verify.
+    :param data: encrypted dataset (`{"text": ...}` or `{"prompt": ..., "response": ...}` lines).
+    :param key_file: key for --data.
+    :param out: export folder, written via a temporary sibling and one rename.
+    :param airgapped: run with the network cut off; any attempt aborts the run.
+    :param config: TOML recipe, e.g. configs/finetune-tiny.toml for a CPU demo.
+    :param verify: check the model against its manifest first (default on).
+    :param merge: also write a merged model under OUT/merged/.
+    :param max_steps: optimizer steps (overrides the config).
+    :param public_key: require the model's manifest to be signed by this key.
+    """
+    from artifacts.logs import init_logging
+    from local.config import load_config
+    from local.finetune import run_finetune
+
+    init_logging()
+    try:
+        steps = int(max_steps) if max_steps is not None else None
+    except ValueError:
+        raise LocalError(f"--max-steps must be a whole number, got {max_steps!r}") from None
+    cfg = load_config(Path(config) if config else None)
+    result = run_finetune(
+        Path(model),
+        Path(data),
+        Path(key_file),
+        Path(out),
+        config=cfg,
+        airgapped=airgapped,
+        verify=verify,
+        merge=merge,
+        max_steps=steps,
+        public_key=Path(public_key) if public_key else None,
+    )
+    print(result.summary())
+
+
+TASKS = [finetune]

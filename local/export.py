@@ -1,0 +1,256 @@
+"""Export: only what may leave the box, checked, with a manifest, published by one rename.
+
+What leaves: the LoRA adapter (``adapter_model.safetensors`` + ``adapter_config.json``), the base
+model's tokenizer files, optionally a merged model under ``merged/`` (safetensors), and
+``MANIFEST.json`` (sizes, SHA-256, run metadata). Everything is written into a hidden sibling of
+``--out``; the folder is checked (allow-listed names only, no pickles, no paths, hostnames, key
+IDs or data/key file names in any file) and only then renamed to ``--out``. A failure at any
+point leaves no ``--out`` behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from local.errors import LocalError
+
+log = logging.getLogger(__name__)
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+#: Vocabulary files: public base-model content whose tokens may spell ordinary words, so the
+#: name checks (not the path/hostname/key-ID checks) skip them.
+VOCAB_FILES = frozenset({"tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model"})
+MERGED_DIR = "merged"
+_MERGED_WEIGHTS = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors$")
+_MERGED_EXTRA = frozenset({"config.json", "generation_config.json", "model.safetensors.index.json"})
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+#: Keys whose value names where a model came from; always replaced by the neutral base label.
+_ORIGIN_KEYS = frozenset({"base_model_name_or_path", "_name_or_path", "name_or_path"})
+_ABS_PATH = re.compile(r"^(?:file://|~/|/|[A-Za-z]:[\\/])\S*[/\\]\S*$")
+
+
+@dataclass(frozen=True)
+class Forbidden:
+    """A string that must not appear in the export; ``name`` ones skip vocabulary files."""
+
+    label: str
+    value: str
+    name: bool = False
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    path: Path
+    files: int
+    bytes: int
+
+
+def is_allowed(rel: str) -> bool:
+    """Allow-list of export file names (pure)."""
+    parts = rel.split("/")
+    if len(parts) == 1:
+        return rel in ADAPTER_FILES or rel in TOKENIZER_FILES
+    if len(parts) == 2 and parts[0] == MERGED_DIR:
+        name = parts[1]
+        return bool(_MERGED_WEIGHTS.match(name)) or name in _MERGED_EXTRA or name in TOKENIZER_FILES
+    return False
+
+
+@contextlib.contextmanager
+def staging_dir(out: Path) -> Iterator[Path]:
+    """A hidden sibling of ``out`` to build the export in; removed unless :func:`finalize` ran."""
+    out = Path(out)
+    if out.exists():
+        raise LocalError(
+            f"{out} already exists; choose a new --out (an export is never overwritten)"
+        )
+    if not out.parent.is_dir():
+        raise LocalError(f"{out.parent}: folder for --out does not exist")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield staging
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def scrub_json(doc: Any, label: str) -> Any:
+    """Replace origin fields and absolute-path-looking strings by ``label`` (pure)."""
+    if isinstance(doc, dict):
+        return {
+            k: (label if k in _ORIGIN_KEYS and isinstance(v, str) else scrub_json(v, label))
+            for k, v in doc.items()
+        }
+    if isinstance(doc, list):
+        return [scrub_json(v, label) for v in doc]
+    if isinstance(doc, str) and _ABS_PATH.match(doc):
+        return label
+    return doc
+
+
+def _rewrite_json(path: Path, label: str) -> None:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(
+        json.dumps(scrub_json(doc, label), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+
+
+def save_adapter(peft_model: Any, staging: Path, base_label: str) -> None:
+    """Adapter weights (safetensors) + config with a neutral base reference; no model card."""
+    peft_model.save_pretrained(str(staging), safe_serialization=True)
+    (staging / "README.md").unlink(missing_ok=True)  # peft's card names the base's local path
+    _rewrite_json(staging / "adapter_config.json", base_label)
+
+
+def copy_tokenizer(model_dir: Path, dest: Path, base_label: str) -> list[str]:
+    """Copy the base's tokenizer files verbatim (config files scrubbed of origin paths)."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        src = Path(model_dir) / name
+        if src.is_file():
+            shutil.copyfile(src, dest / name)
+            if name.endswith(".json") and name not in VOCAB_FILES:
+                _rewrite_json(dest / name, base_label)
+            copied.append(name)
+    if not copied:
+        raise LocalError(
+            f"{model_dir}: no tokenizer files found (expected tokenizer.json or vocab files)"
+        )
+    return copied
+
+
+def merge_adapter(model_dir: Path, staging: Path, base_label: str) -> None:
+    """Merge the staged adapter into a full-precision reload of the base; save under ``merged/``.
+
+    The 4-bit training copy is not used: merging into dequantized NF4 weights would bake the
+    quantization error into the published model. The reload uses the checkpoint's own 16-bit
+    dtype (bf16/fp16) or fp32, on the CPU, so GPU memory is not needed.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hf_cfg = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    saved = getattr(hf_cfg, "dtype", None) or getattr(hf_cfg, "torch_dtype", None)
+    dtype = saved if saved in (torch.bfloat16, torch.float16) else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=dtype, device_map={"": "cpu"}, local_files_only=True
+    )
+    merged = PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
+    target = staging / MERGED_DIR
+    merged.save_pretrained(str(target))
+    for name in os.listdir(target):
+        if name.endswith(".json"):
+            _rewrite_json(target / name, base_label)
+    copy_tokenizer(model_dir, target, base_label)
+    del merged, base
+
+
+def _searchable_bytes(path: Path) -> bytes:
+    """What a reader could find strings in: whole text files, the header of safetensors files."""
+    if path.suffix == ".safetensors":
+        with path.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            return f.read(min(n, 100 * 1024 * 1024))
+    return path.read_bytes()
+
+
+def check_export(staging: Path, forbidden: Iterable[Forbidden]) -> list[str]:
+    """Raise :class:`LocalError` unless every file is allow-listed, no pickle, and clean."""
+    forbidden = [f for f in forbidden if f.value]
+    files = []
+    for dirpath, _dirs, names in os.walk(staging):
+        for name in names:
+            rel = (Path(dirpath) / name).relative_to(staging).as_posix()
+            path = Path(dirpath) / name
+            if rel.endswith(PICKLE_SUFFIXES):
+                raise LocalError(
+                    f"export check: {rel} is a pickle-format file; refusing to export it"
+                )
+            if not is_allowed(rel):
+                raise LocalError(
+                    f"export check: {rel} is not on the export allow-list; refusing to export it"
+                )
+            with path.open("rb") as f:
+                head = f.read(4)
+            if (
+                head[:1] == b"\x80"
+                and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+                or head == b"PK\x03\x04"
+            ):
+                raise LocalError(
+                    f"export check: {rel} holds pickle/zip (torch.save) data; refusing to export it"
+                )
+            data = _searchable_bytes(path)
+            lowered = data.lower()
+            for f in forbidden:
+                if f.name and name in VOCAB_FILES:
+                    continue
+                needle = f.value.encode("utf-8")
+                if needle in data or (f.name and needle.lower() in lowered):
+                    raise LocalError(
+                        f"export check: {rel} contains the {f.label}; nothing was exported"
+                    )
+            files.append(rel)
+    return sorted(files)
+
+
+def finalize(
+    staging: Path, out: Path, *, forbidden: Iterable[Forbidden], metadata: dict[str, Any]
+) -> ExportInfo:
+    """Check the staged folder, write ``MANIFEST.json`` last, and rename it to ``out``."""
+    from artifacts.hashing import hash_file
+    from artifacts.manifest import MANIFEST_NAME, FileEntry, Manifest
+
+    files = check_export(staging, forbidden)
+    entries = [FileEntry(rel, *hash_file(staging / rel)) for rel in files]
+    manifest = Manifest(files=entries, metadata=metadata)
+    data = manifest.to_json()
+    for f in forbidden:
+        if f.value and f.value.encode() in data:
+            raise LocalError(
+                f"export check: the manifest metadata contains the {f.label}; nothing was exported"
+            )
+    with open(staging / MANIFEST_NAME, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if out.exists():
+        raise LocalError(
+            f"{out} appeared while exporting; nothing was exported (staged copy removed)"
+        )
+    os.rename(staging, out)
+    _fsync_dir(out.parent)
+    total = manifest.total_bytes + len(data)
+    log.info("exported %d files (%.1f MB) to %s", len(entries) + 1, total / 1e6, out)
+    return ExportInfo(path=out, files=len(entries) + 1, bytes=total)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

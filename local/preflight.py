@@ -1,0 +1,336 @@
+"""Preflight: will this QLoRA run fit on this device? Decide before loading gigabytes.
+
+The estimate is arithmetic over the model's shape (read from ``config.json`` by building the
+model on the ``meta`` device: no weights are read) and the run config. It errs high:
+
+* frozen base: quantized linear weights at 0.5 byte/param plus their quantization constants
+  (one absmax per 64 weights: fp32, or 8-bit + a second-level fp32 per 256 blocks with double
+  quantization); the rest (embeddings, ``lm_head``, norms) in fp32, because
+  ``prepare_model_for_kbit_training`` upcasts every non-quantized parameter;
+* LoRA: fp32 weights + grads + two Adam moments = 16 bytes/param;
+* activations: with gradient checkpointing one saved hidden state per layer plus one layer
+  recomputed in full; the attention score matrix; fp32 logits with their gradient;
+* transients: one dequantized copy of the largest linear layer, the CUDA context, 10 % margin.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from local.config import FinetuneConfig
+from local.errors import LocalError
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+MIB = 1024**2
+BLOCKSIZE = 64  # bitsandbytes 4-bit quantization block
+NESTED_BLOCKSIZE = 256  # double quantization: absmax of absmax
+CUDA_CONTEXT_BYTES = 600 * MIB
+MARGIN = 0.10
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimate needs to know about a causal LM (pure data)."""
+
+    quantized_params: int
+    """Parameters of the linear layers bitsandbytes quantizes (every Linear but ``lm_head``)."""
+    other_params: int
+    """Embeddings, ``lm_head``, norms, biases: kept in higher precision."""
+    lora_params: int
+    """Trainable LoRA parameters for the resolved target modules at the config's rank."""
+    largest_linear: int
+    """Parameter count of the biggest quantized layer (dequantized on the fly)."""
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    vocab: int
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """The estimated peak, with the breakdown a person needs to decide what to change."""
+
+    parts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+
+@dataclass(frozen=True)
+class PreflightReport:
+    """Device, free memory, estimate and the verdict."""
+
+    device: str
+    device_name: str
+    free_bytes: int
+    budget_bytes: int
+    estimate: MemoryEstimate
+    shape: ModelShape
+    target_modules: list[str]
+    advice: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.total <= self.budget_bytes
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{k} {v / MIB:.0f} MiB" for k, v in self.estimate.parts.items())
+        return (
+            f"preflight: device {self.device} ({self.device_name}), free {self.free_bytes / GIB:.2f} GiB, "
+            f"budget {self.budget_bytes / GIB:.2f} GiB, estimated peak {self.estimate.total / GIB:.2f} GiB "
+            f"at 4-bit ({parts})"
+        )
+
+
+def _dtype_bytes(compute_dtype: str) -> int:
+    return 4 if compute_dtype == "float32" else 2
+
+
+def quant_bytes(params: int, *, double_quant: bool) -> int:
+    """Bytes of 4-bit weights plus quantization constants for ``params`` quantized weights."""
+    blocks = -(-params // BLOCKSIZE)
+    if double_quant:
+        constants = (
+            blocks * 1 + (-(-blocks // NESTED_BLOCKSIZE)) * 4 * 2
+        )  # 8-bit absmax + fp32 scale/offset
+    else:
+        constants = blocks * 4
+    return -(-params // 2) + constants
+
+
+def estimate_peak(
+    shape: ModelShape, cfg: FinetuneConfig, *, device: str, compute_dtype: str
+) -> MemoryEstimate:
+    """Estimated peak bytes of a QLoRA step (pure: shape + config → breakdown)."""
+    a = _dtype_bytes(compute_dtype)
+    b, s = cfg.batch_size, cfg.max_seq_len
+    per_layer_full = (
+        b * s * (16 * shape.hidden + 2 * shape.intermediate) * a + 2 * b * shape.heads * s * s * a
+    )
+    if cfg.gradient_checkpointing:
+        activations = shape.layers * b * s * shape.hidden * a + per_layer_full
+    else:
+        activations = shape.layers * per_layer_full
+    parts = {
+        "base 4-bit": quant_bytes(shape.quantized_params, double_quant=cfg.double_quant),
+        "base fp32 (embeddings, norms)": shape.other_params * 4,
+        "LoRA + grads + Adam": shape.lora_params * 16,
+        "activations": activations,
+        "logits": 3 * b * s * shape.vocab * 4,
+        "dequantize buffer": 2 * shape.largest_linear * a,
+    }
+    if device == "cuda":
+        parts["CUDA context"] = CUDA_CONTEXT_BYTES
+    parts["margin 10%"] = int(MARGIN * sum(parts.values()))
+    return MemoryEstimate(parts)
+
+
+def advise(est: MemoryEstimate, budget: int, cfg: FinetuneConfig, device: str) -> list[str]:
+    """What to change, biggest lever first, when the estimate exceeds the budget (pure)."""
+    if est.total <= budget:
+        return []
+    tips = []
+    weights = est.parts["base 4-bit"] + est.parts["base fp32 (embeddings, norms)"]
+    act = est.parts["activations"] + est.parts["logits"]
+    if act > 0.25 * est.total:
+        if cfg.batch_size > 1:
+            tips.append(
+                f"lower batch_size ({cfg.batch_size}) and raise grad_accum to keep the effective batch"
+            )
+        if cfg.max_seq_len > 128:
+            tips.append(f"lower max_seq_len ({cfg.max_seq_len})")
+        if not cfg.gradient_checkpointing:
+            tips.append("set gradient_checkpointing = true")
+    if weights > budget:
+        tips.append(
+            "the 4-bit base alone does not fit: use a device with more memory or a smaller model"
+        )
+    if device == "cpu":
+        tips.append("close other programs or run on a GPU")
+    else:
+        tips.append("free GPU memory held by other processes (nvidia-smi) or use a larger GPU")
+    return tips
+
+
+#: Architectures whose q/k/v projections are one fused layer: LoRA goes on that layer.
+FUSED_ATTENTION = {
+    "gpt2": "c_attn",
+    "gpt_bigcode": "c_attn",
+    "gpt_neox": "query_key_value",
+    "falcon": "query_key_value",
+    "bloom": "query_key_value",
+    "mpt": "Wqkv",
+    "phi3": "qkv_proj",
+}
+_SPLIT_QKV = {"q_proj", "k_proj", "v_proj"}
+
+
+def resolve_target_modules(
+    model_type: str, requested: tuple[str, ...], linear_names: set[str]
+) -> list[str]:
+    """Map the config's target names onto this architecture's linear layers (pure).
+
+    ``q_proj``/``v_proj`` become the fused projection on GPT-2 style models (``c_attn``).
+    """
+    if set(requested) <= linear_names:
+        return list(requested)
+    fused = FUSED_ATTENTION.get(model_type)
+    if fused and fused in linear_names and set(requested) <= _SPLIT_QKV | {fused}:
+        return [fused]
+    missing = sorted(set(requested) - linear_names)
+    raise LocalError(
+        f"config key target_modules names {', '.join(missing)}, which this {model_type or 'model'} "
+        f"does not have; its linear layers are: {', '.join(sorted(linear_names))}"
+    )
+
+
+def load_meta_model(model_dir: Path) -> tuple[Any, Any]:
+    """``(hf_config, model on the meta device)`` from ``config.json``: shapes only, no weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        hf_cfg = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise LocalError(f"{model_dir}: not a Hugging Face model folder ({err})") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_cfg)
+    return hf_cfg, model
+
+
+def linear_names(model: Any) -> set[str]:
+    """Leaf names of the model's linear layers (``q_proj``, ``c_attn``, ...), ``lm_head`` excluded."""
+    out_emb = model.get_output_embeddings()
+    return {
+        n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_linear(m) and m is not out_emb
+    }
+
+
+def model_shape(
+    hf_cfg: Any, model: Any, cfg: FinetuneConfig, target_modules: list[str]
+) -> ModelShape:
+    """Count quantized, kept and LoRA parameters of a (meta) model."""
+    quantized = other = lora = largest = 0
+    counted: set[int] = set()
+    out_emb = model.get_output_embeddings()
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in counted]
+        counted.update(id(p) for p in own)
+        n = sum(p.numel() for p in own)
+        is_linear = _is_linear(module)
+        if is_linear and module is not out_emb:
+            quantized += n
+            largest = max(largest, module.weight.numel())
+        else:
+            other += n
+        if is_linear and name.rsplit(".", 1)[-1] in target_modules:
+            fan_in, fan_out = _fans(module)
+            lora += cfg.lora_r * (fan_in + fan_out)
+    text_cfg: Any = hf_cfg.get_text_config() if hasattr(hf_cfg, "get_text_config") else hf_cfg
+    hidden = _attr(text_cfg, "hidden_size", "n_embd", "d_model")
+    return ModelShape(
+        quantized_params=quantized,
+        other_params=other,
+        lora_params=lora,
+        largest_linear=largest,
+        layers=_attr(text_cfg, "num_hidden_layers", "n_layer"),
+        hidden=hidden,
+        intermediate=_attr(text_cfg, "intermediate_size", "n_inner", "ffn_dim", default=4 * hidden),
+        heads=_attr(text_cfg, "num_attention_heads", "n_head"),
+        vocab=_attr(text_cfg, "vocab_size"),
+    )
+
+
+def _is_linear(module: Any) -> bool:
+    import torch
+
+    if isinstance(module, torch.nn.Linear):
+        return True
+    return type(module).__name__ == "Conv1D"  # GPT-2's transposed linear, quantized the same way
+
+
+def _fans(module: Any) -> tuple[int, int]:
+    w = module.weight
+    if type(module).__name__ == "Conv1D":
+        return int(w.shape[0]), int(w.shape[1])
+    return int(w.shape[1]), int(w.shape[0])
+
+
+def _attr(cfg: Any, *names: str, default: int | None = None) -> int:
+    for name in names:
+        value = getattr(cfg, name, None)
+        if value:
+            return int(value)
+    if default is None:
+        raise LocalError(f"model config lacks {names[0]}; cannot estimate memory")
+    return default
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu``; asking for missing CUDA is an error."""
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if requested == "cuda" and not has_cuda:
+        raise LocalError(
+            'config asks for device \'cuda\' but no CUDA device is available; set device = "auto" or "cpu"'
+        )
+    if requested == "auto":
+        return "cuda" if has_cuda else "cpu"
+    return requested
+
+
+def free_memory(device: str) -> tuple[int, str]:
+    """Free bytes on ``device`` right now and a human name for it."""
+    if device == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info()
+        return int(free), torch.cuda.get_device_name()
+    import psutil
+
+    return int(psutil.virtual_memory().available), "host RAM"
+
+
+def run_preflight(
+    model_dir: Path,
+    cfg: FinetuneConfig,
+    *,
+    device: str,
+    compute_dtype: str,
+    free_bytes: int | None = None,
+) -> PreflightReport:
+    """Measure, estimate and decide; raise :class:`LocalError` with advice when it cannot fit.
+
+    ``free_bytes`` injects a budget (tests); ``cfg.memory_limit_mb`` caps it for users.
+    """
+    hf_cfg, meta = load_meta_model(model_dir)
+    targets = resolve_target_modules(
+        getattr(hf_cfg, "model_type", ""), cfg.target_modules, linear_names(meta)
+    )
+    shape = model_shape(hf_cfg, meta, cfg, targets)
+    del meta
+    free, name = free_memory(device)
+    if free_bytes is not None:
+        free = free_bytes
+    budget = free
+    if cfg.memory_limit_mb:
+        budget = min(budget, cfg.memory_limit_mb * MIB)
+    est = estimate_peak(shape, cfg, device=device, compute_dtype=compute_dtype)
+    report = PreflightReport(
+        device, name, free, budget, est, shape, targets, advise(est, budget, cfg, device)
+    )
+    log.info("%s", report.summary())
+    if not report.fits:
+        raise LocalError(
+            f"not enough memory: estimated peak {est.total / GIB:.2f} GiB > {budget / GIB:.2f} GiB "
+            f"available on {device}; " + "; ".join(report.advice)
+        )
+    return report

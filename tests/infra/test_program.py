@@ -156,6 +156,9 @@ def test_four_nodes_have_indices_0_to_3_and_matching_outputs(four_on_demand: Sta
     assert out["instance_ids"] == [f"instance-twostage-test-node-{i}" for i in range(4)]
     assert len(set(out["private_ips"])) == 4
     assert out["head_instance_id"] == "instance-twostage-test-node-0"
+    head = next(n for n in nodes if n.inputs["tags"]["twostage:node-index"] == "0")
+    assert out["head_private_ip"] == out["private_ips"][0] != out["private_ips"][3]
+    assert "TWOSTAGE_NODE_INDEX=0\n" in head.inputs["userData"]
 
 
 def test_on_demand_has_no_spot_market(four_on_demand: StackRun):

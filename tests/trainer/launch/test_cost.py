@@ -1,0 +1,131 @@
+"""Cost arithmetic: spot price from history, node-hours, dollars, the report lines."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from trainer.launch.cost import (
+    InstanceSpan,
+    cost_report,
+    hourly_line,
+    latest_spot_price,
+    node_hours,
+    on_demand_price,
+    span_from_instance,
+    transition_time,
+)
+
+
+def entry(price, day, az="us-east-1a", itype="p4d.24xlarge", product="Linux/UNIX"):
+    return {
+        "AvailabilityZone": az,
+        "InstanceType": itype,
+        "ProductDescription": product,
+        "SpotPrice": str(price),
+        "Timestamp": datetime(2026, 11, day, tzinfo=UTC),
+    }
+
+
+def test_latest_spot_price_is_the_newest_for_that_type_and_az():
+    history = [
+        entry(11.0, 20),
+        entry(12.5, 22),
+        entry(99.0, 23, az="us-east-1b"),
+        entry(50.0, 23, itype="p5.48xlarge"),
+        entry(70.0, 23, product="Windows"),
+    ]
+    assert latest_spot_price(history, "p4d.24xlarge", "us-east-1a") == 12.5
+    assert latest_spot_price(history, "p4d.24xlarge") == 99.0
+    assert latest_spot_price(history, "g5.xlarge") is None
+
+
+def test_spot_price_from_moto_history():
+    with mock_aws():
+        ec2 = boto3.client("ec2", "us-east-1")
+        history = ec2.describe_spot_price_history(
+            InstanceTypes=["p4d.24xlarge"], AvailabilityZone="us-east-1a"
+        )["SpotPriceHistory"]
+    assert latest_spot_price(history, "p4d.24xlarge", "us-east-1a") == pytest.approx(0.00001)
+
+
+def test_node_hours_sum_spans_with_the_billing_minimum():
+    spans = [
+        InstanceSpan("a", 0.0, 3600.0),
+        InstanceSpan("b", 0.0, None),  # still running at now
+        InstanceSpan("c", 100.0, 110.0),  # 10 s billed as 60 s
+    ]
+    assert node_hours(spans, now=7200.0) == pytest.approx(1 + 2 + 60 / 3600)
+
+
+def test_report_prices_spot_against_on_demand():
+    report = cost_report(
+        [InstanceSpan("a", 0, 7200), InstanceSpan("b", 0, 7200)],
+        now=7200,
+        instance_type="p4d.24xlarge",
+        spot=True,
+        spot_price=10.0,
+        env={},
+    )
+    assert report.node_hours == pytest.approx(4.0)
+    assert report.dollars == pytest.approx(40.0)
+    assert report.on_demand_dollars == pytest.approx(4 * 32.7726)
+    text = "\n".join(report.lines())
+    assert "spent: $40.00" in text and "on-demand reference: $32.7726" in text
+    assert "spot saved 69%" in text
+
+
+def test_on_demand_report_and_override():
+    assert on_demand_price("p4d.24xlarge", {"TWOSTAGE_ON_DEMAND_USD": "21.96"}) == 21.96
+    report = cost_report(
+        [InstanceSpan("a", 0, 3600)],
+        now=3600,
+        instance_type="p4d.24xlarge",
+        spot=False,
+        spot_price=None,
+        env={},
+    )
+    assert report.dollars == pytest.approx(32.7726)
+    unknown = cost_report(
+        [InstanceSpan("a", 0, 3600)],
+        now=3600,
+        instance_type="x1.weird",
+        spot=True,
+        spot_price=None,
+        env={},
+    )
+    assert "unknown spot price" in "\n".join(unknown.lines())
+
+
+def test_hourly_line_before_launch():
+    line = hourly_line("p4d.24xlarge", 2, spot=True, spot_price=11.5, az="us-east-1a")
+    assert "2 × p4d.24xlarge in us-east-1a at $11.5000/h (spot) = $23.00/h" in line
+    assert "on-demand reference $65.55/h" in line
+
+
+def test_spans_from_moto_instances_and_transition_reasons():
+    assert transition_time("User initiated (2026-11-23 15:00:00 GMT)") == pytest.approx(
+        datetime(2026, 11, 23, 15, tzinfo=UTC).timestamp()
+    )
+    assert transition_time("Server.SpotInstanceTermination") is None
+    with mock_aws():
+        ec2 = boto3.client("ec2", "us-east-1")
+        ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        ids = [
+            i["InstanceId"]
+            for i in ec2.run_instances(
+                ImageId=ami, MinCount=2, MaxCount=2, InstanceType="p4d.24xlarge"
+            )["Instances"]
+        ]
+        ec2.terminate_instances(InstanceIds=ids[:1])
+        insts = {
+            i["InstanceId"]: i
+            for r in ec2.describe_instances()["Reservations"]
+            for i in r["Instances"]
+        }
+    ended, running = span_from_instance(insts[ids[0]]), span_from_instance(insts[ids[1]])
+    assert ended.end is not None and ended.end >= ended.start
+    assert running.end is None

@@ -245,6 +245,48 @@ def _training_args(
     )
 
 
+def train_model(
+    model: Any,
+    train: list[list[int]],
+    evals: list[list[int]],
+    cfg: FinetuneConfig,
+    *,
+    device: str,
+    compute_dtype: str,
+    steps: int,
+    pad_id: int,
+) -> tuple[float, float, int]:
+    """HF Trainer over in-memory examples: ``(eval loss before, eval loss after, steps done)``.
+
+    The Trainer's output folder is a throw-away temp dir: with ``save_strategy="no"`` it stays
+    empty (no checkpoint, optimizer or RNG state); it is deleted either way.
+    """
+    from transformers import Trainer
+
+    with tempfile.TemporaryDirectory(prefix="twostage-trainer-") as scratch:
+        trainer = Trainer(
+            model=model,
+            args=_training_args(cfg, Path(scratch), device, compute_dtype, steps),
+            train_dataset=_Examples(train),
+            eval_dataset=_Examples(evals),
+            data_collator=make_collator(pad_id),
+        )
+        loss_before = float(trainer.evaluate()["eval_loss"])
+        log.info("eval loss before: %.4f", loss_before)
+        trainer.train()
+        loss_after = float(trainer.evaluate()["eval_loss"])
+        done = int(trainer.state.global_step)
+        log.info("eval loss after %d steps: %.4f", done, loss_after)
+        leftovers = [p for p in Path(scratch).rglob("*") if p.is_file()]
+        if leftovers:  # save_strategy="no" means none; say so if a library wrote anyway
+            log.warning("trainer scratch held %d file(s); removed unexported", len(leftovers))
+    if not (math.isfinite(loss_before) and math.isfinite(loss_after)):
+        raise LocalError(
+            f"training diverged (eval loss {loss_before} -> {loss_after}); lower learning_rate"
+        )
+    return loss_before, loss_after, done
+
+
 # ---------------------------------------------------------------------------------------------
 # The run
 
@@ -399,7 +441,7 @@ def _run(
     )
 
     import torch
-    from transformers import AutoTokenizer, Trainer
+    from transformers import AutoTokenizer
 
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
@@ -424,31 +466,20 @@ def _run(
         trainable,
     )
 
-    with tempfile.TemporaryDirectory(prefix="twostage-trainer-") as scratch:
-        trainer = Trainer(
-            model=model,
-            args=_training_args(cfg, Path(scratch), device, compute_dtype, steps),
-            train_dataset=_Examples(train),
-            eval_dataset=_Examples(evals),
-            data_collator=make_collator(pad_id),
-        )
-        loss_before = float(trainer.evaluate()["eval_loss"])
-        log.info("eval loss before: %.4f", loss_before)
-        trainer.train()
-        loss_after = float(trainer.evaluate()["eval_loss"])
-        done_steps = int(trainer.state.global_step)
-        log.info("eval loss after %d steps: %.4f", done_steps, loss_after)
-        leftovers = [p for p in Path(scratch).rglob("*") if p.is_file()]
-        if leftovers:  # save_strategy="no" means none; say so if a library wrote anyway
-            log.warning("trainer scratch held %d file(s); removed unexported", len(leftovers))
-    if not (math.isfinite(loss_before) and math.isfinite(loss_after)):
-        raise LocalError(
-            f"training diverged (eval loss {loss_before} -> {loss_after}); lower learning_rate"
-        )
+    loss_before, loss_after, done_steps = train_model(
+        model,
+        train,
+        evals,
+        cfg,
+        device=device,
+        compute_dtype=compute_dtype,
+        steps=steps,
+        pad_id=pad_id,
+    )
 
     with export.staging_dir(out) as staging:
         export.save_adapter(model, staging, base_label)
-        del trainer, model
+        del model
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()

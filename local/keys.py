@@ -145,7 +145,8 @@ def wrap_key_with_kms(
     """Encrypt the key in ``key_file`` with the KMS key ``kms_key_id``; write the wrapped file.
 
     The wrapped file can be stored next to the data; only principals allowed ``kms:Decrypt`` on
-    that KMS key can turn it back into the data key.
+    that KMS key can turn it back into the data key. ``key_file`` may itself be a wrapped key
+    file: that re-wraps the same data key under another KMS key (no data re-encryption).
     """
     from botocore.exceptions import BotoCoreError, ClientError
 

@@ -80,6 +80,12 @@ def test_wrap_and_unwrap_an_existing_key(tmp_path: Path, kms_key) -> None:
     )
     assert keys.unwrap_kms_key(wrapped) == key
     assert keys.load_key(wrapped) == key  # --key-file accepts the wrapped file too
+    # Re-wrapping under another KMS key keeps the same data key (no data re-encryption).
+    client, _ = kms_key
+    other_arn = client.create_key(Description="rotation target")["KeyMetadata"]["Arn"]
+    rewrapped = keys.wrap_key_with_kms(wrapped, other_arn, tmp_path / "rewrapped.kms.json")
+    assert json.loads(rewrapped.read_text())["kms_key_id"] == other_arn
+    assert keys.load_key(rewrapped) == key
 
 
 def test_generated_kms_data_key_decrypts_data(tmp_path: Path, kms_key) -> None:

@@ -201,7 +201,11 @@ def encrypt_bytes(data: bytes, key: bytes, *, chunk_size: int = DEFAULT_CHUNK_SI
 def read_header(f: BinaryIO, name: str = "input") -> Header:
     """Parse the header (magic, version, chunk size); authentication is :func:`open_header`'s job."""
     raw = f.read(HEADER_SIZE)
-    if len(raw) < len(MAGIC) or raw[: len(MAGIC)] != MAGIC:
+    if not raw:
+        raise DecryptionError(f"{name}: empty file, not a twostage encrypted file")
+    if len(raw) < len(MAGIC) and MAGIC.startswith(raw):
+        raise DecryptionError(f"{name}: truncated header ({len(raw)} of {HEADER_SIZE} bytes)")
+    if raw[: len(MAGIC)] != MAGIC:
         raise DecryptionError(f"{name}: not a twostage encrypted file (bad magic bytes)")
     if len(raw) < len(MAGIC) + 1:
         raise DecryptionError(f"{name}: truncated header ({len(raw)} of {HEADER_SIZE} bytes)")

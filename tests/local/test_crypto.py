@@ -129,6 +129,7 @@ def test_truncation_at_every_length_is_rejected() -> None:
     # The message at a chunk boundary says exactly what happened.
     assert "truncated after chunk 1" in _rejected(blob[: _chunk_spans(blob)[1][1]])
     assert "no data after the header" in _rejected(blob[:HEADER_SIZE])
+    assert "truncated header" in _rejected(blob[:5]) and "empty file" in _rejected(b"")
 
 
 def test_chunk_swap_drop_and_duplicate_are_rejected() -> None:

@@ -16,14 +16,14 @@ KEY = bytes(range(32))
 SECRET = "patient 4711 has a rare condition"
 
 
-def run_task(*argv: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """Run one of local.crypto_cli's tasks through invoke's own Program, like `invoke ARGV`."""
-    code = (
-        "from invoke import Collection, Program; from local.crypto_cli import TASKS; "
-        "Program(namespace=Collection(*TASKS), version='test').run()"
-    )
+def run_task(*argv: str) -> subprocess.CompletedProcess:
+    """Run `invoke ARGV` from the repository root, through the real front door (tasks.py)."""
     return subprocess.run(
-        [sys.executable, "-c", code, *argv], cwd=cwd, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "invoke", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

@@ -47,30 +47,9 @@ OFFLINE_ENV: dict[str, str] = {
 
 _LOCAL_NAMES = {"localhost", "localhost.", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 # Frames in these files are the plumbing of a connection, not the code that asked for it.
-_PLUMBING_PREFIXES = (
-    "socket",
-    "ssl",
-    "selectors",
-    "asyncio",
-    "concurrent",
-    "threading",
-    "http.client",
-    "urllib",
-    "urllib3",
-    "requests",
-    "httpx",
-    "httpx2",
-    "httpcore",
-    "httpcore2",
-    "h11",
-    "h2",
-    "anyio",
-    "aiohttp",
-    "botocore",
-    "boto3",
-    "s3transfer",
-    "dns",
-    "local.airgap",
+_PLUMBING_PREFIXES = tuple(
+    "socket ssl selectors asyncio concurrent threading http.client urllib urllib3 requests httpx "
+    "httpx2 httpcore httpcore2 h11 h2 anyio aiohttp botocore boto3 s3transfer dns local.airgap".split()
 )
 
 

@@ -320,51 +320,6 @@ def decrypt_bytes(blob: bytes, key: bytes) -> bytes:
     return b"".join(decrypt_fileobj(io.BytesIO(blob), key))
 
 
-def iter_lines(
-    chunks: Iterator[bytes], *, max_line_bytes: int = 64 * 1024 * 1024
-) -> Iterator[bytes]:
-    """Split a chunk stream into lines (without the newline), holding at most one line in memory."""
-    pending: list[bytes] = []
-    pending_len = 0
-    for chunk in chunks:
-        start = 0
-        while True:
-            end = chunk.find(b"\n", start)
-            if end < 0:
-                break
-            piece = chunk[start:end]
-            if pending:
-                pending.append(piece)
-                piece = b"".join(pending)
-                pending, pending_len = [], 0
-            yield piece
-            start = end + 1
-        if start < len(chunk):
-            tail = chunk[start:]
-            pending.append(tail)
-            pending_len += len(tail)
-            if pending_len > max_line_bytes:
-                raise LocalError(
-                    f"a line is longer than {max_line_bytes} bytes; is this JSON Lines?"
-                )
-    if pending:
-        yield b"".join(pending)
-
-
-def open_decrypted_text(path: Path, key: bytes) -> Iterator[str]:
-    """Yield the decrypted file's lines as ``str`` (UTF-8, newline stripped), never touching disk.
-
-    Errors name the line number only, never the text.
-    """
-    for lineno, raw in enumerate(iter_lines(decrypt_stream(path, key)), start=1):
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise LocalError(
-                f"{path}: line {lineno}: not valid UTF-8 (at byte offset {err.start})"
-            ) from None
-
-
 def file_key_id(path: Path) -> bytes:
     """The key id recorded in an encrypted file's header (unauthenticated; for messages)."""
     with Path(path).open("rb") as f:

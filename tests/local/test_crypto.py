@@ -221,11 +221,3 @@ def test_encrypt_file_never_leaves_a_half_written_dest(tmp_path: Path, monkeypat
         crypto.encrypt_file(src, dest, KEY, chunk_size=CS, on_progress=explode)
     assert dest.read_bytes() == b"previous ciphertext"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.enc", "plain.jsonl"]
-
-
-def test_open_decrypted_text_splits_lines_across_chunks(tmp_path: Path) -> None:
-    lines = [f"line {i} " + "x" * i for i in range(40)]
-    src, dest = tmp_path / "p.txt", tmp_path / "p.enc"
-    src.write_text("\n".join(lines) + "\n")
-    crypto.encrypt_file(src, dest, KEY, chunk_size=CS)
-    assert list(crypto.open_decrypted_text(dest, KEY)) == lines

@@ -103,8 +103,17 @@ def test_invalid_utf8_is_reported_without_the_bytes(tmp_path: Path) -> None:
 
 
 def test_a_line_longer_than_the_limit_is_refused(tmp_path: Path) -> None:
-    from local.crypto import decrypt_stream, iter_lines
+    from local.crypto import decrypt_stream
+    from local.dataset import iter_lines
 
     cipher = _encrypt(tmp_path, "x" * 5000, chunk_size=64)
     with pytest.raises(LocalError, match="longer than 1000 bytes"):
         list(iter_lines(decrypt_stream(cipher, KEY), max_line_bytes=1000))
+
+
+def test_open_decrypted_text_splits_lines_across_chunks(tmp_path: Path) -> None:
+    lines = [f"line {i} " + "x" * i for i in range(40)]
+    src, dest = tmp_path / "p.txt", tmp_path / "p.enc"
+    src.write_text("\n".join(lines) + "\n")
+    encrypt_file(src, dest, KEY, chunk_size=16)
+    assert list(dataset.open_decrypted_text(dest, KEY)) == lines

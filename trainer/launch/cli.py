@@ -8,6 +8,7 @@ last launched run remembered in ``.twostage/last-run``.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -29,6 +30,8 @@ def _context(stack: str | None, outputs: str | None):
     from trainer.launch.run import Context, aws_errors
 
     init_logging()
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)  # "Found credentials in ..." etc.
     o = load_outputs(stack=stack, outputs_file=outputs)
     with aws_errors():
         return Context.real(o)
@@ -81,16 +84,23 @@ def pretrain(
     from trainer.launch.run import pretrain_remote
 
     ctx = _context(stack, outputs)
-    run_uri, outcome = pretrain_remote(
-        ctx,
-        config=Path(config or "configs/pretrain-p4d.toml"),
-        run=run,
-        watch=watch,
-        launcher=launcher,
-        public_key=public_key,
-        stack=stack,
-        outputs_file=outputs,
-    )
+    try:
+        run_uri, outcome = pretrain_remote(
+            ctx,
+            config=Path(config or "configs/pretrain-p4d.toml"),
+            run=run,
+            watch=watch,
+            launcher=launcher,
+            public_key=public_key,
+            stack=stack,
+            outputs_file=outputs,
+        )
+    except KeyboardInterrupt:
+        raise Exit(
+            "stopped watching; a launched run goes on on the nodes (and bills): "
+            "`invoke status`, `invoke logs --follow`, `invoke stop`",
+            code=130,
+        ) from None
     if outcome is None:
         print(f"launched {run_uri}")
         print("follow it: invoke status | invoke logs --follow | invoke stop")

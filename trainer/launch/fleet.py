@@ -147,7 +147,12 @@ class Ec2Fleet:
         return node
 
     def terminate_all(self) -> list[str]:
-        ids = [i["InstanceId"] for i in self._instances() if i["State"]["Name"] in LIVE_STATES]
+        # Stopped nodes still pay for their volumes: terminate them too.
+        ids = [
+            i["InstanceId"]
+            for i in self._instances()
+            if i["State"]["Name"] in (*LIVE_STATES, "stopping", "stopped")
+        ]
         if ids:
             self.ec2.terminate_instances(InstanceIds=ids)
             log.info("terminated %s", ", ".join(ids))

@@ -315,6 +315,22 @@ def check_nodes(ctx: Context) -> dict[int, Any]:
     return {i: nodes[i] for i in range(n)}
 
 
+def refuse_if_running(ctx: Context, run_uri: str, last: LastRun | None) -> None:
+    """A second launch of a run whose commands still run would start a second trainer per node."""
+    from trainer.launch.watch import TERMINAL_COMMAND
+
+    if last is None or last.run_uri != run_uri:
+        return
+    runner = ctx.runner_for(run_uri)
+    for index, (cid, iid) in sorted(last.commands.items()):
+        status = runner.poll(cid, iid).status
+        if status not in TERMINAL_COMMAND and status != "Pending":
+            raise LaunchError(
+                f"{run_uri} is still running on node {index} (command {cid} {status}): follow it "
+                "with `invoke status` / `invoke logs --follow`, or `invoke stop` it first"
+            )
+
+
 def make_watcher(
     ctx: Context,
     run_uri: str,
@@ -325,6 +341,7 @@ def make_watcher(
     policy: Any = None,
     clock: Any = None,
     on_launch: Any = None,
+    price: float | None = None,
 ) -> Any:
     """The :class:`Watcher` for this run with the real or injected ports."""
     from trainer.launch.cost import cost_report
@@ -332,7 +349,8 @@ def make_watcher(
     from trainer.launch.watch import Watcher
 
     o = ctx.outputs
-    price = spot_price(ctx) if o.spot else None
+    if price is None and o.spot:
+        price = spot_price(ctx)
 
     def scripts_for(assignments: list) -> dict[int, str]:
         spec = make_spec(run_uri, assignments, instance_type=o.instance_type, launcher=launcher)
@@ -381,6 +399,7 @@ def pretrain_remote(
     run_uri = resolve_run_uri(o, run)
     with aws_errors():
         check_nodes(ctx)
+        refuse_if_running(ctx, run_uri, load_last_run(state_path))
         store = open_store(run_uri)
         upload_run_config(Path(config), run_uri, store)
         if store.exists(STOP_KEY):
@@ -409,6 +428,7 @@ def pretrain_remote(
             policy=policy,
             clock=clock,
             on_launch=on_launch,
+            price=price,
         )
         watcher.launch()
         log.info("launched %s on %d node(s)", run_uri, o.node_count)

@@ -133,3 +133,18 @@ def test_retarget_user_data_rewrites_the_index():
     assert "TWOSTAGE_NODE_INDEX=3" in out and "(c node 3)" in out and "X=1" in out
     with pytest.raises(ValueError):
         retarget_user_data("#!/bin/bash\n", 1)
+
+
+def test_ssm_registration_check_tolerates_a_server_error():
+    class Failing:
+        def get_paginator(self, name):
+            class P:
+                def paginate(self, **kw):
+                    raise ClientError(
+                        {"Error": {"Code": "500"}, "ResponseMetadata": {"HTTPStatusCode": 500}},
+                        "DescribeInstanceInformation",
+                    )
+
+            return P()
+
+    assert ssm_online(Failing(), ["i-a"]) is None

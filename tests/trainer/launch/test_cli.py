@@ -1,0 +1,196 @@
+"""The invoke tasks as a user runs them: `invoke` in a subprocess, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from invoke import Context
+from invoke.exceptions import Exit
+
+from trainer.launch import cli
+
+from .fakes import outputs_dict
+
+REPO = Path(__file__).resolve().parents[3]
+INVOKE = str(Path(sys.executable).parent / "invoke")
+
+
+def invoke(
+    *args: str, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`invoke --search-root REPO ...` from `cwd` (so .twostage/last-run lands there, not in the repo)."""
+    return subprocess.run(
+        [INVOKE, "--search-root", str(REPO), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_list_shows_the_lifecycle_tasks():
+    proc = invoke("--list")
+    assert proc.returncode == 0
+    for name in ("pretrain", "status", "logs", "stop"):
+        assert f"  {name} " in proc.stdout
+
+
+def test_help_pretrain_lists_every_flag():
+    proc = invoke("--help", "pretrain")
+    assert proc.returncode == 0
+    for flag in ("--stack", "--outputs", "--config", "--run", "--[no-]watch", "--local", "--nproc"):
+        assert flag in proc.stdout, flag
+
+
+@pytest.mark.parametrize("task", ["pretrain", "status", "logs", "stop"])
+def test_bad_outputs_file_is_one_line_exit_2(task, tmp_path):
+    bad = tmp_path / "outputs.json"
+    bad.write_text("not json")
+    line = one_line_error(invoke(task, "--outputs", str(bad), "--run", "r1", cwd=tmp_path))
+    assert line.startswith(f"error: outputs file {bad} is not JSON")
+
+
+def test_outputs_missing_keys_is_one_line_exit_2(tmp_path):
+    p = tmp_path / "o.json"
+    p.write_text(json.dumps({"region": "us-east-1"}))
+    line = one_line_error(invoke("status", "--outputs", str(p), cwd=tmp_path))
+    assert "lack bucket" in line and "pulumi up" in line
+
+
+def test_no_pulumi_cli_says_install_it_or_pass_outputs(tmp_path):
+    env = {"PATH": str(Path(sys.executable).parent)}  # the venv only: no pulumi on it
+    line = one_line_error(invoke("status", "--stack", "dev", cwd=tmp_path, env=env))
+    assert "install Pulumi" in line and "--outputs FILE" in line
+
+
+def test_missing_credentials_is_one_line_exit_2(tmp_path):
+    p = tmp_path / "o.json"
+    p.write_text(json.dumps(outputs_dict()))
+    env = {
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_SESSION_TOKEN": "",
+        "AWS_SECURITY_TOKEN": "",
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    line = one_line_error(
+        invoke("status", "--outputs", str(p), "--run", "r1", cwd=tmp_path, env=env)
+    )
+    assert "AWS credentials not found" in line
+
+
+def test_status_without_a_run_names_the_state_file(tmp_path):
+    p = tmp_path / "o.json"
+    p.write_text(json.dumps(outputs_dict()))
+    line = one_line_error(invoke("status", "--outputs", str(p), cwd=tmp_path))
+    assert "no --run given and no .twostage/last-run" in line
+
+
+# -- --local goes to the core trainer's launcher ------------------------------------------------
+@pytest.fixture
+def fake_local_run(monkeypatch):
+    calls = []
+
+    def install(rc: int):
+        mod = types.ModuleType("trainer.local_run")
+
+        def launch_local(config, run, nproc=2):
+            calls.append((config, run, nproc))
+            return rc
+
+        mod.launch_local = launch_local
+        monkeypatch.setitem(sys.modules, "trainer.local_run", mod)
+        return calls
+
+    return install
+
+
+def test_local_interrupted_exits_75_with_the_resume_hint(fake_local_run):
+    calls = fake_local_run(75)
+    with pytest.raises(Exit) as err:
+        cli.pretrain(Context(), local=True, run="runs/x", nproc=3)
+    assert err.value.code == 75
+    assert "interrupted; rerun the same command to resume" in str(err.value.message)
+    assert calls == [(Path("configs/pretrain-tiny.toml"), "runs/x", 3)]
+
+
+def test_local_success_and_failure(fake_local_run):
+    fake_local_run(0)
+    cli.pretrain(Context(), local=True)  # no exit
+    fake_local_run(1)
+    with pytest.raises(Exit) as err:
+        cli.pretrain(Context(), local=True)
+    assert err.value.code == 1
+
+
+# -- the whole remote path through the real `invoke`, against moto's server ----------------------
+@pytest.fixture
+def moto_cluster(tmp_path):
+    """moto's server on 127.0.0.1 with a bucket and two tagged nodes; returns (env, outputs file)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        ec2 = boto3.client("ec2", "us-east-1", endpoint_url=url)
+        boto3.client("s3", "us-east-1", endpoint_url=url).create_bucket(Bucket="cli-bucket")
+        ids, ips = [], []
+        for i in range(2):
+            inst = ec2.run_instances(
+                ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="p4d.24xlarge",
+                TagSpecifications=[{"ResourceType": "instance", "Tags": [
+                    {"Key": "twostage:cluster", "Value": "cli"},
+                    {"Key": "twostage:node-index", "Value": str(i)}]}],
+            )["Instances"][0]  # fmt: skip
+            ids.append(inst["InstanceId"])
+            ips.append(inst["PrivateIpAddress"])
+        data = outputs_dict(
+            2, cluster_name="cli", bucket="cli-bucket", run_prefix="s3://cli-bucket/runs",
+            instance_ids=ids, private_ips=ips, head_instance_id=ids[0], head_private_ip=ips[0],
+        )  # fmt: skip
+        p = tmp_path / "outputs.json"
+        p.write_text(json.dumps(data))
+        yield {"AWS_ENDPOINT_URL": url}, str(p), url
+    finally:
+        server.stop()
+
+
+def test_pretrain_no_watch_then_status_through_invoke(moto_cluster, tmp_path):
+    env, outputs, url = moto_cluster
+    tiny = str(REPO / "configs/pretrain-tiny.toml")
+
+    proc = invoke("pretrain", "--outputs", outputs, "--config", tiny, "--run", "r1", "--no-watch",
+                  cwd=tmp_path, env=env)  # fmt: skip
+
+    assert proc.returncode == 0, proc.stderr
+    assert "launched s3://cli-bucket/runs/r1" in proc.stdout
+    assert "price: 2 × p4d.24xlarge in us-east-1a" in proc.stderr  # the hourly price, logged
+    last = json.loads((tmp_path / ".twostage/last-run").read_text())
+    assert last["run_uri"] == "s3://cli-bucket/runs/r1" and sorted(last["commands"]) == ["0", "1"]
+
+    proc = invoke("status", "--outputs", outputs, cwd=tmp_path, env=env)
+
+    assert proc.returncode == 0, proc.stderr
+    assert "run: s3://cli-bucket/runs/r1" in proc.stdout
+    assert "state: launched (no STATUS.json yet)" in proc.stdout
+    assert proc.stdout.count(" running ") == 2

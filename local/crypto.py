@@ -16,6 +16,7 @@ bytes and a wrong key all fail authentication, and the reader raises :class:`Dec
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import io
 import os
@@ -152,39 +153,44 @@ def encrypt_stream(
 
 
 def encrypt_file(
-    src: Path,
+    src: Path | BinaryIO,
     dest: Path,
     key: bytes,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_progress: Callable[[int], None] | None = None,
-) -> None:
-    """Encrypt ``src`` into ``dest`` through a temporary sibling and an atomic rename.
+) -> int:
+    """Encrypt ``src`` (a path, or a binary stream such as in-memory plaintext) into ``dest``.
 
-    ``dest`` is either the complete ciphertext or untouched: a failure part-way (disk full,
-    Ctrl-C) leaves no half-written file behind. An existing ``dest`` is replaced; refusing to
-    overwrite is the caller's policy (``invoke encrypt`` refuses without ``--force``).
+    Written through a temporary sibling and an atomic rename: ``dest`` is either the complete
+    ciphertext or untouched, and a failure part-way (disk full, Ctrl-C) leaves no half-written
+    file behind. An existing ``dest`` is replaced; refusing to overwrite is the caller's policy
+    (``invoke encrypt`` refuses without ``--force``). Returns the ciphertext size.
     """
-    src, dest = Path(src), Path(dest)
+    dest = Path(dest)
     _check_key(key)
     _check_chunk_size(chunk_size)
-    if not src.is_file():
-        raise LocalError(f"{src}: no such file to encrypt")
-    if src.resolve() == dest.resolve():
-        raise LocalError(f"{dest}: destination is the source file; choose another --dest")
+    if not hasattr(src, "read"):
+        src = Path(src)
+        if not src.is_file():
+            raise LocalError(f"{src}: no such file to encrypt")
+        if src.resolve() == dest.resolve():
+            raise LocalError(f"{dest}: destination is the source file; choose another --dest")
     if not dest.parent.is_dir():
         raise LocalError(f"{dest.parent}: destination folder does not exist")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
-            encrypt_stream(inp, out, key, chunk_size=chunk_size, on_progress=on_progress)
+        with os.fdopen(fd, "wb") as out, contextlib.ExitStack() as stack:
+            inp = src if hasattr(src, "read") else stack.enter_context(Path(src).open("rb"))
+            written = encrypt_stream(inp, out, key, chunk_size=chunk_size, on_progress=on_progress)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return written
 
 
 def encrypt_bytes(data: bytes, key: bytes, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> bytes:

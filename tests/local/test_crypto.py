@@ -59,6 +59,15 @@ def test_round_trip_file_with_default_chunks(tmp_path: Path) -> None:
     assert [len(p) for p in pieces] == [crypto.DEFAULT_CHUNK_SIZE] * 3 + [123]
 
 
+def test_encrypt_file_from_memory(tmp_path: Path) -> None:
+    """In-memory plaintext goes straight to an encrypted file: no plaintext file ever exists."""
+    dest = tmp_path / "data.enc"
+    written = crypto.encrypt_file(io.BytesIO(b'{"text": "x"}\n' * 100), dest, KEY, chunk_size=CS)
+    assert written == dest.stat().st_size
+    assert decrypt_bytes(dest.read_bytes(), KEY) == b'{"text": "x"}\n' * 100
+    assert [p.name for p in tmp_path.iterdir()] == ["data.enc"]
+
+
 def test_same_plaintext_encrypts_differently() -> None:
     # A fresh random salt per file: equal files do not give equal ciphertexts.
     assert encrypt_bytes(b"same", KEY) != encrypt_bytes(b"same", KEY)

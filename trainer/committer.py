@@ -11,6 +11,9 @@ Protocol for one checkpoint of global step S, destination ``<run>/checkpoints/st
 4. the head (node 0) waits for every node's part record and only then writes ``MANIFEST.json``
    (:func:`artifacts.publish.commit_parts`) — a checkpoint missing one node's shards is never
    committed; then it keeps the newest ``keep_last`` and removes stale incomplete folders.
+
+Uploads run one at a time per node, in order. On a single node, a queued checkpoint whose upload
+has not started yet is skipped when a newer one is queued behind it (saves outpacing uploads).
 """
 
 from __future__ import annotations
@@ -177,8 +180,21 @@ class CheckpointCommitter:
                 if not self._jobs:
                     return
                 kind, job = self._jobs.popleft()
+                # Uploads fell behind the saves: on one node the newest checkpoint supersedes an
+                # older one whose upload has not started (this keeps notice -> commit short). Not
+                # across nodes: every node must upload the same steps or the head waits in vain.
+                superseded = (
+                    kind == "commit"
+                    and self.num_nodes == 1
+                    and any(k == "commit" for k, _ in self._jobs)
+                )
             try:
-                if kind == "cleanup":
+                if superseded:
+                    log.info(
+                        "checkpoint %d superseded by a newer save before its upload began; skipped",
+                        job[1],
+                    )
+                elif kind == "cleanup":
                     self._cleanup(now=self._started_at, grace=2.0)
                 else:
                     self._commit(*job)

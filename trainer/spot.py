@@ -39,6 +39,8 @@ ENDPOINT_ENV = "TWOSTAGE_IMDS_ENDPOINT"
 POLL_ENV = "TWOSTAGE_IMDS_POLL_SECONDS"
 TOKEN_TTL_SECONDS = 21600
 HTTP_TIMEOUT_SECONDS = 1.0
+#: Consecutive failures before an endpoint that never answered is taken for "no IMDS here".
+GIVE_UP_AFTER = 3
 _DMI_FILES = ("/sys/class/dmi/id/sys_vendor", "/sys/class/dmi/id/board_vendor")
 
 
@@ -210,19 +212,19 @@ class InterruptionWatcher:
 
     def _run(self) -> None:
         reached = False
-        warned = False
+        failures = 0
         while not self._stop.is_set():
             try:
                 notice = self.poll_once()
-                reached = True
+                reached, failures = True, 0
             except OSError as err:  # URLError and timeouts are OSErrors
-                if not reached:
+                failures += 1
+                if not reached and failures >= GIVE_UP_AFTER:
                     log.info("spot watcher: %s unreachable (%s); not polling", self.endpoint, err)
                     return
-                # Reached before, so this is a blip on a real instance: keep polling, say it once.
-                if not warned:
+                # A blip (a busy host can miss a 1 s timeout): keep polling, say it once.
+                if failures == 1 and reached:
                     log.warning("spot watcher: poll failed (%s); will keep trying", err)
-                    warned = True
                 notice = None
             if notice is not None:
                 self.set_notice(notice)

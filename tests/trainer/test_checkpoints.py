@@ -192,7 +192,7 @@ def test_keep_last_k(run_uri, tmp_path):
     with CheckpointCommitter(run_uri, node_rank=0, num_nodes=1, keep_last=2) as c:
         for step in (10, 20, 30, 40):
             c.submit(make_checkpoint(tmp_path / "out", step, size=64), step, {})
-        c.wait()
+            c.wait()  # one at a time: a queued one could be superseded (tested below)
     assert committed_steps(run_uri) == [30, 40]
     listing = open_store(run_uri).list("checkpoints")
     assert not any(step_folder(10) in o.key for o in listing)  # files gone, not only the manifest
@@ -245,3 +245,17 @@ def test_commit_callback_submits_on_local_rank_zero_only(tmp_path):
     assert meta["convergence"] == {"stalls": 2} and meta["epoch"] == 2.0
     cb.on_save(SimpleNamespace(output_dir=str(tmp_path), local_process_index=1), state, control)
     assert len(calls) == 1
+
+
+def test_single_node_skips_a_queued_checkpoint_superseded_by_a_newer_one(tmp_path, monkeypatch):
+    """Saves outpace uploads: only the newest queued one is uploaded (short notice → commit)."""
+    slow = SlowStore(monkeypatch)
+    run = str(tmp_path / "run")
+    c = CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=5)
+    c.submit(make_checkpoint(tmp_path / "out", 10, size=64), 10, {})
+    assert slow.started.wait(10)  # 10 is uploading
+    c.submit(make_checkpoint(tmp_path / "out", 20, size=64), 20, {})  # queued...
+    c.submit(make_checkpoint(tmp_path / "out", 30, size=64), 30, {})  # ...and superseded by 30
+    slow.release.set()
+    c.close()
+    assert committed_steps(run) == [10, 30]

@@ -156,3 +156,35 @@ def test_tasks_are_documented() -> None:
         done = run_task("--help", name)
         assert done.returncode == 0
         assert "--key-file" in done.stdout or "--out" in done.stdout
+
+
+def test_kms_wrapped_key_end_to_end(tmp_path: Path, monkeypatch) -> None:
+    """keygen --kms-key-id writes only the wrapped key; encrypt and inspect-data use it via KMS."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+        kms = boto3.client("kms", region_name="us-east-1")
+        arn = kms.create_key(Description="team data keys")["KeyMetadata"]["Arn"]
+        wrapped = tmp_path / "data.kms.json"
+        done = run_task("keygen", "--out", str(wrapped), "--kms-key-id", arn)
+        assert done.returncode == 0, done.stderr
+        assert '"format": "twostage-kms-wrapped-key/v1"' in wrapped.read_text()
+        src, dest = tmp_path / "train.jsonl", tmp_path / "train.enc"
+        src.write_text(f'{{"text": "{SECRET}"}}\n')
+        done = run_task(
+            "encrypt", "--key-file", str(wrapped), "--src", str(src), "--dest", str(dest)
+        )
+        assert done.returncode == 0, done.stderr
+        done = run_task("inspect-data", "--key-file", str(wrapped), "--src", str(dest))
+        assert done.returncode == 0 and "records: 1 (text)" in done.stdout, done.stderr
+    finally:
+        server.stop()
+    # KMS unreachable: one line, exit 2, no traceback.
+    done = run_task("inspect-data", "--key-file", str(wrapped), "--src", str(dest))
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "KMS" in done.stderr

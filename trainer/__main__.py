@@ -7,6 +7,7 @@ anything else a failure. A launcher should also read ``<run>/STATUS.json``.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -45,10 +46,12 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_config(args.config)
         run_uri = args.run or cfg.run.uri or default_run_uri(cfg.run.name)
-        return run_training(cfg, run_uri)
+        code = run_training(cfg, run_uri)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    logging.getLogger("trainer").info("exit %d", code)
+    return code
 
 
 if __name__ == "__main__":

@@ -55,8 +55,12 @@ def _is_uri(spec: str) -> bool:
     return "://" in spec
 
 
-def resolve_sources(cfg: TrainerConfig, workdir: Path) -> list[Path]:
-    """Local text files for the run: the generated corpus, local globs, or store URIs (downloaded)."""
+def resolve_sources(cfg: TrainerConfig, workdir: Path, run_uri: str = "") -> list[Path]:
+    """Local text files for the run: the generated corpus, local globs, or store URIs (downloaded).
+
+    An entry ``run:REL`` is ``REL`` under the run prefix (e.g. ``run:data/``, where
+    ``invoke pretrain`` uploads a corpus).
+    """
     if cfg.data.generated_corpus:
         from trainer.corpus import write_corpus
 
@@ -69,7 +73,15 @@ def resolve_sources(cfg: TrainerConfig, workdir: Path) -> list[Path]:
     files: list[Path] = []
     base = Path(cfg.source).parent if cfg.source else Path.cwd()
     for spec in cfg.data.train_files:
-        if _is_uri(spec):
+        in_store = _is_uri(spec)
+        if spec.startswith("run:"):
+            if not run_uri:
+                raise TrainerError(f"{cfg.source}: data.train_files: {spec!r} needs a run prefix")
+            spec = open_store(run_uri).child_uri(spec[len("run:") :].strip("/"))
+            if not open_store(spec).list():
+                raise TrainerError(f"{cfg.source}: data.train_files: nothing under {spec}")
+            in_store = True
+        if in_store:
             store = open_store(spec)
             objects = [o for o in store.list() if not o.key.endswith("/")]
             if objects:  # a prefix: every object under it, in key order
@@ -252,7 +264,7 @@ def ensure_cache(cfg: TrainerConfig, run_uri: str, workdir: Path) -> PreparedDat
     from artifacts.publish import publish_dir
     from artifacts.store import open_store
 
-    sources = resolve_sources(cfg, workdir)
+    sources = resolve_sources(cfg, workdir, run_uri)
     fp = fingerprint(cfg, sources)
     cache_uri = open_store(run_uri).child_uri(CACHE_PREFIX)
     store = open_store(cache_uri)

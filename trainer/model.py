@@ -31,7 +31,6 @@ def build_model_config(
             attn_pdrop=cfg.dropout,
             bos_token_id=eos_token_id,
             eos_token_id=eos_token_id,
-            pad_token_id=eos_token_id,
             tie_word_embeddings=cfg.tie_word_embeddings,
         )
     from transformers import LlamaConfig
@@ -47,7 +46,6 @@ def build_model_config(
         max_position_embeddings=block_size,
         bos_token_id=eos_token_id,
         eos_token_id=eos_token_id,
-        pad_token_id=eos_token_id,
         tie_word_embeddings=cfg.tie_word_embeddings,
     )
 
@@ -94,6 +92,7 @@ def build_model(
             cfg, vocab_size=vocab_size, block_size=block_size, eos_token_id=eos_token_id
         )
         model = AutoModelForCausalLM.from_config(config)
-    n_params = sum(p.numel() for p in model.parameters())
+    # Under ZeRO-3 parameters are partitioned at construction: ds_numel is the full size.
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     log.info("model: %s, %.2fM parameters", type(model).__name__, n_params / 1e6)
     return model

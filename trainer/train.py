@@ -365,6 +365,8 @@ def _train(
             notice=watcher.notice if watcher else None,
             notice_to_commit_s=interruption.notice_to_commit_s,
         )
+        # All ranks leave together: the launcher SIGTERMs the others when the first exits 75.
+        _all_ok(True)
         log.warning(
             "interrupted at step %d; exit %d (resume me)", state.global_step, INTERRUPTED_EXIT_CODE
         )
@@ -394,7 +396,6 @@ def _train(
         is_main=rank == 0,
     )
     committer.close()
-    _all_ok(True)  # nobody exits (and tears the group down) before rank 0 has published
     status.write(
         final_state,
         global_step=state.global_step,
@@ -404,6 +405,7 @@ def _train(
         val_loss_history=history,
         final=final_uri,
     )
+    _all_ok(True)  # nobody exits (and tears the group down) before rank 0 has published
     if rank == 0:
         log.info(
             "%s at step %d (epoch %.2f), best val loss %.4f; final model: %s",

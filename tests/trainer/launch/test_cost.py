@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from trainer.launch.cost import (
     InstanceSpan,
@@ -43,12 +42,11 @@ def test_latest_spot_price_is_the_newest_for_that_type_and_az():
     assert latest_spot_price(history, "g5.xlarge") is None
 
 
-def test_spot_price_from_moto_history():
-    with mock_aws():
-        ec2 = boto3.client("ec2", "us-east-1")
-        history = ec2.describe_spot_price_history(
-            InstanceTypes=["p4d.24xlarge"], AvailabilityZone="us-east-1a"
-        )["SpotPriceHistory"]
+def test_spot_price_from_moto_history(aws):
+    ec2 = boto3.client("ec2", "us-east-1")
+    history = ec2.describe_spot_price_history(
+        InstanceTypes=["p4d.24xlarge"], AvailabilityZone="us-east-1a"
+    )["SpotPriceHistory"]
     assert latest_spot_price(history, "p4d.24xlarge", "us-east-1a") == pytest.approx(0.00001)
 
 
@@ -106,26 +104,24 @@ def test_hourly_line_before_launch():
     assert "on-demand reference $65.55/h" in line
 
 
-def test_spans_from_moto_instances_and_transition_reasons():
+def test_spans_from_moto_instances_and_transition_reasons(aws):
     assert transition_time("User initiated (2026-11-23 15:00:00 GMT)") == pytest.approx(
         datetime(2026, 11, 23, 15, tzinfo=UTC).timestamp()
     )
     assert transition_time("Server.SpotInstanceTermination") is None
-    with mock_aws():
-        ec2 = boto3.client("ec2", "us-east-1")
-        ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-        ids = [
-            i["InstanceId"]
-            for i in ec2.run_instances(
-                ImageId=ami, MinCount=2, MaxCount=2, InstanceType="p4d.24xlarge"
-            )["Instances"]
-        ]
-        ec2.terminate_instances(InstanceIds=ids[:1])
-        insts = {
-            i["InstanceId"]: i
-            for r in ec2.describe_instances()["Reservations"]
-            for i in r["Instances"]
-        }
+    ec2 = boto3.client("ec2", "us-east-1")
+    ids = [
+        i["InstanceId"]
+        for i in ec2.run_instances(
+            ImageId="ami-12345678", MinCount=2, MaxCount=2, InstanceType="p4d.24xlarge"
+        )["Instances"]
+    ]
+    ec2.terminate_instances(InstanceIds=ids[:1])
+    insts = {
+        i["InstanceId"]: i
+        for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
+        for i in r["Instances"]
+    }
     ended, running = span_from_instance(insts[ids[0]]), span_from_instance(insts[ids[1]])
     assert ended.end is not None and ended.end >= ended.start
     assert running.end is None

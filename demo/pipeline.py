@@ -176,7 +176,7 @@ def finetune(opts: DemoOptions, paths: Paths) -> dict[str, Any]:
         with tqdm(
             desc="      fine-tuning (air-gapped)",
             bar_format="{desc} [{elapsed}]",
-            disable=opts.verbose,
+            disable=True if opts.verbose else None,
         ) as bar:
             while True:
                 try:
@@ -254,7 +254,7 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> dict[str, Any]:
         with progress.stage(2, "pretrain", title) as note:
             pre = summary["pretrain"] = pretrain(opts, paths, run_uri)
             note.append(
-                f"{pre['state']} at epoch {pre['converged_epoch'] or pre['epochs']} (step {pre['global_step']}), "
+                f"{pre['state']} at epoch {pre['converged_epoch'] or pre['epochs']:g} (step {pre['global_step']}), "
                 f"best val loss {pre['best_val_loss']:.4f}; signed final model → {pre['final_uri']}"
             )
         with progress.stage(

@@ -63,7 +63,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             f"{_num(pre.get('first_val_loss'))} → {_num(pre.get('best_val_loss'))} → "
             f"{_num(pre.get('final_val_loss'))}",
         ),
-        ("checkpoints committed", _num(pre.get("checkpoints"), "{}")),
+        ("committed checkpoints kept", _num(pre.get("checkpoints"), "{}")),
         (
             "bytes verified (download)",
             f"{human_bytes(dl.get('bytes_verified'))} in {dl.get('files', '—')} files"

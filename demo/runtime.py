@@ -194,8 +194,7 @@ def child(
 ) -> Iterator[subprocess.Popen]:
     """Start ``cmd`` in its own process group, output to ``log_path`` (and the terminal if verbose).
 
-    On any exit from the block while it still runs (an error, Ctrl-C) the whole group is stopped:
-    the launcher's rank processes go with it.
+    On any exit from the block while it still runs (an error, Ctrl-C) it is stopped (:func:`stop`).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as out:
@@ -210,15 +209,24 @@ def child(
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a child still running: SIGTERM (a trainer saves and exits), again, then SIGKILL.
+
+    The second SIGTERM matters for ``launch_local``: its first one asks the ranks to save, the
+    second kills its launcher's process group, which this process cannot see.
+    """
+    for signum, grace in ((signal.SIGTERM, 60), (signal.SIGTERM, 15), (signal.SIGKILL, None)):
+        if proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def pretrain_cmd(config: Path, run_uri: str, nproc: int) -> list[str]:
@@ -247,7 +255,7 @@ def follow_training(proc: subprocess.Popen, run_uri: str, *, enabled: bool) -> N
     from trainer.finish import read_status
 
     bar = tqdm(
-        desc="      pretraining", unit=" epochs", disable=not enabled,
+        desc="      pretraining", unit=" epochs", disable=None if enabled else True,
         bar_format="{desc}: epoch {n} [{elapsed}] {postfix}",
     )  # fmt: skip
     try:

@@ -55,7 +55,7 @@ def test_table_shows_every_number_a_user_reads():
     assert rows["convergence declared"].startswith("epoch 6 (step 240)")
     assert "3 epochs improving < 0.5%" in rows["convergence declared"]
     assert rows["val loss first → best → last"] == "4.2000 → 2.8940 → 2.9000"
-    assert rows["checkpoints committed"] == "2"
+    assert rows["committed checkpoints kept"] == "2"
     assert rows["bytes verified (download)"] == "1.5 MiB in 9 files, signature ok"
     assert rows["fine-tune eval loss before → after"] == "6.1000 → 4.3000"
     assert rows["export size"] == "3.0 MiB in 5 files"

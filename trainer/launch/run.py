@@ -163,16 +163,22 @@ def validate_config(path: Path) -> dict[str, Any]:
     return tomllib.loads(path.read_text(encoding="utf-8"))
 
 
-def local_train_files(patterns: list[str], base: Path) -> list[Path]:
-    """The local files a ``data.train_files`` list names (store URIs are left alone)."""
+def local_train_files(patterns: list[str], config_dir: Path) -> list[Path]:
+    """The local files a ``data.train_files`` list names (store URIs are left alone).
+
+    A relative pattern is looked up from the current directory, then from the config's folder.
+    """
     files: list[Path] = []
     for pattern in patterns:
         if "://" in pattern:
             continue
         p = Path(pattern).expanduser()
-        p = p if p.is_absolute() else base / p
-        matched = sorted(Path(m) for m in glob.glob(str(p))) or [p]
-        for m in matched:
+        matched: list[Path] = []
+        for base in (Path.cwd(), config_dir) if not p.is_absolute() else (Path("/"),):
+            matched = sorted(Path(m) for m in glob.glob(str(base / p)))
+            if matched:
+                break
+        for m in matched or [p]:
             if m.is_dir():
                 files += sorted(f for f in m.rglob("*") if f.is_file())
             elif m.is_file():

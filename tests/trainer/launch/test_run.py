@@ -278,3 +278,16 @@ def test_a_run_still_running_is_not_launched_twice(ctx_for, tmp_path):
     ctx.runner_for = lambda uri: FakeRunner()  # the command is InProgress on the node
     with pytest.raises(LaunchError, match="still running on node 0 .*invoke stop"):
         pretrain_remote(ctx, config=TINY, run="twice", watch=False, state_path=state)
+
+
+def test_local_data_that_does_not_exist_is_named(tmp_path, monkeypatch):
+    from trainer.launch.run import local_train_files
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg/near.txt").write_text("x")
+    (tmp_path / "here.txt").write_text("y")
+    found = local_train_files(["here.txt", "near.txt", "s3://b/remote.txt"], tmp_path / "cfg")
+    assert found == [tmp_path / "here.txt", tmp_path / "cfg/near.txt"]
+    with pytest.raises(LaunchError, match="data.train_files: corpus/\\*.txt matches no file"):
+        local_train_files(["corpus/*.txt"], tmp_path / "cfg")

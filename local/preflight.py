@@ -139,7 +139,7 @@ def advise(est: MemoryEstimate, budget: int, cfg: FinetuneConfig, device: str) -
     tips = []
     weights = est.parts["base 4-bit"] + est.parts["base fp32 (embeddings, norms)"]
     act = est.parts["activations"] + est.parts["logits"]
-    if act > 0.25 * est.total:
+    if act > 0.1 * est.total:
         if cfg.batch_size > 1:
             tips.append(
                 f"lower batch_size ({cfg.batch_size}) and raise grad_accum to keep the effective batch"
@@ -317,9 +317,10 @@ def run_preflight(
     )
     shape = model_shape(hf_cfg, meta, cfg, targets)
     del meta
-    free, name = free_memory(device)
-    if free_bytes is not None:
-        free = free_bytes
+    if free_bytes is None:
+        free, name = free_memory(device)
+    else:
+        free, name = free_bytes, "injected budget"
     budget = free
     if cfg.memory_limit_mb:
         budget = min(budget, cfg.memory_limit_mb * MIB)

@@ -125,3 +125,22 @@ def test_finetune_refuses_before_decrypting_or_loading(tmp_path, tiny_dir, monke
     with pytest.raises(LocalError, match="not enough memory"):
         finetune.run_finetune(tiny_dir, cipher, key, out, verify=False, free_bytes=1_000_000)
     assert not out.exists()
+
+
+def test_a_7b_llama_fits_the_reference_24gb_gpu_but_not_6gb(tmp_path):
+    from transformers import LlamaConfig
+
+    LlamaConfig().save_pretrained(str(tmp_path))  # the 7B shape; meta device, no weights
+    report = run_preflight(
+        tmp_path, FinetuneConfig(), device="cuda", compute_dtype="bfloat16", free_bytes=24 * 2**30
+    )
+    assert report.fits and "CUDA context" in report.estimate.parts
+    assert 3e9 < report.estimate.parts["base 4-bit"] < 3.6e9  # 6.5e9 linear params at ~0.52 byte
+    with pytest.raises(LocalError, match="lower batch_size"):
+        run_preflight(
+            tmp_path,
+            FinetuneConfig(),
+            device="cuda",
+            compute_dtype="bfloat16",
+            free_bytes=6 * 2**30,
+        )

@@ -277,6 +277,11 @@ _PUT = (
     "open_store(sys.argv[1]).put_bytes(sys.argv[2], sys.argv[3].encode())"
 )
 
+_STATE = (
+    "import sys, json; from artifacts.store import open_store; "
+    "print(json.loads(open_store(sys.argv[1]).get_bytes('STATUS.json')).get('state', ''))"
+)
+
 
 def exit_code_key(node_index: int) -> str:
     """Where a node records its trainer's exit code, relative to the run prefix."""
@@ -325,6 +330,14 @@ def node_script(spec: LaunchSpec, node: RankAssignment) -> str:
         f'echo "twostage: node {node.node_index} rank {node.node_rank} starting {spec.launcher}"',
         argv,
         "rc=$?",
+        # As `invoke pretrain --local` does: the trainer's STATUS.json is the verdict, since a rank
+        # can abort at interpreter shutdown after everything was committed.
+        'if [ "$rc" -ne 0 ] && [ "$rc" -ne 75 ]; then',
+        f"  state=$({q(spec.python)} -c {q(_STATE)} {q(spec.run_uri)} 2>/dev/null || true)",
+        '  if [ "$state" = converged ] || [ "$state" = finished ]; then',
+        '    echo "twostage: launcher exited $rc but the run is $state: success"; rc=0',
+        "  fi",
+        "fi",
         f'echo "$rc" > {q(work_dir_on_node(spec) + "/exit_code")}',
         f'{q(spec.python)} -c {q(_PUT)} {q(spec.run_uri)} {q(exit_code_key(node.node_index))} "$rc" '
         "|| echo 'warning: could not record the exit code in the run prefix' >&2",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -205,3 +206,101 @@ def test_script_waits_for_the_bootstrap_then_gives_up(node_sandbox, tmp_path):
     assert proc.returncode == 3
     assert "bootstrap not finished" in proc.stderr
     assert not (rec / "argv").exists()
+
+
+def test_script_trusts_a_converged_status_over_a_shutdown_abort(node_sandbox):
+    render, execute, rec, run = node_sandbox
+    script = render()
+    proc = execute(script, rc=134)  # a rank aborted at interpreter shutdown
+    assert proc.returncode == 134 and not (rec / "shutdown").exists()
+    (run / "STATUS.json").write_text('{"state": "converged", "global_step": 10}')
+    proc = execute(script, rc=134)
+    assert proc.returncode == 0, proc.stderr
+    assert "launcher exited 134 but the run is converged" in proc.stdout
+    assert (rec / "shutdown").exists()
+
+
+# -- the real DeepSpeed launcher (--no_ssh) starting a stand-in trainer on two "nodes" ----------
+FAKE_TRAINER = """import json, os, pathlib, signal, sys, time
+rec = pathlib.Path(os.environ["REC"])
+rank = os.environ["RANK"]
+keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "FI_PROVIDER")
+info = {k: os.environ.get(k) for k in keys}
+info["argv"] = sys.argv[1:]
+info["pid"] = os.getpid()
+(rec / f"rank{rank}.json").write_text(json.dumps(info))
+if os.environ.get("FAKE_MODE") == "wait-term":
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(75))  # commit, then "resume me"
+    while True:
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.slow
+def test_real_deepspeed_launcher_gives_each_node_its_rank_and_stops_on_sigterm(tmp_path):
+    """Two node scripts on this machine (`--no_ssh --node_rank i`), DeepSpeed's own runner."""
+    import time
+
+    import psutil
+
+    repo = tmp_path / "repo"
+    (repo / "trainer").mkdir(parents=True)
+    (repo / "trainer/__init__.py").write_text("")
+    (repo / "trainer/__main__.py").write_text(FAKE_TRAINER)
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text("[run]\n")
+    (tmp_path / "ready").write_text("")
+    nodes2 = [Node(0, "i-0", "127.0.0.1"), Node(1, "i-1", "127.0.0.2")]
+    assignments = assign_ranks(nodes2)
+    procs = {}
+    env = {**os.environ, "REC": str(rec), "FAKE_MODE": "wait-term",
+           "PYTHONPATH": str(Path.cwd()), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    for a in assignments:
+        (tmp_path / f"node{a.node_index}.env").write_text(f"TWOSTAGE_NODE_INDEX={a.node_index}\n")
+        spec = make_spec(
+            str(run), assignments, instance_type="p4d.24xlarge", gpus_per_node=1,
+            master_port=29000 + os.getpid() % 1000, node_env=str(tmp_path / f"node{a.node_index}.env"),
+            repo_dir=str(repo), python=sys.executable, scratch=str(tmp_path / f"nvme{a.node_index}"),
+            ready_marker=str(tmp_path / "ready"), shutdown_cmd=f"touch {rec}/shutdown",
+        )  # fmt: skip
+        script = tmp_path / f"node{a.node_index}.sh"
+        script.write_text(node_scripts(spec, assignments)[a.node_index])
+        procs[a.node_index] = subprocess.Popen(
+            ["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(rec.glob("rank*.json"))) < 2:
+            assert time.monotonic() < deadline, [p.poll() for p in procs.values()]
+            assert all(p.poll() is None for p in procs.values()), procs[0].communicate()[0]
+            time.sleep(0.2)
+        infos = {r: json.loads((rec / f"rank{r}.json").read_text()) for r in ("0", "1")}
+        assert {i["WORLD_SIZE"] for i in infos.values()} == {"2"}
+        assert {i["MASTER_ADDR"] for i in infos.values()} == {"127.0.0.1"}
+        assert len({i["MASTER_PORT"] for i in infos.values()}) == 1
+        assert infos["0"]["FI_PROVIDER"] == "efa"  # the p4d network environment reached the ranks
+        assert infos["1"]["argv"] == [
+            "--config",
+            str(tmp_path / "nvme1/runs/run/config.toml"),
+            "--run",
+            str(run),
+        ]
+        # `invoke stop`'s pattern picks exactly the trainer workers out of each node's process tree.
+        for i, proc in procs.items():
+            tree = psutil.Process(proc.pid).children(recursive=True)
+            workers = [p for p in tree if re.search(WORKER_PATTERN, " ".join(p.cmdline()))]
+            assert [p.pid for p in workers] == [infos[str(i)]["pid"]]
+            for w in workers:
+                w.terminate()
+        outs = {i: p.communicate(timeout=60)[0] for i, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+    assert {i: p.returncode for i, p in procs.items()} == {0: 75, 1: 75}, outs
+    assert (run / "logs/node-0/exit_code").read_text() == "75"
+    assert not (rec / "shutdown").exists()  # interrupted nodes stay up for the relaunch

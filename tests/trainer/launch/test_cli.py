@@ -194,3 +194,27 @@ def test_pretrain_no_watch_then_status_through_invoke(moto_cluster, tmp_path):
     assert "run: s3://cli-bucket/runs/r1" in proc.stdout
     assert "state: launched (no STATUS.json yet)" in proc.stdout
     assert proc.stdout.count(" running ") == 2
+
+
+def test_logs_follow_prints_only_new_output_until_the_commands_end(monkeypatch, capsys):
+    import trainer.launch.run as run_mod
+
+    texts = iter(["step 1\n", "step 1\nstep 2\n", "step 1\nstep 2\ndone\n"])
+    polls = iter([False, False, True])
+    monkeypatch.setattr(cli, "_context", lambda stack, outputs: types.SimpleNamespace(outputs=None))
+    monkeypatch.setattr(run_mod, "pick_run", lambda o, run: ("s3://b/runs/r", object()))
+    monkeypatch.setattr(run_mod, "node_logs", lambda ctx, uri, last, node: {1: next(texts)})
+    monkeypatch.setattr(run_mod, "command_done", lambda ctx, uri, last, i: next(polls))
+    monkeypatch.setattr(cli.time, "sleep", lambda s: None)
+
+    cli.logs(Context(), outputs="o.json", node="1", follow=True)
+
+    assert capsys.readouterr().out == "[node 1] step 1\n[node 1] step 2\n[node 1] done\n"
+
+
+def test_logs_node_must_be_an_index(monkeypatch):
+    monkeypatch.setattr(cli, "_context", lambda stack, outputs: types.SimpleNamespace(outputs=None))
+    monkeypatch.setattr("trainer.launch.run.pick_run", lambda o, run: ("s3://b/runs/r", None))
+    with pytest.raises(Exit) as err:
+        cli.logs(Context(), outputs="o.json", node="first")
+    assert err.value.code == 2 and "--node first: give a node index" in str(err.value.message)

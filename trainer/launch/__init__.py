@@ -9,7 +9,10 @@ inside the functions that use them. Modules, one concern each:
 - :mod:`.ssm`      thin SSM Run Command adapter (tag targets, output to the bucket).
 - :mod:`.fleet`    thin EC2 adapter: describe nodes by tag, replace a lost node, terminate.
 - :mod:`.watch`    the watch / recovery state machine over injected ports.
-- :mod:`.run`      orchestration used by the invoke tasks in :mod:`.cli`.
+- :mod:`.upload`   run config + local data to the run prefix.
+- :mod:`.run`      `invoke pretrain` orchestration and what the lifecycle tasks share.
+- :mod:`.lifecycle` `invoke status`, `logs`, `stop`.
+- :mod:`.cli`      the invoke tasks.
 """
 
 from __future__ import annotations

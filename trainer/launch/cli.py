@@ -126,7 +126,8 @@ def _index(value: str) -> int:
 @user_errors
 def status(c, stack=None, outputs=None, run=None):
     """Run state (STATUS.json), last committed checkpoint, val-loss trend, nodes, cost so far."""
-    from trainer.launch.run import pick_run, run_status
+    from trainer.launch.lifecycle import run_status
+    from trainer.launch.run import pick_run
 
     ctx = _context(stack, outputs)
     run_uri, _ = pick_run(ctx.outputs, run)
@@ -145,7 +146,8 @@ def status(c, stack=None, outputs=None, run=None):
 @user_errors
 def logs(c, stack=None, outputs=None, run=None, node=None, follow=False):
     """Output of the latest launch command on each node (from <run>/logs/ in S3 or SSM)."""
-    from trainer.launch.run import command_done, node_logs, pick_run
+    from trainer.launch.lifecycle import command_done, node_logs
+    from trainer.launch.run import pick_run
 
     ctx = _context(stack, outputs)
     run_uri, last = pick_run(ctx.outputs, run)
@@ -173,7 +175,8 @@ def logs(c, stack=None, outputs=None, run=None, node=None, follow=False):
 @user_errors
 def stop(c, stack=None, outputs=None, run=None, terminate=True, timeout=600):
     """Graceful stop: SIGTERM to the trainer (it commits a checkpoint, exits 75), then terminate."""
-    from trainer.launch.run import pick_run, stop_run
+    from trainer.launch.lifecycle import stop_run
+    from trainer.launch.run import pick_run
 
     ctx = _context(stack, outputs)
     run_uri, _ = pick_run(ctx.outputs, run)

@@ -1,4 +1,4 @@
-"""Orchestration behind `invoke pretrain/status/logs/stop` (remote path).
+"""Orchestration behind `invoke pretrain` (remote path); shared pieces of the lifecycle tasks.
 
 Reads the stack outputs, checks the nodes, uploads the run config (and local data) to the run
 prefix, shows the hourly price, launches through SSM and watches. The last launched run is kept
@@ -9,12 +9,10 @@ without ``--run``.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import logging
 import re
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -128,95 +126,6 @@ def pick_run(
     if last is None:
         raise LaunchError(f"no --run given and no {path}: pass --run NAME")
     return last.run_uri, last
-
-
-# -- config and data upload ------------------------------------------------------------------
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise LaunchError(f"cannot write {type(value).__name__} values into the run config")
-
-
-def dump_toml(raw: dict[str, Any], header: str = "") -> str:
-    """A recipe dict (top-level tables of scalars and lists) as TOML; round-trips with tomllib."""
-    out = [f"# {line}" for line in header.splitlines()]
-    for name, table in raw.items():
-        if not isinstance(table, dict):
-            out.append(f"{name} = {_toml_value(table)}")
-            continue
-        out.append(f"\n[{name}]")
-        out += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
-    return "\n".join(out).lstrip("\n") + "\n"
-
-
-def validate_config(path: Path) -> dict[str, Any]:
-    """Validate with the trainer's own loader; return the parsed TOML."""
-    from trainer.config import load_config
-
-    load_config(path)  # raises TrainerError (a UserError) naming the key and the file
-    return tomllib.loads(path.read_text(encoding="utf-8"))
-
-
-def local_train_files(patterns: list[str], config_dir: Path) -> list[Path]:
-    """The local files a ``data.train_files`` list names (store URIs are left alone).
-
-    A relative pattern is looked up from the current directory, then from the config's folder.
-    """
-    files: list[Path] = []
-    for pattern in patterns:
-        if "://" in pattern:
-            continue
-        p = Path(pattern).expanduser()
-        matched: list[Path] = []
-        for base in (Path.cwd(), config_dir) if not p.is_absolute() else (Path("/"),):
-            matched = sorted(Path(m) for m in glob.glob(str(base / p)))
-            if matched:
-                break
-        for m in matched or [p]:
-            if m.is_dir():
-                files += sorted(f for f in m.rglob("*") if f.is_file())
-            elif m.is_file():
-                files.append(m)
-            else:
-                raise LaunchError(f"data.train_files: {pattern} matches no file")
-    return files
-
-
-def upload_run_config(config: Path, run_uri: str, store: Any) -> dict[str, Any]:
-    """Upload local data to ``data/`` and the run's config (pointing at it) to ``config.toml``."""
-    raw = validate_config(config)
-    data = dict(raw.get("data", {}))
-    patterns = list(data.get("train_files", []))
-    local = local_train_files(patterns, config.parent)
-    if local:
-        remote = [p for p in patterns if "://" in p]
-        for i, f in enumerate(local):
-            key = f"data/{i:04d}-{f.name}"
-            store.upload_file(f, key, progress=True)
-        data["train_files"] = remote + [f"{run_uri}/data/"]
-        log.info("uploaded %d local data file(s) to %s/data/", len(local), run_uri)
-    tok = data.get("tokenizer")
-    if tok and "://" not in tok:
-        raise LaunchError(
-            f"data.tokenizer {tok} is a local folder: publish it (`invoke publish`) and use its s3:// URI"
-        )
-    init = raw.get("model", {}).get("init_from")
-    if init and "://" not in init:
-        raise LaunchError(
-            f"model.init_from {init} is a local folder: upload it and use its s3:// URI"
-        )
-    if raw.get("run", {}).get("signing_key"):
-        log.warning("run.signing_key must exist at that path on every node")
-    remote_raw = {**raw, "data": data, "run": {**raw.get("run", {}), "uri": run_uri}}
-    text = dump_toml(remote_raw, header=f"run config for {run_uri}\ngenerated from {config}")
-    store.put_bytes("config.toml", text.encode("utf-8"))
-    return remote_raw
 
 
 # -- run state from the store -----------------------------------------------------------------
@@ -400,6 +309,7 @@ def pretrain_remote(
     """Upload, launch, and (with ``watch``) follow the run. Returns (run URI, Outcome or None)."""
     from artifacts.store import open_store
     from trainer.launch.cost import hourly_line
+    from trainer.launch.upload import upload_run_config
 
     o = ctx.outputs
     run_uri = resolve_run_uri(o, run)
@@ -441,158 +351,3 @@ def pretrain_remote(
         if not watch:
             return run_uri, None
         return run_uri, watcher.watch(launch=False)
-
-
-# -- status / logs / stop ----------------------------------------------------------------------
-def trend(history: list[float], last: int = 6) -> str:
-    """The last val losses with arrows, e.g. ``3.10 ↓ 2.95 ↓ 2.94 ↑ 2.96``."""
-    vals = [float(v) for v in history[-last:]]
-    if not vals:
-        return "no evaluation yet"
-    parts = [f"{vals[0]:.4f}"]
-    for prev, cur in zip(vals, vals[1:], strict=False):
-        parts += ["↓" if cur < prev else ("↑" if cur > prev else "="), f"{cur:.4f}"]
-    return " ".join(parts)
-
-
-def run_status(ctx: Context, run_uri: str) -> list[str]:
-    """What `invoke status` prints."""
-    from artifacts.manifest import latest_committed
-    from artifacts.store import open_store
-    from trainer.launch.cost import InstanceSpan, cost_report
-
-    lines = [f"run: {run_uri}"]
-    with aws_errors():
-        store = open_store(run_uri)
-        status = StoreRunState(store).status()
-        if status is None:
-            lines.append("state: launched (no STATUS.json yet)")
-        else:
-            lines.append(
-                f"state: {status.get('state', '?')} at step {status.get('global_step', '?')}, "
-                f"epoch {status.get('epoch', '?')}, best val loss {status.get('best_val_loss', '?')}"
-                f" (updated {status.get('updated_at', '?')})"
-            )
-            lines.append(f"val loss: {trend(list(status.get('val_loss_history') or []))}")
-        ckpt = latest_committed(store.list("checkpoints/"), prefix="checkpoints")
-        lines.append(f"last committed checkpoint: {ckpt or 'none yet'}")
-        if store.exists("final/MANIFEST.json"):
-            lines.append(f"final model: {run_uri}/final")
-        nodes = sorted(ctx.fleet.nodes(), key=lambda n: (n.index, n.launch_time))
-        for n in nodes:
-            ssm = {True: ", SSM online", False: ", SSM offline", None: ""}[n.ssm_online]
-            lines.append(f"node {n.index}: {n.instance_id} {n.state} {n.private_ip}{ssm}")
-        if not nodes:
-            lines.append(f"nodes: none in cluster {ctx.outputs.cluster_name}")
-        started = _iso_ts(status.get("started_at")) if status else None
-        spans = [
-            InstanceSpan(n.instance_id, max(n.launch_time, started or 0.0), n.end_time)
-            for n in nodes
-            if n.end_time is None or started is None or n.end_time > started
-        ]
-        o = ctx.outputs
-        report = cost_report(
-            spans,
-            now=time.time(),
-            instance_type=o.instance_type,
-            spot=o.spot,
-            spot_price=spot_price(ctx) if o.spot else None,
-        )
-        lines += [f"so far: {line}" for line in report.lines()]
-    return lines
-
-
-def _iso_ts(value: Any) -> float | None:
-    if not value:
-        return None
-    try:
-        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-
-
-def node_logs(ctx: Context, run_uri: str, last: LastRun | None, node: int | None) -> dict[int, str]:
-    """node index → output of its latest launch command (S3 copy when present, else SSM's)."""
-    from artifacts.store import open_store
-
-    if last is None or not last.commands:
-        raise LaunchError(f"no launch of {run_uri} recorded in {STATE_FILE}: nothing to show")
-    wanted = sorted(int(i) for i in last.commands)
-    if node is not None:
-        if node not in wanted:
-            raise LaunchError(f"--node {node}: the run has nodes {wanted}")
-        wanted = [node]
-    store = open_store(run_uri)
-    runner = ctx.runner_for(run_uri)
-    out: dict[int, str] = {}
-    with aws_errors():
-        for i in wanted:
-            cid, iid = last.commands[str(i)]
-            keys = [
-                o.key
-                for o in store.list(f"logs/{cid}/{iid}/")
-                if o.key.endswith(("stdout", "stderr"))
-            ]
-            if keys:
-                out[i] = "".join(
-                    store.get_bytes(k).decode("utf-8", "replace")
-                    for k in sorted(keys, reverse=True)
-                )
-                continue
-            inv = runner.invocation(cid, iid) or {}
-            out[i] = (inv.get("StandardOutputContent") or "") + (
-                inv.get("StandardErrorContent") or ""
-            )
-            out[i] = out[i] or f"(no output yet; command {cid} is {inv.get('Status', 'pending')})\n"
-    return out
-
-
-def command_done(ctx: Context, run_uri: str, last: LastRun, node: int) -> bool:
-    """Whether the node's latest launch command has ended."""
-    from trainer.launch.watch import TERMINAL_COMMAND
-
-    cid, iid = last.commands[str(node)]
-    with aws_errors():
-        return ctx.runner_for(run_uri).poll(cid, iid).status in TERMINAL_COMMAND
-
-
-def stop_run(
-    ctx: Context, run_uri: str, *, terminate: bool, timeout_s: float = 600.0, clock: Any = None
-) -> list[str]:
-    """Graceful stop: mark the run stopped, SIGTERM the trainers, wait for them, maybe terminate."""
-    from artifacts.store import open_store
-    from trainer.launch.ranks import exit_code_key, stop_script
-
-    clock = clock or SystemClock()
-    lines: list[str] = []
-    with aws_errors():
-        store = open_store(run_uri)
-        requested = clock.now()
-        store.put_bytes(STOP_KEY, json.dumps({"requested_at": requested}).encode())
-        ctx.runner_for(run_uri).send_all(stop_script(), comment="twostage stop")
-        lines.append(f"sent SIGTERM to the trainer on every node of {ctx.outputs.cluster_name}")
-        keys = [exit_code_key(i) for i in range(ctx.outputs.node_count)]
-        deadline = requested + timeout_s
-        while True:
-            # A node records its exit code after the trainer committed and exited.
-            fresh = {
-                o.key for o in store.list("logs/") if o.key in keys and o.mtime >= requested - 5
-            }
-            if len(fresh) == len(keys):
-                codes = sorted({store.get_bytes(k).decode().strip() for k in keys})
-                lines.append(f"trainer exited on every node (exit code {', '.join(codes)})")
-                break
-            if clock.now() >= deadline:
-                lines.append(f"the trainer did not confirm its exit within {timeout_s:.0f} s")
-                break
-            clock.sleep(10.0)
-        if terminate:
-            ids = ctx.fleet.terminate_all()
-            lines.append(f"terminated {len(ids)} node(s); `pulumi up --refresh` brings them back")
-        else:
-            lines.append(
-                "nodes left running (billing continues): `invoke stop --terminate` ends them"
-            )
-        lines.append(f"resume: invoke pretrain --run {run_uri}")
-    return lines

@@ -197,14 +197,15 @@ def test_pretrain_no_watch_then_status_through_invoke(moto_cluster, tmp_path):
 
 
 def test_logs_follow_prints_only_new_output_until_the_commands_end(monkeypatch, capsys):
+    import trainer.launch.lifecycle as lifecycle
     import trainer.launch.run as run_mod
 
     texts = iter(["step 1\n", "step 1\nstep 2\n", "step 1\nstep 2\ndone\n"])
     polls = iter([False, False, True])
     monkeypatch.setattr(cli, "_context", lambda stack, outputs: types.SimpleNamespace(outputs=None))
     monkeypatch.setattr(run_mod, "pick_run", lambda o, run: ("s3://b/runs/r", object()))
-    monkeypatch.setattr(run_mod, "node_logs", lambda ctx, uri, last, node: {1: next(texts)})
-    monkeypatch.setattr(run_mod, "command_done", lambda ctx, uri, last, i: next(polls))
+    monkeypatch.setattr(lifecycle, "node_logs", lambda ctx, uri, last, node: {1: next(texts)})
+    monkeypatch.setattr(lifecycle, "command_done", lambda ctx, uri, last, i: next(polls))
     monkeypatch.setattr(cli.time, "sleep", lambda s: None)
 
     cli.logs(Context(), outputs="o.json", node="1", follow=True)

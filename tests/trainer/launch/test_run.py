@@ -12,22 +12,19 @@ import pytest
 from artifacts.errors import UserError
 from artifacts.store import open_store
 from trainer.launch import LaunchError
+from trainer.launch.lifecycle import node_logs, run_status, stop_run, trend
 from trainer.launch.outputs import load_outputs
 from trainer.launch.run import (
     STOP_KEY,
     Context,
     LastRun,
     check_nodes,
-    dump_toml,
     load_last_run,
-    node_logs,
     pick_run,
     pretrain_remote,
     resolve_run_uri,
-    run_status,
-    stop_run,
-    trend,
 )
+from trainer.launch.upload import dump_toml
 from trainer.launch.watch import WatchPolicy
 
 from .fakes import FakeClock
@@ -281,7 +278,7 @@ def test_a_run_still_running_is_not_launched_twice(ctx_for, tmp_path):
 
 
 def test_local_data_that_does_not_exist_is_named(tmp_path, monkeypatch):
-    from trainer.launch.run import local_train_files
+    from trainer.launch.upload import local_train_files
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "cfg").mkdir()

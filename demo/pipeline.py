@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,8 +236,26 @@ def artefacts(paths: Paths, summary: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds through every stage's cleanup: children are stopped
+
+
 def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> dict[str, Any]:
-    """Run every stage in ``opts.workdir``; print the progress view and summary; return the summary."""
+    """Run every stage in ``opts.workdir``; print the progress view and summary; return the summary.
+
+    SIGTERM is handled like Ctrl-C, so ``kill`` also stops the training processes (they run in
+    sessions of their own and would otherwise outlive the demo).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return _run_demo(opts, out)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _run_demo(opts, out)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_demo(opts: DemoOptions, out: TextIO) -> dict[str, Any]:
     from demo import report
 
     started = time.monotonic()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -134,6 +135,8 @@ def bucket(paths: Paths, s3: bool) -> Iterator[str]:
         from moto.server import ThreadedMotoServer
     except ImportError:
         raise DemoError("--s3 needs moto's server: pip install -e '.[dev]'") from None
+    # The server's request log (werkzeug, INFO per request) would drown the progress view.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -10,6 +10,7 @@ the run's own records, and the plot is a real PNG.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -188,6 +189,58 @@ def test_a_second_run_refuses_the_used_workdir(demo_run):
     ]
 
 
+@pytest.mark.slow
+def test_terminating_the_demo_stops_every_training_process(tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    workdir = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "--search-root",
+            str(REPO_ROOT),
+            "demo",
+            "--workdir",
+            str(workdir),
+        ],
+        cwd=tmp_path,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    status = workdir / "bucket" / "runs" / "demo" / "STATUS.json"
+    deadline = time.monotonic() + 300
+    tree: list[psutil.Process] = []
+    try:
+        # Nothing to await: the ranks write STATUS.json once they are up; poll for it.
+        while not status.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert status.exists(), "pretraining never started"
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        ranks = [p for p in tree if p.cmdline()[1:4] == ["-u", "-m", "trainer"]]
+        assert len(ranks) == 2, [p.cmdline() for p in tree]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=120)
+        for p in tree:  # never leave a failed test's processes behind
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    p.kill()
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "interrupted"
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    assert alive == [], f"left running: {[p.cmdline() for p in alive]}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Fast: refusals and plumbing
 
@@ -243,9 +296,10 @@ def test_private_dataset_is_encrypted_from_memory(tmp_path):
     assert ds.ciphertext_bytes == ds.path.stat().st_size > ds.plaintext_bytes
 
 
-def test_s3_bucket_is_moto_on_loopback_and_env_is_restored(tmp_path):
+def test_s3_bucket_is_moto_on_loopback_and_env_is_restored(tmp_path, caplog):
     from artifacts.store import open_store
 
+    caplog.set_level("INFO")
     before = os.environ.get("AWS_ENDPOINT_URL")
     paths = Paths(prepare_workdir(tmp_path / "w"))
     with bucket(paths, s3=True) as run_uri:
@@ -254,5 +308,7 @@ def test_s3_bucket_is_moto_on_loopback_and_env_is_restored(tmp_path):
         store = open_store(run_uri)
         store.put_bytes("STATUS.json", b"{}")
         assert [o.key for o in store.list()] == ["STATUS.json"]
+    # moto's per-request log lines would drown the progress view
+    assert not [r for r in caplog.records if r.name == "werkzeug"]
     assert os.environ.get("AWS_ENDPOINT_URL") == before
     assert not paths.bucket.exists()

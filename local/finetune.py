@@ -245,6 +245,15 @@ def _training_args(
     )
 
 
+@dataclass(frozen=True)
+class TrainStats:
+    loss_before: float
+    loss_after: float
+    steps: int
+    history: list[list[float]]
+    """``[[step, training loss], ...]`` every ``logging_steps``."""
+
+
 def train_model(
     model: Any,
     train: list[list[int]],
@@ -255,8 +264,8 @@ def train_model(
     compute_dtype: str,
     steps: int,
     pad_id: int,
-) -> tuple[float, float, int]:
-    """HF Trainer over in-memory examples: ``(eval loss before, eval loss after, steps done)``.
+) -> TrainStats:
+    """HF Trainer over in-memory examples; eval loss on the held-out slice before and after.
 
     The Trainer's output folder is a throw-away temp dir: with ``save_strategy="no"`` it stays
     empty (no checkpoint, optimizer or RNG state); it is deleted either way.
@@ -276,6 +285,9 @@ def train_model(
         trainer.train()
         loss_after = float(trainer.evaluate()["eval_loss"])
         done = int(trainer.state.global_step)
+        history = [
+            [int(e["step"]), float(e["loss"])] for e in trainer.state.log_history if "loss" in e
+        ]
         log.info("eval loss after %d steps: %.4f", done, loss_after)
         leftovers = [p for p in Path(scratch).rglob("*") if p.is_file()]
         if leftovers:  # save_strategy="no" means none; say so if a library wrote anyway
@@ -284,7 +296,7 @@ def train_model(
         raise LocalError(
             f"training diverged (eval loss {loss_before} -> {loss_after}); lower learning_rate"
         )
-    return loss_before, loss_after, done
+    return TrainStats(loss_before, loss_after, done, history)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,7 +326,7 @@ def _forbidden(
     ]
     for host in {socket.gethostname(), platform.node()}:
         if len(host) >= 4:
-            items.append(Forbidden("hostname", host))
+            items.append(Forbidden("hostname", host, name=True))
     for stem in (data.name.split(".")[0], key_file.name.split(".")[0]):
         if len(stem) >= 4:
             items.append(Forbidden("data/key file name", stem, name=True))
@@ -466,7 +478,7 @@ def _run(
         trainable,
     )
 
-    loss_before, loss_after, done_steps = train_model(
+    stats = train_model(
         model,
         train,
         evals,
@@ -496,9 +508,10 @@ def _run(
         metadata = {
             "kind": "qlora-adapter",
             "base_model": base_label,
-            "steps": done_steps,
-            "eval_loss_before": round(loss_before, 6),
-            "eval_loss_after": round(loss_after, 6),
+            "steps": stats.steps,
+            "eval_loss_before": round(stats.loss_before, 6),
+            "eval_loss_after": round(stats.loss_after, 6),
+            "train_loss_history": [[step, round(loss, 6)] for step, loss in stats.history],
             "merged": merge,
             "lora": {
                 "r": cfg.lora_r,
@@ -519,9 +532,9 @@ def _run(
             metadata=metadata,
         )
     return FinetuneResult(
-        steps=done_steps,
-        loss_before=loss_before,
-        loss_after=loss_after,
+        steps=stats.steps,
+        loss_before=stats.loss_before,
+        loss_after=stats.loss_after,
         export_path=info.path,
         export_bytes=info.bytes,
         export_files=info.files,

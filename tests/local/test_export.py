@@ -162,6 +162,7 @@ def test_cli_prints_the_result_and_exports_a_verifiable_folder(cli_export):
         "merged/model.safetensors",
     } <= names
     assert manifest.metadata["steps"] == 6 and manifest.metadata["merged"] is True
+    assert [step for step, _ in manifest.metadata["train_loss_history"]] == [4]
 
 
 @pytest.mark.slow

@@ -49,7 +49,14 @@ class NetworkAudit:
                 self.attempts.append(f"{event} {args[0]!r}")
 
 
-AUDIT = NetworkAudit()
+_audit: list[NetworkAudit] = []
+
+
+def network_audit() -> NetworkAudit:
+    """The one audit hook of this session, installed on first use only."""
+    if not _audit:
+        _audit.append(NetworkAudit())
+    return _audit[0]
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +92,16 @@ def airgapped_run(tiny):
     started = h.now()
     out = tmp / "export"
     finetune.tokenize_records, finetune.train_model = tokenize, train
-    AUDIT.enabled = True
+    audit = network_audit()
+    audit.attempts.clear()
+    audit.enabled = True
     try:
         with contextlib.redirect_stdout(logs), contextlib.redirect_stderr(logs):
             result = finetune.run_finetune(
                 model, cipher, key, out, config=load_config(h.TINY_CONFIG), airgapped=True
             )
     finally:
-        AUDIT.enabled = False
+        audit.enabled = False
         finetune.tokenize_records, finetune.train_model = real_tokenize, real_train
         root.removeHandler(handler)
         root.setLevel(old_level)
@@ -101,13 +110,26 @@ def airgapped_run(tiny):
         "out": out,
         "seen": seen,
         "violations": airgap.violations(),
-        "attempts": list(AUDIT.attempts),
+        "attempts": list(audit.attempts),
         "logs": logs.getvalue(),
         "started": started,
         "tmp": tmp,
         "cipher": cipher,
         "key": key,
     }
+
+
+def test_the_network_audit_sees_what_reaches_the_os():
+    audit = network_audit()
+    audit.enabled = True
+    try:
+        socket.getaddrinfo("203.0.113.9", 80)  # numeric: no packet leaves, the event still fires
+        socket.getaddrinfo("127.0.0.1", 80)
+    finally:
+        audit.enabled = False
+    assert [a for a in audit.attempts if "203.0.113.9" in a]
+    assert not [a for a in audit.attempts if "127.0.0.1" in a]
+    audit.attempts.clear()
 
 
 # --- pure pieces ------------------------------------------------------------------------------
@@ -216,7 +238,7 @@ def test_4bit_nf4_base_stays_frozen_and_the_adapter_reloads_exactly(tiny, tmp_pa
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     examples = finetune.tokenize_records(h.records(40), tok, cfg.max_seq_len)
-    before, after, steps = finetune.train_model(
+    stats = finetune.train_model(
         model,
         examples[:32],
         examples[32:],
@@ -226,7 +248,8 @@ def test_4bit_nf4_base_stays_frozen_and_the_adapter_reloads_exactly(tiny, tmp_pa
         steps=8,
         pad_id=0,
     )
-    assert steps == 8 and after < before
+    assert stats.steps == 8 and stats.loss_after < stats.loss_before
+    assert [step for step, _ in stats.history] == [4, 8]  # logging_steps = 4
     for n, p in model.named_parameters():
         if not p.requires_grad:
             assert torch.equal(p.detach(), frozen[n]), f"frozen weight {n} changed"

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 STAGING_DIR = ".commit-staging"
 #: An incomplete folder whose newest object is older than this is a dead upload, not a slow one.
 STALE_GRACE_SECONDS = 3600.0
+#: Niceness of the upload threads: a busy CPU runs the training ranks first.
+UPLOAD_NICENESS = 19
 
 
 class CheckpointCommitError(RuntimeError):
@@ -60,6 +62,18 @@ def snapshot(local_dir: Path, dest: Path) -> None:
             shutil.copy2(src, dst)
 
     shutil.copytree(local_dir, dest, copy_function=link_or_copy)
+
+
+def _lower_thread_priority() -> None:
+    """Give this thread (and the upload threads it starts) a lower CPU priority than training.
+
+    Linux niceness is per thread and inherited by threads created later, so boto3's transfer
+    threads inherit it too. Where that is not possible it is only logged: uploads still work.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPLOAD_NICENESS)
+    except (AttributeError, OSError) as err:
+        log.debug("could not lower the upload thread's priority: %s", err)
 
 
 class CheckpointCommitter:
@@ -173,6 +187,7 @@ class CheckpointCommitter:
             raise CheckpointCommitError(f"checkpoint upload failed: {err}") from err
 
     def _run(self) -> None:
+        _lower_thread_priority()
         while True:
             with self._cond:
                 while not self._jobs and not self._closed:

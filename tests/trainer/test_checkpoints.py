@@ -259,3 +259,25 @@ def test_single_node_skips_a_queued_checkpoint_superseded_by_a_newer_one(tmp_pat
     slow.release.set()
     c.close()
     assert committed_steps(run) == [10, 30]
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread niceness is Linux-only")
+def test_uploads_run_at_low_cpu_priority(tmp_path, monkeypatch):
+    """Training ranks must win the CPU over a background upload (step time while uploading)."""
+    import trainer.committer as committer
+
+    seen = []
+    real = committer.publish_part
+
+    def spy(*a, **kw):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(committer, "publish_part", spy)
+    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with CheckpointCommitter(str(tmp_path / "run"), node_rank=0, num_nodes=1, keep_last=1) as c:
+        c.submit(make_checkpoint(tmp_path / "out", 1, size=64), 1, {})
+    assert seen and seen[0] >= min(19, main_before + 10)
+    assert (
+        os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
+    )  # training untouched

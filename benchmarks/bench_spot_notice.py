@@ -1,0 +1,181 @@
+"""Spot notice → checkpoint committed, on the real trainer (2 CPU ranks, ZeRO-3, DeepSpeed launcher).
+
+A fake IMDSv2 server (tests/trainer/fake_imds.py) announces a termination once the run has
+committed its first checkpoint; the run prefix is on moto's S3 server (its own low-priority
+process, standing in for S3) or a local folder. Measured:
+
+* announce → the watcher sees it (poll interval + round trip),
+* notice → the interruption checkpoint is committed (``notice_to_commit_s`` the trainer writes
+  into ``STATUS.json``; includes the wait for the step boundary, the local save and the upload),
+* announce → ``MANIFEST.json`` of that step visible in the store (driver's clock),
+* announce → launcher exit (75).
+
+    python benchmarks/bench_spot_notice.py [--store moto|local] [--hidden 64 --layers 2] [--poll 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "trainer"))
+
+
+def recipe(tmp: Path, hidden: int, layers: int, poll: float) -> Path:
+    text = (ROOT / "configs" / "pretrain-tiny.toml").read_text()
+    for key, value in {
+        "save_steps": 8,
+        "num_train_epochs": 20,
+        "hidden_size": hidden,
+        "num_layers": layers,
+        "keep_last": 2,
+    }.items():
+        text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+    path = tmp / "spot.toml"
+    path.write_text(text + f"\n[spot]\npoll_interval = {poll}\n")
+    return path
+
+
+def start_moto(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    import socket
+
+    import boto3
+
+    from trainer.train import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            "nice",
+            "-n",
+            "19",
+            sys.executable,
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    for k, v in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "bench"),
+        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "bench"),
+        "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+    }.items():
+        env[k] = os.environ[k] = v
+    bucket = f"spot-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return server, f"s3://{bucket}/runs/spot"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--store", choices=["moto", "local"], default="moto")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--poll", type=float, default=1.0, help="IMDS poll interval, seconds")
+    p.add_argument("--json", type=Path, default=None)
+    a = p.parse_args()
+
+    from fake_imds import FakeIMDS
+
+    from artifacts.store import open_store
+    from trainer.checkpoints import committed_steps, step_folder
+    from trainer.local_run import launcher_command, launcher_env
+    from trainer.train import free_port
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-spot-"))
+    env = launcher_env({**os.environ, "TWOSTAGE_SCRATCH": str(tmp / "scratch")})
+    server = None
+    if a.store == "moto":
+        server, run = start_moto(env)
+    else:
+        run = str(tmp / "store" / "spot")
+    config = recipe(tmp, a.hidden, a.layers, a.poll)
+    try:
+        with FakeIMDS() as imds, open(tmp / "run.log", "wb") as log:
+            env["TWOSTAGE_IMDS_ENDPOINT"] = imds.endpoint
+            proc = subprocess.Popen(
+                launcher_command(config, run, 2, free_port()),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+            # Polling the store: the only signal that crosses the process boundary.
+            while not committed_steps(run):
+                if proc.poll() is not None:
+                    raise SystemExit(
+                        f"run ended early (exit {proc.returncode}); log {tmp / 'run.log'}"
+                    )
+                time.sleep(0.05)
+            before = set(committed_steps(run))
+            announced = time.time()
+            imds.announce()
+            seen: dict[int, float] = {}  # step -> when its manifest was first visible
+            while proc.poll() is None:
+                for s in set(committed_steps(run)) - before - set(seen):
+                    seen[s] = time.time()
+                time.sleep(0.05)
+            exited = time.time()
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+    status = json.loads(open_store(run).get_bytes("STATUS.json"))
+    step = status["global_step"]
+    seen_commit = seen.get(step)
+    text = (tmp / "run.log").read_text(errors="replace")
+    size = re.search(rf"checkpoint {step} committed to \S+ \(\d+ files, ([\d.]+) MB\)", text)
+    upload = re.search(rf"checkpoint {step} committed to .*? ([\d.]+)s after the save", text)
+    notice_to_commit = status.get("notice_to_commit_s")
+    result = {
+        "store": a.store,
+        "hidden": a.hidden,
+        "layers": a.layers,
+        "poll_interval_s": a.poll,
+        "launcher_exit": proc.returncode,
+        "status_state": status["state"],
+        "interrupted_at_step": step,
+        "committed": step_folder(step) in {step_folder(s) for s in committed_steps(run)},
+        "checkpoint_mb": float(size.group(1)) if size else None,
+        "notice_to_commit_s": notice_to_commit,
+        "save_to_commit_s": float(upload.group(1)) if upload else None,
+        "announce_to_manifest_visible_s": None
+        if seen_commit is None
+        else round(seen_commit - announced, 2),
+        "announce_to_exit_s": round(exited - announced, 2),
+        "detection_s": None
+        if (seen_commit is None or notice_to_commit is None)
+        else round((seen_commit - announced) - notice_to_commit, 2),
+    }
+    print(json.dumps(result, indent=2))
+    if a.json:
+        a.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -63,6 +63,29 @@ def build_tiny_llama(dest: Path, *, hidden: int = 64, layers: int = 2, seed: int
     return dest
 
 
+def build_tiny_gpt2(dest: Path, *, seed: int = 0) -> Path:
+    """Same tokenizer, GPT-2 architecture: fused ``c_attn`` (a ``Conv1D``) instead of q/k/v."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    build_tiny_llama(dest)
+    tok = AutoTokenizer.from_pretrained(str(dest))
+    for f in dest.glob("*.safetensors"):
+        f.unlink()
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=128,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(cfg).save_pretrained(str(dest))
+    return dest
+
+
 def verified_model(tmp: Path) -> Path:
     """A tiny model as `invoke download` leaves it: files + MANIFEST.json, verified."""
     from artifacts.download import download_verified

@@ -276,6 +276,36 @@ def test_4bit_nf4_base_stays_frozen_and_the_adapter_reloads_exactly(tiny, tmp_pa
     assert torch.equal(trained, again)
 
 
+@pytest.mark.slow
+def test_gpt2_fused_attention_gets_the_adapter_on_c_attn(tmp_path):
+    import bitsandbytes as bnb
+    from transformers import AutoTokenizer
+
+    from local.preflight import run_preflight
+
+    model_dir = h.build_tiny_gpt2(tmp_path / "gpt2")
+    cfg = load_config(h.TINY_CONFIG)  # asks for q_proj, v_proj
+    report = run_preflight(model_dir, cfg, device="cpu", compute_dtype="float32")
+    assert report.target_modules == ["c_attn"]
+    model = finetune.load_qlora_model(model_dir, cfg, "cpu", "float32", report.target_modules)
+    c_attn = model.base_model.model.transformer.h[0].attn.c_attn
+    assert isinstance(c_attn.base_layer, bnb.nn.Linear4bit)
+    assert c_attn.base_layer.weight.quant_state.quant_type == "nf4"
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    examples = finetune.tokenize_records(h.records(24), tok, cfg.max_seq_len)
+    stats = finetune.train_model(
+        model,
+        examples[:20],
+        examples[20:],
+        cfg,
+        device="cpu",
+        compute_dtype="float32",
+        steps=6,
+        pad_id=0,
+    )
+    assert stats.loss_after < stats.loss_before
+
+
 # --- refusals ---------------------------------------------------------------------------------
 
 

@@ -384,6 +384,8 @@ def run_finetune(
         raise LocalError(
             f"--out {out} already exists; choose a new folder (an export is never overwritten)"
         )
+    if not out.parent.is_dir():
+        raise LocalError(f"--out {out}: its parent folder {out.parent} does not exist")
     if airgapped:
         from local.airgap import enable_offline_env
 
@@ -437,6 +439,8 @@ def _run(
     steps = max_steps if max_steps is not None else cfg.max_steps
     if steps < 1:
         raise LocalError(f"--max-steps must be >= 1, got {steps}")
+    if public_key is not None and not verify:
+        raise LocalError("--public-key needs verification; drop --no-verify or the key")
     if verify:
         from artifacts.verify import verify_dir
 

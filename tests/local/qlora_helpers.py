@@ -86,14 +86,14 @@ def build_tiny_gpt2(dest: Path, *, seed: int = 0) -> Path:
     return dest
 
 
-def verified_model(tmp: Path) -> Path:
-    """A tiny model as `invoke download` leaves it: files + MANIFEST.json, verified."""
+def verified_model(tmp: Path, signing_key: Path | None = None) -> Path:
+    """A tiny model as `invoke download` leaves it: files + MANIFEST.json (+ .sig), verified."""
     from artifacts.download import download_verified
     from artifacts.publish import publish_dir
 
     src = build_tiny_llama(tmp / "build")
     store = tmp / "store" / "tiny"
-    publish_dir(src, store.as_uri(), metadata={"kind": "test-base"})
+    publish_dir(src, store.as_uri(), metadata={"kind": "test-base"}, signing_key=signing_key)
     model = tmp / "model"
     download_verified(store.as_uri(), model)
     return model

@@ -354,6 +354,27 @@ def test_tampered_model_is_refused_and_no_verify_skips_the_check(tiny, tmp_path)
         )
 
 
+def test_signed_model_needs_the_right_public_key(tmp_path):
+    from artifacts.signing import generate_keypair
+
+    signer, signer_pub = generate_keypair(tmp_path / "signer")
+    _, other_pub = generate_keypair(tmp_path / "other")
+    model = h.verified_model(tmp_path, signing_key=signer)
+    cipher, key = h.encrypted_dataset(tmp_path, n=4)
+    with pytest.raises(VerificationError):
+        finetune.run_finetune(model, cipher, key, tmp_path / "out", public_key=other_pub)
+    with pytest.raises(LocalError, match="--public-key"):
+        finetune.run_finetune(
+            model, cipher, key, tmp_path / "out", public_key=other_pub, verify=False
+        )
+    # the signer's key passes verification: the run goes on to the (injected) memory check
+    with pytest.raises(LocalError, match="not enough memory"):
+        finetune.run_finetune(
+            model, cipher, key, tmp_path / "out", public_key=signer_pub, free_bytes=1
+        )
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_refuses_a_tampered_model_with_one_line_and_exit_2(tiny, tmp_path):
     import shutil
 

@@ -85,19 +85,19 @@ def pretrain(opts: DemoOptions, paths: Paths, run_uri: str) -> dict[str, Any]:
     from trainer.finish import read_status
 
     log_path = paths.logs / "pretrain.log"
+    conv = load_config(paths.config).convergence
     with child(
         pretrain_cmd(paths.config, run_uri, opts.nproc),
         log_path,
         cwd=paths.root,
         verbose=opts.verbose,
     ) as proc:
-        follow_training(proc, run_uri, enabled=not opts.verbose)
+        follow_training(proc, run_uri, enabled=not opts.verbose, patience=conv.patience)
     status = read_status(run_uri) or {}
     if proc.returncode != 0 or status.get("state") not in ("converged", "finished"):
         raise DemoError(
             f"pretraining failed (exit {proc.returncode}, state {status.get('state')}): {last_line(log_path)} — log: {log_path}"
         )
-    conv = load_config(paths.config).convergence
     history = status.get("val_loss_history") or []
     losses = [h.get("val_loss") for h in history]
     at = convergence_point(losses, conv.min_rel_improvement, conv.patience)
@@ -179,6 +179,7 @@ def finetune(opts: DemoOptions, paths: Paths) -> dict[str, Any]:
             desc="      fine-tuning (air-gapped)",
             bar_format="{desc} [{elapsed}]",
             disable=True if opts.verbose else None,
+            leave=False,
         ) as bar:
             while True:
                 try:

@@ -251,16 +251,17 @@ def finetune_cmd(paths: Paths) -> list[str]:
     ]  # fmt: skip
 
 
-def follow_training(proc: subprocess.Popen, run_uri: str, *, enabled: bool) -> None:
+def follow_training(proc: subprocess.Popen, run_uri: str, *, enabled: bool, patience: int) -> None:
     """A progress bar driven by the run's ``STATUS.json`` until the training process exits."""
     from tqdm.auto import tqdm
 
     from trainer.finish import read_status
 
     bar = tqdm(
-        desc="      pretraining", unit=" epochs", disable=None if enabled else True,
-        bar_format="{desc}: epoch {n} [{elapsed}] {postfix}",
+        desc="      pretraining", unit=" epochs", disable=None if enabled else True, leave=False,
+        bar_format="{desc}: epoch {n} [{elapsed}]{postfix}",
     )  # fmt: skip
+    bar.set_postfix_str("starting the ranks (imports, corpus, tokenizer)", refresh=False)
     try:
         while True:
             try:
@@ -272,12 +273,16 @@ def follow_training(proc: subprocess.Popen, run_uri: str, *, enabled: bool) -> N
             history = status.get("val_loss_history") or []
             if history and len(history) != bar.n:
                 last = history[-1]
-                bar.update(len(history) - bar.n)
-                bar.set_postfix_str(
-                    f"step {status.get('global_step')}, val {last.get('val_loss', float('nan')):.4f}, "
-                    f"best {status.get('best_val_loss') or float('nan'):.4f}",
-                    refresh=True,
+                stalls = len(history) - max(
+                    (i + 1 for i, h in enumerate(history) if not h.get("stalled")), default=0
                 )
+                bar.set_postfix_str(
+                    f"step {status.get('global_step')}, val loss {last.get('val_loss') or float('nan'):.4f} "
+                    f"(best {status.get('best_val_loss') or float('nan'):.4f}, stalls {stalls}/{patience})",
+                    refresh=False,
+                )
+                bar.update(len(history) - bar.n)
+            bar.refresh()  # the clock ticks between epochs too
     finally:
         bar.close()
 

@@ -2,17 +2,15 @@
 
 The records are invented internal facts of a fictitious company (room codes, owners, budgets) in
 ``{"prompt", "response"}`` form, learnable by a tiny model in a few steps. The JSON Lines
-plaintext only ever lives in a ``BytesIO``; what reaches the disk is the ciphertext, written to a
-temporary sibling and renamed into place, so a crash leaves no half-written file either.
+plaintext only ever lives in a ``BytesIO``; what reaches the disk is the ciphertext
+(``local.crypto.encrypt_file`` on the stream: temporary sibling, atomic rename).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,22 +61,10 @@ def write_encrypted_dataset(
     dest: Path, key: bytes, *, records: int = 160, seed: int = 7
 ) -> PrivateDataset:
     """Generate the records, encrypt them from memory into ``dest`` (atomic); plaintext never on disk."""
-    from local.crypto import encrypt_stream
+    from local.crypto import encrypt_file
 
     dest = Path(dest)
-    plaintext = io.BytesIO(to_jsonl(generate_records(records, seed)))
-    size = len(plaintext.getbuffer())
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            written = encrypt_stream(plaintext, out, key)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        plaintext.close()
+    with io.BytesIO(to_jsonl(generate_records(records, seed))) as plaintext:
+        size = len(plaintext.getbuffer())
+        written = encrypt_file(plaintext, dest, key)
     return PrivateDataset(dest, records, size, written)

@@ -167,6 +167,9 @@ def test_export_verifies_and_fine_tune_lowered_the_loss(demo_run):
     assert manifest.metadata["steps"] == ft["steps"] > 0
     assert math.isfinite(ft["loss_before"]) and math.isfinite(ft["loss_after"])
     assert ft["loss_after"] < ft["loss_before"]
+    history = ft["train_history"]
+    assert history == manifest.metadata["train_loss_history"] and len(history) >= 2
+    assert all(math.isfinite(loss) for _, loss in history) and history[-1][1] < history[0][1]
 
 
 @pytest.mark.slow

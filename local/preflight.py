@@ -81,12 +81,16 @@ class PreflightReport:
         return self.estimate.total <= self.budget_bytes
 
     def summary(self) -> str:
-        parts = ", ".join(f"{k} {v / MIB:.0f} MiB" for k, v in self.estimate.parts.items())
+        parts = ", ".join(f"{k} {_size(v)}" for k, v in self.estimate.parts.items())
         return (
-            f"preflight: device {self.device} ({self.device_name}), free {self.free_bytes / GIB:.2f} GiB, "
-            f"budget {self.budget_bytes / GIB:.2f} GiB, estimated peak {self.estimate.total / GIB:.2f} GiB "
+            f"preflight: device {self.device} ({self.device_name}), free {_size(self.free_bytes)}, "
+            f"budget {_size(self.budget_bytes)}, estimated peak {_size(self.estimate.total)} "
             f"at 4-bit ({parts})"
         )
+
+
+def _size(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.1f} MiB"
 
 
 def _dtype_bytes(compute_dtype: str) -> int:
@@ -331,7 +335,7 @@ def run_preflight(
     log.info("%s", report.summary())
     if not report.fits:
         raise LocalError(
-            f"not enough memory: estimated peak {est.total / GIB:.2f} GiB > {budget / GIB:.2f} GiB "
+            f"not enough memory: estimated peak {_size(est.total)} > {_size(budget)} "
             f"available on {device}; " + "; ".join(report.advice)
         )
     return report

@@ -102,7 +102,7 @@ def main() -> int:
     from fake_imds import FakeIMDS
 
     from artifacts.store import open_store
-    from trainer.checkpoints import committed_steps, step_folder
+    from trainer.checkpoints import committed_steps
     from trainer.local_run import launcher_command, launcher_env
     from trainer.train import free_port
 
@@ -140,11 +140,12 @@ def main() -> int:
                     seen[s] = time.time()
                 time.sleep(0.05)
             exited = time.time()
+        status = json.loads(open_store(run).get_bytes("STATUS.json"))
+        committed = committed_steps(run)
     finally:
         if server is not None:
             server.terminate()
             server.wait(10)
-    status = json.loads(open_store(run).get_bytes("STATUS.json"))
     step = status["global_step"]
     seen_commit = seen.get(step)
     text = (tmp / "run.log").read_text(errors="replace")
@@ -159,7 +160,7 @@ def main() -> int:
         "launcher_exit": proc.returncode,
         "status_state": status["state"],
         "interrupted_at_step": step,
-        "committed": step_folder(step) in {step_folder(s) for s in committed_steps(run)},
+        "committed": step in committed,
         "checkpoint_mb": float(size.group(1)) if size else None,
         "notice_to_commit_s": notice_to_commit,
         "save_to_commit_s": float(upload.group(1)) if upload else None,

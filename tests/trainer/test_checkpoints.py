@@ -46,6 +46,7 @@ def run_uri(request, tmp_path, monkeypatch):
     if request.param == "moto":
         from moto import mock_aws
 
+        monkeypatch.setenv("TWOSTAGE_UPLOAD_PROCESS", "0")  # the mock lives in this process only
         with mock_aws():
             boto3.client("s3").create_bucket(Bucket=bucket)
             yield f"s3://{bucket}/runs/r1"
@@ -105,6 +106,7 @@ class SlowStore:
     def __init__(self, monkeypatch):
         import trainer.committer as committer
 
+        monkeypatch.setenv("TWOSTAGE_UPLOAD_PROCESS", "0")  # the patch below is in-process
         self.release = threading.Event()
         self.started = threading.Event()
         real = committer.publish_part
@@ -262,7 +264,7 @@ def test_single_node_skips_a_queued_checkpoint_superseded_by_a_newer_one(tmp_pat
 
 
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread niceness is Linux-only")
-def test_uploads_run_at_low_cpu_priority(tmp_path, monkeypatch):
+def test_in_process_uploads_run_at_low_cpu_priority(tmp_path, monkeypatch):
     """Training ranks must win the CPU over a background upload (step time while uploading)."""
     import trainer.committer as committer
 
@@ -274,6 +276,7 @@ def test_uploads_run_at_low_cpu_priority(tmp_path, monkeypatch):
         return real(*a, **kw)
 
     monkeypatch.setattr(committer, "publish_part", spy)
+    monkeypatch.setenv("TWOSTAGE_UPLOAD_PROCESS", "0")
     main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     with CheckpointCommitter(str(tmp_path / "run"), node_rank=0, num_nodes=1, keep_last=1) as c:
         c.submit(make_checkpoint(tmp_path / "out", 1, size=64), 1, {})
@@ -281,3 +284,22 @@ def test_uploads_run_at_low_cpu_priority(tmp_path, monkeypatch):
     assert (
         os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
     )  # training untouched
+
+
+def test_uploads_run_in_a_separate_low_priority_process(tmp_path):
+    """The default: bytes move in a spawned uploader (no GIL contention with the training loop)."""
+    run = str(tmp_path / "run")
+    c = CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=1)
+    assert c.upload_process
+    c.submit(make_checkpoint(tmp_path / "out", 1, size=64), 1, {})
+    c.wait(timeout=120)
+    pids = list(c._pool._processes)
+    assert pids and os.getpid() not in pids
+    assert all(os.getpriority(os.PRIO_PROCESS, pid) == 19 for pid in pids)
+    # the launcher SIGTERMs the whole process tree on a spot notice: the uploader must survive it
+    import signal
+
+    os.kill(pids[0], signal.SIGTERM)
+    c.submit(make_checkpoint(tmp_path / "out", 2, size=64), 2, {})
+    c.close()
+    assert committed_steps(run) == [2]

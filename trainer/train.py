@@ -192,6 +192,49 @@ def _build_convergence_callback() -> type:
     return ConvergenceCallback
 
 
+def _build_step_timer() -> type:
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Wall time between consecutive optimizer steps (data, forward, backward, step, callbacks).
+
+        Intervals that contain an evaluation or a save are left out, so the number is the steady
+        training step time (reported in ``training_summary.json``; used by the benchmarks).
+        """
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self._last: float | None = None
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            now = time.perf_counter()
+            if self._last is not None:
+                self.times.append(now - self._last)
+            self._last = now
+            return control
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            self._last = None
+            return control
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            self._last = None
+            return control
+
+        def summary(self, skip: int = 5) -> dict[str, Any]:
+            """Median and p90 of the step times after the first ``skip`` (warm-up) steps."""
+            times = sorted(self.times[skip:])
+            if not times:
+                return {"n": 0, "median_s": None, "p90_s": None}
+            return {
+                "n": len(times),
+                "median_s": times[len(times) // 2],
+                "p90_s": times[min(len(times) - 1, int(len(times) * 0.9))],
+            }
+
+    return StepTimer
+
+
 def restore_convergence(folder: Path, criterion: ConvergenceCriterion) -> list[dict[str, Any]]:
     """Load ``convergence.json`` of a resumed checkpoint into ``criterion``; returns the val history."""
     path = folder / CONVERGENCE_FILE
@@ -329,6 +372,8 @@ def _train(
     if watcher is not None:
         interruption = InterruptionCallback(watcher, committer=committer)
         callbacks.append(interruption)
+    timer = _build_step_timer()()
+    callbacks.append(timer)  # last, so its interval includes every other callback
     trainer = Trainer(
         model=model,
         args=args,
@@ -343,11 +388,9 @@ def _train(
     try:
         if criterion.converged and resumed is not None:
             # Converged before the last launch could publish: finish from the checkpoint as it is.
-            log.info(
-                "resume: the run had already converged at step %d; publishing",
-                trainer.state.global_step,
-            )
-            trainer.args.max_steps = int(resumed[1].get("global_step", 0)) or 1
+            done = int(resumed[1].get("global_step", 0)) or 1
+            log.info("resume: the run had already converged at step %d; publishing", done)
+            trainer.args.max_steps = done  # the training loop has nothing left to do
         trainer.train(resume_from_checkpoint=str(resumed[0]) if resumed else None)
     finally:
         if watcher is not None:
@@ -383,6 +426,7 @@ def _train(
         "loss_history": loss_history(state.log_history),
         "num_nodes": num_nodes,
         "world_size": args.world_size,
+        "step_time": timer.summary(),
         "train_seconds_this_launch": round(time.monotonic() - started, 1),
         "config": cfg.raw,
     }

@@ -127,3 +127,15 @@ def test_tiny_recipe_converges_publishes_and_partitions(tmp_path: Path, monkeypa
     sizes = rank_partition_sizes(last)
     assert len(sizes) == 2
     assert sum(sizes) >= n_params and max(sizes) <= n_params // 2 + 64
+
+    # Converged but the publish was lost (say, the node died right after the commit): the
+    # relaunch resumes the converged state and publishes without training any further.
+    import shutil
+
+    shutil.rmtree(final)
+    (tmp_path / "run" / "STATUS.json").unlink()
+    assert launch_local(TINY, run, nproc=2) == EXIT_OK
+    again = json.loads((tmp_path / "run" / "STATUS.json").read_text())
+    assert again["state"] == "converged" and again["global_step"] == status["global_step"]
+    assert committed_steps(run) == steps  # no new checkpoint: nothing was trained
+    verify_dir(final)

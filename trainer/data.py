@@ -103,7 +103,8 @@ def resolve_sources(cfg: TrainerConfig, workdir: Path, run_uri: str = "") -> lis
         matches = sorted(glob.glob(spec)) or sorted(glob.glob(str(base / spec)))
         if not matches:
             raise TrainerError(f"{cfg.source}: data.train_files: no file matches {spec!r}")
-        files.extend(Path(m) for m in matches if Path(m).is_file())
+        for m in map(Path, matches):  # a folder stands for every file under it
+            files.extend(sorted(f for f in m.rglob("*") if f.is_file()) if m.is_dir() else [m])
     if not files:
         raise TrainerError(f"{cfg.source}: data.train_files: no text files found")
     return files

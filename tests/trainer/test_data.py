@@ -95,6 +95,11 @@ def test_text_files_from_a_glob_and_from_the_run_prefix(tmp_path: Path) -> None:
     run = tmp_path / "r2"
     open_store(str(run)).put_bytes("data/all.txt", text.encode())
     remote = solo(make_cfg(train_files=["run:data/"]), str(run), tmp_path / "w2")
+    folder = solo(
+        make_cfg(train_files=[str(tmp_path / "corpus")]), str(tmp_path / "r3"), tmp_path / "w3"
+    )
+    # A folder means the files under it: same blocks as the glob.
+    assert folder.train_path.read_bytes() == local.train_path.read_bytes()
     assert np.load(local.train_path).size > 0 and np.load(remote.train_path).size > 0
 
 

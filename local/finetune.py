@@ -355,7 +355,7 @@ def _guard(airgapped: bool) -> Iterator[None]:
         with guard():
             yield
     except AirgapViolation as err:
-        raise LocalError(f"air gap: {err}; the run was aborted and nothing was exported") from None
+        raise LocalError(f"{err}; the run was aborted and nothing was exported") from None
 
 
 def run_finetune(
@@ -507,7 +507,7 @@ def _run(
 
             if violations():
                 raise LocalError(
-                    f"air gap: {violations()[0]}; the run was aborted and nothing was exported"
+                    f"{violations()[0]}; the run was aborted and nothing was exported"
                 )
         metadata = {
             "kind": "qlora-adapter",

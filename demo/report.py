@@ -82,8 +82,16 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             "export size",
             f"{human_bytes(ft.get('export_bytes'))} in {ft.get('export_files', '—')} files",
         ),
-        ("wall time", _num(summary.get("wall_seconds"), "{:.0f} s")),
+        ("wall time", _wall(summary)),
     ]
+
+
+def _wall(summary: dict[str, Any]) -> str:
+    text = _num(summary.get("wall_seconds"), "{:.0f} s")
+    stages = summary.get("stage_seconds") or {}
+    if "pretrain" in stages and "finetune" in stages:
+        text += f" (pretraining {stages['pretrain']:.0f} s, fine-tune {stages['finetune']:.0f} s)"
+    return text
 
 
 def format_table(summary: dict[str, Any]) -> str:

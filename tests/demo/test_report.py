@@ -41,6 +41,7 @@ def canned_summary() -> dict:
             "train_history": [[4, 6.0], [8, 5.0], [12, 4.4]],
         },
         "wall_seconds": 181.4,
+        "stage_seconds": {"setup": 0.1, "pretrain": 150.2, "download": 0.3, "finetune": 27.6},
     }
 
 
@@ -59,7 +60,7 @@ def test_table_shows_every_number_a_user_reads():
     assert rows["bytes verified (download)"] == "1.5 MiB in 9 files, signature ok"
     assert rows["fine-tune eval loss before → after"] == "6.1000 → 4.3000"
     assert rows["export size"] == "3.0 MiB in 5 files"
-    assert rows["wall time"] == "181 s"
+    assert rows["wall time"] == "181 s (pretraining 150 s, fine-tune 28 s)"
 
 
 def test_table_says_when_the_epoch_limit_stopped_the_run():

@@ -70,8 +70,12 @@ def snapshot(local_dir: Path, dest: Path) -> None:
     shutil.copytree(local_dir, dest, copy_function=link_or_copy)
 
 
-def _upload_worker_init() -> None:
-    """The upload process: lowest priority, deaf to SIGTERM/SIGINT, dies with its parent.
+_URGENT: Any = None  # in the upload process: the committer's "training has stopped" event
+_BASE_NICENESS = 0
+
+
+def _upload_worker_init(urgent: Any, base: int) -> None:
+    """The upload process: deaf to SIGTERM/SIGINT, dies with its parent.
 
     SIGTERM is what the launcher sends every process of the tree on a spot notice; the parent
     rank turns it into "save and commit", so the uploader must not die of it. If the parent is
@@ -79,18 +83,39 @@ def _upload_worker_init() -> None:
     """
     import signal
 
+    global _URGENT, _BASE_NICENESS
+    _URGENT, _BASE_NICENESS = urgent, base
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        os.nice(UPLOAD_NICENESS)
-    except OSError:
-        pass
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def _set_own_niceness(value: int) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, value)  # this thread; threads it starts inherit it
+    except (AttributeError, OSError):
+        pass
+
+
+def _upload_job(src: Path, dest: str, part: str, files: list[str] | None) -> list[Any]:
+    """One part upload in the upload process: low priority unless training has stopped."""
+    _set_own_niceness(UPLOAD_NICENESS)
+    if _URGENT is not None and _URGENT.is_set():  # set before expedite() renices: no lost update
+        _set_own_niceness(_BASE_NICENESS)
+    return publish_part(src, dest, part, files=files)
+
+
+def _base_niceness() -> int:
+    """The training process's own niceness (its main thread's: tid == pid)."""
+    try:
+        return os.getpriority(os.PRIO_PROCESS, os.getpid())
+    except (AttributeError, OSError):
+        return 0
 
 
 def _lower_thread_priority() -> None:
@@ -142,6 +167,9 @@ class CheckpointCommitter:
             upload_process = os.environ.get(UPLOAD_PROCESS_ENV, "1") != "0"
         self.upload_process = upload_process
         self._pool: Any = None
+        self._urgent = False
+        self._urgent_event: Any = None
+        self._tid: int | None = None
         #: step -> seconds from submit to commit (head) or to part uploaded (other nodes)
         self.durations: dict[int, float] = {}
         self.committed_steps: list[int] = []
@@ -185,8 +213,45 @@ class CheckpointCommitter:
             self._jobs.append(("commit", (staged, step, dict(metadata), time.monotonic())))
             self._cond.notify_all()
 
+    def expedite(self) -> None:
+        """Training has stopped (spot notice, end of run): uploads go back to normal priority.
+
+        At niceness 19 they only get the CPU nobody else wants, which is right while training
+        runs and wrong once the upload is all that stands between a notice and a commit. Raising
+        priority needs root (or CAP_SYS_NICE), which the nodes' launch via SSM has; otherwise
+        uploads carry on at low priority (logged once).
+        """
+        if self._urgent:
+            return
+        self._urgent = True
+        if self._urgent_event is not None:
+            self._urgent_event.set()
+        base = _base_niceness()
+        targets = [self._tid] if self._tid else []
+        for pid in list(self._pool._processes) if self._pool else []:
+            try:  # niceness is per thread on Linux: every thread of the uploader
+                targets += [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            except OSError:
+                targets.append(pid)
+        for target in targets:
+            try:
+                os.setpriority(os.PRIO_PROCESS, target, base)
+            except ProcessLookupError:
+                continue  # a transfer thread that just finished
+            except (OSError, AttributeError) as err:
+                log.info(
+                    "cannot raise the upload priority (%s); it continues at niceness %d",
+                    err,
+                    UPLOAD_NICENESS,
+                )
+                return
+
     def wait(self, timeout: float | None = None) -> None:
-        """Block until every submitted checkpoint is committed; re-raise a background failure."""
+        """Block until every submitted checkpoint is committed; re-raise a background failure.
+
+        Waiting means training is not running: uploads get normal priority (:meth:`expedite`).
+        """
+        self.expedite()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self._pending and self._error is None:
@@ -224,7 +289,9 @@ class CheckpointCommitter:
             raise CheckpointCommitError(f"checkpoint upload failed: {err}") from err
 
     def _run(self) -> None:
-        _lower_thread_priority()
+        self._tid = threading.get_native_id()
+        if not self._urgent:
+            _lower_thread_priority()
         while True:
             with self._cond:
                 while not self._jobs and not self._closed:
@@ -269,12 +336,17 @@ class CheckpointCommitter:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
+            ctx = multiprocessing.get_context("spawn")
+            self._urgent_event = ctx.Event()
+            if self._urgent:
+                self._urgent_event.set()
             self._pool = ProcessPoolExecutor(
                 max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=ctx,
                 initializer=_upload_worker_init,
+                initargs=(self._urgent_event, _base_niceness()),
             )
-        return self._pool.submit(publish_part, src, dest, part, files=files).result()
+        return self._pool.submit(_upload_job, src, dest, part, files).result()
 
     def _cleanup(self, *, now: float | None, grace: float) -> None:
         removed = cleanup_incomplete(self.checkpoints_uri, grace, now=now)

@@ -279,6 +279,8 @@ def _build_interruption_callback() -> type:
                 self.interrupted_at_step = state.global_step
                 control.should_save = True
                 control.should_training_stop = True
+                if self.committer is not None and hasattr(self.committer, "expedite"):
+                    self.committer.expedite()  # uploads are now the critical path
                 log.warning(
                     "interrupted: saving a checkpoint at step %d, then stopping", state.global_step
                 )

@@ -269,36 +269,53 @@ def test_in_process_uploads_run_at_low_cpu_priority(tmp_path, monkeypatch):
     import trainer.committer as committer
 
     seen = []
+    uploaded = threading.Event()
     real = committer.publish_part
 
     def spy(*a, **kw):
         seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        return real(*a, **kw)
+        try:
+            return real(*a, **kw)
+        finally:
+            uploaded.set()
 
     monkeypatch.setattr(committer, "publish_part", spy)
     monkeypatch.setenv("TWOSTAGE_UPLOAD_PROCESS", "0")
     main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    with CheckpointCommitter(str(tmp_path / "run"), node_rank=0, num_nodes=1, keep_last=1) as c:
-        c.submit(make_checkpoint(tmp_path / "out", 1, size=64), 1, {})
+    c = CheckpointCommitter(str(tmp_path / "run"), node_rank=0, num_nodes=1, keep_last=1)
+    c.submit(make_checkpoint(tmp_path / "out", 1, size=64), 1, {})
+    assert uploaded.wait(60)
+    c.close()
     assert seen and seen[0] >= min(19, main_before + 10)
     assert (
         os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
     )  # training untouched
 
 
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="process niceness is POSIX-only")
 def test_uploads_run_in_a_separate_low_priority_process(tmp_path):
     """The default: bytes move in a spawned uploader (no GIL contention with the training loop)."""
+    import signal
+
     run = str(tmp_path / "run")
     c = CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=1)
     assert c.upload_process
     c.submit(make_checkpoint(tmp_path / "out", 1, size=64), 1, {})
-    c.wait(timeout=120)
+    deadline = time.monotonic() + 60
+    while not (c._pool is not None and c._pool._processes):  # spawned by the committer thread
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     pids = list(c._pool._processes)
-    assert pids and os.getpid() not in pids
-    assert all(os.getpriority(os.PRIO_PROCESS, pid) == 19 for pid in pids)
+    assert os.getpid() not in pids
+    # while training runs: niceness 19 (set by the worker's initializer, right after it starts)
+    while not all(os.getpriority(os.PRIO_PROCESS, pid) == 19 for pid in pids):
+        assert time.monotonic() < deadline, [os.getpriority(os.PRIO_PROCESS, p) for p in pids]
+        time.sleep(0.02)
+    c.wait(timeout=120)
+    if os.geteuid() == 0:  # waiting = training stopped: uploads back to normal priority
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in pids] == [base] * len(pids)
     # the launcher SIGTERMs the whole process tree on a spot notice: the uploader must survive it
-    import signal
-
     os.kill(pids[0], signal.SIGTERM)
     c.submit(make_checkpoint(tmp_path / "out", 2, size=64), 2, {})
     c.close()

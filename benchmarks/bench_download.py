@@ -1,4 +1,5 @@
-"""Verified download vs a plain boto3 download_file of the same artifact, from moto's server on loopback.
+"""Verified download vs a plain boto3 download_file of the same artifact, from moto's server on loopback
+(a separate process, like a real S3 endpoint).
 
 Method: one 512 MB random file published as an artifact to moto's S3 server (127.0.0.1). Then,
 alternating in the same process so both see the same machine state, N rounds of
@@ -26,6 +27,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def _wait_for_port(port: int, timeout: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"moto server did not start on port {port}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=512)
@@ -34,16 +48,20 @@ def main() -> None:
 
     for k, v in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         os.environ[k] = v
-    import logging
+    # moto's server in its own process (as S3 is another machine): the client's threads then do
+    # not share a GIL with the server's, which would otherwise dominate the comparison.
+    import socket
 
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    os.environ["AWS_ENDPOINT_URL"] = f"http://{host}:{port}"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
+    _wait_for_port(port)
 
     import boto3
 
@@ -96,7 +114,8 @@ def main() -> None:
         print(f"hashlib sha256: {mb / py_hash / 1000:.2f} GB/s   sha256sum: {mb / sum_hash / 1000:.2f} GB/s   ratio {sum_hash / py_hash:.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        server.stop()
+        server.terminate()
+        server.wait()
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ committed its first checkpoint; the run prefix is on moto's S3 server (its own l
 process, standing in for S3) or a local folder. Measured:
 
 * announce → the watcher sees it (poll interval + round trip),
-* notice → the interruption checkpoint is committed (``notice_to_commit_s`` the trainer writes
-  into ``STATUS.json``; includes the wait for the step boundary, the local save and the upload),
+* notice → the interruption checkpoint is committed and every rank is past the final barrier
+  (``notice_to_commit_s`` the trainer writes into ``STATUS.json``; includes the wait for the step
+  boundary, the local save, any upload still in flight and this one),
 * announce → ``MANIFEST.json`` of that step visible in the store (driver's clock),
 * announce → launcher exit (75).
 
@@ -168,9 +169,6 @@ def main() -> int:
         if seen_commit is None
         else round(seen_commit - announced, 2),
         "announce_to_exit_s": round(exited - announced, 2),
-        "detection_s": None
-        if (seen_commit is None or notice_to_commit is None)
-        else round((seen_commit - announced) - notice_to_commit, 2),
     }
     print(json.dumps(result, indent=2))
     if a.json:

@@ -286,6 +286,14 @@ def _build_interruption_callback() -> type:
                 )
             return control
 
+        def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            # Breaking out of the loop still runs the epoch-end hooks: no evaluation of a partial
+            # epoch inside the notice window (it would also feed the convergence criterion an
+            # evaluation an uninterrupted run never makes).
+            if self.interrupted:
+                control.should_evaluate = False
+            return control
+
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             if not self.interrupted:
                 return control

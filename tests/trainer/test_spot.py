@@ -161,6 +161,9 @@ def test_callback_saves_and_stops_on_notice(monkeypatch):
     c = cb.on_step_end(None, state, _control())
     assert c.should_save and c.should_training_stop
     assert cb.interrupted and cb.interrupted_at_step == 8
+    # the loop break still runs on_epoch_end: no evaluation of the partial epoch
+    epoch_end = SimpleNamespace(should_evaluate=True, should_save=False)
+    assert cb.on_epoch_end(None, state, epoch_end).should_evaluate is False
     cb.on_train_end(None, state, _control())
     assert committed == [1] and cb.notice_to_commit_s is not None
 

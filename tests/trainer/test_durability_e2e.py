@@ -2,7 +2,7 @@
 
 One run, three launches, judged by what is committed in the store and by ``STATUS.json``:
 
-1. ``kill -9`` of the launcher's process group once two checkpoints are committed;
+1. ``kill -9`` of the launcher's process group once a checkpoint is committed;
 2. relaunch → resumes at the last committed global step (not 0); a fake metadata server then
    announces a spot interruption → a checkpoint is committed, ``STATUS.json`` says interrupted,
    the launcher exits 75;
@@ -29,7 +29,7 @@ from trainer.checkpoints import committed_steps, step_folder
 
 pytestmark = pytest.mark.slow
 
-TOTAL_STEPS = 36  # 3 epochs x 12 steps of the tiny recipe on 2 ranks
+TOTAL_STEPS = 48  # 4 epochs x 12 steps of the tiny recipe on 2 ranks
 SAVE_STEPS = 4
 
 
@@ -45,10 +45,10 @@ def moto_server():
 
 
 def recipe(tmp_path: Path) -> Path:
-    """The shipped tiny recipe with frequent saves and a 3-epoch limit (it finishes, fast)."""
+    """The shipped tiny recipe with frequent saves and a 4-epoch limit (it finishes, fast)."""
     text = Path("configs/pretrain-tiny.toml").read_text()
     text = re.sub(r"(?m)^save_steps = .*$", f"save_steps = {SAVE_STEPS}", text)
-    text = re.sub(r"(?m)^num_train_epochs = .*$", "num_train_epochs = 3", text)
+    text = re.sub(r"(?m)^num_train_epochs = .*$", "num_train_epochs = 4", text)
     text = re.sub(r"(?m)^keep_last = .*$", "keep_last = 3", text)
     text += "\n[spot]\npoll_interval = 0.3\n"
     path = tmp_path / "recipe.toml"
@@ -125,9 +125,9 @@ def test_kill9_spot_notice_and_corruption_on_s3(tmp_path, moto_server, monkeypat
         "TWOSTAGE_IMDS_ENDPOINT": "off",
     }
 
-    # 1. hard kill once two checkpoints are committed
+    # 1. hard kill once a checkpoint is committed
     first = Launch(config, run, tmp_path / "launch1.log", env)
-    wait_until(lambda: len(committed_steps(run)) >= 2, first, 300, "two committed checkpoints")
+    wait_until(lambda: len(committed_steps(run)) >= 1, first, 300, "a committed checkpoint")
     first.kill9()
     before = committed_steps(run)
     assert before and before[-1] < TOTAL_STEPS

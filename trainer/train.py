@@ -46,6 +46,19 @@ def ensure_dist_env() -> None:
     os.environ.setdefault("MASTER_PORT", str(free_port()))
 
 
+def node_layout(env: Any, *, world: int, rank: int) -> tuple[int, int]:
+    """``(node_rank, num_nodes)`` from the launcher's environment.
+
+    The DeepSpeed launcher sets ``CROSS_RANK``/``CROSS_SIZE``/``LOCAL_SIZE``; torchrun sets
+    ``GROUP_RANK``/``LOCAL_WORLD_SIZE``. Ranks are assumed node-major (both launchers do that).
+    """
+    local = int(env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or world)
+    local = max(1, local)
+    num_nodes = int(env.get("CROSS_SIZE") or max(1, world // local))
+    node_rank = int(env.get("CROSS_RANK") or env.get("GROUP_RANK") or rank // local)
+    return node_rank, num_nodes
+
+
 def scratch_dir(cfg: TrainerConfig, run_uri: str) -> Path:
     """Node-local working folder of this run (checkpoints before upload, data cache)."""
     base = cfg.run.scratch_dir or os.environ.get("TWOSTAGE_SCRATCH") or "runs/.scratch"
@@ -280,9 +293,7 @@ def run_training(cfg: TrainerConfig, run_uri: str) -> int:
         extra=compat.training_kwargs,
     )
     rank, local_rank, world = args.process_index, args.local_process_index, args.world_size
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    num_nodes = max(1, world // max(1, local_world))
-    node_rank = rank // max(1, local_world)
+    node_rank, num_nodes = node_layout(os.environ, world=world, rank=rank)
     if rank == 0:
         write_ds_config(ds_config, scratch / "ds_config.json")
         log.info(

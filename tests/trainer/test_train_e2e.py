@@ -60,6 +60,29 @@ def test_launcher_env_pins_one_thread_per_rank_unless_set() -> None:
     assert launcher_env({"OMP_NUM_THREADS": "4"})["OMP_NUM_THREADS"] == "4"
 
 
+@pytest.mark.parametrize(
+    ("env", "world", "rank", "expected"),
+    [
+        (
+            {"CROSS_RANK": "1", "CROSS_SIZE": "2", "LOCAL_SIZE": "8"},
+            16,
+            9,
+            (1, 2),
+        ),  # deepspeed launcher
+        ({"GROUP_RANK": "3", "LOCAL_WORLD_SIZE": "8"}, 32, 25, (3, 4)),  # torchrun, 4 nodes
+        ({"LOCAL_SIZE": "8"}, 16, 12, (1, 2)),  # only the per-node size: node-major ranks
+        ({}, 2, 1, (0, 1)),  # one node, no hints
+    ],
+)
+def test_node_layout_from_the_launcher_environment(
+    env: dict, world: int, rank: int, expected: tuple
+) -> None:
+    # Wrong here = every node believes it is the head and commits checkpoints missing shards.
+    from trainer.train import node_layout
+
+    assert node_layout(env, world=world, rank=rank) == expected
+
+
 # -- the real run (slow) ----------------------------------------------------------------------
 
 

@@ -268,13 +268,15 @@ class CheckpointCommitter:
         try:
             self.wait()
         finally:
+            # The uploader goes first: it dies with the thread that spawned it (PR_SET_PDEATHSIG
+            # follows the parent *thread*), which is the committer thread.
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
             with self._cond:
                 self._closed = True
                 self._cond.notify_all()
             self._thread.join(timeout=10)
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
 
     def __enter__(self) -> CheckpointCommitter:
         return self

@@ -145,3 +145,47 @@ def test_agree_in_a_one_process_gloo_group(tmp_path, monkeypatch):
     finally:
         dist.destroy_process_group()
     assert meta["global_step"] == 20 and path.name == "checkpoint-20"
+
+
+def _agree_rank(rank: int, port: int, run: str, root: str, out) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch.distributed as dist
+
+    import trainer.resume as resume
+    from artifacts.errors import VerificationError
+
+    if rank == 1:  # this "node" cannot verify the newest checkpoint (say, a bad download)
+        real = resume.download_verified
+
+        def flaky(src, dest, **kw):
+            if src.endswith(step_folder(20)):
+                raise VerificationError("zero_pp_rank_0: sha256 mismatch (simulated)")
+            return real(src, dest, **kw)
+
+        resume.download_verified = flaky
+    dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://127.0.0.1:{port}")
+    try:
+        path, meta = resume.agree_resume_checkpoint(run, Path(root) / f"node{rank}", local_rank=0)
+        out[rank] = (path.name, meta["global_step"])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_nodes_agree_on_the_newest_checkpoint_every_node_verified(tmp_path):
+    """Node 1 fails to verify step 20: both nodes must resume from step 10, not one from each."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    run = str(tmp_path / "run")
+    commit(run, tmp_path, 10)
+    commit(run, tmp_path, 20)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mgr = mp.get_context("spawn").Manager()
+    out = mgr.dict()
+    mp.spawn(_agree_rank, args=(port, run, str(tmp_path / "scratch"), out), nprocs=2, join=True)
+    res = dict(out)
+    mgr.shutdown()
+    assert res == {0: ("checkpoint-10", 10), 1: ("checkpoint-10", 10)}

@@ -7,20 +7,15 @@ transformers, deepspeed and pulumi are imported inside the task bodies.
 
 from __future__ import annotations
 
-import importlib
-
 from invoke import Collection
 
-ns = Collection()
+from artifacts import cli as artifacts_cli
+from demo import cli as demo_cli
+from local import cli as local_cli
+from local import crypto_cli
+from trainer.launch import cli as launch_cli
 
-# Order is the order `invoke --list` prints within its alphabetical listing; modules that are
-# not present yet (a partial checkout) are skipped rather than breaking the whole front door.
-for _module in ("artifacts.cli", "trainer.cli", "trainer.launch.cli", "local.cli", "local.crypto_cli", "demo.cli"):
-    try:
-        _mod = importlib.import_module(_module)
-    except ModuleNotFoundError as _err:
-        if _err.name and _module.startswith(_err.name):
-            continue
-        raise
-    for _task in getattr(_mod, "TASKS", ()):
+ns = Collection()
+for _mod in (artifacts_cli, launch_cli, local_cli, crypto_cli, demo_cli):
+    for _task in _mod.TASKS:
         ns.add_task(_task)

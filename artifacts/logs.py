@@ -30,3 +30,8 @@ def init_logging(level: int | str | None = None, *, rank: int | None = None) -> 
     root.handlers[:] = [handler]
     root.setLevel(level)
     root._twostage_configured = True  # type: ignore[attr-defined]
+    # boto's INFO lines ("Found credentials in environment variables") on every store call are noise.
+    for name in ("boto3", "botocore", "s3transfer", "urllib3"):
+        logging.getLogger(name).setLevel(
+            max(logging.WARNING, logging.getLevelName(level) if isinstance(level, str) else level)
+        )

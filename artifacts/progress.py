@@ -21,7 +21,13 @@ def byte_progress(total: int, desc: str, enabled: bool = True) -> Iterator[Calla
     lock = threading.Lock()
     # disable=None: no bar when stderr is not a terminal (CI logs, pipes) — nothing to watch there.
     bar = tqdm(
-        total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False, disable=None
+        total=total,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        leave=False,
+        disable=None,
     )
 
     def advance(n: int) -> None:

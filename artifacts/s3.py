@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,8 +27,40 @@ PART_SIZE = int(os.environ.get("TWOSTAGE_S3_PART_MB", "16")) * MiB
 CONCURRENCY = int(os.environ.get("TWOSTAGE_S3_CONCURRENCY", "10"))
 
 
+_CLIENTS: dict[tuple, object] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
 def make_client():
-    """A thread-safe S3 client with adaptive retries; honours ``AWS_ENDPOINT_URL``."""
+    """A thread-safe S3 client with adaptive retries; honours ``AWS_ENDPOINT_URL``.
+
+    One client per process and AWS environment: building one loads botocore's service models
+    (tenths of a second, seconds on a loaded box), which a small checkpoint commit cannot afford.
+    The key holds everything that changes which endpoint or identity a new client would pick up.
+    """
+    key = (os.getpid(),) + tuple(os.environ.get(v) for v in _CLIENT_ENV)
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            client = _CLIENTS[key] = _new_client()
+        return client
+
+
+_CLIENT_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+)
+
+
+def _new_client():
     import boto3
     from botocore.config import Config
 

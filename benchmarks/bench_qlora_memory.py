@@ -14,7 +14,7 @@ other's allocator state) and reports:
 
 Both modes put LoRA (r=8, alpha=32) on q_proj/v_proj and train with AdamW; the QLoRA mode goes
 through ``prepare_model_for_kbit_training`` exactly as ``local.finetune`` does, which upcasts the
-non-quantized parameters (embeddings, lm_head, norms) to fp32. Results: benchmarks/results-qlora.md.
+non-quantized parameters (embeddings, lm_head, norms) to fp32. Results: BENCHMARKS.md.
 """
 
 from __future__ import annotations

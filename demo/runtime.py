@@ -78,24 +78,10 @@ def prepare_workdir(workdir: Path, *, force: bool = False) -> Path:
 
 
 def write_toml(doc: dict[str, Any], path: Path) -> Path:
-    """Minimal TOML writer for a recipe: tables of scalars and lists of strings (all recipes are that)."""
+    """Write a recipe with the trainer's own TOML writer (the one its loader round-trips)."""
+    from trainer.config import dump_toml
 
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)  # a JSON string is a valid TOML basic string
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-    lines = [f"{k} = {value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
-    for name, table in doc.items():
-        if isinstance(table, dict):
-            lines += ["", f"[{name}]"] + [f"{k} = {value(v)}" for k, v in table.items()]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(dump_toml(doc))
     return path
 
 

@@ -8,6 +8,7 @@ from this (``trainer.dsconfig``); the HF ``TrainingArguments`` too (``trainer.tr
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -409,3 +410,31 @@ def load_config(path: Path | str) -> TrainerConfig:
     except tomllib.TOMLDecodeError as err:
         raise TrainerError(f"{path}: not valid TOML: {err}") from None
     return config_from_dict(raw, source=str(path))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TrainerError(f"cannot write {type(value).__name__} values into a recipe")
+
+
+def dump_toml(raw: dict[str, Any], header: str = "") -> str:
+    """A recipe dict (top-level scalars and tables of scalars/lists) as TOML; round-trips with tomllib.
+
+    Why here: a run's config is rewritten by whoever launches it (remote launch, the demo), and
+    the writer must match what :func:`load_config` reads. Top-level scalars go first, since a
+    scalar written after a ``[table]`` header would land inside that table.
+    """
+    out = [f"# {line}" for line in header.splitlines()]
+    out += [f"{k} = {_toml_value(v)}" for k, v in raw.items() if not isinstance(v, dict)]
+    for name, table in raw.items():
+        if isinstance(table, dict):
+            out.append(f"\n[{name}]")
+            out += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(out).lstrip("\n") + "\n"

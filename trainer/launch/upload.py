@@ -7,39 +7,15 @@ Local ``data.train_files`` go to ``<run>/data/``; the run's config is written to
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from trainer.config import dump_toml
 from trainer.launch import LaunchError
 
 log = logging.getLogger(__name__)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise LaunchError(f"cannot write {type(value).__name__} values into the run config")
-
-
-def dump_toml(raw: dict[str, Any], header: str = "") -> str:
-    """A recipe dict (top-level tables of scalars and lists) as TOML; round-trips with tomllib."""
-    out = [f"# {line}" for line in header.splitlines()]
-    for name, table in raw.items():
-        if not isinstance(table, dict):
-            out.append(f"{name} = {_toml_value(table)}")
-            continue
-        out.append(f"\n[{name}]")
-        out += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
-    return "\n".join(out).lstrip("\n") + "\n"
 
 
 def validate_config(path: Path) -> dict[str, Any]:

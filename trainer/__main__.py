@@ -20,6 +20,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--run",
+        # --run-uri: same flag for torchrun, whose own parser rejects "--run" as an ambiguous
+        # prefix of its --run-path even after the module name.
+        "--run-uri",
+        dest="run",
         default=None,
         help="run prefix URI (s3://..., file://..., or a path); default: [run] uri, else runs/<name>-<time>",
     )

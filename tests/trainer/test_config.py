@@ -141,3 +141,11 @@ def test_package_import_is_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_entry_point_takes_run_uri_as_an_alias_of_run():
+    """torchrun cannot pass "--run" through (its parser takes it for --run-path); --run-uri works."""
+    from trainer.__main__ import parse_args
+
+    assert parse_args(["--config", "c.toml", "--run-uri", "s3://b/r"]).run == "s3://b/r"
+    assert parse_args(["--config", "c.toml", "--run", "s3://b/r"]).run == "s3://b/r"

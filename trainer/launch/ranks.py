@@ -264,7 +264,8 @@ def launcher_argv(spec: LaunchSpec, node: RankAssignment, config_path: str) -> l
         "--master_addr", spec.master_addr,
         "--master_port", str(spec.master_port),
         "--module", "trainer",
-        *trainer_args,
+        # torchrun's parser takes "--run" for an ambiguous prefix of its --run-path.
+        "--config", config_path, "--run-uri", spec.run_uri,
     ]  # fmt: skip
 
 

@@ -79,7 +79,9 @@ def test_per_node_commands_share_one_rendezvous(launcher):
         assert flag(script, gpus_flag) == "8"  # p4d.24xlarge
         assert ". /etc/twostage/node.env" in script
         assert f'"${{TWOSTAGE_NODE_INDEX:-}}" != "{i}"' in script
-        assert f"--run {RUN}" in script and "--module trainer --config" in script
+        # torchrun's own parser rejects "--run" (ambiguous with its --run-path): "--run-uri" there.
+        run_flag = "--run" if launcher == "deepspeed" else "--run-uri"
+        assert f"{run_flag} {RUN}" in script and "--module trainer --config" in script
         assert "shutdown -h" in script  # self-termination after a clean finish
         assert "ssh" not in script.replace("--no_ssh", "")
     assert len(ranks) == 4

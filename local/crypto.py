@@ -326,6 +326,41 @@ def decrypt_bytes(blob: bytes, key: bytes) -> bytes:
     return b"".join(decrypt_fileobj(io.BytesIO(blob), key))
 
 
+class _ChunkReader(io.RawIOBase):
+    """A readable stream over an iterator of byte chunks (plaintext stays in memory)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        while not self._pending:
+            nxt = next(self._chunks, None)
+            if nxt is None:
+                return 0
+            self._pending = memoryview(nxt)
+        n = min(len(buf), len(self._pending))
+        buf[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+def reencrypt_file(src: Path, dest: Path, old_key: bytes, new_key: bytes) -> int:
+    """Re-encrypt ``src`` under ``new_key`` (key rotation) without plaintext ever touching disk.
+
+    Decryption streams straight into encryption, chunk by chunk, in constant memory. ``dest`` is
+    written through a temporary sibling and renamed only after the *whole* source authenticated:
+    a tampered or truncated source leaves no ``dest`` behind. Returns the ciphertext size.
+    """
+    src, dest = Path(src), Path(dest)
+    if src.resolve() == dest.resolve():
+        raise LocalError(f"{dest}: destination is the source file; choose another --dest")
+    return encrypt_file(_ChunkReader(decrypt_stream(src, old_key)), dest, new_key)
+
+
 def file_key_id(path: Path) -> bytes:
     """The key id recorded in an encrypted file's header (unauthenticated; for messages)."""
     with Path(path).open("rb") as f:

@@ -1,4 +1,4 @@
-"""Tasks for encrypted datasets: ``keygen``, ``encrypt``, ``inspect-data``.
+"""Tasks for encrypted datasets: ``keygen``, ``encrypt``, ``rekey``, ``inspect-data``.
 
 Thin on purpose: parse flags, call :mod:`local.keys` / :mod:`local.crypto` /
 :mod:`local.dataset`, print a short summary. Errors are one line and exit 2.
@@ -95,6 +95,38 @@ def encrypt(c, key_file, src, dest, force=False):
 
 
 @task(
+    help={
+        "key_file": "Current key file of --src (or a KMS-wrapped key file).",
+        "new_key_file": "Key to re-encrypt under (from `invoke keygen`).",
+        "src": "Encrypted dataset to rotate.",
+        "dest": "New encrypted file (refuses to overwrite unless --force).",
+        "force": "Replace an existing --dest.",
+    }
+)
+@user_errors
+def rekey(c, key_file, new_key_file, src, dest, force=False):
+    """Re-encrypt a dataset under a new key (key rotation); plaintext stays in memory.
+
+    The whole source is authenticated on the way; --dest appears only when it is complete.
+
+    :param key_file: the key --src is encrypted with.
+    :param new_key_file: the key the new file will need.
+    :param src: the encrypted dataset (left as it is).
+    :param dest: the re-encrypted file.
+    :param force: overwrite --dest if it exists.
+    """
+    from local.crypto import key_id, reencrypt_file
+    from local.keys import load_key
+
+    dest_p = Path(dest)
+    if dest_p.exists() and not force:
+        raise LocalError(f"{dest_p} already exists; pass --force to replace it")
+    new_key = load_key(Path(new_key_file))
+    size = reencrypt_file(Path(src), dest_p, load_key(Path(key_file)), new_key)
+    print(f"re-encrypted {src} -> {dest} ({_size(size)}, key id {key_id(new_key).hex()})")
+
+
+@task(
     name="inspect-data",
     help={
         "key_file": "Key file from `invoke keygen` (or a KMS-wrapped key file).",
@@ -123,4 +155,4 @@ def inspect_data(c, key_file, src):
     print(f"ciphertext: {_size(info.ciphertext_bytes)} ({info.ciphertext_bytes} bytes)")
 
 
-TASKS = [keygen, encrypt, inspect_data]
+TASKS = [keygen, encrypt, rekey, inspect_data]

@@ -152,7 +152,7 @@ def test_inspect_data_failures_are_one_line_exit_2(
 
 
 def test_tasks_are_documented() -> None:
-    for name in ("keygen", "encrypt", "inspect-data"):
+    for name in ("keygen", "encrypt", "rekey", "inspect-data"):
         done = run_task("--help", name)
         assert done.returncode == 0
         assert "--key-file" in done.stdout or "--out" in done.stdout
@@ -188,3 +188,64 @@ def test_kms_wrapped_key_end_to_end(tmp_path: Path, monkeypatch) -> None:
     done = run_task("inspect-data", "--key-file", str(wrapped), "--src", str(dest))
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "KMS" in done.stderr
+
+
+def test_rekey_rotates_the_key_and_never_leaves_a_partial_file(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """Key rotation: the new file opens only with the new key; a tampered source leaves no dest."""
+    from local.crypto import decrypt_stream
+    from local.keys import generate_key_file, load_key
+
+    text = "".join(f'{{"text": "record {i} ' + "x" * 900 + '"}\n' for i in range(200))  # > 1 chunk
+    src = tmp_path / "data.enc"
+    src.write_bytes(encrypt_bytes(text.encode(), load_key(key_file)))
+    new_key = generate_key_file(tmp_path / "new.key")
+    dest = tmp_path / "rotated.enc"
+    done = run_task(
+        "rekey",
+        "--key-file",
+        str(key_file),
+        "--new-key-file",
+        str(new_key),
+        "--src",
+        str(src),
+        "--dest",
+        str(dest),
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"".join(decrypt_stream(dest, load_key(new_key))).decode() == text
+    with pytest.raises(Exception, match="wrong key"):
+        b"".join(decrypt_stream(dest, load_key(key_file)))
+
+    again = run_task(
+        "rekey",
+        "--key-file",
+        str(key_file),
+        "--new-key-file",
+        str(new_key),
+        "--src",
+        str(src),
+        "--dest",
+        str(dest),
+    )
+    assert again.returncode == 2 and "pass --force" in again.stderr
+
+    blob = bytearray(src.read_bytes())
+    blob[-100] ^= 1  # last chunk: everything before it was already re-encrypted
+    src.write_bytes(bytes(blob))
+    bad_dest = tmp_path / "bad.enc"
+    done = run_task(
+        "rekey",
+        "--key-file",
+        str(key_file),
+        "--new-key-file",
+        str(new_key),
+        "--src",
+        str(src),
+        "--dest",
+        str(bad_dest),
+    )
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not bad_dest.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad.enc")]

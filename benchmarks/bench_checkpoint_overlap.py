@@ -94,20 +94,6 @@ def recipe(tmp: Path, hidden: int, layers: int, save_steps: int, epochs: int) ->
     return path
 
 
-def _wait_for_port(port: int, timeout: float = 60.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 def summarize(steps: list[dict], warmup: int) -> dict:
     steps = [s for s in steps if s["step"] > warmup]
     busy = [s["seconds"] for s in steps if s["upload"]]
@@ -154,32 +140,10 @@ def main() -> int:
     server = None
     if a.store == "moto":
         import boto3
+        from moto_s3 import start_moto_s3
 
         # moto stands in for S3, whose CPU is not ours: its own process at the lowest priority.
-        port = free_port()
-        server = subprocess.Popen(
-            [
-                "nice",
-                "-n",
-                "19",
-                sys.executable,
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        env["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
-        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            env.setdefault(k, "bench")
-            os.environ.setdefault(k, "bench")
-        env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-        _wait_for_port(port)
+        server = start_moto_s3(env)
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
         boto3.client("s3").create_bucket(Bucket=bucket)
         run = f"s3://{bucket}/runs/overlap"

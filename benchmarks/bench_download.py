@@ -25,19 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def _wait_for_port(port: int, timeout: float = 30.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"moto server did not start on port {port}")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
@@ -46,22 +34,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
-    for k, v in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        os.environ[k] = v
-    # moto's server in its own process (as S3 is another machine): the client's threads then do
-    # not share a GIL with the server's, which would otherwise dominate the comparison.
-    import socket
+    from moto_s3 import start_moto_s3
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
-    _wait_for_port(port)
+    server = start_moto_s3(nice=0)
 
     import boto3
 
@@ -88,7 +63,9 @@ def main() -> None:
         for i in range(args.rounds):
             out = work / f"plain-{i}.bin"
             t = time.perf_counter()
-            client.download_file("bench", "model/model.safetensors", str(out), Config=transfer_config())
+            client.download_file(
+                "bench", "model/model.safetensors", str(out), Config=transfer_config()
+            )
             base.append(time.perf_counter() - t)
             out.unlink()
             dest = work / f"dl-{i}"
@@ -108,10 +85,16 @@ def main() -> None:
         b, o = statistics.median(base), statistics.median(ours)
         print(f"artifact: {args.mb} MiB, {args.rounds} alternating rounds, moto server on loopback")
         print(f"publish (upload+hash+manifest): {publish_s:.2f}s  ({mb / publish_s:.0f} MB/s)")
-        print(f"plain boto3 download_file  median {b:.2f}s  ({mb / b:.0f} MB/s)  runs {[round(x, 2) for x in base]}")
-        print(f"download_verified          median {o:.2f}s  ({mb / o:.0f} MB/s)  runs {[round(x, 2) for x in ours]}")
+        print(
+            f"plain boto3 download_file  median {b:.2f}s  ({mb / b:.0f} MB/s)  runs {[round(x, 2) for x in base]}"
+        )
+        print(
+            f"download_verified          median {o:.2f}s  ({mb / o:.0f} MB/s)  runs {[round(x, 2) for x in ours]}"
+        )
         print(f"ratio verified/plain: {o / b:.3f}x (target <= 1.05x)")
-        print(f"hashlib sha256: {mb / py_hash / 1000:.2f} GB/s   sha256sum: {mb / sum_hash / 1000:.2f} GB/s   ratio {sum_hash / py_hash:.2f}x")
+        print(
+            f"hashlib sha256: {mb / py_hash / 1000:.2f} GB/s   sha256sum: {mb / sum_hash / 1000:.2f} GB/s   ratio {sum_hash / py_hash:.2f}x"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
         server.terminate()

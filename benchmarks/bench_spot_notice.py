@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "trainer"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def recipe(tmp: Path, hidden: int, layers: int, poll: float) -> Path:
@@ -47,45 +48,10 @@ def recipe(tmp: Path, hidden: int, layers: int, poll: float) -> Path:
 
 
 def start_moto(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    import socket
-
     import boto3
+    from moto_s3 import start_moto_s3
 
-    from trainer.train import free_port
-
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            "nice",
-            "-n",
-            "19",
-            sys.executable,
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-    for k, v in {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "bench"),
-        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "bench"),
-        "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-    }.items():
-        env[k] = os.environ[k] = v
+    server = start_moto_s3(env)
     bucket = f"spot-{uuid.uuid4().hex[:8]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     return server, f"s3://{bucket}/runs/spot"

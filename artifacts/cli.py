@@ -12,7 +12,10 @@ from artifacts.cli_support import user_errors
 @task(help={"out": "Path of the new private key (mode 0600); the public key goes to OUT.pub"})
 @user_errors
 def signing_keygen(c, out):
-    """Create an Ed25519 key pair for signing published manifests (refuses to overwrite)."""
+    """Create an Ed25519 key pair for signing published manifests (refuses to overwrite).
+
+    :param out: path of the private key (mode 0600); the public key is written to OUT.pub.
+    """
     from artifacts.signing import generate_keypair
 
     priv, pub = generate_keypair(Path(out))
@@ -31,7 +34,13 @@ def signing_keygen(c, out):
 )
 @user_errors
 def publish(c, src, dest, signing_key=None, overwrite=False):
-    """Upload a folder as a committed artifact: every file, then MANIFEST.json (and its signature) last."""
+    """Upload a folder as a committed artifact: every file, then MANIFEST.json (and its signature) last.
+
+    :param src: the local folder to publish.
+    :param dest: s3://bucket/prefix, file:///path or a local path.
+    :param signing_key: Ed25519 private key; the signature goes to MANIFEST.json.sig.
+    :param overwrite: replace an artifact already committed at DEST (its manifest goes first).
+    """
     from artifacts.publish import publish_dir
 
     m = publish_dir(
@@ -56,7 +65,13 @@ def publish(c, src, dest, signing_key=None, overwrite=False):
 )
 @user_errors
 def download(c, src, dest, public_key=None, force=False):
-    """Download an artifact and verify every file's size and SHA-256 (and signature) before it lands in DEST."""
+    """Download an artifact and verify every file's size and SHA-256 (and signature) before it lands in DEST.
+
+    :param src: URI of a committed artifact (its MANIFEST.json must exist).
+    :param dest: folder to create; on any failure it is left exactly as it was.
+    :param public_key: Ed25519 public key; a missing or bad signature is then an error.
+    :param force: replace a non-empty DEST, only once the new copy has been verified.
+    """
     from artifacts.download import download_verified
 
     m = download_verified(
@@ -79,7 +94,11 @@ def download(c, src, dest, public_key=None, force=False):
 )
 @user_errors
 def verify(c, dir, public_key=None):
-    """Re-verify a downloaded folder offline against its manifest (and signature)."""
+    """Re-verify a downloaded folder offline against its manifest (and signature).
+
+    :param dir: a folder made by `invoke download` (holds MANIFEST.json).
+    :param public_key: Ed25519 public key; also check MANIFEST.json.sig.
+    """
     from artifacts.verify import verify_dir
 
     m = verify_dir(Path(dir), public_key=Path(public_key) if public_key else None)

@@ -202,50 +202,34 @@ def test_rekey_rotates_the_key_and_never_leaves_a_partial_file(
     src.write_bytes(encrypt_bytes(text.encode(), load_key(key_file)))
     new_key = generate_key_file(tmp_path / "new.key")
     dest = tmp_path / "rotated.enc"
-    done = run_task(
-        "rekey",
-        "--key-file",
-        str(key_file),
-        "--new-key-file",
-        str(new_key),
-        "--src",
-        str(src),
-        "--dest",
-        str(dest),
-    )
+
+    def rekey(to: Path) -> subprocess.CompletedProcess:
+        return run_task(
+            "rekey",
+            "--key-file",
+            str(key_file),
+            "--new-key-file",
+            str(new_key),
+            "--src",
+            str(src),
+            "--dest",
+            str(to),
+        )
+
+    done = rekey(dest)
     assert done.returncode == 0, done.stderr
     assert b"".join(decrypt_stream(dest, load_key(new_key))).decode() == text
     with pytest.raises(Exception, match="wrong key"):
         b"".join(decrypt_stream(dest, load_key(key_file)))
 
-    again = run_task(
-        "rekey",
-        "--key-file",
-        str(key_file),
-        "--new-key-file",
-        str(new_key),
-        "--src",
-        str(src),
-        "--dest",
-        str(dest),
-    )
+    again = rekey(dest)
     assert again.returncode == 2 and "pass --force" in again.stderr
 
     blob = bytearray(src.read_bytes())
     blob[-100] ^= 1  # last chunk: everything before it was already re-encrypted
     src.write_bytes(bytes(blob))
     bad_dest = tmp_path / "bad.enc"
-    done = run_task(
-        "rekey",
-        "--key-file",
-        str(key_file),
-        "--new-key-file",
-        str(new_key),
-        "--src",
-        str(src),
-        "--dest",
-        str(bad_dest),
-    )
+    done = rekey(bad_dest)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not bad_dest.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad.enc")]

@@ -126,8 +126,8 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the summary here")
     a = p.parse_args()
 
-    from trainer.local_run import launcher_env
-    from trainer.train import free_port
+    from artifacts.ports import free_port
+    from trainer.launch.local import launcher_env
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-overlap-"))
     env = launcher_env(

@@ -27,6 +27,8 @@ import time
 import uuid
 from pathlib import Path
 
+from artifacts.run import Run
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "trainer"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -68,10 +70,9 @@ def main() -> int:
 
     from fake_imds import FakeIMDS
 
-    from artifacts.store import open_store
+    from artifacts.ports import free_port
     from trainer.checkpoints import committed_steps
-    from trainer.local_run import launcher_command, launcher_env
-    from trainer.train import free_port
+    from trainer.launch.local import launcher_command, launcher_env
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-spot-"))
     env = launcher_env({**os.environ, "TWOSTAGE_SCRATCH": str(tmp / "scratch")})
@@ -92,23 +93,24 @@ def main() -> int:
                 cwd=ROOT,
             )
             # Polling the store: the only signal that crosses the process boundary.
-            while not committed_steps(run):
+            while not committed_steps(Run(run)):
                 if proc.poll() is not None:
                     raise SystemExit(
                         f"run ended early (exit {proc.returncode}); log {tmp / 'run.log'}"
                     )
                 time.sleep(0.05)
-            before = set(committed_steps(run))
+            before = set(committed_steps(Run(run)))
             announced = time.time()
             imds.announce()
             seen: dict[int, float] = {}  # step -> when its manifest was first visible
             while proc.poll() is None:
-                for s in set(committed_steps(run)) - before - set(seen):
+                for s in set(committed_steps(Run(run))) - before - set(seen):
                     seen[s] = time.time()
                 time.sleep(0.05)
             exited = time.time()
-        status = json.loads(open_store(run).get_bytes("STATUS.json"))
-        committed = committed_steps(run)
+        st = Run(run).read_status()
+        status = st.to_dict() if st else {"global_step": -1, "state": "missing"}
+        committed = committed_steps(Run(run))
     finally:
         if server is not None:
             server.terminate()

@@ -96,8 +96,8 @@ def bench_config(tmp: Path, steps: int) -> Path:
 
 
 def launch(cmd_tail: list[str], log: Path) -> float:
-    from trainer.local_run import launcher_env
-    from trainer.train import free_port
+    from artifacts.ports import free_port
+    from trainer.launch.local import launcher_env
 
     cmd = [
         sys.executable,

@@ -6,7 +6,7 @@ for the bucket. The two training stages run as child processes with their logs i
 ``<workdir>/logs/``, so the terminal shows one line per stage and a progress bar, not two ranks of
 DeepSpeed chatter:
 
-* pretraining: ``trainer.local_run.launch_local`` (2 CPU ranks, ZeRO-3) in a child process; the
+* pretraining: ``trainer.launch.local.launch_local`` (2 CPU ranks, ZeRO-3) in a child process; the
   progress bar follows the run's ``STATUS.json`` in the bucket, as an operator would;
 * fine-tune: ``invoke finetune --airgapped`` as a subprocess — the very command the README gives.
   A separate process also keeps the air-gap guard (it patches ``socket``) and the HF offline
@@ -66,23 +66,11 @@ def setup(paths: Paths, run_uri: str) -> str:
     return f"Ed25519 signing key + AES-256 data key in {paths.keys}; bucket {run_uri}"
 
 
-def convergence_point(val_losses: list[float | None], min_rel: float, patience: int) -> int | None:
-    """Index of the evaluation at which the criterion declares convergence (replayed), or None."""
-    from trainer.convergence import ConvergenceCriterion
-
-    criterion = ConvergenceCriterion(min_rel, patience)
-    for i, loss in enumerate(val_losses):
-        if criterion.update(loss):
-            return i
-    return None
-
-
 def pretrain(opts: DemoOptions, paths: Paths, run_uri: str) -> dict[str, Any]:
     """Stage 1 to convergence in a child process; the summary comes from the bucket, not the child."""
     from artifacts.manifest import committed_folders
-    from artifacts.store import open_store
+    from artifacts.run import Run
     from trainer.config import load_config
-    from trainer.finish import read_status
 
     log_path = paths.logs / "pretrain.log"
     conv = load_config(paths.config).convergence
@@ -93,24 +81,27 @@ def pretrain(opts: DemoOptions, paths: Paths, run_uri: str) -> dict[str, Any]:
         verbose=opts.verbose,
     ) as proc:
         follow_training(proc, run_uri, enabled=not opts.verbose, patience=conv.patience)
-    status = read_status(run_uri) or {}
-    if proc.returncode != 0 or status.get("state") not in ("converged", "finished"):
+    run = Run(run_uri)
+    status = run.read_status()
+    if proc.returncode != 0 or status is None or not status.done:
+        state = status.state if status else None
         raise DemoError(
-            f"pretraining failed (exit {proc.returncode}, state {status.get('state')}): {last_line(log_path)} — log: {log_path}"
+            f"pretraining failed (exit {proc.returncode}, state {state}): {last_line(log_path)} — log: {log_path}"
         )
-    history = status.get("val_loss_history") or []
+    history = list(status.val_loss_history)
     losses = [h.get("val_loss") for h in history]
-    at = convergence_point(losses, conv.min_rel_improvement, conv.patience)
+    # Where the trainer's criterion declared convergence: the trainer records it in the status.
+    at = next((h for h in history if h.get("step") == status.converged_at_step), None)
     finite = [x for x in losses if x is not None and math.isfinite(x)]
-    store = open_store(run_uri)
+    store = run.store
     return {
-        "state": status.get("state"),
-        "global_step": status.get("global_step"),
-        "epochs": status.get("epoch"),
-        "converged": bool(status.get("converged")),
-        "converged_by_criterion": at is not None,
-        "converged_epoch": None if at is None else round(float(history[at]["epoch"]), 2),
-        "converged_step": None if at is None else history[at]["step"],
+        "state": str(status.state),
+        "global_step": status.global_step,
+        "epochs": status.epoch,
+        "converged": status.converged,
+        "converged_by_criterion": status.converged_at_step is not None,
+        "converged_epoch": None if at is None else round(float(at["epoch"]), 2),
+        "converged_step": status.converged_at_step,
         "patience": conv.patience,
         "min_rel_improvement": conv.min_rel_improvement,
         "first_val_loss": finite[0] if finite else None,
@@ -121,9 +112,9 @@ def pretrain(opts: DemoOptions, paths: Paths, run_uri: str) -> dict[str, Any]:
             for h in history
             if h.get("val_loss") is not None
         ],
-        "checkpoints": len(committed_folders(store.list("checkpoints"), "checkpoints")),
+        "checkpoints": len(committed_folders(store.list(Run.CHECKPOINTS), Run.CHECKPOINTS)),
         "run_uri": run_uri,
-        "final_uri": status.get("final") or store.child_uri("final"),
+        "final_uri": status.final or run.final_uri,
     }
 
 

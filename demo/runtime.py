@@ -221,7 +221,7 @@ def stop(proc: subprocess.Popen) -> None:
 def pretrain_cmd(config: Path, run_uri: str, nproc: int) -> list[str]:
     """``launch_local`` in a fresh interpreter (its exit code is the run's)."""
     code = (
-        "import sys; from pathlib import Path; from trainer.local_run import launch_local; "
+        "import sys; from pathlib import Path; from trainer.launch.local import launch_local; "
         "sys.exit(launch_local(Path(sys.argv[1]), sys.argv[2], nproc=int(sys.argv[3])))"
     )
     return [sys.executable, "-c", code, str(config), run_uri, str(nproc)]
@@ -241,8 +241,9 @@ def follow_training(proc: subprocess.Popen, run_uri: str, *, enabled: bool, pati
     """A progress bar driven by the run's ``STATUS.json`` until the training process exits."""
     from tqdm.auto import tqdm
 
-    from trainer.finish import read_status
+    from artifacts.run import Run
 
+    run = Run(run_uri)
     bar = tqdm(
         desc="      pretraining", unit=" epochs", disable=None if enabled else True, leave=False,
         bar_format="{desc}: epoch {n} [{elapsed}]{postfix}",
@@ -255,7 +256,8 @@ def follow_training(proc: subprocess.Popen, run_uri: str, *, enabled: bool, pati
                 break
             except subprocess.TimeoutExpired:
                 pass
-            status = read_status(run_uri) or {}
+            st = run.read_status()
+            status = st.to_dict() if st else {}
             history = status.get("val_loss_history") or []
             if history and len(history) != bar.n:
                 last = history[-1]

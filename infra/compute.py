@@ -8,6 +8,7 @@ from pathlib import Path
 import pulumi
 import pulumi_aws as aws
 
+from artifacts.node import TAG_CLUSTER, node_tags
 from infra.bundle import BUNDLE_KEY
 from infra.policies import (
     SSM_MANAGED_POLICY,
@@ -37,15 +38,6 @@ class ComputeArgs:
     """Zipped checkout to upload when ``repo_url`` is None."""
 
 
-def node_tags(cluster: str, index: int) -> dict[str, str]:
-    """The EC2 tags every node carries (a cross-package contract: the launcher filters on them)."""
-    return {
-        "Name": f"{cluster}-node-{index}",
-        "twostage:cluster": cluster,
-        "twostage:node-index": str(index),
-    }
-
-
 class Compute(pulumi.ComponentResource):
     """GPU nodes that can reach only their bucket and SSM."""
 
@@ -72,7 +64,7 @@ class Compute(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         invoke = pulumi.InvokeOutputOptions(parent=self)
         cluster = args.cluster_name
-        tags = {"twostage:cluster": cluster}
+        tags = {TAG_CLUSTER: cluster}
 
         # --- IAM: SSM managed-instance core + this bucket only.
         partition = aws.get_partition_output(opts=invoke).partition

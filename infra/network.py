@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from artifacts.node import TAG_CLUSTER
 from infra.errors import InfraError
 
 VPC_CIDR = "10.42.0.0/16"
@@ -66,7 +67,7 @@ class Network(pulumi.ComponentResource):
     ):
         super().__init__("twostage:infra:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        tags = {"twostage:cluster": args.cluster_name}
+        tags = {TAG_CLUSTER: args.cluster_name}
 
         if args.subnet_id is not None:
             subnet = aws.ec2.get_subnet_output(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from artifacts.node import TAG_CLUSTER
 from infra.policies import tls_only_bucket_policy, to_json
 
 #: Incomplete multipart uploads (an interrupted checkpoint upload) are aborted after this long.
@@ -32,7 +33,7 @@ class Storage(pulumi.ComponentResource):
     def __init__(self, name: str, args: StorageArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("twostage:infra:Storage", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        tags = {"twostage:cluster": args.cluster_name}
+        tags = {TAG_CLUSTER: args.cluster_name}
 
         bucket = aws.s3.Bucket(
             f"{name}-bucket",

@@ -13,13 +13,26 @@ import re
 import shlex
 from dataclasses import dataclass
 
-PROJECT_DIR = "/opt/twostage"
-VENV_PYTHON = f"{PROJECT_DIR}/.venv/bin/python"
-DLAMI_PYTHON = "/opt/pytorch/bin/python"
-ENV_FILE = "/etc/twostage/node.env"
-SCRATCH_DIR = "/opt/dlami/nvme/twostage"
-READY_MARKER = "/etc/twostage/bootstrap.done"
-LOG_FILE = "/var/log/twostage-bootstrap.log"
+from artifacts.node import (
+    BOOT_LOG as LOG_FILE,
+)
+from artifacts.node import (
+    DLAMI_PYTHON,
+    ENV_BUCKET,
+    ENV_CLUSTER,
+    ENV_FILE,
+    ENV_NODE_COUNT,
+    ENV_NODE_INDEX,
+    ENV_PYTHON,
+    ENV_RUN_PREFIX,
+    ENV_SCRATCH,
+    PROJECT_DIR,
+    READY_MARKER,
+    SCRATCH_DIR,
+    VENV_PYTHON,
+)
+
+__all__ = ["DLAMI_PYTHON", "ENV_FILE", "LOG_FILE", "READY_MARKER", "SCRATCH_DIR", "VENV_PYTHON"]
 
 # Values go into an env file read both by systemd and by `source`; keep them shell-inert.
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9._:/@+=-]*$")
@@ -44,14 +57,14 @@ class NodeBootstrap:
     def env(self) -> dict[str, str]:
         """The ``/etc/twostage/node.env`` contents (contract keys first)."""
         return {
-            "TWOSTAGE_CLUSTER": self.cluster,
-            "TWOSTAGE_NODE_INDEX": str(self.node_index),
-            "TWOSTAGE_BUCKET": self.bucket,
-            "TWOSTAGE_RUN_PREFIX": self.run_prefix,
+            ENV_CLUSTER: self.cluster,
+            ENV_NODE_INDEX: str(self.node_index),
+            ENV_BUCKET: self.bucket,
+            ENV_RUN_PREFIX: self.run_prefix,
             "AWS_DEFAULT_REGION": self.region,
-            "TWOSTAGE_NODE_COUNT": str(self.node_count),
-            "TWOSTAGE_SCRATCH": SCRATCH_DIR,
-            "TWOSTAGE_PYTHON": VENV_PYTHON,
+            ENV_NODE_COUNT: str(self.node_count),
+            ENV_SCRATCH: SCRATCH_DIR,
+            ENV_PYTHON: VENV_PYTHON,
         }
 
 

@@ -1,7 +1,7 @@
 """Entry point on every rank: ``python -m trainer --config FILE.toml [--run URI]``.
 
-Exit codes: 0 finished (converged or epoch limit), 75 interrupted (resume me), 2 user error,
-anything else a failure. A launcher should also read ``<run>/STATUS.json``.
+Exit codes are :class:`artifacts.run.ExitCode` (OK, INTERRUPTED = resume me, USER error, …); a
+launcher judges a rank's exit with :func:`artifacts.run.verdict`, which also reads the run's status.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,11 +33,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def default_run_uri(name: str) -> str:
-    """A fresh folder under ``runs/`` (used when neither ``--run`` nor ``[run] uri`` is given)."""
-    return f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def main(argv: list[str] | None = None) -> int:
     from artifacts.errors import UserError
     from artifacts.logs import init_logging
@@ -46,12 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     init_logging()
     args = parse_args(argv)
     try:
+        from artifacts.run import Run, default_run_uri
         from trainer.config import load_config
         from trainer.train import run_training
 
         cfg = load_config(args.config)
-        run_uri = args.run or cfg.run.uri or default_run_uri(cfg.run.name)
-        code = run_training(cfg, run_uri)
+        code = run_training(cfg, Run(args.run or cfg.run.uri or default_run_uri(cfg.run.name)))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -7,9 +7,9 @@ transformers' ``TrainerCallback`` and ``import trainer.checkpoints`` must stay c
 
 Usage in the entry point (every rank)::
 
-    committer = CheckpointCommitter(run_uri, node_rank=..., num_nodes=..., keep_last=3)
+    committer = CheckpointCommitter(run, node_rank=..., num_nodes=..., keep_last=3)
     trainer.add_callback(CommitCallback(committer, metadata=lambda state: {...}))
-    found = agree_resume_checkpoint(run_uri, scratch)   # after the process group exists
+    found = agree_resume_checkpoint(run, scratch)   # after the process group exists
     trainer.train(resume_from_checkpoint=str(found[0]) if found else None)
     # CommitCallback.on_train_end has waited for the last commit on every rank.
 """
@@ -23,27 +23,19 @@ from typing import Any
 
 from trainer.committer import CheckpointCommitError, CheckpointCommitter, snapshot
 from trainer.resume import (
-    CHECKPOINTS_PREFIX,
     agree_resume_checkpoint,
-    checkpoints_uri,
     committed_steps,
     find_resume_checkpoint,
-    parse_step,
-    step_folder,
 )
 
 __all__ = [
-    "CHECKPOINTS_PREFIX",
     "CheckpointCommitError",
     "CheckpointCommitter",
     "agree_resume_checkpoint",
     "checkpoint_metadata",
-    "checkpoints_uri",
     "committed_steps",
     "find_resume_checkpoint",
-    "parse_step",
     "snapshot",
-    "step_folder",
 ]
 
 log = logging.getLogger(__name__)

@@ -34,8 +34,8 @@ from typing import Any
 from artifacts.manifest import MANIFEST_NAME, PARTS_DIR
 from artifacts.publish import commit_parts, publish_part
 from artifacts.retention import cleanup_incomplete, prune_committed
+from artifacts.run import Run, step_folder
 from artifacts.store import join_key, open_store
-from trainer.resume import checkpoints_uri, step_folder
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class CheckpointCommitter:
 
     def __init__(
         self,
-        run_uri: str,
+        run: Run,
         *,
         node_rank: int,
         num_nodes: int,
@@ -154,8 +154,8 @@ class CheckpointCommitter:
             raise ValueError(f"node_rank {node_rank} is not in [0, num_nodes={num_nodes})")
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
-        self.run_uri = run_uri
-        self.checkpoints_uri = checkpoints_uri(run_uri)
+        self.run = run
+        self.checkpoints_uri = run.checkpoints_uri
         self.node_rank = node_rank
         self.num_nodes = num_nodes
         self.keep_last = keep_last

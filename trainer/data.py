@@ -20,12 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from artifacts.run import RUN_REF, Run
 from trainer.config import TrainerConfig
 from trainer.errors import TrainerError
 
 log = logging.getLogger(__name__)
 
-CACHE_PREFIX = "cache/data"
 EOS_TOKEN = "<|endoftext|>"
 FORMAT_VERSION = 1
 
@@ -55,7 +55,7 @@ def _is_uri(spec: str) -> bool:
     return "://" in spec
 
 
-def resolve_sources(cfg: TrainerConfig, workdir: Path, run_uri: str = "") -> list[Path]:
+def resolve_sources(cfg: TrainerConfig, workdir: Path, run: Run | None = None) -> list[Path]:
     """Local text files for the run: the generated corpus, local globs, or store URIs (downloaded).
 
     An entry ``run:REL`` is ``REL`` under the run prefix (e.g. ``run:data/``, where
@@ -74,10 +74,10 @@ def resolve_sources(cfg: TrainerConfig, workdir: Path, run_uri: str = "") -> lis
     base = Path(cfg.source).parent if cfg.source else Path.cwd()
     for spec in cfg.data.train_files:
         in_store = _is_uri(spec)
-        if spec.startswith("run:"):
-            if not run_uri:
+        if spec.startswith(RUN_REF):
+            if run is None:
                 raise TrainerError(f"{cfg.source}: data.train_files: {spec!r} needs a run prefix")
-            spec = open_store(run_uri).child_uri(spec[len("run:") :].strip("/"))
+            spec = run.resolve(spec)
             if not open_store(spec).list():
                 raise TrainerError(f"{cfg.source}: data.train_files: nothing under {spec}")
             in_store = True
@@ -257,7 +257,7 @@ def _local_matches(local: Path, remote_manifest: bytes) -> bool:
         return False
 
 
-def ensure_cache(cfg: TrainerConfig, run_uri: str, workdir: Path) -> PreparedData:
+def ensure_cache(cfg: TrainerConfig, run: Run, workdir: Path) -> PreparedData:
     """Global rank 0: reuse ``<run>/cache/data`` when its fingerprint matches, else build and commit it."""
     from artifacts.download import download_verified
     from artifacts.errors import ArtifactError
@@ -265,9 +265,9 @@ def ensure_cache(cfg: TrainerConfig, run_uri: str, workdir: Path) -> PreparedDat
     from artifacts.publish import publish_dir
     from artifacts.store import open_store
 
-    sources = resolve_sources(cfg, workdir, run_uri)
+    sources = resolve_sources(cfg, workdir, run)
     fp = fingerprint(cfg, sources)
-    cache_uri = open_store(run_uri).child_uri(CACHE_PREFIX)
+    cache_uri = run.cache_data_uri
     store = open_store(cache_uri)
     local = workdir / "data"
     if store.exists(MANIFEST_NAME):
@@ -294,13 +294,13 @@ def ensure_cache(cfg: TrainerConfig, run_uri: str, workdir: Path) -> PreparedDat
     return PreparedData(local, fp)
 
 
-def fetch_cache(run_uri: str, workdir: Path) -> PreparedData:
+def fetch_cache(run: Run, workdir: Path) -> PreparedData:
     """Another node's local rank 0: make the node-local copy equal the committed cache."""
     from artifacts.download import download_verified
     from artifacts.manifest import MANIFEST_NAME, Manifest
     from artifacts.store import open_store
 
-    cache_uri = open_store(run_uri).child_uri(CACHE_PREFIX)
+    cache_uri = run.cache_data_uri
     remote = open_store(cache_uri).get_bytes(MANIFEST_NAME)
     local = workdir / "data"
     if not _local_matches(local, remote):
@@ -310,7 +310,7 @@ def fetch_cache(run_uri: str, workdir: Path) -> PreparedData:
 
 def prepare_data(
     cfg: TrainerConfig,
-    run_uri: str,
+    run: Run,
     workdir: Path,
     *,
     rank: int,
@@ -327,14 +327,14 @@ def prepare_data(
     failure: BaseException | None = None
     if rank == 0:
         try:
-            ensure_cache(cfg, run_uri, workdir)
+            ensure_cache(cfg, run, workdir)
         except BaseException as err:  # re-raised after the collective so peers stop too
             failure = err
     if not all_ok(failure is None):
         raise failure or TrainerError("data preparation failed on rank 0 (see its log)")
     if rank != 0 and local_rank == 0:
         try:
-            fetch_cache(run_uri, workdir)
+            fetch_cache(run, workdir)
         except BaseException as err:
             failure = err
     if not all_ok(failure is None):

@@ -1,73 +1,46 @@
-"""End of a run: ``STATUS.json`` in the run prefix and the published ``final/`` model.
+"""End of a run: the run's status (``STATUS.json``) and the published ``final/`` model.
 
-``STATUS.json`` (written by global rank 0 at start, after every evaluation and at the end) is what
-launchers and people read: ``{"state": "running"|"interrupted"|"converged"|"finished"|"failed",
-"global_step", "epoch", "best_val_loss", "converged", "val_loss_history", "started_at",
-"updated_at", "node_count"}``. ``final/`` is a normal HF folder (safetensors, config, tokenizer)
-plus ``training_summary.json`` and ``loss_history.json``, committed with a manifest (signed when
-the recipe names a key).
+The status schema, its states and where it lives belong to the run protocol
+(:mod:`artifacts.run`); this module only writes it from rank 0. ``final/`` is a normal HF folder
+(safetensors, config, tokenizer) plus ``training_summary.json`` and ``loss_history.json``,
+committed with a manifest (signed when the recipe names a key).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from artifacts.run import Run, RunState, Status, now_iso
+
 log = logging.getLogger(__name__)
-
-STATUS_NAME = "STATUS.json"
-FINAL_PREFIX = "final"
-STATES = ("running", "interrupted", "converged", "finished", "failed")
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _finite(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def read_status(run_uri: str) -> dict[str, Any] | None:
-    """The run's ``STATUS.json``, or None when there is none (or it is unreadable)."""
-    from artifacts.errors import ArtifactError
-    from artifacts.store import open_store
-
-    try:
-        return json.loads(open_store(run_uri).get_bytes(STATUS_NAME))
-    except (ArtifactError, ValueError):
-        return None
 
 
 class StatusWriter:
-    """Writes ``STATUS.json``; a no-op on every rank but global rank 0."""
+    """Writes the run's status; a no-op on every rank but global rank 0."""
 
-    def __init__(self, run_uri: str, *, enabled: bool, node_count: int) -> None:
-        self.run_uri = run_uri
+    def __init__(self, run: Run, *, enabled: bool, node_count: int) -> None:
+        self.run = run
         self.enabled = enabled
         self.node_count = node_count
-        self.started_at = _now()
+        self.started_at = now_iso()
         if enabled:
-            previous = read_status(run_uri)
+            previous = run.read_status()
             # A resumed run keeps the time the run first started.
             if (
-                previous
-                and previous.get("started_at")
-                and previous.get("state") in ("running", "interrupted", "failed")
+                previous is not None
+                and previous.started_at
+                and previous.state
+                in (RunState.RUNNING, RunState.INTERRUPTED, RunState.FAILED, RunState.PREPARING)
             ):
-                self.started_at = previous["started_at"]
+                self.started_at = previous.started_at
 
     def write(
         self,
-        state: str,
+        state: str | RunState,
         *,
         global_step: int = 0,
         epoch: float | None = None,
@@ -75,29 +48,29 @@ class StatusWriter:
         converged: bool = False,
         val_loss_history: list[dict[str, Any]] | None = None,
         **extra: Any,
-    ) -> dict[str, Any]:
-        """Replace ``STATUS.json`` with the given fields (plus times and node count)."""
-        if state not in STATES:
-            raise ValueError(f"unknown state {state!r}")
-        doc = {
-            "state": state,
-            "global_step": int(global_step),
-            "epoch": None if epoch is None else float(epoch),
-            "best_val_loss": _finite(best_val_loss),
-            "converged": bool(converged),
-            "val_loss_history": list(val_loss_history or []),
-            "started_at": self.started_at,
-            "updated_at": _now(),
-            "node_count": self.node_count,
-            **extra,
+    ) -> Status:
+        """Replace the run's status with the given fields (plus times and node count)."""
+        known = {
+            k: extra.pop(k)
+            for k in ("final", "reason", "converged_at_step", "world_size")
+            if k in extra
         }
+        status = Status(
+            state=RunState(state),
+            global_step=int(global_step),
+            epoch=None if epoch is None else float(epoch),
+            best_val_loss=best_val_loss,
+            converged=bool(converged),
+            val_loss_history=tuple(val_loss_history or ()),
+            started_at=self.started_at,
+            updated_at=now_iso(),
+            node_count=self.node_count,
+            extra=extra,
+            **known,
+        )
         if self.enabled:
-            from artifacts.store import open_store
-
-            open_store(self.run_uri).put_bytes(
-                STATUS_NAME, (json.dumps(doc, indent=2) + "\n").encode()
-            )
-        return doc
+            self.run.write_status(status)
+        return status
 
 
 def loss_history(log_history: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -124,7 +97,7 @@ def publish_final(
     trainer: Any,
     tokenizer: Any,
     *,
-    run_uri: str,
+    run: Run,
     out_dir: Path,
     summary: dict[str, Any],
     signing_key: Path | None,
@@ -151,9 +124,8 @@ def publish_final(
     # Trainer.save_model also writes training_args.bin (a pickle): not part of a model release.
     (out_dir / "training_args.bin").unlink(missing_ok=True)
     from artifacts.publish import publish_dir
-    from artifacts.store import open_store
 
-    dest = open_store(run_uri).child_uri(FINAL_PREFIX)
+    dest = run.final_uri
     started = time.monotonic()
     metadata = {
         k: summary[k]

@@ -11,44 +11,23 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from artifacts.download import download_verified
 from artifacts.errors import ArtifactError, VerificationError
 from artifacts.manifest import MANIFEST_NAME, Manifest, committed_folders
+from artifacts.run import Run, step_of
 from artifacts.store import open_store
 from artifacts.verify import verify_dir
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_PREFIX = "checkpoints"
-_STEP_FOLDER = re.compile(r"^step-(\d+)$")
 
-
-def step_folder(step: int) -> str:
-    """``step-0000000040``: zero-padded so plain and natural sort orders agree."""
-    if step < 0:
-        raise ValueError(f"global step must be >= 0, got {step}")
-    return f"step-{step:010d}"
-
-
-def parse_step(folder: str) -> int | None:
-    """The global step of a ``step-…`` folder name (last path component), else None."""
-    m = _STEP_FOLDER.match(folder.rstrip("/").rsplit("/", 1)[-1])
-    return int(m.group(1)) if m else None
-
-
-def checkpoints_uri(run_uri: str) -> str:
-    """``<run>/checkpoints`` as a store URI."""
-    return open_store(run_uri).child_uri(CHECKPOINTS_PREFIX)
-
-
-def committed_steps(run_uri: str) -> list[int]:
+def committed_steps(run: Run) -> list[int]:
     """Global steps of the committed checkpoints of a run, oldest first."""
-    store = open_store(checkpoints_uri(run_uri))
-    steps = (parse_step(f) for f in committed_folders(store.list(), ""))
+    store = open_store(run.checkpoints_uri)
+    steps = (step_of(f) for f in committed_folders(store.list(), ""))
     return [s for s in steps if s is not None]
 
 
@@ -64,7 +43,7 @@ def _local_copy_matches(dest: Path, remote_manifest: bytes) -> bool:
 
 
 def find_resume_checkpoint(
-    run_uri: str,
+    run: Run,
     dest_root: Path,
     *,
     public_key: Path | None = None,
@@ -78,9 +57,9 @@ def find_resume_checkpoint(
     instead of silently going back further than it has to. ``max_step`` ignores newer ones
     (used to make several nodes agree, see :func:`agree_resume_checkpoint`).
     """
-    store = open_store(checkpoints_uri(run_uri))
+    store = open_store(run.checkpoints_uri)
     folders = committed_folders(store.list(), "")
-    candidates = [(parse_step(f), f) for f in folders]
+    candidates = [(step_of(f), f) for f in folders]
     candidates = [
         (s, f) for s, f in candidates if s is not None and (max_step is None or s <= max_step)
     ]
@@ -107,12 +86,12 @@ def find_resume_checkpoint(
         log.info("resume: from %s (global step %d)", src, step)
         return dest, dict(manifest.metadata)
     if candidates:
-        log.warning("resume: no committed checkpoint of %s verified; starting fresh", run_uri)
+        log.warning("resume: no committed checkpoint of %s verified; starting fresh", run)
     return None
 
 
 def agree_resume_checkpoint(
-    run_uri: str,
+    run: Run,
     dest_root: Path,
     *,
     local_rank: int | None = None,
@@ -129,7 +108,7 @@ def agree_resume_checkpoint(
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
-        return find_resume_checkpoint(run_uri, dest_root, public_key=public_key)
+        return find_resume_checkpoint(run, dest_root, public_key=public_key)
     if local_rank is None:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     none = -1
@@ -140,7 +119,7 @@ def agree_resume_checkpoint(
         mine = not_a_downloader
         if local_rank == 0:
             result = find_resume_checkpoint(
-                run_uri, dest_root, public_key=public_key, max_step=max_step
+                run, dest_root, public_key=public_key, max_step=max_step
             )
             mine = none if result is None else _step_of(result[0])
         agreed = _all_reduce_min(mine)

@@ -13,7 +13,7 @@ real ``169.254.169.254`` is polled only when this machine says it is an EC2 inst
 or hypervisor UUID). ``TWOSTAGE_IMDS_ENDPOINT=off`` turns polling off. SIGTERM is always watched.
 
 The HF glue is :class:`InterruptionCallback`; the entry point then exits with
-:data:`INTERRUPTED_EXIT_CODE` ("interrupted, resume me").
+:attr:`artifacts.run.ExitCode.INTERRUPTED` ("interrupted, resume me").
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from artifacts.run import ExitCode
+
 log = logging.getLogger(__name__)
 
-INTERRUPTED_EXIT_CODE = 75
 """Exit status meaning "interrupted, a committed checkpoint exists (or none yet): resume me"."""
 
 DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
@@ -305,7 +306,7 @@ def _build_interruption_callback() -> type:
                     "interruption: notice -> checkpoint of step %s committed in %.1fs; exit %d",
                     self.interrupted_at_step,
                     self.notice_to_commit_s,
-                    INTERRUPTED_EXIT_CODE,
+                    ExitCode.INTERRUPTED,
                 )
             return control
 

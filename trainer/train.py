@@ -13,12 +13,14 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from artifacts.node import ENV_SCRATCH
+from artifacts.ports import free_port
+from artifacts.run import ExitCode, Run, RunState
 from trainer.config import TrainerConfig
 from trainer.convergence import ConvergenceCriterion
 
@@ -26,14 +28,6 @@ log = logging.getLogger(__name__)
 
 CONVERGENCE_FILE = "convergence.json"
 LOSS_HISTORY_FILE = "loss_history.json"
-EXIT_OK = 0
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ensure_dist_env() -> None:
@@ -59,10 +53,10 @@ def node_layout(env: Any, *, world: int, rank: int) -> tuple[int, int]:
     return node_rank, num_nodes
 
 
-def scratch_dir(cfg: TrainerConfig, run_uri: str) -> Path:
+def scratch_dir(cfg: TrainerConfig, run: Run) -> Path:
     """Node-local working folder of this run (checkpoints before upload, data cache)."""
-    base = cfg.run.scratch_dir or os.environ.get("TWOSTAGE_SCRATCH") or "runs/.scratch"
-    tag = hashlib.sha256(run_uri.encode()).hexdigest()[:12]
+    base = cfg.run.scratch_dir or os.environ.get(ENV_SCRATCH) or "runs/.scratch"
+    tag = hashlib.sha256(run.uri.encode()).hexdigest()[:12]
     return (Path(base).expanduser() / f"{cfg.run.name}-{tag}").absolute()
 
 
@@ -181,12 +175,14 @@ def _build_convergence_callback() -> type:
                 control.should_save = True
                 control.should_training_stop = True
             self.status.write(
-                "running",
+                RunState.RUNNING,
                 global_step=state.global_step,
                 epoch=state.epoch,
                 best_val_loss=self.criterion.best,
                 converged=converged,
+                converged_at_step=state.global_step if converged else None,
                 val_loss_history=self.history,
+                world_size=args.world_size,
             )
             return control
 
@@ -265,7 +261,7 @@ def restore_convergence(folder: Path, criterion: ConvergenceCriterion) -> list[d
     return list(doc.get("val_loss_history", []))
 
 
-def run_training(cfg: TrainerConfig, run_uri: str) -> int:
+def run_training(cfg: TrainerConfig, run: Run) -> int:
     """Train on this rank until convergence, the epoch limit or an interruption; return the exit code."""
     from artifacts.logs import init_logging
 
@@ -283,7 +279,7 @@ def run_training(cfg: TrainerConfig, run_uri: str) -> int:
         cfg.training.precision, accelerator=accelerator, bf16_supported=bf16_ok
     )
     compat = cpu_compat.apply(precision=precision)
-    scratch = scratch_dir(cfg, run_uri)
+    scratch = scratch_dir(cfg, run)
     ds_config = build_ds_config(cfg, accelerator=accelerator)
     args = training_arguments(
         cfg,
@@ -298,7 +294,7 @@ def run_training(cfg: TrainerConfig, run_uri: str) -> int:
         write_ds_config(ds_config, scratch / "ds_config.json")
         log.info(
             "run %s: %d rank(s) on %d node(s), precision %s, ZeRO-%d, scratch %s",
-            run_uri,
+            run,
             world,
             num_nodes,
             precision,
@@ -308,20 +304,20 @@ def run_training(cfg: TrainerConfig, run_uri: str) -> int:
 
     from trainer.finish import StatusWriter
 
-    status = StatusWriter(run_uri, enabled=rank == 0, node_count=num_nodes)
-    status.write("running")
+    status = StatusWriter(run, enabled=rank == 0, node_count=num_nodes)
+    status.write(RunState.RUNNING, world_size=world)
     try:
         return _train(
-            cfg, run_uri, args, scratch, status, rank, local_rank, node_rank, num_nodes, started
+            cfg, run, args, scratch, status, rank, local_rank, node_rank, num_nodes, started
         )
-    except BaseException:
-        status.write("failed")
+    except BaseException as err:
+        status.write(RunState.FAILED, reason=f"{type(err).__name__}: {err}"[:500], world_size=world)
         raise
 
 
 def _train(
     cfg: TrainerConfig,
-    run_uri: str,
+    run: Run,
     args: Any,
     scratch: Path,
     status: Any,
@@ -337,9 +333,9 @@ def _train(
     from trainer.data import BlockDataset, load_tokenizer, prepare_data
     from trainer.finish import loss_history, publish_final
     from trainer.model import build_model
-    from trainer.spot import INTERRUPTED_EXIT_CODE, InterruptionCallback, InterruptionWatcher
+    from trainer.spot import InterruptionCallback, InterruptionWatcher
 
-    data = prepare_data(cfg, run_uri, scratch, rank=rank, local_rank=local_rank, all_ok=_all_ok)
+    data = prepare_data(cfg, run, scratch, rank=rank, local_rank=local_rank, all_ok=_all_ok)
     tokenizer = load_tokenizer(data.root)
     model = build_model(
         cfg.model,
@@ -351,13 +347,13 @@ def _train(
     train_ds, val_ds = BlockDataset(data.train_path), BlockDataset(data.val_path)
 
     criterion = ConvergenceCriterion(cfg.convergence.min_rel_improvement, cfg.convergence.patience)
-    resumed = agree_resume_checkpoint(run_uri, scratch / "resume", local_rank=local_rank)
+    resumed = agree_resume_checkpoint(run, scratch / "resume", local_rank=local_rank)
     history: list[dict[str, Any]] = []
     if resumed is not None:
         history = restore_convergence(resumed[0], criterion)
     signing_key = Path(cfg.run.signing_key) if cfg.run.signing_key else None
     committer = CheckpointCommitter(
-        run_uri,
+        run,
         node_rank=node_rank,
         num_nodes=num_nodes,
         keep_last=cfg.run.keep_last,
@@ -410,7 +406,7 @@ def _train(
     if interruption is not None and interruption.interrupted:
         committer.close()
         status.write(
-            "interrupted",
+            RunState.INTERRUPTED,
             global_step=state.global_step,
             epoch=state.epoch,
             best_val_loss=criterion.best,
@@ -418,17 +414,21 @@ def _train(
             val_loss_history=history,
             notice=watcher.notice if watcher else None,
             notice_to_commit_s=interruption.notice_to_commit_s,
+            reason="spot interruption notice" if watcher and watcher.notice else "stop requested",
+            world_size=args.world_size,
         )
         # All ranks leave together: the launcher SIGTERMs the others when the first exits 75.
         _all_ok(True)
         log.warning(
-            "interrupted at step %d; exit %d (resume me)", state.global_step, INTERRUPTED_EXIT_CODE
+            "interrupted at step %d; exit %d (resume me)", state.global_step, ExitCode.INTERRUPTED
         )
-        return INTERRUPTED_EXIT_CODE
-    final_state = "converged" if criterion.converged else "finished"
+        return ExitCode.INTERRUPTED
+    final_state = RunState.CONVERGED if criterion.converged else RunState.FINISHED
+    converged_at = int(history[-1]["step"]) if criterion.converged and history else None
     summary = {
-        "state": final_state,
+        "state": str(final_state),
         "converged": criterion.converged,
+        "converged_at_step": converged_at,
         "global_step": state.global_step,
         "epoch": state.epoch,
         "best_val_loss": criterion.best,
@@ -444,8 +444,8 @@ def _train(
     final_uri = publish_final(
         trainer,
         trainer.processing_class,
-        run_uri=run_uri,
-        out_dir=scratch / "final",
+        run=run,
+        out_dir=scratch / Run.FINAL,
         summary=summary,
         signing_key=signing_key,
         is_main=rank == 0,
@@ -459,6 +459,8 @@ def _train(
         converged=criterion.converged,
         val_loss_history=history,
         final=final_uri,
+        converged_at_step=converged_at,
+        world_size=args.world_size,
     )
     _all_ok(True)  # nobody exits (and tears the group down) before rank 0 has published
     if rank == 0:
@@ -470,4 +472,4 @@ def _train(
             criterion.best if criterion.best is not None else float("nan"),
             final_uri,
         )
-    return EXIT_OK
+    return ExitCode.OK

@@ -13,13 +13,12 @@ from types import SimpleNamespace
 import pytest
 
 from artifacts.manifest import MANIFEST_NAME, Manifest
+from artifacts.run import Run, step_folder, step_of
 from artifacts.store import open_store
 from trainer.checkpoints import (
     CheckpointCommitError,
     CheckpointCommitter,
     committed_steps,
-    parse_step,
-    step_folder,
 )
 
 
@@ -78,14 +77,14 @@ def manifest_of(run_uri: str, step: int) -> Manifest:
 
 def test_step_folder_names_sort_and_parse():
     assert step_folder(40) == "step-0000000040"
-    assert parse_step("runs/x/checkpoints/step-0000000040/") == 40
-    assert parse_step("checkpoint-40") is None
+    assert step_of("runs/x/checkpoints/step-0000000040/") == 40
+    assert step_of("checkpoint-40") is None
     assert sorted([step_folder(100), step_folder(9)]) == [step_folder(9), step_folder(100)]
 
 
 def test_commit_layout_and_metadata(run_uri, tmp_path):
     d = make_checkpoint(tmp_path / "out", 40)
-    with CheckpointCommitter(run_uri, node_rank=0, num_nodes=1, keep_last=2) as c:
+    with CheckpointCommitter(Run(run_uri), node_rank=0, num_nodes=1, keep_last=2) as c:
         c.submit(d, 40, {"epoch": 1.0, "config_hash": "abc"})
         c.wait()
     m = manifest_of(run_uri, 40)
@@ -94,7 +93,7 @@ def test_commit_layout_and_metadata(run_uri, tmp_path):
     assert "global_step40/zero_pp_rank_1_mp_rank_00_optim_states.pt" in paths
     assert "trainer_state.json" in paths and not any(p.startswith("_parts") for p in paths)
     assert m.metadata["global_step"] == 40 and m.metadata["config_hash"] == "abc"
-    assert committed_steps(run_uri) == [40]
+    assert committed_steps(Run(run_uri)) == [40]
     assert 40 in c.durations
     # the hard-link staging copy is gone after the upload
     assert not any((tmp_path / "out" / ".commit-staging").iterdir())
@@ -123,17 +122,17 @@ def test_submit_does_not_wait_for_the_upload(tmp_path, monkeypatch):
     slow = SlowStore(monkeypatch)
     run = str(tmp_path / "run")
     d = make_checkpoint(tmp_path / "out", 10)
-    c = CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=3)
+    c = CheckpointCommitter(Run(run), node_rank=0, num_nodes=1, keep_last=3)
     t0 = time.monotonic()
     c.submit(d, 10, {})
     assert time.monotonic() - t0 < 2.0
     assert slow.started.wait(10)  # the upload is in flight...
-    assert committed_steps(run) == []  # ...and nothing is committed yet
+    assert committed_steps(Run(run)) == []  # ...and nothing is committed yet
     with pytest.raises(TimeoutError):
         c.wait(timeout=0.2)
     slow.release.set()
     c.wait(timeout=30)
-    assert committed_steps(run) == [10]
+    assert committed_steps(Run(run)) == [10]
     c.close()
 
 
@@ -144,7 +143,7 @@ def test_rotation_of_the_local_folder_during_upload_is_harmless(tmp_path, monkey
     slow = SlowStore(monkeypatch)
     run = str(tmp_path / "run")
     d = make_checkpoint(tmp_path / "out", 10)
-    c = CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=3)
+    c = CheckpointCommitter(Run(run), node_rank=0, num_nodes=1, keep_last=3)
     c.submit(d, 10, {})
     assert slow.started.wait(10)
     shutil.rmtree(d)
@@ -158,7 +157,7 @@ def test_manifest_only_after_every_node_part(run_uri, tmp_path):
     """Two nodes: node 1's shards missing → not committed; they arrive → committed with both."""
     head_dir = make_checkpoint(tmp_path / "node0", 20, ranks=(0, 1))
     other_dir = make_checkpoint(tmp_path / "node1", 20, ranks=(2, 3), with_global=False)
-    head = CheckpointCommitter(run_uri, node_rank=0, num_nodes=2, keep_last=2, part_timeout=60)
+    head = CheckpointCommitter(Run(run_uri), node_rank=0, num_nodes=2, keep_last=2, part_timeout=60)
     head.submit(head_dir, 20, {})
     store = open_store(run_uri).child(f"checkpoints/{step_folder(20)}")
     deadline = time.monotonic() + 30
@@ -166,8 +165,8 @@ def test_manifest_only_after_every_node_part(run_uri, tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert not store.exists(MANIFEST_NAME)  # ...but without node 1 there is no commit
-    assert committed_steps(run_uri) == []
-    other = CheckpointCommitter(run_uri, node_rank=1, num_nodes=2, keep_last=2)
+    assert committed_steps(Run(run_uri)) == []
+    other = CheckpointCommitter(Run(run_uri), node_rank=1, num_nodes=2, keep_last=2)
     other.submit(other_dir, 20, {})
     other.close()
     head.close()
@@ -179,11 +178,11 @@ def test_manifest_only_after_every_node_part(run_uri, tmp_path):
 
 def test_missing_node_times_out_and_is_raised(tmp_path):
     run = str(tmp_path / "run")
-    head = CheckpointCommitter(run, node_rank=0, num_nodes=2, keep_last=2, part_timeout=0.5)
+    head = CheckpointCommitter(Run(run), node_rank=0, num_nodes=2, keep_last=2, part_timeout=0.5)
     head.submit(make_checkpoint(tmp_path / "out", 5), 5, {})
     with pytest.raises(CheckpointCommitError, match="node-1"):
         head.wait(timeout=30)
-    assert committed_steps(run) == []
+    assert committed_steps(Run(run)) == []
     # and training does not silently go on without checkpoints: the next submit raises too
     with pytest.raises(CheckpointCommitError):
         head.submit(make_checkpoint(tmp_path / "out", 6), 6, {})
@@ -191,11 +190,11 @@ def test_missing_node_times_out_and_is_raised(tmp_path):
 
 @pytest.mark.parametrize("run_uri", ["local", "moto"], indirect=True)
 def test_keep_last_k(run_uri, tmp_path):
-    with CheckpointCommitter(run_uri, node_rank=0, num_nodes=1, keep_last=2) as c:
+    with CheckpointCommitter(Run(run_uri), node_rank=0, num_nodes=1, keep_last=2) as c:
         for step in (10, 20, 30, 40):
             c.submit(make_checkpoint(tmp_path / "out", step, size=64), step, {})
             c.wait()  # one at a time: a queued one could be superseded (tested below)
-    assert committed_steps(run_uri) == [30, 40]
+    assert committed_steps(Run(run_uri)) == [30, 40]
     listing = open_store(run_uri).list("checkpoints")
     assert not any(step_folder(10) in o.key for o in listing)  # files gone, not only the manifest
 
@@ -209,7 +208,7 @@ def test_stale_incomplete_folder_of_a_killed_run_is_removed(tmp_path):
     old = time.time() - 60
     for p in (tmp_path / "run").rglob("*"):
         os.utime(p, (old, old))
-    with CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=2) as c:
+    with CheckpointCommitter(Run(run), node_rank=0, num_nodes=1, keep_last=2) as c:
         c.submit(make_checkpoint(tmp_path / "out", 30), 30, {})
     paths = {f.path for f in manifest_of(run, 30).files}
     assert "global_step30/zero_pp_rank_9_mp_rank_00_optim_states.pt" not in paths
@@ -218,9 +217,9 @@ def test_stale_incomplete_folder_of_a_killed_run_is_removed(tmp_path):
 
 def test_already_committed_step_is_not_rewritten(tmp_path):
     run = str(tmp_path / "run")
-    with CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=2) as c:
+    with CheckpointCommitter(Run(run), node_rank=0, num_nodes=1, keep_last=2) as c:
         c.submit(make_checkpoint(tmp_path / "a", 50), 50, {"tag": "first"})
-    with CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=2) as c:
+    with CheckpointCommitter(Run(run), node_rank=0, num_nodes=1, keep_last=2) as c:
         c.submit(make_checkpoint(tmp_path / "b", 50), 50, {"tag": "second"})
     assert manifest_of(run, 50).metadata["tag"] == "first"
 
@@ -253,14 +252,14 @@ def test_single_node_skips_a_queued_checkpoint_superseded_by_a_newer_one(tmp_pat
     """Saves outpace uploads: only the newest queued one is uploaded (short notice → commit)."""
     slow = SlowStore(monkeypatch)
     run = str(tmp_path / "run")
-    c = CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=5)
+    c = CheckpointCommitter(Run(run), node_rank=0, num_nodes=1, keep_last=5)
     c.submit(make_checkpoint(tmp_path / "out", 10, size=64), 10, {})
     assert slow.started.wait(10)  # 10 is uploading
     c.submit(make_checkpoint(tmp_path / "out", 20, size=64), 20, {})  # queued...
     c.submit(make_checkpoint(tmp_path / "out", 30, size=64), 30, {})  # ...and superseded by 30
     slow.release.set()
     c.close()
-    assert committed_steps(run) == [10, 30]
+    assert committed_steps(Run(run)) == [10, 30]
 
 
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread niceness is Linux-only")
@@ -282,7 +281,7 @@ def test_in_process_uploads_run_at_low_cpu_priority(tmp_path, monkeypatch):
     monkeypatch.setattr(committer, "publish_part", spy)
     monkeypatch.setenv("TWOSTAGE_UPLOAD_PROCESS", "0")
     main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    c = CheckpointCommitter(str(tmp_path / "run"), node_rank=0, num_nodes=1, keep_last=1)
+    c = CheckpointCommitter(Run(str(tmp_path / "run")), node_rank=0, num_nodes=1, keep_last=1)
     c.submit(make_checkpoint(tmp_path / "out", 1, size=64), 1, {})
     assert uploaded.wait(60)
     c.close()
@@ -298,7 +297,7 @@ def test_uploads_run_in_a_separate_low_priority_process(tmp_path):
     import signal
 
     run = str(tmp_path / "run")
-    c = CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=1)
+    c = CheckpointCommitter(Run(run), node_rank=0, num_nodes=1, keep_last=1)
     assert c.upload_process
     c.submit(make_checkpoint(tmp_path / "out", 1, size=64), 1, {})
     deadline = time.monotonic() + 60
@@ -319,4 +318,4 @@ def test_uploads_run_in_a_separate_low_priority_process(tmp_path):
     os.kill(pids[0], signal.SIGTERM)
     c.submit(make_checkpoint(tmp_path / "out", 2, size=64), 2, {})
     c.close()
-    assert committed_steps(run) == [2]
+    assert committed_steps(Run(run)) == [2]

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from artifacts.manifest import MANIFEST_NAME
+from artifacts.run import Run
 from artifacts.store import open_store
 from trainer import data as data_mod
 from trainer.config import config_from_dict
 from trainer.corpus import generate_corpus
-from trainer.data import CACHE_PREFIX, BlockDataset, load_tokenizer, prepare_data
+from trainer.data import BlockDataset, load_tokenizer, prepare_data
 from trainer.errors import TrainerError
 
 
@@ -30,7 +31,9 @@ def make_cfg(**data):
 
 
 def solo(cfg, run: str, work: Path, rank: int = 0, local_rank: int = 0):
-    return prepare_data(cfg, run, work, rank=rank, local_rank=local_rank, all_ok=lambda ok: ok)
+    return prepare_data(
+        cfg, Run(str(run)), work, rank=rank, local_rank=local_rank, all_ok=lambda ok: ok
+    )
 
 
 def test_generated_corpus_is_deterministic_and_sized() -> None:
@@ -47,7 +50,9 @@ def test_prepare_builds_commits_and_splits(tmp_path: Path) -> None:
     assert train.shape[1] == val.shape[1] == 32
     assert len(val) >= 1 and len(train) > 5 * len(val)
     assert not {r.tobytes() for r in val} & {r.tobytes() for r in train}  # held out
-    assert open_store(run).exists(f"{CACHE_PREFIX}/{MANIFEST_NAME}")  # committed in the run prefix
+    assert open_store(run).exists(
+        f"{Run.CACHE_DATA}/{MANIFEST_NAME}"
+    )  # committed in the run prefix
     tok = load_tokenizer(prepared.root)
     text = "The red fox sees the river."
     assert tok.decode(tok(text)["input_ids"]) == text
@@ -126,6 +131,11 @@ def test_a_failure_on_rank_0_stops_the_other_ranks_with_an_error(tmp_path: Path)
 
     with pytest.raises(TrainerError, match="failed on rank 0"):
         prepare_data(
-            make_cfg(), str(tmp_path / "r"), tmp_path / "w", rank=1, local_rank=1, all_ok=all_ok
+            make_cfg(),
+            Run(str(tmp_path / "r")),
+            tmp_path / "w",
+            rank=1,
+            local_rank=1,
+            all_ok=all_ok,
         )
     assert votes == [True]

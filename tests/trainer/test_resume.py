@@ -11,8 +11,9 @@ import pytest
 
 from artifacts.manifest import MANIFEST_NAME
 from artifacts.publish import publish_dir
+from artifacts.run import Run, step_folder
 from artifacts.store import open_store
-from trainer.checkpoints import agree_resume_checkpoint, find_resume_checkpoint, step_folder
+from trainer.checkpoints import agree_resume_checkpoint, find_resume_checkpoint
 
 SHARD = "global_step{s}/zero_pp_rank_0_mp_rank_00_optim_states.pt"
 
@@ -44,7 +45,7 @@ def commit(run_uri: str, tmp_path: Path, step: int) -> bytes:
 
 
 def test_no_checkpoint_means_start_fresh(run_uri, tmp_path):
-    assert find_resume_checkpoint(run_uri, tmp_path / "out") is None
+    assert find_resume_checkpoint(Run(run_uri), tmp_path / "out") is None
 
 
 def test_latest_committed_wins_and_lands_in_hf_layout(run_uri, tmp_path):
@@ -52,7 +53,7 @@ def test_latest_committed_wins_and_lands_in_hf_layout(run_uri, tmp_path):
     data = commit(run_uri, tmp_path, 20)
     # an upload that never finished (no manifest) is newer but must be ignored
     open_store(run_uri).put_bytes(f"checkpoints/{step_folder(30)}/{SHARD.format(s=30)}", b"partial")
-    found = find_resume_checkpoint(run_uri, tmp_path / "out")
+    found = find_resume_checkpoint(Run(run_uri), tmp_path / "out")
     assert found is not None
     path, meta = found
     assert path == tmp_path / "out" / "checkpoint-20"
@@ -67,7 +68,7 @@ def test_corrupted_latest_falls_back_with_a_warning(run_uri, tmp_path, caplog):
     key = f"checkpoints/{step_folder(20)}/{SHARD.format(s=20)}"
     open_store(run_uri).put_bytes(key, os.urandom(1024))  # same size, different bytes
     with caplog.at_level("WARNING", logger="trainer.resume"):
-        path, meta = find_resume_checkpoint(run_uri, tmp_path / "out")
+        path, meta = find_resume_checkpoint(Run(run_uri), tmp_path / "out")
     assert meta["global_step"] == 10 and path.name == "checkpoint-10"
     assert step_folder(20) in caplog.text and "falling back" in caplog.text
     assert "sha256 mismatch" in caplog.text
@@ -80,7 +81,7 @@ def test_unreadable_manifest_falls_back(tmp_path, caplog):
     commit(run, tmp_path, 20)
     open_store(run).put_bytes(f"checkpoints/{step_folder(20)}/{MANIFEST_NAME}", b'{"format": tru')
     with caplog.at_level("WARNING", logger="trainer.resume"):
-        _, meta = find_resume_checkpoint(run, tmp_path / "out")
+        _, meta = find_resume_checkpoint(Run(run), tmp_path / "out")
     assert meta["global_step"] == 10 and "falling back" in caplog.text
 
 
@@ -89,7 +90,7 @@ def test_every_checkpoint_corrupted_starts_fresh_loudly(tmp_path, caplog):
     commit(run, tmp_path, 10)
     open_store(run).put_bytes(f"checkpoints/{step_folder(10)}/{SHARD.format(s=10)}", b"x" * 1024)
     with caplog.at_level("WARNING", logger="trainer.resume"):
-        assert find_resume_checkpoint(run, tmp_path / "out") is None
+        assert find_resume_checkpoint(Run(run), tmp_path / "out") is None
     assert "starting fresh" in caplog.text
 
 
@@ -100,21 +101,21 @@ def test_stale_local_folder_of_a_killed_run_is_replaced(tmp_path):
     torn = tmp_path / "out" / "checkpoint-20" / SHARD.format(s=20)
     torn.parent.mkdir(parents=True)
     torn.write_bytes(b"torn write")
-    path, _ = find_resume_checkpoint(run, tmp_path / "out")
+    path, _ = find_resume_checkpoint(Run(run), tmp_path / "out")
     assert (path / SHARD.format(s=20)).read_bytes() == data
 
 
 def test_verified_local_copy_is_reused_without_download(tmp_path, monkeypatch):
     run = str(tmp_path / "run")
     commit(run, tmp_path, 20)
-    find_resume_checkpoint(run, tmp_path / "out")
+    find_resume_checkpoint(Run(run), tmp_path / "out")
     import trainer.resume
 
     def no_download(*a, **kw):
         raise AssertionError("downloaded again")
 
     monkeypatch.setattr(trainer.resume, "download_verified", no_download)
-    path, meta = find_resume_checkpoint(run, tmp_path / "out")
+    path, meta = find_resume_checkpoint(Run(run), tmp_path / "out")
     assert meta["global_step"] == 20 and path.name == "checkpoint-20"
 
 
@@ -122,7 +123,7 @@ def test_max_step_limits_the_choice(tmp_path):
     run = str(tmp_path / "run")
     for s in (10, 20, 30):
         commit(run, tmp_path, s)
-    _, meta = find_resume_checkpoint(run, tmp_path / "out", max_step=25)
+    _, meta = find_resume_checkpoint(Run(run), tmp_path / "out", max_step=25)
     assert meta["global_step"] == 20
 
 
@@ -141,7 +142,7 @@ def test_agree_in_a_one_process_gloo_group(tmp_path, monkeypatch):
         port = s.getsockname()[1]
     dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{port}")
     try:
-        path, meta = agree_resume_checkpoint(run, tmp_path / "out", local_rank=0)
+        path, meta = agree_resume_checkpoint(Run(run), tmp_path / "out", local_rank=0)
     finally:
         dist.destroy_process_group()
     assert meta["global_step"] == 20 and path.name == "checkpoint-20"
@@ -165,7 +166,9 @@ def _agree_rank(rank: int, port: int, run: str, root: str, out) -> None:
         resume.download_verified = flaky
     dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://127.0.0.1:{port}")
     try:
-        path, meta = resume.agree_resume_checkpoint(run, Path(root) / f"node{rank}", local_rank=0)
+        path, meta = resume.agree_resume_checkpoint(
+            Run(run), Path(root) / f"node{rank}", local_rank=0
+        )
         out[rank] = (path.name, meta["global_step"])
     finally:
         dist.destroy_process_group()

@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import pytest
 from fake_imds import FakeIMDS
 
+from artifacts.run import ExitCode
 from trainer import spot
-from trainer.spot import INTERRUPTED_EXIT_CODE, InterruptionWatcher
+from trainer.spot import InterruptionWatcher
 
 
 def wait_for(pred, timeout: float) -> bool:
@@ -32,7 +33,7 @@ def imds():
 
 
 def test_exit_code_is_75():
-    assert INTERRUPTED_EXIT_CODE == 75
+    assert ExitCode.INTERRUPTED == 75
 
 
 def test_no_notice_while_metadata_says_404(imds):

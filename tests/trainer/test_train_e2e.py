@@ -13,37 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from trainer.local_run import EXIT_INTERRUPTED, EXIT_OK, judge, launcher_command, launcher_env
+from artifacts.run import ExitCode, Run, step_folder
+from trainer.launch.local import launcher_command, launcher_env
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "pretrain-tiny.toml"
 
 
-# -- launcher decisions (fast) ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("rc", "state", "expected"),
-    [
-        (0, "converged", EXIT_OK),
-        (0, "finished", EXIT_OK),
-        (-6, "converged", EXIT_OK),  # a rank aborted at shutdown after everything was committed
-        (75, "interrupted", EXIT_INTERRUPTED),
-        (
-            1,
-            "interrupted",
-            EXIT_INTERRUPTED,
-        ),  # the launcher killed a rank that had already committed
-        (0, "running", 1),  # exit 0 without a final state is not success
-        (1, "failed", 1),
-        (2, None, 2),
-        (-9, None, 1),
-    ],
-)
-def test_success_is_judged_by_status_json_not_the_exit_code(
-    rc: int, state: str | None, expected: int
-) -> None:
-    assert judge(rc, None if state is None else {"state": state}) == expected
+# -- launcher decisions (fast; the verdict itself is tested in tests/artifacts/test_run.py) ----
 
 
 def test_launcher_command_uses_the_deepspeed_launcher_with_the_given_port() -> None:
@@ -104,12 +81,12 @@ def test_tiny_recipe_converges_publishes_and_partitions(tmp_path: Path, monkeypa
 
     from artifacts.verify import verify_dir
     from trainer.checkpoints import committed_steps
-    from trainer.local_run import launch_local
+    from trainer.launch.local import launch_local
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("TWOSTAGE_SCRATCH", str(tmp_path / "scratch"))
     run = str(tmp_path / "run")
-    assert launch_local(TINY, run, nproc=2) == EXIT_OK
+    assert launch_local(TINY, run, nproc=2) == ExitCode.OK
 
     # Converged by the criterion, well before the epoch limit.
     status = json.loads((tmp_path / "run" / "STATUS.json").read_text())
@@ -137,9 +114,8 @@ def test_tiny_recipe_converges_publishes_and_partitions(tmp_path: Path, monkeypa
     assert summary["loss_history"]["train"] and summary["loss_history"]["val"]
 
     # Checkpoints committed; the last one is the converged state, with the criterion inside.
-    steps = committed_steps(run)
+    steps = committed_steps(Run(run))
     assert steps and steps[-1] == status["global_step"]
-    from trainer.checkpoints import step_folder
 
     last = tmp_path / "run" / "checkpoints" / step_folder(steps[-1])
     conv = json.loads((last / "convergence.json").read_text())
@@ -157,8 +133,8 @@ def test_tiny_recipe_converges_publishes_and_partitions(tmp_path: Path, monkeypa
 
     shutil.rmtree(final)
     (tmp_path / "run" / "STATUS.json").unlink()
-    assert launch_local(TINY, run, nproc=2) == EXIT_OK
+    assert launch_local(TINY, run, nproc=2) == ExitCode.OK
     again = json.loads((tmp_path / "run" / "STATUS.json").read_text())
     assert again["state"] == "converged" and again["global_step"] == status["global_step"]
-    assert committed_steps(run) == steps  # no new checkpoint: nothing was trained
+    assert committed_steps(Run(run)) == steps  # no new checkpoint: nothing was trained
     verify_dir(final)

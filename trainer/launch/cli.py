@@ -17,7 +17,6 @@ from invoke.exceptions import Exit
 
 from artifacts.cli_support import user_errors
 
-INTERRUPTED_EXIT_CODE = 75
 _WHERE = {
     "stack": "Pulumi stack to read outputs from (default: the selected stack)",
     "outputs": "JSON file with the stack outputs (`pulumi stack output --json > FILE`); wins over --stack",
@@ -72,12 +71,13 @@ def pretrain(
     """
     if local:
         from artifacts.logs import init_logging
-        from trainer.local_run import launch_local
+        from artifacts.run import ExitCode
+        from trainer.launch.local import launch_local
 
         init_logging()
         rc = launch_local(Path(config or "configs/pretrain-tiny.toml"), run, nproc=int(nproc))
-        if rc == INTERRUPTED_EXIT_CODE:
-            raise Exit("interrupted; rerun the same command to resume", code=INTERRUPTED_EXIT_CODE)
+        if rc == ExitCode.INTERRUPTED:
+            raise Exit("interrupted; rerun the same command to resume", code=int(rc))
         if rc != 0:
             raise Exit(f"trainer failed with exit code {rc}", code=rc)
         return

@@ -17,13 +17,14 @@ import logging
 import re
 from typing import Any
 
+from artifacts.node import ENV_NODE_INDEX, TAG_CLUSTER, TAG_REPLACEMENT
+from artifacts.node import TAG_NODE_INDEX as TAG_INDEX
 from trainer.launch.cost import transition_time
-from trainer.launch.ssm import TAG_CLUSTER, TAG_INDEX, ssm_online
+from trainer.launch.ssm import ssm_online
 from trainer.launch.watch import LIVE_STATES, NodeState
 
 log = logging.getLogger(__name__)
 
-TAG_REPLACEMENT = "twostage:replacement"
 NO_CAPACITY_CODES = frozenset(
     {
         "InsufficientInstanceCapacity",
@@ -34,15 +35,15 @@ NO_CAPACITY_CODES = frozenset(
         "Unsupported",
     }
 )
-_INDEX_LINE = re.compile(r"^TWOSTAGE_NODE_INDEX=\d+$", re.MULTILINE)
+_INDEX_LINE = re.compile(rf"^{ENV_NODE_INDEX}=\d+$", re.MULTILINE)
 _NODE_COMMENT = re.compile(r"\bnode \d+\)")
 
 
 def retarget_user_data(user_data: str, index: int) -> str:
     """A node's bootstrap script rewritten for another node index (pure)."""
     if not _INDEX_LINE.search(user_data):
-        raise ValueError("user data has no TWOSTAGE_NODE_INDEX line")
-    text = _INDEX_LINE.sub(f"TWOSTAGE_NODE_INDEX={index}", user_data)
+        raise ValueError(f"user data has no {ENV_NODE_INDEX} line")
+    text = _INDEX_LINE.sub(f"{ENV_NODE_INDEX}={index}", user_data)
     return _NODE_COMMENT.sub(f"node {index})", text, count=1)
 
 

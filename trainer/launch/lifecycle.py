@@ -7,13 +7,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from artifacts.run import Run
 from trainer.launch import LaunchError
 from trainer.launch.run import (
     STATE_FILE,
     STOP_KEY,
     Context,
     LastRun,
-    StoreRunState,
     SystemClock,
     aws_errors,
     spot_price,
@@ -33,34 +33,37 @@ def trend(history: list[float], last: int = 6) -> str:
 
 def run_status(ctx: Context, run_uri: str) -> list[str]:
     """What `invoke status` prints."""
-    from artifacts.manifest import latest_committed
-    from artifacts.store import open_store
+    from artifacts.manifest import MANIFEST_NAME, latest_committed
     from trainer.launch.cost import InstanceSpan, cost_report
 
     lines = [f"run: {run_uri}"]
     with aws_errors():
-        store = open_store(run_uri)
-        status = StoreRunState(store).status()
+        run = Run(run_uri)
+        store = run.store
+        status = run.read_status()
         if status is None:
-            lines.append("state: launched (no STATUS.json yet)")
+            lines.append(f"state: launched (no {Run.STATUS} yet)")
         else:
             lines.append(
-                f"state: {status.get('state', '?')} at step {status.get('global_step', '?')}, "
-                f"epoch {status.get('epoch', '?')}, best val loss {status.get('best_val_loss', '?')}"
-                f" (updated {status.get('updated_at', '?')})"
+                f"state: {status.state} at step {status.global_step}, "
+                f"epoch {status.epoch if status.epoch is not None else '?'}, best val loss "
+                f"{status.best_val_loss if status.best_val_loss is not None else '?'}"
+                f" (updated {status.updated_at or '?'})"
             )
-            lines.append(f"val loss: {trend(list(status.get('val_loss_history') or []))}")
-        ckpt = latest_committed(store.list("checkpoints/"), prefix="checkpoints")
+            if status.reason:
+                lines.append(f"reason: {status.reason}")
+            lines.append(f"val loss: {trend([e['val_loss'] for e in status.val_loss_history])}")
+        ckpt = latest_committed(store.list(Run.CHECKPOINTS + "/"), prefix=Run.CHECKPOINTS)
         lines.append(f"last committed checkpoint: {ckpt or 'none yet'}")
-        if store.exists("final/MANIFEST.json"):
-            lines.append(f"final model: {run_uri}/final")
+        if store.exists(f"{Run.FINAL}/{MANIFEST_NAME}"):
+            lines.append(f"final model: {run.final_uri}")
         nodes = sorted(ctx.fleet.nodes(), key=lambda n: (n.index, n.launch_time))
         for n in nodes:
             ssm = {True: ", SSM online", False: ", SSM offline", None: ""}[n.ssm_online]
             lines.append(f"node {n.index}: {n.instance_id} {n.state} {n.private_ip}{ssm}")
         if not nodes:
             lines.append(f"nodes: none in cluster {ctx.outputs.cluster_name}")
-        started = _iso_ts(status.get("started_at")) if status else None
+        started = _iso_ts(status.started_at) if status else None
         spans = [
             InstanceSpan(n.instance_id, max(n.launch_time, started or 0.0), n.end_time)
             for n in nodes

@@ -23,17 +23,15 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from artifacts.node import BOOT_LOG, ENV_FILE, ENV_NODE_INDEX, ENV_RUN, READY_MARKER
+from artifacts.node import PROJECT_DIR as REPO_DIR
+from artifacts.node import SCRATCH_DIR as SCRATCH
+from artifacts.node import VENV_PYTHON as PYTHON
+from artifacts.run import ExitCode, Run
 from trainer.launch import LaunchError
 
-NODE_ENV = "/etc/twostage/node.env"
-REPO_DIR = "/opt/twostage"
-PYTHON = "/opt/twostage/.venv/bin/python"
-SCRATCH = "/opt/dlami/nvme/twostage"
-READY_MARKER = "/etc/twostage/bootstrap.done"
-"""Written by the node's user data when the project is installed (the SSM agent is up earlier)."""
+NODE_ENV = ENV_FILE
 DEFAULT_MASTER_PORT = 29500
-INTERRUPTED_EXIT_CODE = 75
-"""Mirrors ``trainer.spot.INTERRUPTED_EXIT_CODE`` (kept here so this module imports nothing heavy)."""
 LAUNCHERS = ("deepspeed", "torchrun")
 
 GPUS_PER_INSTANCE: dict[str, int] = {
@@ -231,7 +229,7 @@ def work_dir_on_node(spec: LaunchSpec) -> str:
 
 
 def config_path_on_node(spec: LaunchSpec) -> str:
-    return f"{work_dir_on_node(spec)}/config.toml"
+    return f"{work_dir_on_node(spec)}/{Run.CONFIG}"
 
 
 def hostfile_text(spec: LaunchSpec) -> str:
@@ -270,28 +268,24 @@ def launcher_argv(spec: LaunchSpec, node: RankAssignment, config_path: str) -> l
 
 
 _FETCH = (
-    "import sys; from artifacts.store import open_store; "
-    "open_store(sys.argv[1]).download_file('config.toml', sys.argv[2])"
+    "import sys; from artifacts.run import Run; "
+    "Run(sys.argv[1]).store.download_file(Run.CONFIG, sys.argv[2])"
 )
 _PUT = (
-    "import sys; from artifacts.store import open_store; "
-    "open_store(sys.argv[1]).put_bytes(sys.argv[2], sys.argv[3].encode())"
-)
-
-_STATE = (
-    "import sys, json; from artifacts.store import open_store; "
-    "print(json.loads(open_store(sys.argv[1]).get_bytes('STATUS.json')).get('state', ''))"
+    "import sys; from artifacts.run import Run; "
+    "Run(sys.argv[1]).store.put_bytes(sys.argv[2], sys.argv[3].encode())"
 )
 
 
 def exit_code_key(node_index: int) -> str:
     """Where a node records its trainer's exit code, relative to the run prefix."""
-    return f"logs/node-{node_index}/exit_code"
+    return Run.exit_code(node_index)
 
 
 def node_script(spec: LaunchSpec, node: RankAssignment) -> str:
     """The bash script SSM runs on one node (see the module docstring for the steps)."""
     q = shlex.quote
+    boot = int(ExitCode.BOOT)
     cfg = config_path_on_node(spec)
     env = {**network_env(spec.instance_type), **spec.extra_env}
     # Values may reference ${VAR} (LD_LIBRARY_PATH), so double-quote rather than shlex-quote them.
@@ -304,25 +298,25 @@ def node_script(spec: LaunchSpec, node: RankAssignment) -> str:
         f"rendezvous {spec.master_addr}:{spec.master_port}",
         "set -uo pipefail",
         "set -a",
-        f". {q(spec.node_env)} || {{ echo 'error: cannot read {spec.node_env}' >&2; exit 3; }}",
+        f". {q(spec.node_env)} || {{ echo 'error: cannot read {spec.node_env}' >&2; exit {boot}; }}",
         "set +a",
-        f'if [ "${{TWOSTAGE_NODE_INDEX:-}}" != "{node.node_index}" ]; then',
-        f'  echo "error: this is node ${{TWOSTAGE_NODE_INDEX:-?}}, the command is for node {node.node_index}" >&2',
-        "  exit 3",
+        f'if [ "${{{ENV_NODE_INDEX}:-}}" != "{node.node_index}" ]; then',
+        f'  echo "error: this is node ${{{ENV_NODE_INDEX}:-?}}, the command is for node {node.node_index}" >&2',
+        f"  exit {boot}",
         "fi",
         f"waited=0; while [ ! -e {q(spec.ready_marker)} ]; do",
         f"  if [ $waited -ge {spec.ready_timeout_s} ]; then",
         f"    echo 'error: node bootstrap not finished after {spec.ready_timeout_s} s "
-        "(see /var/log/twostage-bootstrap.log)' >&2; exit 3",
+        f"(see {BOOT_LOG})' >&2; exit {boot}",
         "  fi",
         "  sleep 10; waited=$((waited + 10))",
         "done",
         exports,
-        f"export TWOSTAGE_RUN={q(spec.run_uri)}",
+        f"export {ENV_RUN}={q(spec.run_uri)}",
         f"mkdir -p {q(work_dir_on_node(spec))}",
         f"cd {q(spec.repo_dir)}",
         f"{q(spec.python)} -c {q(_FETCH)} {q(spec.run_uri)} {q(cfg)} || "
-        f"{{ echo 'error: cannot download config.toml from {spec.run_uri}' >&2; exit 3; }}",
+        f"{{ echo 'error: cannot download {Run.CONFIG} from {spec.run_uri}' >&2; exit {boot}; }}",
         *(
             [f"printf %s {q(hostfile_text(spec))} > {q(work_dir_on_node(spec) + '/hostfile')}"]
             if spec.launcher == "deepspeed"
@@ -331,14 +325,9 @@ def node_script(spec: LaunchSpec, node: RankAssignment) -> str:
         f'echo "twostage: node {node.node_index} rank {node.node_rank} starting {spec.launcher}"',
         argv,
         "rc=$?",
-        # As `invoke pretrain --local` does: the trainer's STATUS.json is the verdict, since a rank
-        # can abort at interpreter shutdown after everything was committed.
-        'if [ "$rc" -ne 0 ] && [ "$rc" -ne 75 ]; then',
-        f"  state=$({q(spec.python)} -c {q(_STATE)} {q(spec.run_uri)} 2>/dev/null || true)",
-        '  if [ "$state" = converged ] || [ "$state" = finished ]; then',
-        '    echo "twostage: launcher exited $rc but the run is $state: success"; rc=0',
-        "  fi",
-        "fi",
+        # The run protocol's verdict (artifacts.run.verdict), the rule every launcher uses: the
+        # run's STATUS decides, since a rank can abort at shutdown after everything was committed.
+        f'{q(spec.python)} -m artifacts.run verdict "$rc" {q(spec.run_uri)}; rc=$?',
         f'echo "$rc" > {q(work_dir_on_node(spec) + "/exit_code")}',
         f'{q(spec.python)} -c {q(_PUT)} {q(spec.run_uri)} {q(exit_code_key(node.node_index))} "$rc" '
         "|| echo 'warning: could not record the exit code in the run prefix' >&2",
@@ -346,7 +335,7 @@ def node_script(spec: LaunchSpec, node: RankAssignment) -> str:
     ]
     if spec.self_terminate:
         lines += [
-            'if [ "$rc" -eq 0 ]; then',
+            f'if [ "$rc" -eq {int(ExitCode.OK)} ]; then',
             '  echo "twostage: finished; powering off (shutdown terminates this node)"',
             f"  {spec.shutdown_cmd}",
             "fi",

@@ -19,13 +19,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from artifacts.run import Run
 from trainer.launch import LaunchError
 from trainer.launch.outputs import StackOutputs
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = Path(".twostage/last-run")
-STOP_KEY = "control/stop"
+STOP_KEY = Run.STOP
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -129,25 +130,6 @@ def pick_run(
 
 
 # -- run state from the store -----------------------------------------------------------------
-class StoreRunState:
-    """The real :class:`trainer.launch.watch.RunState`: ``STATUS.json`` and the stop marker."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-
-    def status(self) -> dict[str, Any] | None:
-        if not self.store.exists("STATUS.json"):
-            return None
-        try:
-            return json.loads(self.store.get_bytes("STATUS.json"))
-        except ValueError:
-            log.warning("STATUS.json is not JSON (being rewritten?): ignoring this poll")
-            return None
-
-    def stop_requested(self) -> bool:
-        return self.store.exists(STOP_KEY)
-
-
 class SystemClock:
     def now(self) -> float:
         return time.time()
@@ -249,7 +231,7 @@ def refuse_if_running(ctx: Context, run_uri: str, last: LastRun | None) -> None:
 def make_watcher(
     ctx: Context,
     run_uri: str,
-    store: Any,
+    run: Run,
     *,
     launcher: str = "deepspeed",
     public_key: str | None = None,
@@ -281,7 +263,7 @@ def make_watcher(
         node_count=o.node_count,
         runner=ctx.runner_for(run_uri),
         fleet=ctx.fleet,
-        run_state=StoreRunState(store),
+        run_state=run,
         clock=clock or SystemClock(),
         scripts_for=scripts_for,
         stop_script=stop_script(),
@@ -307,7 +289,6 @@ def pretrain_remote(
     clock: Any = None,
 ) -> tuple[str, Any]:
     """Upload, launch, and (with ``watch``) follow the run. Returns (run URI, Outcome or None)."""
-    from artifacts.store import open_store
     from trainer.launch.cost import hourly_line
     from trainer.launch.upload import upload_run_config
 
@@ -316,8 +297,9 @@ def pretrain_remote(
     with aws_errors():
         check_nodes(ctx)
         refuse_if_running(ctx, run_uri, load_last_run(state_path))
-        store = open_store(run_uri)
-        upload_run_config(Path(config), run_uri, store)
+        run_ = Run(run_uri)
+        store = run_.store
+        upload_run_config(Path(config), run_)
         if store.exists(STOP_KEY):
             store.delete([STOP_KEY])  # a new launch lifts an earlier `invoke stop`
         price = spot_price(ctx) if o.spot else None
@@ -338,7 +320,7 @@ def pretrain_remote(
         watcher = make_watcher(
             ctx,
             run_uri,
-            store,
+            run_,
             launcher=launcher,
             public_key=public_key,
             policy=policy,

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from artifacts.node import TAG_CLUSTER
+from artifacts.node import TAG_NODE_INDEX as TAG_INDEX
 from trainer.launch.watch import TERMINAL_COMMAND, Invocation
 
 log = logging.getLogger(__name__)
 
-TAG_CLUSTER = "twostage:cluster"
-TAG_INDEX = "twostage:node-index"
 DOCUMENT = "AWS-RunShellScript"
 MAX_EXECUTION_TIMEOUT_S = 172800
 """SSM's ceiling (48 h): a longer run is cut there and the watcher relaunches it (it resumes)."""

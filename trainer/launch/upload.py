@@ -1,7 +1,9 @@
 """Run config and data upload for a remote run (validated with the trainer's own loader).
 
-Local ``data.train_files`` go to ``<run>/data/``; the run's config is written to
-``<run>/config.toml`` pointing at them, with ``run.uri`` set to the run prefix.
+Local ``data.train_files`` go to the run's ``data/``; the run's config is written to the run's
+``config.toml`` pointing at them, with ``run.uri`` set to the run prefix. Entries the trainer reads
+in place are left alone: store URIs (``s3://…``) and ``run:REL`` (REL under the run prefix, e.g.
+``run:data/`` for a corpus already uploaded there) — the latter is checked to exist before launch.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from artifacts.run import RUN_REF, Run
 from trainer.config import dump_toml
 from trainer.launch import LaunchError
 
@@ -27,13 +30,13 @@ def validate_config(path: Path) -> dict[str, Any]:
 
 
 def local_train_files(patterns: list[str], config_dir: Path) -> list[Path]:
-    """The local files a ``data.train_files`` list names (store URIs are left alone).
+    """The local files a ``data.train_files`` list names (store URIs and ``run:`` are left alone).
 
     A relative pattern is looked up from the current directory, then from the config's folder.
     """
     files: list[Path] = []
     for pattern in patterns:
-        if "://" in pattern:
+        if _read_in_place(pattern):
             continue
         p = Path(pattern).expanduser()
         matched: list[Path] = []
@@ -51,19 +54,39 @@ def local_train_files(patterns: list[str], config_dir: Path) -> list[Path]:
     return files
 
 
-def upload_run_config(config: Path, run_uri: str, store: Any) -> dict[str, Any]:
-    """Upload local data to ``data/`` and the run's config (pointing at it) to ``config.toml``."""
+def _read_in_place(pattern: str) -> bool:
+    """The trainer reads this entry from a store itself (nothing to upload)."""
+    return "://" in pattern or pattern.startswith(RUN_REF)
+
+
+def check_run_refs(patterns: list[str], run: Run) -> None:
+    """Every ``run:REL`` entry names something that exists under the run prefix (before launch)."""
+    for pattern in patterns:
+        if pattern.startswith(RUN_REF):
+            uri = run.resolve(pattern)
+            from artifacts.store import open_store
+
+            if not open_store(uri).list():
+                raise LaunchError(
+                    f"data.train_files: {pattern} is empty: nothing under {uri} (upload the corpus "
+                    "there, or list local files and `invoke pretrain` uploads them)"
+                )
+
+
+def upload_run_config(config: Path, run: Run) -> dict[str, Any]:
+    """Upload local data to the run's ``data/`` and its config (pointing at it) to ``config.toml``."""
     raw = validate_config(config)
     data = dict(raw.get("data", {}))
     patterns = list(data.get("train_files", []))
+    check_run_refs(patterns, run)
     local = local_train_files(patterns, config.parent)
+    store = run.store
     if local:
-        remote = [p for p in patterns if "://" in p]
+        in_place = [p for p in patterns if _read_in_place(p)]
         for i, f in enumerate(local):
-            key = f"data/{i:04d}-{f.name}"
-            store.upload_file(f, key, progress=True)
-        data["train_files"] = remote + [f"{run_uri}/data/"]
-        log.info("uploaded %d local data file(s) to %s/data/", len(local), run_uri)
+            store.upload_file(f, run.data_key(i, f.name), progress=True)
+        data["train_files"] = in_place + [run.data_uri + "/"]
+        log.info("uploaded %d local data file(s) to %s/", len(local), run.data_uri)
     tok = data.get("tokenizer")
     if tok and "://" not in tok:
         raise LaunchError(
@@ -76,7 +99,7 @@ def upload_run_config(config: Path, run_uri: str, store: Any) -> dict[str, Any]:
         )
     if raw.get("run", {}).get("signing_key"):
         log.warning("run.signing_key must exist at that path on every node")
-    remote_raw = {**raw, "data": data, "run": {**raw.get("run", {}), "uri": run_uri}}
-    text = dump_toml(remote_raw, header=f"run config for {run_uri}\ngenerated from {config}")
-    store.put_bytes("config.toml", text.encode("utf-8"))
+    remote_raw = {**raw, "data": data, "run": {**raw.get("run", {}), "uri": run.uri}}
+    text = dump_toml(remote_raw, header=f"run config for {run.uri}\ngenerated from {config}")
+    store.put_bytes(Run.CONFIG, text.encode("utf-8"))
     return remote_raw

@@ -24,11 +24,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
+from artifacts.run import ExitCode, Status, verdict
 from trainer.launch import LaunchError
 from trainer.launch.cost import CostReport, InstanceSpan
-from trainer.launch.ranks import INTERRUPTED_EXIT_CODE, Node, RankAssignment, assign_ranks
+from trainer.launch.ranks import Node, RankAssignment, assign_ranks
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ TERMINAL_COMMAND = frozenset(
      "DeliveryTimedOut", "ExecutionTimedOut"}
 )  # fmt: skip
 RESUMABLE_COMMAND = frozenset({"Cancelled", "TimedOut", "DeliveryTimedOut", "ExecutionTimedOut"})
-DONE_STATES = frozenset({"converged", "finished"})
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,11 @@ class Fleet(Protocol):
         """Terminate every live node of the cluster; return the instance ids."""
 
 
-class RunState(Protocol):
-    def status(self) -> dict[str, Any] | None:
-        """The run's ``STATUS.json`` (None before the trainer wrote it)."""
+class RunView(Protocol):
+    """What the watcher reads of the run (:class:`artifacts.run.Run` is the real one)."""
+
+    def read_status(self) -> Status | None:
+        """The run's status (None before the trainer wrote it, or while it is unreadable)."""
 
     def stop_requested(self) -> bool: ...
 
@@ -184,7 +186,7 @@ class Watcher:
         node_count: int,
         runner: CommandRunner,
         fleet: Fleet,
-        run_state: RunState,
+        run_state: RunView,
         clock: Clock,
         scripts_for: Callable[[list[RankAssignment]], dict[int, str]],
         stop_script: str,
@@ -305,8 +307,8 @@ class Watcher:
         return {i: nodes[i] for i in range(self.node_count)}
 
     def _done(self) -> bool:
-        status = self.run_state.status() or {}
-        return status.get("state") in DONE_STATES
+        status = self.run_state.read_status()
+        return status is not None and status.done
 
     def _check_attempt(self) -> tuple[str, str] | None:
         """None while the attempt runs; else (kind, detail) with kind lost | interrupted | failed."""
@@ -325,7 +327,10 @@ class Watcher:
                     attempt.results[index] = inv
         results = attempt.results
         for index, inv in sorted(results.items()):
-            if inv.exit_code == INTERRUPTED_EXIT_CODE or inv.status in RESUMABLE_COMMAND:
+            resumable = inv.exit_code is not None and (
+                verdict(inv.exit_code, None) is ExitCode.INTERRUPTED
+            )
+            if resumable or inv.status in RESUMABLE_COMMAND:
                 return "interrupted", f"node {index} exited {inv.exit_code} ({inv.status}): resume"
         for index, inv in sorted(results.items()):
             if inv.exit_code != 0 or inv.status != "Success":
@@ -334,8 +339,9 @@ class Watcher:
                     f"node {index} failed with exit code {inv.exit_code} ({inv.status})",
                 )
         if len(results) == len(attempt.commands):
-            status = (self.run_state.status() or {}).get("state", "missing")
-            return "failed", f"every node exited 0 but STATUS.json says {status}"
+            st = self.run_state.read_status()
+            status = st.state if st is not None else "missing"
+            return "failed", f"every node exited 0 but the run's status says {status}"
         return None
 
     def _stop_survivors(self) -> None:
@@ -426,12 +432,12 @@ class Watcher:
         return self.cost_for(list(self._spans.values()), self.clock.now())
 
     def _finish(self) -> Outcome:
-        status = self.run_state.status() or {}
+        status = self.run_state.read_status()
         terminated = self._terminate()
-        state = status.get("state", "finished")
-        best = status.get("best_val_loss")
+        state = str(status.state) if status else "finished"
+        best = status.best_val_loss if status else None
         msg = (
-            f"run {state} at step {status.get('global_step', '?')}"
+            f"run {state} at step {status.global_step if status else '?'}"
             + (f", best val loss {best:.4f}" if isinstance(best, int | float) else "")
             + f"; model at {self.run_uri.rstrip('/')}/final"
         )

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from artifacts.run import Status
 from trainer.launch.watch import Invocation, NodeState
 
 CLUSTER = "ts-test"
@@ -173,8 +174,8 @@ class FakeRunState:
     state: dict[str, Any] | None = None
     stop: bool = False
 
-    def status(self) -> dict[str, Any] | None:
-        return self.state
+    def read_status(self) -> Status | None:
+        return None if self.state is None else Status.from_dict(self.state)
 
     def stop_requested(self) -> bool:
         return self.stop

@@ -109,14 +109,14 @@ def fake_local_run(monkeypatch):
     calls = []
 
     def install(rc: int):
-        mod = types.ModuleType("trainer.local_run")
+        mod = types.ModuleType("trainer.launch.local")
 
         def launch_local(config, run, nproc=2):
             calls.append((config, run, nproc))
             return rc
 
         mod.launch_local = launch_local
-        monkeypatch.setitem(sys.modules, "trainer.local_run", mod)
+        monkeypatch.setitem(sys.modules, "trainer.launch.local", mod)
         return calls
 
     return install

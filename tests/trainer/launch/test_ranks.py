@@ -128,7 +128,7 @@ def test_stop_signal_reaches_the_workers_not_the_launchers():
 # -- the script itself, run by bash with a fake launcher ----------------------------------------
 FAKE_PYTHON = """#!/bin/bash
 # Stands in for the node's venv python: `-c` snippets run for real, a launcher is recorded.
-if [ "$1" = "-c" ]; then exec {python} "$@"; fi
+if [ "$1" = "-c" ] || [ "$1 $2" = "-m artifacts.run" ]; then exec {python} "$@"; fi
 printf '%s\\n' "$@" > "$REC/argv"
 cp "$(dirname "$(grep -A1 -- --config "$REC/argv" | tail -1)")/config.toml" "$REC/config.seen"
 exit "${{FAKE_RC:-0}}"
@@ -176,6 +176,8 @@ def node_sandbox(tmp_path):
 
 def test_script_fetches_config_launches_records_exit_and_powers_off(node_sandbox):
     render, execute, rec, run = node_sandbox
+    # The trainer exits 0 only after it wrote the final status; the verdict checks it.
+    (run / "STATUS.json").write_text('{"state": "finished", "global_step": 10}')
     proc = execute(render(), rc=0)
     assert proc.returncode == 0, proc.stderr
     argv = (rec / "argv").read_text().split("\n")
@@ -183,6 +185,14 @@ def test_script_fetches_config_launches_records_exit_and_powers_off(node_sandbox
     assert (rec / "config.seen").read_text() == (run / "config.toml").read_text()
     assert (run / "logs/node-1/exit_code").read_text() == "0"
     assert (rec / "shutdown").exists()
+
+
+def test_script_exit_0_without_a_final_status_is_a_failure_and_keeps_the_node(node_sandbox):
+    render, execute, rec, run = node_sandbox
+    proc = execute(render(), rc=0)
+    assert proc.returncode == 1
+    assert (run / "logs/node-1/exit_code").read_text() == "1"
+    assert not (rec / "shutdown").exists()
 
 
 def test_script_keeps_the_node_up_after_exit_75(node_sandbox):
@@ -214,11 +224,12 @@ def test_script_trusts_a_converged_status_over_a_shutdown_abort(node_sandbox):
     render, execute, rec, run = node_sandbox
     script = render()
     proc = execute(script, rc=134)  # a rank aborted at interpreter shutdown
-    assert proc.returncode == 134 and not (rec / "shutdown").exists()
+    assert proc.returncode == 1 and not (rec / "shutdown").exists()  # verdict: failed
+    assert "launcher exited 134, run state unknown: verdict failed (1)" in proc.stdout
     (run / "STATUS.json").write_text('{"state": "converged", "global_step": 10}')
     proc = execute(script, rc=134)
     assert proc.returncode == 0, proc.stderr
-    assert "launcher exited 134 but the run is converged" in proc.stdout
+    assert "launcher exited 134, run state converged: verdict ok (0)" in proc.stdout
     assert (rec / "shutdown").exists()
 
 

@@ -122,6 +122,34 @@ def test_local_data_is_uploaded_and_the_config_points_at_it(ctx_for, tmp_path):
     assert uploaded["data"]["train_files"] == [f"{run_uri}/data/"]
 
 
+def test_run_data_is_accepted_as_the_trainer_reads_it(ctx_for, tmp_path):
+    """``train_files = ["run:data/"]`` (documented in configs/pretrain-p4d.toml) is read in place."""
+    from artifacts.run import Run
+    from trainer.data import resolve_sources
+
+    c, ctx = ctx_for(1)
+    cfg = tmp_path / "recipe.toml"
+    raw = tomllib.loads(TINY.read_text())
+    raw["data"] = {**raw["data"], "generated_corpus": False, "train_files": ["run:data/"]}
+    cfg.write_text(dump_toml(raw))
+    run_uri = f"s3://{c['outputs']['bucket']}/runs/rundata"
+    with pytest.raises(UserError, match=r"run:data/ is empty: nothing under s3://.*/rundata/data"):
+        pretrain_remote(ctx, config=cfg, run="rundata", watch=False, state_path=tmp_path / "s")
+    assert not open_store(run_uri).exists("config.toml")  # refused before anything was written
+
+    open_store(run_uri).put_bytes("data/corpus.txt", b"already uploaded text\n" * 50)
+    got, _ = pretrain_remote(ctx, config=cfg, run="rundata", watch=False, state_path=tmp_path / "s")
+    assert got == run_uri
+    uploaded = tomllib.loads(open_store(run_uri).get_bytes("config.toml").decode())
+    assert uploaded["data"]["train_files"] == ["run:data/"]
+    # ...and the trainer resolves that very entry to the uploaded corpus.
+    from trainer.config import config_from_dict
+
+    remote_cfg = config_from_dict(uploaded, source="config.toml")
+    files = resolve_sources(remote_cfg, tmp_path / "node", Run(run_uri))
+    assert [f.read_bytes() for f in files] == [b"already uploaded text\n" * 50]
+
+
 def test_invalid_config_is_refused_before_anything_is_uploaded(ctx_for, tmp_path):
     c, ctx = ctx_for(1)
     bad = tmp_path / "bad.toml"
@@ -162,7 +190,7 @@ def test_status_shows_state_checkpoint_trend_nodes_and_cost(ctx_for):
     store.put_bytes(
         "STATUS.json",
         json.dumps({"state": "running", "global_step": 300, "epoch": 3, "best_val_loss": 2.9,
-                    "val_loss_history": [3.5, 3.1, 2.9, 2.95]}).encode(),
+                    "val_loss_history": [{"step": s, "epoch": e, "val_loss": v} for e, (s, v) in enumerate([(10, 3.5), (20, 3.1), (30, 2.9), (40, 2.95)], 1)]}).encode(),
     )  # fmt: skip
     for step in (100, 200, 300):
         store.put_bytes(f"checkpoints/step-{step:010d}/model.bin", b"x")

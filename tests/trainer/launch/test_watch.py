@@ -225,7 +225,7 @@ def test_exit_zero_without_converged_status_is_a_failure():
     outcome = watcher.watch()
 
     assert outcome.state == "failed"
-    assert "every node exited 0 but STATUS.json says missing" in outcome.message
+    assert "every node exited 0 but the run's status says missing" in outcome.message
 
 
 def test_survivor_that_ignores_sigterm_is_cancelled():

@@ -4,8 +4,12 @@
 ranks (on a CPU-only machine DeepSpeed's launcher starts N CPU ranks; the trainer's
 ``cpu_compat`` takes it from there). Each run gets a free port, ``OMP_NUM_THREADS=1`` per rank
 unless set, and its own process group so Ctrl-C / SIGTERM reach every rank (which then save and
-exit 75). Success is judged by the trainer's ``STATUS.json``, not by the exit code alone: in rare
-runs a rank aborts at interpreter shutdown after everything was committed.
+exit :data:`~artifacts.run.ExitCode.INTERRUPTED`). Success is judged by the run protocol's
+:func:`~artifacts.run.verdict` over the exit code and the run's status: in rare runs a rank aborts
+at interpreter shutdown after everything was committed.
+
+Laptop side: imports the trainer's config loader (to fail fast) and the run protocol, never the
+node-side training stack.
 """
 
 from __future__ import annotations
@@ -17,13 +21,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from artifacts.run import ExitCode, Run, default_run_uri, verdict
 from trainer.errors import TrainerError
 
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_INTERRUPTED = 75
-EXIT_FAILED = 1
 
 
 def launcher_command(config: Path, run: str, nproc: int, port: int) -> list[str]:
@@ -82,37 +83,14 @@ def _signal_group(pid: int, signum: int) -> None:
         pass
 
 
-def judge(returncode: int, status: dict | None) -> int:
-    """The exit code of a local run from the launcher's code and the trainer's ``STATUS.json``."""
-    state = (status or {}).get("state")
-    if state in ("converged", "finished"):
-        if returncode != 0:
-            log.warning(
-                "launcher exited %d but the run is %s and committed; treating it as success",
-                returncode,
-                state,
-            )
-        return EXIT_OK
-    if state == "interrupted":
-        return EXIT_INTERRUPTED
-    if returncode == 2:
-        return 2
-    if returncode == 0:
-        log.error("launcher exited 0 but STATUS.json says %r: treating it as a failure", state)
-        return EXIT_FAILED
-    return returncode if returncode > 0 else EXIT_FAILED
-
-
 def launch_local(config: Path, run: str | None, nproc: int = 2) -> int:
     """Train ``config`` with ``nproc`` local ranks into ``run`` (default ``runs/<name>-<time>``).
 
-    Returns 0 (converged or epoch limit), 75 (interrupted: relaunch with the same ``run`` to
-    resume), 2 (user error) or another non-zero code (failure).
+    Returns the :func:`~artifacts.run.verdict`: OK (converged or epoch limit), INTERRUPTED
+    (relaunch with the same ``run`` to resume), USER (user error) or FAILED.
     """
-    from trainer.__main__ import default_run_uri
+    from artifacts.ports import free_port
     from trainer.config import load_config
-    from trainer.finish import read_status
-    from trainer.train import free_port
 
     if nproc < 1:
         raise TrainerError(f"--nproc must be >= 1, got {nproc}")
@@ -145,11 +123,23 @@ def launch_local(config: Path, run: str | None, nproc: int = 2) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    code = judge(returncode, read_status(run))
-    if code == EXIT_OK:
-        log.info("run %s finished; final model under %s/final", run, run)
-    elif code == EXIT_INTERRUPTED:
+    status = Run(run).read_status()
+    code = verdict(returncode, status)
+    if code is ExitCode.OK:
+        if returncode != 0:
+            log.warning(
+                "launcher exited %d but the run is %s and committed: success",
+                returncode,
+                status.state if status else "?",
+            )
+        log.info("run %s finished; final model under %s", run, Run(run).final_uri)
+    elif code is ExitCode.INTERRUPTED:
         log.warning("run %s was interrupted; resume with --run %s", run, run)
+    elif returncode == 0:
+        log.error(
+            "launcher exited 0 but the run's status says %r: treating it as a failure",
+            status.state if status else None,
+        )
     else:
         log.error("run %s failed (launcher exit %d)", run, returncode)
-    return code
+    return int(code)

@@ -79,7 +79,7 @@ def prepare_workdir(workdir: Path, *, force: bool = False) -> Path:
 
 def write_toml(doc: dict[str, Any], path: Path) -> Path:
     """Write a recipe with the trainer's own TOML writer (the one its loader round-trips)."""
-    from trainer.config import dump_toml
+    from artifacts.config import dump_toml
 
     path.write_text(dump_toml(doc))
     return path

@@ -8,11 +8,11 @@ the file: a typo must never silently fall back to a default.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from artifacts.config import build, read_toml
 from local.errors import LocalError
 
 _COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -121,36 +121,12 @@ class FinetuneConfig:
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> FinetuneConfig:
     """Build a config from plain data, rejecting unknown keys and wrong types by name."""
-    known = {f.name: f for f in fields(FinetuneConfig)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise LocalError(
-            f"{source}: unknown config key {unknown[0]!r} (known keys: {', '.join(sorted(known))})"
-        )
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        default = getattr(FinetuneConfig, key, None)
-        if key == "target_modules":
-            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-                raise LocalError(f"{source}: config key 'target_modules' must be a list of strings")
-            value = tuple(value)
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise LocalError(f"{source}: config key {key!r} must be true or false")
-        elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise LocalError(f"{source}: config key {key!r} must be an integer")
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise LocalError(f"{source}: config key {key!r} must be a number")
-            value = float(value)
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise LocalError(f"{source}: config key {key!r} must be a string")
-        kwargs[key] = value
     try:
-        return FinetuneConfig(**kwargs)
+        return build(FinetuneConfig, data, source=source, error=LocalError)
     except LocalError as err:
-        raise LocalError(f"{source}: {err}") from None
+        if str(err).startswith(f"{source}: "):
+            raise
+        raise LocalError(f"{source}: {err}") from None  # a __post_init__ rule
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> FinetuneConfig:
@@ -158,14 +134,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> FinetuneConfig:
     data: dict[str, Any] = {}
     source = "<defaults>"
     if path is not None:
-        path = Path(path)
         source = str(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise LocalError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as err:
-            raise LocalError(f"{path}: not valid TOML: {err}") from None
+        data = read_toml(path, LocalError)
     cfg = config_from_dict(data, source)
     changes = {k: v for k, v in overrides.items() if v is not None}
     if changes:

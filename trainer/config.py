@@ -7,30 +7,16 @@ from this (``trainer.dsconfig``); the HF ``TrainingArguments`` too (``trainer.tr
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from artifacts.config import build, read_toml
+from artifacts.config import check as _check
 from trainer.errors import TrainerError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 FAMILIES = ("gpt2", "llama")
-
-
-class ConfigValueError(ValueError):
-    """A bad value in one section; ``load_config`` adds the file name."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigValueError(key, message)
 
 
 @dataclass(frozen=True)
@@ -321,120 +307,18 @@ class TrainerConfig:
     """The parsed TOML, recorded in checkpoints and the training summary."""
 
 
-SECTIONS: dict[str, type] = {
-    "run": RunConfig,
-    "model": ModelConfig,
-    "data": DataConfig,
-    "training": TrainingConfig,
-    "convergence": ConvergenceConfig,
-    "deepspeed": DeepSpeedConfig,
-    "spot": SpotConfig,
-}
-
-
-def _coerce(section: str, key: str, value: Any, annotation: str) -> Any:
-    """Check a TOML value against the field's annotation (a string under postponed annotations)."""
-    where = f"{section}.{key}"
-    allow_none = "None" in annotation
-    base = annotation.replace(" | None", "").strip()
-    if value is None:
-        _check(allow_none, where, "must not be empty")
-        return None
-    if base.startswith("tuple"):
-        if isinstance(value, str):
-            value = [value]
-        _check(
-            isinstance(value, list) and all(isinstance(v, str) for v in value),
-            where,
-            "must be a list of strings",
-        )
-        return tuple(value)
-    if base == "bool":
-        _check(isinstance(value, bool), where, f"must be true or false, got {value!r}")
-        return value
-    if base == "int":
-        _check(
-            isinstance(value, int) and not isinstance(value, bool),
-            where,
-            f"must be an integer, got {value!r}",
-        )
-        return value
-    if base == "float":
-        _check(
-            isinstance(value, int | float) and not isinstance(value, bool),
-            where,
-            f"must be a number, got {value!r}",
-        )
-        return float(value)
-    if base == "str":
-        _check(isinstance(value, str), where, f"must be a string, got {value!r}")
-        return value
-    raise AssertionError(f"unhandled annotation {annotation} for {where}")
-
-
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainerConfig:
     """Build a :class:`TrainerConfig` from parsed TOML; errors name the key and ``source``."""
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise TrainerError(
-            f"{source}: unknown section [{unknown[0]}] (known: {', '.join(SECTIONS)})"
-        )
-    sections: dict[str, Any] = {}
-    try:
-        for name, cls in SECTIONS.items():
-            table = raw.get(name, {})
-            if not isinstance(table, dict):
-                raise ConfigValueError(name, "must be a table ([section])")
-            fields = {f.name: f for f in dataclasses.fields(cls)}
-            bad = sorted(set(table) - set(fields))
-            if bad:
-                raise ConfigValueError(
-                    f"{name}.{bad[0]}", f"unknown key (known: {', '.join(fields)})"
-                )
-            values = {k: _coerce(name, k, v, str(fields[k].type)) for k, v in table.items()}
-            sections[name] = cls(**values)
-    except ConfigValueError as err:
-        raise TrainerError(f"{source}: {err}") from None
-    return TrainerConfig(**sections, source=source, raw=raw)
+    return build(
+        TrainerConfig,
+        raw,
+        source=source,
+        error=TrainerError,
+        skip=frozenset({"source", "raw"}),
+        extra={"source": source, "raw": raw},
+    )
 
 
 def load_config(path: Path | str) -> TrainerConfig:
     """Read and validate a recipe TOML file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TrainerError(f"config file not found: {path}") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise TrainerError(f"{path}: not valid TOML: {err}") from None
-    return config_from_dict(raw, source=str(path))
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TrainerError(f"cannot write {type(value).__name__} values into a recipe")
-
-
-def dump_toml(raw: dict[str, Any], header: str = "") -> str:
-    """A recipe dict (top-level scalars and tables of scalars/lists) as TOML; round-trips with tomllib.
-
-    Why here: a run's config is rewritten by whoever launches it (remote launch, the demo), and
-    the writer must match what :func:`load_config` reads. Top-level scalars go first, since a
-    scalar written after a ``[table]`` header would land inside that table.
-    """
-    out = [f"# {line}" for line in header.splitlines()]
-    out += [f"{k} = {_toml_value(v)}" for k, v in raw.items() if not isinstance(v, dict)]
-    for name, table in raw.items():
-        if isinstance(table, dict):
-            out.append(f"\n[{name}]")
-            out += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
-    return "\n".join(out).lstrip("\n") + "\n"
+    return config_from_dict(read_toml(path, TrainerError), source=str(Path(path)))

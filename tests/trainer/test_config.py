@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import SECTIONS, TrainerConfig, load_config
+from trainer.config import TrainerConfig, TrainingConfig, load_config
 from trainer.errors import TrainerError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ def test_p4d_recipe_has_the_design_brief_values() -> None:
 
 
 def test_defaults_match_the_design_brief() -> None:
-    defaults = {f.name: f.default for f in dataclasses.fields(SECTIONS["training"])}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingConfig)}
     assert defaults["num_train_epochs"] == 100 and defaults["learning_rate"] == 6e-5
     assert (
         defaults["per_device_train_batch_size"] == 32
@@ -66,7 +66,7 @@ def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
     ("text", "needle"),
     [
         (MINIMAL + "[training]\nlearning_rat = 1e-3\n", "training.learning_rat: unknown key"),
-        (MINIMAL + "[trainng]\n", "unknown section [trainng]"),
+        (MINIMAL + "[trainng]\n", "trainng: unknown section (did you mean training?)"),
         (MINIMAL + "[training]\nlearning_rate = -1.0\n", "training.learning_rate: must be > 0"),
         (MINIMAL + '[training]\nprecision = "fp8"\n', "training.precision: must be one of"),
         (MINIMAL + '[training]\nsave_steps = "often"\n', "training.save_steps: must be an integer"),

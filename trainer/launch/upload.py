@@ -14,8 +14,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from artifacts.config import dump_toml
 from artifacts.run import RUN_REF, Run
-from trainer.config import dump_toml
 from trainer.launch import LaunchError
 
 log = logging.getLogger(__name__)

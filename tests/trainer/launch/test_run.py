@@ -9,6 +9,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from artifacts.config import dump_toml
 from artifacts.errors import UserError
 from artifacts.store import open_store
 from trainer.launch import LaunchError
@@ -24,7 +25,6 @@ from trainer.launch.run import (
     pretrain_remote,
     resolve_run_uri,
 )
-from trainer.launch.upload import dump_toml
 from trainer.launch.watch import WatchPolicy
 
 from .fakes import FakeClock

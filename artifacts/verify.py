@@ -6,7 +6,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from artifacts.errors import VerificationError
+from artifacts.errors import ArtifactError, VerificationError
 from artifacts.hashing import hash_file
 from artifacts.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, is_listed_name
 from artifacts.signing import verify_signature
@@ -36,9 +36,9 @@ def read_manifest(folder: Path, *, public_key: Path | None = None) -> tuple[Mani
         manifest = Manifest.from_json(data, source=str(folder / MANIFEST_NAME))
     except VerificationError:
         raise
-    except (
-        Exception
-    ) as err:  # ArtifactError from a malformed manifest is a verification failure here
+    except ArtifactError as err:
+        # A malformed manifest is a verification failure; any other exception is a bug and
+        # must surface as one (with its traceback), not as "verification failed".
         raise VerificationError(str(err)) from None
     return manifest, data
 

@@ -13,9 +13,11 @@ import zipfile
 from pathlib import Path
 
 BUNDLE_KEY = "bootstrap/twostage-src.zip"
-#: What a node needs to ``pip install -e``: the packages, configs and the project metadata.
-INCLUDE_DIRS = ("artifacts", "trainer", "local", "infra", "configs")
-INCLUDE_FILES = ("pyproject.toml", "README.md", "LICENSE")
+#: What a node needs to ``pip install -e`` and run ``invoke``: every package ``pyproject.toml``
+#: installs (``demo`` included: ``tasks.py`` imports its task module), the configs and the project
+#: metadata. The license is stated in ``pyproject.toml`` (there is no separate LICENSE file).
+INCLUDE_DIRS = ("artifacts", "trainer", "local", "infra", "demo", "configs")
+INCLUDE_FILES = ("pyproject.toml", "README.md")
 _SKIP_PARTS = {"__pycache__", ".venv", ".git", ".pytest_cache", ".ruff_cache", "build", "dist"}
 _SKIP_SUFFIXES = (".pyc", ".pyo", ".egg-info")
 _EPOCH = (1980, 1, 1, 0, 0, 0)

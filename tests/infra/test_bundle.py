@@ -58,3 +58,18 @@ def test_bundle_refuses_a_folder_that_is_not_the_project(tmp_path):
 def test_this_checkout_bundles_its_packages():
     files = bundle_files(repo_root())
     assert "pyproject.toml" in files and "infra/__main__.py" in files
+
+
+def test_the_real_bundle_has_every_installed_package_and_only_existing_files():
+    import tomllib
+
+    from infra.bundle import INCLUDE_FILES
+
+    root = repo_root()
+    files = set(bundle_files(root))
+    packages = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]["include"]
+    for pattern in packages:  # e.g. "demo*": tasks.py imports demo's task module
+        assert f"{pattern.rstrip('*')}/__init__.py" in files, pattern
+    assert all((root / name).is_file() for name in INCLUDE_FILES)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 TWO_RANKS = textwrap.dedent(
     """
-    import json, os, sys
+    import json, os, pathlib, sys
     from trainer import cpu_compat
     from trainer.config import config_from_dict
     from trainer.dsconfig import build_ds_config
@@ -27,7 +27,9 @@ TWO_RANKS = textwrap.dedent(
     from transformers import TrainingArguments
     ds = build_ds_config(config_from_dict({"data": {"generated_corpus": True}}), accelerator=False)
     args = TrainingArguments(output_dir=sys.argv[2], deepspeed=ds, report_to="none", **extra)
-    print("RESULT", json.dumps({"rank": args.process_index, "world": args.world_size}), flush=True)
+    # One file per rank: lines two ranks print into one shared pipe can interleave mid-line.
+    result = {"rank": args.process_index, "world": args.world_size}
+    pathlib.Path(sys.argv[3], f"result-{os.environ['RANK']}.json").write_text(json.dumps(result))
     """
 )
 
@@ -48,19 +50,17 @@ def torchrun_two(mode: str, tmp_path: Path) -> list[dict]:
 
     script = tmp_path / "two.py"
     script.write_text(TWO_RANKS)
+    results_dir = tmp_path / f"results-{mode}"
+    results_dir.mkdir()
     out = subprocess.run(
         [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            str(script), mode, str(tmp_path / "out"),
+            str(script), mode, str(tmp_path / "out"), str(results_dir),
         ],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
-    results = [
-        json.loads(line.split("RESULT ", 1)[1])
-        for line in out.stdout.splitlines()
-        if "RESULT " in line
-    ]
+    results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("result-*.json"))]
     assert len(results) == 2, out.stdout[-2000:] + out.stderr[-4000:]
     return sorted(results, key=lambda r: r["rank"])
 

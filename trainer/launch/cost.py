@@ -6,6 +6,7 @@ instances per second (60 s minimum), so node-hours are the sum of each instance'
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -27,19 +28,33 @@ ON_DEMAND_USD_PER_HOUR: dict[str, float] = {
     "g5.48xlarge": 16.288,
 }
 MIN_BILLED_SECONDS = 60.0
+log = logging.getLogger(__name__)
 _TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
+
+
+ON_DEMAND_ENV = "TWOSTAGE_ON_DEMAND_USD"
+SPOT_SOURCE = "EC2 spot price history (DescribeSpotPriceHistory, newest for the type and AZ)"
+TABLE_SOURCE = "built-in us-east-1 on-demand list price (trainer/launch/cost.py; check your region)"
+
+
+def on_demand_quote(
+    instance_type: str, env: Mapping[str, str] | None = None
+) -> tuple[float | None, str]:
+    """Reference on-demand price per node-hour and where it came from (the report names it)."""
+    env = os.environ if env is None else env
+    override = env.get(ON_DEMAND_ENV)
+    if override:
+        try:
+            return float(override), f"${ON_DEMAND_ENV}"
+        except ValueError:
+            log.warning("%s=%r is not a number: using the built-in table", ON_DEMAND_ENV, override)
+    price = ON_DEMAND_USD_PER_HOUR.get(instance_type)
+    return price, (TABLE_SOURCE if price is not None else "no known on-demand price")
 
 
 def on_demand_price(instance_type: str, env: Mapping[str, str] | None = None) -> float | None:
     """Reference on-demand price per node-hour (``TWOSTAGE_ON_DEMAND_USD`` overrides)."""
-    env = os.environ if env is None else env
-    override = env.get("TWOSTAGE_ON_DEMAND_USD")
-    if override:
-        try:
-            return float(override)
-        except ValueError:
-            pass  # a bad override falls back to the table; the report names the source
-    return ON_DEMAND_USD_PER_HOUR.get(instance_type)
+    return on_demand_quote(instance_type, env)[0]
 
 
 def _ts(value: Any) -> float:
@@ -124,6 +139,9 @@ class CostReport:
     hourly_price: float | None
     """What one node-hour cost: spot price for spot nodes, on-demand otherwise."""
     on_demand_price: float | None
+    price_source: str = ""
+    """Where ``hourly_price`` came from (spot price history, an override, the built-in table)."""
+    on_demand_source: str = ""
 
     @property
     def dollars(self) -> float | None:
@@ -140,11 +158,13 @@ class CostReport:
         if self.hourly_price is None:
             out.append(f"price: unknown {kind} price for {self.instance_type}")
         else:
-            out.append(f"price: ${self.hourly_price:.4f}/node-hour ({kind})")
+            source = f", from {self.price_source}" if self.price_source else ""
+            out.append(f"price: ${self.hourly_price:.4f}/node-hour ({kind}{source})")
             out.append(f"spent: ${self.dollars:.2f}")
         if self.on_demand_price is not None:
+            source = f" ({self.on_demand_source})" if self.on_demand_source else ""
             out.append(
-                f"on-demand reference: ${self.on_demand_price:.4f}/node-hour, "
+                f"on-demand reference: ${self.on_demand_price:.4f}/node-hour{source}, "
                 f"${self.on_demand_dollars:.2f} for the same node-hours"
             )
             if self.spot and self.hourly_price is not None and self.on_demand_price > 0:
@@ -163,13 +183,15 @@ def cost_report(
     env: Mapping[str, str] | None = None,
 ) -> CostReport:
     """The report for these spans at ``now``."""
-    od = on_demand_price(instance_type, env)
+    od, od_source = on_demand_quote(instance_type, env)
     return CostReport(
         instance_type=instance_type,
         node_hours=node_hours(spans, now),
         spot=spot,
         hourly_price=spot_price if spot else od,
         on_demand_price=od,
+        price_source=(SPOT_SOURCE if spot_price is not None else "") if spot else od_source,
+        on_demand_source=od_source,
     )
 
 

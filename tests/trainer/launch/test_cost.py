@@ -125,3 +125,16 @@ def test_spans_from_moto_instances_and_transition_reasons(aws):
     ended, running = span_from_instance(insts[ids[0]]), span_from_instance(insts[ids[1]])
     assert ended.end is not None and ended.end >= ended.start
     assert running.end is None
+
+
+def test_the_report_names_where_each_price_came_from():
+    from trainer.launch.cost import SPOT_SOURCE, TABLE_SOURCE, cost_report
+
+    spot = cost_report([], now=0.0, instance_type="p4d.24xlarge", spot=True, spot_price=12.0, env={})
+    text = "\n".join(spot.lines())
+    assert f"(spot, from {SPOT_SOURCE})" in text and f"({TABLE_SOURCE})" in text
+    od = cost_report(
+        [], now=0.0, instance_type="p4d.24xlarge", spot=False, spot_price=None,
+        env={"TWOSTAGE_ON_DEMAND_USD": "30"},
+    )  # fmt: skip
+    assert "price: $30.0000/node-hour (on-demand, from $TWOSTAGE_ON_DEMAND_USD)" in od.lines()

@@ -102,24 +102,6 @@ def transition_time(reason: str) -> float | None:
     return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
 
 
-def span_from_instance(
-    instance: Mapping[str, Any], *, seen_end: float | None = None
-) -> InstanceSpan:
-    """A span from one ``describe_instances`` instance dict.
-
-    Ended instances take the end from the state-transition reason, else ``seen_end`` (when the
-    watcher first saw it gone), else the launch time (nothing better is known).
-    """
-    start = _ts(instance["LaunchTime"])
-    state = instance.get("State", {}).get("Name", "running")
-    end: float | None = None
-    if state in ("shutting-down", "terminated", "stopping", "stopped"):
-        end = transition_time(instance.get("StateTransitionReason", ""))
-        if end is None:
-            end = seen_end if seen_end is not None else start
-    return InstanceSpan(instance_id=instance["InstanceId"], start=start, end=end)
-
-
 def node_hours(spans: Iterable[InstanceSpan], now: float) -> float:
     """Billed node-hours: each span to its end (or now), at least the 60 s minimum."""
     total = 0.0

@@ -14,7 +14,6 @@ from trainer.launch.cost import (
     latest_spot_price,
     node_hours,
     on_demand_price,
-    span_from_instance,
     transition_time,
 )
 
@@ -104,7 +103,10 @@ def test_hourly_line_before_launch():
     assert "on-demand reference $65.55/h" in line
 
 
-def test_spans_from_moto_instances_and_transition_reasons(aws):
+def test_node_end_times_from_moto_instances_and_transition_reasons(aws):
+    from artifacts.node import node_tags
+    from trainer.launch.fleet import node_from_instance
+
     assert transition_time("User initiated (2026-11-23 15:00:00 GMT)") == pytest.approx(
         datetime(2026, 11, 23, 15, tzinfo=UTC).timestamp()
     )
@@ -113,18 +115,20 @@ def test_spans_from_moto_instances_and_transition_reasons(aws):
     ids = [
         i["InstanceId"]
         for i in ec2.run_instances(
-            ImageId="ami-12345678", MinCount=2, MaxCount=2, InstanceType="p4d.24xlarge"
+            ImageId="ami-12345678", MinCount=2, MaxCount=2, InstanceType="p4d.24xlarge",
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [
+                {"Key": k, "Value": v} for k, v in node_tags("c", 0).items()]}],
         )["Instances"]
-    ]
+    ]  # fmt: skip
     ec2.terminate_instances(InstanceIds=ids[:1])
     insts = {
         i["InstanceId"]: i
         for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
         for i in r["Instances"]
     }
-    ended, running = span_from_instance(insts[ids[0]]), span_from_instance(insts[ids[1]])
-    assert ended.end is not None and ended.end >= ended.start
-    assert running.end is None
+    ended, running = (node_from_instance(insts[i], None) for i in ids)
+    assert ended.end_time is not None and ended.end_time >= ended.launch_time
+    assert running.end_time is None
 
 
 def test_the_report_names_where_each_price_came_from():

@@ -18,7 +18,8 @@ import pulumi_aws as aws  # noqa: E402
 
 from infra.bundle import build_bundle, repo_root  # noqa: E402
 from infra.compute import Compute, ComputeArgs  # noqa: E402
-from infra.config import load_config  # noqa: E402
+from infra.config import load_config, require_pinned_ami  # noqa: E402
+from infra.controller import Controller, ControllerArgs  # noqa: E402
 from infra.network import Network, NetworkArgs  # noqa: E402
 from infra.storage import Storage, StorageArgs  # noqa: E402
 
@@ -26,8 +27,10 @@ from infra.storage import Storage, StorageArgs  # noqa: E402
 def main() -> dict[str, pulumi.Input]:
     """Plan the whole stack; returns the stack outputs (also exported when run by Pulumi)."""
     cfg = load_config()  # raises InfraError naming the key before any resource is planned
+    ami = require_pinned_ami(cfg)
     region = aws.get_region_output().region
     name = cfg.cluster_name
+    bundle, digest = (None, None) if cfg.repo_url else build_bundle(repo_root())
 
     network = Network(
         name,
@@ -55,17 +58,17 @@ def main() -> dict[str, pulumi.Input]:
         ComputeArgs(
             cluster_name=name,
             node_count=cfg.node_count,
-            instance_type=cfg.instance_type,
+            instance_types=cfg.allowed_instance_types,
             spot=cfg.spot,
             spot_max_price=cfg.spot_max_price,
             root_volume_gb=cfg.root_volume_gb,
-            ami_id=cfg.ami_id,
-            ami_parameter_name=cfg.ami_parameter_name,
+            ami_id=ami,
             efa_interfaces=cfg.efa_interfaces,
             key_name=cfg.key_name,
             repo_url=cfg.repo_url,
             repo_ref=cfg.repo_ref,
-            source_bundle=None if cfg.repo_url else build_bundle(repo_root())[0],
+            source_bundle=bundle,
+            source_sha256=digest,
         ),
         subnet_id=network.subnet_id,
         security_group_id=network.security_group_id,
@@ -75,6 +78,30 @@ def main() -> dict[str, pulumi.Input]:
         run_prefix=storage.run_prefix,
         region=region,
     )
+    controller = Controller(
+        name,
+        ControllerArgs(
+            cluster_name=name,
+            instance_type=cfg.controller_instance_type,
+            ami_id=ami,
+            group_name=compute.group_name_static,
+            node_count=cfg.node_count,
+            node_instance_types=cfg.allowed_instance_types,
+            spot=cfg.spot,
+            repo_url=cfg.repo_url,
+            repo_ref=cfg.repo_ref,
+            source_sha256=digest,
+        ),
+        subnet_id=network.subnet_id,
+        security_group_id=network.controller_security_group_id,
+        bucket_name=storage.bucket_name,
+        bucket_arn=storage.bucket_arn,
+        run_prefix=storage.run_prefix,
+        region=region,
+        group_arn=compute.group_arn,
+        source_uri=compute.source_uri,
+        depends_on=[compute],
+    )
 
     return {
         "region": region,
@@ -83,13 +110,14 @@ def main() -> dict[str, pulumi.Input]:
         "run_prefix": storage.run_prefix,
         "cluster_name": name,
         "node_count": cfg.node_count,
-        "instance_ids": compute.instance_ids,
-        "private_ips": compute.private_ips,
-        "head_instance_id": compute.instance_ids.apply(lambda ids: ids[0]),
-        "head_private_ip": compute.private_ips.apply(lambda ips: ips[0]),
         "instance_type": cfg.instance_type,
+        "instance_types": list(cfg.allowed_instance_types),
         "spot": cfg.spot,
+        "ami_id": ami,
+        "autoscaling_group_name": compute.group_name,
         "launch_template_id": compute.launch_template_id,
+        "controller_instance_id": controller.instance_id,
+        "controller_instance_type": cfg.controller_instance_type,
         "security_group_id": network.security_group_id,
         "subnet_id": network.subnet_id,
     }

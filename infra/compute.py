@@ -1,50 +1,100 @@
-"""Compute component: node IAM role, cluster placement group, launch template and the N nodes."""
+"""Compute component: node IAM role, cluster placement group, launch template and the nodes'
+Auto Scaling group.
+
+The nodes belong to one EC2 Auto Scaling group that Pulumi owns: AWS launches them (one request
+for the whole placement group), replaces a lost spot node, and removes every instance when the
+desired capacity goes to 0 or the group is destroyed. Nothing is ever launched outside the Pulumi
+state. Desired capacity starts at ``nodeCount``; afterwards the controller owns it (scale to 0 at
+the end of a run, back to N on submit), so ``pulumi up`` ignores its drift.
+"""
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from pathlib import Path
 
 import pulumi
 import pulumi_aws as aws
 
-from artifacts.node import TAG_CLUSTER, node_tags
 from infra.bundle import BUNDLE_KEY
 from infra.policies import (
-    SSM_MANAGED_POLICY,
     assume_role_policy,
     bucket_access_policy,
-    efa_interface_count,
+    efa_interfaces_for,
+    node_self_terminate_policy,
+    ssm_agent_policy,
     to_json,
 )
-from infra.userdata import NodeBootstrap, render_user_data
+from infra.userdata import ROLE_NODE, Bootstrap, render_user_data
+
+TAG_CLUSTER = "twostage:cluster"
+TAG_ROLE = "twostage:role"
+SPOT_ALLOCATION = "price-capacity-optimized"
 
 
 @dataclass(frozen=True)
 class ComputeArgs:
     cluster_name: str
     node_count: int
-    instance_type: str
+    instance_types: tuple[str, ...]
+    """Allowed node types; the first is the launch template's own."""
     spot: bool
     spot_max_price: str | None
     root_volume_gb: int
-    ami_id: str | None
-    ami_parameter_name: str
+    ami_id: str
     efa_interfaces: int | None = None
     key_name: str | None = None
     repo_url: str | None = None
     repo_ref: str = "main"
     source_bundle: Path | None = None
     """Zipped checkout to upload when ``repo_url`` is None."""
+    source_sha256: str | None = None
+    """Its SHA-256, checked by every machine before it unpacks the bundle."""
+
+
+def group_name(cluster: str) -> str:
+    """The nodes' Auto Scaling group name (known before the group exists: IAM and user data use it)."""
+    return f"{cluster}-nodes"
+
+
+def node_tags(cluster: str) -> dict[str, str]:
+    """Tags every node carries (propagated by the group); SSM and the controller filter on them."""
+    return {"Name": f"{cluster}-node", TAG_CLUSTER: cluster, TAG_ROLE: ROLE_NODE}
+
+
+def network_interfaces(
+    count: int, subnet_id: pulumi.Input[str], security_group_id: pulumi.Input[str]
+) -> list[aws.ec2.LaunchTemplateNetworkInterfaceArgs]:
+    """EFA interfaces (one per network card; device 0 on card 0), or one plain ENI."""
+    common = {
+        "subnet_id": subnet_id,
+        "security_groups": [security_group_id],
+        "delete_on_termination": "true",  # the SDK type is a string
+    }
+    if count == 0:
+        return [aws.ec2.LaunchTemplateNetworkInterfaceArgs(device_index=0, **common)]
+    return [
+        aws.ec2.LaunchTemplateNetworkInterfaceArgs(
+            device_index=0 if card == 0 else 1,
+            network_card_index=card,
+            interface_type="efa",
+            **common,
+        )
+        for card in range(count)
+    ]
 
 
 class Compute(pulumi.ComponentResource):
-    """GPU nodes that can reach only their bucket and SSM."""
+    """GPU nodes in an Auto Scaling group that can reach only their bucket and SSM."""
 
-    instance_ids: pulumi.Output[list[str]]
-    private_ips: pulumi.Output[list[str]]
+    group_name: pulumi.Output[str]
+    group_name_static: str
+    """The same name as a plain string (it is fixed by the cluster name)."""
+    group_arn: pulumi.Output[str]
     launch_template_id: pulumi.Output[str]
     role_name: pulumi.Output[str]
+    source_uri: pulumi.Output[str | None]
 
     def __init__(
         self,
@@ -65,20 +115,20 @@ class Compute(pulumi.ComponentResource):
         invoke = pulumi.InvokeOutputOptions(parent=self)
         cluster = args.cluster_name
         tags = {TAG_CLUSTER: cluster}
+        asg_name = group_name(cluster)
 
-        # --- IAM: SSM managed-instance core + this bucket only.
-        partition = aws.get_partition_output(opts=invoke).partition
+        # --- IAM: the SSM agent's calls, this bucket (writes under runs/ only), leaving the group.
         role = aws.iam.Role(
             f"{name}-node-role",
             assume_role_policy=to_json(assume_role_policy()),
-            description=f"{cluster} GPU nodes: SSM + the run bucket only",
+            description=f"{cluster} GPU nodes: SSM agent + the run bucket only",
             tags=tags,
             opts=child,
         )
-        aws.iam.RolePolicyAttachment(
-            f"{name}-ssm-core",
-            role=role.name,
-            policy_arn=partition.apply(lambda p: f"arn:{p}:iam::aws:policy/{SSM_MANAGED_POLICY}"),
+        aws.iam.RolePolicy(
+            f"{name}-node-ssm-agent",
+            role=role.id,
+            policy=to_json(ssm_agent_policy()),
             opts=child,
         )
         aws.iam.RolePolicy(
@@ -98,94 +148,26 @@ class Compute(pulumi.ComponentResource):
             f"{name}-placement", strategy="cluster", tags=tags, opts=child
         )
 
-        # --- Image: the latest PyTorch DLAMI from its public SSM parameter, unless pinned.
-        if args.ami_id is not None:
-            ami = pulumi.Output.from_input(args.ami_id)
-        else:
-            ami = aws.ssm.get_parameter_output(name=args.ami_parameter_name, opts=invoke).value
+        # --- Image: the AMI pinned in the stack config (never a moving `latest`).
         image = aws.ec2.get_ami_output(
-            filters=[{"name": "image-id", "values": [ami]}], most_recent=True, opts=invoke
+            filters=[{"name": "image-id", "values": [args.ami_id]}],
+            most_recent=True,
+            opts=invoke,
         )
 
-        efa = efa_interface_count(args.instance_type, args.efa_interfaces)
-        interfaces = [
-            {
-                "device_index": 0 if card == 0 else 1,
-                "network_card_index": card,
-                "interface_type": "efa",
-                "subnet_id": subnet_id,
-                "security_groups": [security_group_id],
-                "delete_on_termination": True,
-            }
-            for card in range(efa)
-        ] or [
-            {
-                "device_index": 0,
-                "subnet_id": subnet_id,
-                "security_groups": [security_group_id],
-                "delete_on_termination": True,
-            }
-        ]
-        market = None
-        if args.spot:
-            spot_options = {
-                "spot_instance_type": "one-time",
-                "instance_interruption_behavior": "terminate",
-            }
-            if args.spot_max_price is not None:
-                spot_options["max_price"] = args.spot_max_price
-            market = {"market_type": "spot", "spot_options": spot_options}
-
-        template = aws.ec2.LaunchTemplate(
-            f"{name}-node-template",
-            description=f"{cluster} GPU node",
-            image_id=ami,
-            instance_type=args.instance_type,
-            iam_instance_profile={"arn": profile.arn},
-            key_name=args.key_name,
-            ebs_optimized="true",
-            instance_initiated_shutdown_behavior="terminate",
-            instance_market_options=market,
-            metadata_options={
-                "http_endpoint": "enabled",
-                "http_tokens": "required",
-                # 2 hops so a container on the node can still reach IMDSv2.
-                "http_put_response_hop_limit": 2,
-                "instance_metadata_tags": "enabled",
-            },
-            block_device_mappings=[
-                {
-                    "device_name": image.root_device_name,
-                    "ebs": {
-                        "volume_size": args.root_volume_gb,
-                        "volume_type": "gp3",
-                        "encrypted": "true",
-                        "delete_on_termination": "true",
-                    },
-                }
-            ],
-            network_interfaces=interfaces,
-            placement={"group_name": placement.name, "availability_zone": availability_zone},
-            tag_specifications=[
-                {"resource_type": "volume", "tags": tags},
-                {"resource_type": "network-interface", "tags": tags},
-            ],
-            tags=tags,
-            opts=child,
-        )
-
-        # --- Source for the nodes: a git ref, or this checkout uploaded to the bucket.
-        source_uri = None
+        # --- Source for the machines: a git ref, or this checkout uploaded to the bucket.
+        source_uri: pulumi.Output[str | None] = pulumi.Output.from_input(None)
         depends: list[pulumi.Resource] = []
         if args.repo_url is None:
-            if args.source_bundle is None:
-                raise ValueError("source_bundle is required when repo_url is not set")
+            if args.source_bundle is None or args.source_sha256 is None:
+                raise ValueError("source_bundle and source_sha256 are required without repo_url")
             bundle = aws.s3.BucketObjectv2(
                 f"{name}-source-bundle",
                 bucket=bucket_name,
                 key=BUNDLE_KEY,
                 source=pulumi.FileAsset(str(args.source_bundle)),
                 content_type="application/zip",
+                checksum_algorithm="SHA256",
                 tags=tags,
                 opts=child,
             )
@@ -193,51 +175,135 @@ class Compute(pulumi.ComponentResource):
                 lambda b: f"s3://{b}/{BUNDLE_KEY}"
             )
             depends.append(bundle)
+        self.source_uri = source_uri
 
-        instances = []
-        for index in range(args.node_count):
-            user_data = pulumi.Output.all(bucket_name, run_prefix, region, source_uri).apply(
-                lambda v, i=index: render_user_data(
-                    NodeBootstrap(
+        user_data = pulumi.Output.all(bucket_name, run_prefix, region, source_uri).apply(
+            lambda v: base64.b64encode(
+                render_user_data(
+                    Bootstrap(
+                        role=ROLE_NODE,
                         cluster=cluster,
-                        node_index=i,
-                        node_count=args.node_count,
                         bucket=v[0],
                         run_prefix=v[1],
                         region=v[2],
+                        group_name=asg_name,
                         repo_url=args.repo_url,
                         repo_ref=args.repo_ref,
                         source_uri=v[3],
+                        source_sha256=args.source_sha256,
                     )
-                )
-            )
-            instances.append(
-                aws.ec2.Instance(
-                    f"{name}-node-{index}",
-                    launch_template={
-                        "id": template.id,
-                        "version": template.latest_version.apply(str),
-                    },
-                    user_data=user_data,
-                    tags=node_tags(cluster, index),
-                    opts=pulumi.ResourceOptions(
-                        parent=self,
-                        depends_on=depends,
-                        # cloud-init runs user data on first boot only; rewriting it on a running
-                        # spot node would need a stop, which one-time spot cannot do.
-                        ignore_changes=["userData"],
+                ).encode()
+            ).decode()
+        )
+
+        efa = efa_interfaces_for(args.instance_types, args.efa_interfaces)
+        template = aws.ec2.LaunchTemplate(
+            f"{name}-node-template",
+            description=f"{cluster} GPU node",
+            image_id=args.ami_id,
+            instance_type=args.instance_types[0],
+            iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
+            key_name=args.key_name,
+            ebs_optimized="true",
+            # A powered-off node must stop billing; inside the group it is also replaced, which
+            # is why a node that is done leaves the group through the API instead.
+            instance_initiated_shutdown_behavior="terminate",
+            user_data=user_data,
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled",
+                http_tokens="required",
+                # 1 hop: a container on the node cannot reach the role's credentials.
+                http_put_response_hop_limit=1,
+                instance_metadata_tags="enabled",
+            ),
+            block_device_mappings=[
+                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    device_name=image.root_device_name,
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        volume_size=args.root_volume_gb,
+                        volume_type="gp3",
+                        encrypted="true",
+                        delete_on_termination="true",
                     ),
                 )
-            )
+            ],
+            network_interfaces=network_interfaces(efa, subnet_id, security_group_id),
+            placement=aws.ec2.LaunchTemplatePlacementArgs(
+                group_name=placement.name, availability_zone=availability_zone
+            ),
+            tag_specifications=[
+                aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="volume", tags=tags),
+                aws.ec2.LaunchTemplateTagSpecificationArgs(
+                    resource_type="network-interface", tags=tags
+                ),
+            ],
+            tags=tags,
+            opts=child,
+        )
 
-        self.instance_ids = pulumi.Output.all(*[inst.id for inst in instances])
-        self.private_ips = pulumi.Output.all(*[inst.private_ip for inst in instances])
+        # Spot or on-demand, one or several allowed types: always a mixed instances policy, so
+        # the launch template carries no market options (the group refuses those with a policy).
+        distribution = aws.autoscaling.GroupMixedInstancesPolicyInstancesDistributionArgs(
+            on_demand_base_capacity=0,
+            on_demand_percentage_above_base_capacity=0 if args.spot else 100,
+            on_demand_allocation_strategy="prioritized",
+            spot_allocation_strategy=SPOT_ALLOCATION,
+            spot_max_price=args.spot_max_price if args.spot else None,
+        )
+        group = aws.autoscaling.Group(
+            f"{name}-nodes",
+            name=asg_name,
+            min_size=0,
+            max_size=args.node_count,
+            desired_capacity=args.node_count,
+            vpc_zone_identifiers=[subnet_id],
+            placement_group=placement.name,
+            capacity_rebalance=args.spot,
+            health_check_type="EC2",
+            # Spot capacity may take hours: `pulumi up` must not fail (or wait) for it.
+            wait_for_capacity_timeout="0",
+            mixed_instances_policy=aws.autoscaling.GroupMixedInstancesPolicyArgs(
+                launch_template=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateArgs(
+                    launch_template_specification=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateLaunchTemplateSpecificationArgs(
+                        launch_template_id=template.id,
+                        version=template.latest_version.apply(str),
+                    ),
+                    overrides=[
+                        aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateOverrideArgs(
+                            instance_type=t
+                        )
+                        for t in args.instance_types
+                    ],
+                ),
+                instances_distribution=distribution,
+            ),
+            tags=[
+                aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=True)
+                for k, v in node_tags(cluster).items()
+            ],
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=depends,
+                # The controller owns the desired capacity once the group exists (0 when idle).
+                ignore_changes=["desiredCapacity"],
+            ),
+        )
+        aws.iam.RolePolicy(
+            f"{name}-node-leave-group",
+            role=role.id,
+            policy=group.arn.apply(lambda arn: to_json(node_self_terminate_policy(arn))),
+            opts=child,
+        )
+
+        self.group_name = group.name
+        self.group_name_static = asg_name
+        self.group_arn = group.arn
         self.launch_template_id = template.id
         self.role_name = role.name
         self.register_outputs(
             {
-                "instance_ids": self.instance_ids,
-                "private_ips": self.private_ips,
+                "group_name": self.group_name,
+                "group_arn": self.group_arn,
                 "launch_template_id": self.launch_template_id,
                 "role_name": self.role_name,
             }

@@ -15,12 +15,16 @@ from dataclasses import dataclass, field, fields
 
 from artifacts.config import ConfigValueError, build, check
 from infra.errors import InfraError
+from infra.policies import efa_interfaces_for
 
 PROJECT = "twostage"
 #: Current PyTorch DLAMI with the open-source NVIDIA driver; its release notes list P4 instances,
 #: Python at /opt/pytorch/bin/python and instance NVMe mounted at /opt/dlami/nvme.
 DEFAULT_AMI_TYPE = "oss-nvidia-driver-gpu-pytorch-2.9-ubuntu-24.04"
 MAX_NODES = 64
+DEFAULT_INSTANCE_TYPE = "p4d.24xlarge"
+#: Types that may share one group (and one job): 8 GPUs each, EFA, the same DLAMI.
+MIXABLE_INSTANCE_TYPES = ("p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge")
 
 _AMI_ID = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
@@ -62,7 +66,8 @@ class StackConfig:
     node_count: int = field(default=1, metadata=_key(1, MAX_NODES))
     """Number of GPU nodes (1..64); node 0 is the head node."""
     instance_type: str = field(
-        default="p4d.24xlarge", metadata=_key(pattern=_INSTANCE_TYPE, what="an EC2 instance type")
+        default=DEFAULT_INSTANCE_TYPE,
+        metadata=_key(pattern=_INSTANCE_TYPE, what="an EC2 instance type"),
     )
     """EC2 instance type of every node (8x A100 40 GB by default)."""
     spot: bool = True
@@ -74,15 +79,16 @@ class StackConfig:
     ami_id: str | None = field(
         default=None, metadata=_key(pattern=_AMI_ID, what="an AMI id like ami-0123456789abcdef0")
     )
-    """Explicit AMI; unset means the latest DLAMI named by ``amiSsmParameter``/``amiType``."""
+    """The pinned AMI of every node and the controller (required by ``pulumi up``);
+    ``python -m infra.pin_ami`` resolves the DLAMI named by ``amiSsmParameter``/``amiType``."""
     ami_type: str = field(
         default=DEFAULT_AMI_TYPE, metadata=_key(pattern=_AMI_TYPE, what="a DLAMI type")
     )
-    """DLAMI type in ``/aws/service/deeplearning/ami/x86_64/<amiType>/latest/ami-id``."""
+    """DLAMI type in ``/aws/service/deeplearning/ami/x86_64/<amiType>/latest/ami-id`` (for pinning)."""
     ami_ssm_parameter: str | None = field(
         default=None, metadata=_key(pattern=_SSM_PARAM, what="an SSM parameter path")
     )
-    """Full public SSM parameter holding the AMI id; overrides ``amiType``."""
+    """Full public SSM parameter holding the AMI id to pin; overrides ``amiType``."""
     availability_zone: str | None = field(
         default=None, metadata=_key(pattern=_AZ, what="an AZ name like us-east-1a")
     )
@@ -120,6 +126,13 @@ class StackConfig:
     """Branch, tag or commit the nodes check out when ``repoUrl`` is set."""
     efa_interfaces: int | None = field(default=None, metadata=_key(0, 32))
     """EFA interfaces per node; unset uses the instance type's maximum (4 on p4d.24xlarge)."""
+    instance_types: tuple[str, ...] = ()
+    """Allowed node types (comma-separated) for the Auto Scaling group to pick from with the
+    ``price-capacity-optimized`` spot strategy; unset means ``instanceType`` only."""
+    controller_instance_type: str = field(
+        default="t3.small", metadata=_key(pattern=_INSTANCE_TYPE, what="an EC2 instance type")
+    )
+    """On-demand instance type of the controller that supervises runs in the cloud (no GPU)."""
 
     def __post_init__(self) -> None:
         if self.spot_max_price is not None:
@@ -148,6 +161,24 @@ class StackConfig:
             "keyName",
             "a key pair is only useful with twostage:adminCidr (SSH ingress)",
         )
+        if self.instance_types:
+            types = tuple(dict.fromkeys(self.instance_types))
+            for t in types:
+                check(
+                    t in MIXABLE_INSTANCE_TYPES,
+                    "instanceTypes",
+                    f"{t} cannot share a group; allowed: {', '.join(MIXABLE_INSTANCE_TYPES)}",
+                )
+            # instanceType still at its default is simply superseded by the list.
+            check(
+                self.instance_type in (DEFAULT_INSTANCE_TYPE, *types),
+                "instanceType",
+                f"{self.instance_type} is not in twostage:instanceTypes",
+            )
+            object.__setattr__(self, "instance_types", types)
+            object.__setattr__(self, "instance_type", types[0])
+        # Raises InfraError naming twostage:efaInterfaces when a type cannot take that many.
+        efa_interfaces_for(self.allowed_instance_types, self.efa_interfaces)
 
     @property
     def ami_parameter_name(self) -> str:
@@ -159,6 +190,11 @@ class StackConfig:
     @property
     def uses_existing_network(self) -> bool:
         return self.subnet_id is not None
+
+    @property
+    def allowed_instance_types(self) -> tuple[str, ...]:
+        """The node types the group may launch, ``instanceType`` first."""
+        return self.instance_types or (self.instance_type,)
 
 
 def key_of(field_name: str) -> str:
@@ -193,6 +229,24 @@ def _admin_cidr(raw: str) -> str:
             "adminCidr", f"{net} is too broad (wider than /{widest}); use your own /32"
         )
     return str(net)
+
+
+def require_pinned_ami(cfg: StackConfig) -> str:
+    """The pinned AMI id, or an error saying how to pin it.
+
+    The AMI is resolved once (``python -m infra.pin_ami``) and kept in the stack config, so a new
+    DLAMI release never changes the launch template on a routine ``pulumi up``: only an explicit
+    ``pulumi config set twostage:amiId`` does.
+    """
+    if cfg.ami_id is None:
+        raise InfraError(
+            _message(
+                "amiId",
+                f"no AMI pinned; resolve the current one from {cfg.ami_parameter_name} once with "
+                "`python -m infra.pin_ami`",
+            )
+        )
+    return cfg.ami_id
 
 
 def default_cluster_name(stack: str) -> str:

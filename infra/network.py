@@ -6,7 +6,9 @@ EC2 cannot auto-assign a public IP to such an instance anyway); their outbound H
 PyPI and git for the install) leaves through the NAT, and S3 traffic takes a free gateway
 endpoint so checkpoints never pay NAT data charges.
 
-Security group: the only ingress is all traffic from the group itself (NCCL/EFA between nodes),
+Controller security group: no ingress, HTTPS out (it only calls AWS APIs).
+
+Node security group: the only ingress is all traffic from the group itself (NCCL/EFA between nodes),
 plus SSH from ``adminCidr`` when set. Egress: all traffic to the group itself (EFA requires it)
 and HTTPS (443) anywhere. The VPC's default security group is emptied.
 
@@ -40,6 +42,17 @@ class NetworkArgs:
     admin_cidr: str | None = None
 
 
+def check_subnet_vpc(subnet_id: str, subnet_vpc: str, configured_vpc: str | None) -> str:
+    """The subnet id when it lies in the configured VPC; else an error naming both."""
+    if configured_vpc is not None and subnet_vpc != configured_vpc:
+        raise InfraError(
+            f"twostage:subnetId: {subnet_id} is in {subnet_vpc}, not in twostage:vpcId "
+            f"{configured_vpc} (fix it with `pulumi config set twostage:vpcId {subnet_vpc}` or pick "
+            "a subnet of that VPC)"
+        )
+    return subnet_id
+
+
 def pick_availability_zone(offered: list[str], instance_type: str, region: str) -> str:
     """First AZ (by name) that offers the instance type; a clear error when none does."""
     if not offered:
@@ -57,6 +70,7 @@ class Network(pulumi.ComponentResource):
     subnet_id: pulumi.Output[str]
     availability_zone: pulumi.Output[str]
     security_group_id: pulumi.Output[str]
+    controller_security_group_id: pulumi.Output[str]
 
     def __init__(
         self,
@@ -74,7 +88,10 @@ class Network(pulumi.ComponentResource):
                 id=args.subnet_id, opts=pulumi.InvokeOutputOptions(parent=self)
             )
             self.vpc_id = pulumi.Output.from_input(args.vpc_id)
-            self.subnet_id = pulumi.Output.from_input(args.subnet_id)
+            # Every resource in the subnet waits on this check, so a mismatch stops the plan.
+            self.subnet_id = subnet.vpc_id.apply(
+                lambda vpc: check_subnet_vpc(args.subnet_id, vpc, args.vpc_id)
+            )
             self.availability_zone = subnet.availability_zone
         else:
             az = self._availability_zone(args, region)
@@ -128,12 +145,33 @@ class Network(pulumi.ComponentResource):
             opts=child,
         )
         self.security_group_id = sg.id
+
+        # The controller talks only to AWS APIs (Auto Scaling, EC2, SSM, S3): no ingress at all.
+        controller_sg = aws.ec2.SecurityGroup(
+            f"{name}-controller-sg",
+            description=f"{args.cluster_name} controller: no ingress, HTTPS out",
+            vpc_id=self.vpc_id,
+            tags={**tags, "Name": f"{args.cluster_name}-controller"},
+            opts=child,
+        )
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-controller-egress-https",
+            security_group_id=controller_sg.id,
+            cidr_ipv4=WORLD_V4,
+            ip_protocol="tcp",
+            from_port=443,
+            to_port=443,
+            description="HTTPS out: Auto Scaling, EC2, SSM and S3 APIs",
+            opts=child,
+        )
+        self.controller_security_group_id = controller_sg.id
         self.register_outputs(
             {
                 "vpc_id": self.vpc_id,
                 "subnet_id": self.subnet_id,
                 "availability_zone": self.availability_zone,
                 "security_group_id": self.security_group_id,
+                "controller_security_group_id": self.controller_security_group_id,
             }
         )
 

@@ -2,34 +2,83 @@
 
 Plain functions over plain data, tested without the Pulumi engine. Components call them inside
 ``Output.apply`` once ARNs are known.
+
+Who may do what (the security model, see docs/provision.md "IAM"):
+
+- **nodes** run every PyPI dependency of the trainer as root, so their role is the smallest that
+  works: the SSM agent's own calls (not ``AmazonSSMManagedInstanceCore``, which also grants
+  ``ssm:GetParameter(s)`` on every parameter of the account; those are explicitly denied), the
+  bucket with writes limited to ``runs/`` (the bootstrap bundle every later node runs as root and
+  the controller's ``control/`` objects are read-only to them, with an explicit deny), and
+  terminating themselves out of their own Auto Scaling group (the dead-man switch);
+- **the controller** may describe, scale *this* group (ARN + cluster tag), send Run Command
+  documents to instances tagged with *this* cluster, and read/write the bucket.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
-SSM_MANAGED_POLICY = "AmazonSSMManagedInstanceCore"
+from infra.errors import InfraError
 
-#: Bucket-level actions the nodes need: list for resume/retention, location for the SDK, the
-#: encryption config because the SSM agent checks it before uploading command output to ``logs/``.
+#: The Run Command document the launcher and the controller use.
+RUN_SHELL_DOCUMENT = "AWS-RunShellScript"
+
+#: What the SSM agent calls: ``AmazonSSMManagedInstanceCore`` minus ``ssm:GetParameter(s)``.
+SSM_AGENT_ACTIONS = (
+    "ssm:DescribeAssociation",
+    "ssm:DescribeDocument",
+    "ssm:GetDeployablePatchSnapshotForInstance",
+    "ssm:GetDocument",
+    "ssm:GetManifest",
+    "ssm:ListAssociations",
+    "ssm:ListInstanceAssociations",
+    "ssm:PutComplianceItems",
+    "ssm:PutConfigurePackageResult",
+    "ssm:PutInventory",
+    "ssm:UpdateAssociationStatus",
+    "ssm:UpdateInstanceAssociationStatus",
+    "ssm:UpdateInstanceInformation",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+    "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage",
+    "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint",
+    "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+)
+#: Parameter Store reads nobody on a node needs; denied explicitly so no attached policy adds them.
+DENIED_PARAMETER_ACTIONS = ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath")
+
+#: Bucket-level actions: list for resume/retention, location for the SDK, the encryption config
+#: because the SSM agent checks it before uploading command output to ``logs/``.
 BUCKET_ACTIONS = (
     "s3:ListBucket",
     "s3:GetBucketLocation",
     "s3:ListBucketMultipartUploads",
     "s3:GetEncryptionConfiguration",
 )
-#: Object-level actions: read/write checkpoints and models, delete for retention, multipart.
-OBJECT_ACTIONS = (
-    "s3:GetObject",
+READ_OBJECT_ACTIONS = ("s3:GetObject",)
+#: Object writes: checkpoints, models, logs; delete for retention; multipart.
+WRITE_OBJECT_ACTIONS = (
     "s3:PutObject",
     "s3:DeleteObject",
     "s3:AbortMultipartUpload",
     "s3:ListMultipartUploadParts",
 )
+#: Prefixes (relative to the bucket) and who writes them.
+RUNS_PREFIX = "runs/"
+BOOTSTRAP_PREFIX = "bootstrap/"
+CONTROL_PREFIX = "control/"
 
 #: EFA interfaces an instance type supports (one per network card where it has several).
-#: Types not listed get a single ordinary ENI. Source: EC2 "Elastic Fabric Adapter" supported types.
+#: Types not listed support none. Source: EC2 "Elastic Fabric Adapter" supported instance types
+#: and the "network cards" column of each type's specifications.
 EFA_INTERFACES = {
     "p4d.24xlarge": 4,
     "p4de.24xlarge": 4,
@@ -45,14 +94,34 @@ EFA_INTERFACES = {
 
 
 def efa_interface_count(instance_type: str, override: int | None = None) -> int:
-    """EFA interfaces to attach: the override when given, else the type's maximum (0 if none)."""
-    if override is not None:
-        return override
-    return EFA_INTERFACES.get(instance_type, 0)
+    """EFA interfaces for one type: the override when given, else the type's maximum (0 if none)."""
+    return efa_interfaces_for([instance_type], override)
+
+
+def efa_interfaces_for(instance_types: Sequence[str], override: int | None = None) -> int:
+    """EFA interfaces for a launch template shared by ``instance_types``, validated.
+
+    One template serves every allowed type, so the count must fit the smallest of them: 32 on a
+    p5 would make every p4d launch fail at RunInstances (4 network cards). An override above what
+    a type supports is refused here, before anything is planned.
+    """
+    if not instance_types:
+        raise ValueError("no instance type")
+    supported = min(EFA_INTERFACES.get(t, 0) for t in instance_types)
+    if override is None:
+        return supported
+    if override > supported:
+        worst = min(instance_types, key=lambda t: EFA_INTERFACES.get(t, 0))
+        raise InfraError(
+            f"twostage:efaInterfaces: {override} EFA interfaces, but {worst} supports "
+            f"{EFA_INTERFACES.get(worst, 0)} (fix it with `pulumi config set "
+            f"twostage:efaInterfaces {supported}` or leave it empty for the maximum)"
+        )
+    return override
 
 
 def assume_role_policy() -> dict[str, Any]:
-    """Trust policy: only EC2 (the nodes' instance profile) may assume the node role."""
+    """Trust policy: only EC2 (an instance profile) may assume the role."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -65,8 +134,34 @@ def assume_role_policy() -> dict[str, Any]:
     }
 
 
+def ssm_agent_policy() -> dict[str, Any]:
+    """What the SSM agent needs (Run Command, Session Manager), and no Parameter Store reads."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "SsmAgent",
+                "Effect": "Allow",
+                "Action": list(SSM_AGENT_ACTIONS),
+                "Resource": "*",  # these agent calls have no resource-level permissions
+            },
+            {
+                "Sid": "NoParameterStore",
+                "Effect": "Deny",
+                "Action": list(DENIED_PARAMETER_ACTIONS),
+                "Resource": "*",
+            },
+        ],
+    }
+
+
 def bucket_access_policy(bucket_arn: str) -> dict[str, Any]:
-    """The nodes' S3 permissions: this bucket and its objects, nothing else (no ``*`` resource)."""
+    """The nodes' S3 permissions: read the bucket, write only under ``runs/``.
+
+    ``bootstrap/`` (the source bundle every future node runs as root) and ``control/`` (the
+    controller's heartbeat and run requests) are denied for writes explicitly, so no other policy
+    can widen this by accident.
+    """
     _check_bucket_arn(bucket_arn)
     return {
         "Version": "2012-10-17",
@@ -78,10 +173,123 @@ def bucket_access_policy(bucket_arn: str) -> dict[str, Any]:
                 "Resource": [bucket_arn],
             },
             {
+                "Sid": "ReadObjects",
+                "Effect": "Allow",
+                "Action": list(READ_OBJECT_ACTIONS),
+                "Resource": [f"{bucket_arn}/*"],
+            },
+            {
+                "Sid": "WriteRuns",
+                "Effect": "Allow",
+                "Action": list(WRITE_OBJECT_ACTIONS),
+                "Resource": [f"{bucket_arn}/{RUNS_PREFIX}*"],
+            },
+            {
+                "Sid": "ReadOnlyBootstrapAndControl",
+                "Effect": "Deny",
+                "Action": list(WRITE_OBJECT_ACTIONS),
+                "Resource": [
+                    f"{bucket_arn}/{BOOTSTRAP_PREFIX}*",
+                    f"{bucket_arn}/{CONTROL_PREFIX}*",
+                ],
+            },
+        ],
+    }
+
+
+def node_self_terminate_policy(group_arn: str) -> dict[str, Any]:
+    """A node may take itself out of *its* group (dead-man switch), decrementing desired capacity.
+
+    Scoped to the group's ARN: the call cannot touch another group. (IAM cannot restrict it to
+    the caller's own instance id; a node could terminate a peer of the same run, no more.)
+    """
+    _check_group_arn(group_arn)
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "LeaveOwnGroup",
+                "Effect": "Allow",
+                "Action": ["autoscaling:TerminateInstanceInAutoScalingGroup"],
+                "Resource": [group_arn],
+            }
+        ],
+    }
+
+
+def controller_policy(
+    *, bucket_arn: str, group_arn: str, cluster: str, region: str, account: str, partition: str
+) -> dict[str, Any]:
+    """The controller's role: describe, scale this group, Run Command on this cluster, the bucket."""
+    _check_bucket_arn(bucket_arn)
+    _check_group_arn(group_arn)
+    tag = {"StringEquals": {"aws:ResourceTag/twostage:cluster": cluster}}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "Describe",
+                "Effect": "Allow",
+                # Read-only calls without resource-level permissions in IAM.
+                "Action": [
+                    "autoscaling:DescribeAutoScalingGroups",
+                    "autoscaling:DescribeAutoScalingInstances",
+                    "autoscaling:DescribeScalingActivities",
+                    "ec2:DescribeInstances",
+                    "ec2:DescribeSpotPriceHistory",
+                    "ssm:DescribeInstanceInformation",
+                    "ssm:GetCommandInvocation",
+                    "ssm:ListCommandInvocations",
+                    "ssm:ListCommands",
+                ],
+                "Resource": "*",
+            },
+            {
+                "Sid": "ScaleThisGroup",
+                "Effect": "Allow",
+                "Action": [
+                    "autoscaling:SetDesiredCapacity",
+                    "autoscaling:TerminateInstanceInAutoScalingGroup",
+                ],
+                "Resource": [group_arn],
+                "Condition": tag,
+            },
+            {
+                "Sid": "RunCommandOnThisCluster",
+                "Effect": "Allow",
+                "Action": ["ssm:SendCommand"],
+                "Resource": [f"arn:{partition}:ec2:{region}:{account}:instance/*"],
+                "Condition": {"StringEquals": {"ssm:resourceTag/twostage:cluster": cluster}},
+            },
+            {
+                "Sid": "RunCommandDocument",
+                "Effect": "Allow",
+                "Action": ["ssm:SendCommand"],
+                "Resource": [f"arn:{partition}:ssm:{region}::document/{RUN_SHELL_DOCUMENT}"],
+            },
+            {
+                "Sid": "CancelOwnCommands",
+                "Effect": "Allow",
+                "Action": ["ssm:CancelCommand"],
+                "Resource": "*",  # CancelCommand has no resource-level permissions
+            },
+            {
+                "Sid": "RunBucket",
+                "Effect": "Allow",
+                "Action": list(BUCKET_ACTIONS),
+                "Resource": [bucket_arn],
+            },
+            {
                 "Sid": "RunObjects",
                 "Effect": "Allow",
-                "Action": list(OBJECT_ACTIONS),
-                "Resource": [f"{bucket_arn}/*"],
+                "Action": [*READ_OBJECT_ACTIONS, *WRITE_OBJECT_ACTIONS],
+                "Resource": [f"{bucket_arn}/{RUNS_PREFIX}*", f"{bucket_arn}/{CONTROL_PREFIX}*"],
+            },
+            {
+                "Sid": "ReadBootstrap",
+                "Effect": "Allow",
+                "Action": list(READ_OBJECT_ACTIONS),
+                "Resource": [f"{bucket_arn}/{BOOTSTRAP_PREFIX}*"],
             },
         ],
     }
@@ -120,6 +328,16 @@ def to_json(document: dict[str, Any]) -> str:
 
 
 def _check_bucket_arn(bucket_arn: str) -> None:
-    # A wildcard or a missing ARN here would silently widen the node role to every bucket.
+    # A wildcard or a missing ARN here would silently widen a role to every bucket.
     if not bucket_arn.startswith("arn:") or ":s3:::" not in bucket_arn or "*" in bucket_arn:
         raise ValueError(f"not a single bucket ARN: {bucket_arn!r}")
+
+
+def _check_group_arn(group_arn: str) -> None:
+    if (
+        not group_arn.startswith("arn:")
+        or ":autoscaling:" not in group_arn
+        or "autoScalingGroupName/" not in group_arn
+        or group_arn.endswith("/*")
+    ):
+        raise ValueError(f"not a single Auto Scaling group ARN: {group_arn!r}")

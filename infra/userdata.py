@@ -1,10 +1,16 @@
-"""Node bootstrap script (EC2 user data), rendered by a pure function and tested as text.
+"""Bootstrap scripts (EC2 user data) of the nodes and the controller, rendered as text by pure functions.
 
-cloud-init runs it once, as root, on first boot of a DLAMI node. It writes the node's
-environment first (so SSM commands can read it even if the install fails), prepares local
-scratch on the instance NVMe, makes sure the SSM agent runs, then installs the project into
-``/opt/twostage`` with a venv built on the DLAMI's own PyTorch (``--system-site-packages``, so
-its CUDA build of torch is reused, never downloaded again).
+cloud-init runs one once, as root, on first boot. Nodes all share one script (it lives in the
+launch template of the Auto Scaling group, so it names no node index: ranks are assigned per
+launch from the group's InService instances). The script writes the machine's environment first
+(so SSM commands can read it even if the install fails), records the instance id from IMDSv2,
+prepares local scratch, makes sure the SSM agent runs, fetches the project (the source bundle,
+**verified against the SHA-256 that ``pulumi up`` computed**, or a git ref), installs it into
+``/opt/twostage`` with a venv on the DLAMI's own PyTorch, and starts the machine's service:
+
+- a node runs ``python -m trainer.launch.node_agent``, the dead-man switch that takes the node out
+  of its group when nothing uses it (see docs/operations.md);
+- the controller runs ``python -m trainer.launch.controller``, the watch loop in the cloud.
 """
 
 from __future__ import annotations
@@ -13,62 +19,68 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from artifacts.node import (
-    BOOT_LOG as LOG_FILE,
-)
-from artifacts.node import (
-    DLAMI_PYTHON,
-    ENV_BUCKET,
-    ENV_CLUSTER,
-    ENV_FILE,
-    ENV_NODE_COUNT,
-    ENV_NODE_INDEX,
-    ENV_PYTHON,
-    ENV_RUN_PREFIX,
-    ENV_SCRATCH,
-    PROJECT_DIR,
-    READY_MARKER,
-    SCRATCH_DIR,
-    VENV_PYTHON,
-)
+PROJECT_DIR = "/opt/twostage"
+VENV_PYTHON = f"{PROJECT_DIR}/.venv/bin/python"
+DLAMI_PYTHON = "/opt/pytorch/bin/python"
+ENV_FILE = "/etc/twostage/node.env"
+SCRATCH_DIR = "/opt/dlami/nvme/twostage"
+READY_MARKER = "/etc/twostage/bootstrap.done"
+LOG_FILE = "/var/log/twostage-bootstrap.log"
 
-__all__ = ["DLAMI_PYTHON", "ENV_FILE", "LOG_FILE", "READY_MARKER", "SCRATCH_DIR", "VENV_PYTHON"]
-
+ROLE_NODE = "node"
+ROLE_CONTROLLER = "controller"
+#: The systemd service each role runs once installed (module, unit name).
+SERVICES = {
+    ROLE_NODE: ("trainer.launch.node_agent", "twostage-node-agent"),
+    ROLE_CONTROLLER: ("trainer.launch.controller", "twostage-controller"),
+}
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Values go into an env file read both by systemd and by `source`; keep them shell-inert.
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9._:/@+=-]*$")
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9._:/@+=,-]*$")
 
 
 @dataclass(frozen=True)
-class NodeBootstrap:
-    """What one node needs to know about itself at boot."""
+class Bootstrap:
+    """What a machine of the cluster needs to know at boot (the same for every node)."""
 
+    role: str
+    """``node`` or ``controller``."""
     cluster: str
-    node_index: int
-    node_count: int
     bucket: str
     run_prefix: str
     region: str
+    group_name: str
+    """The nodes' Auto Scaling group (a node leaves it; the controller scales it)."""
     repo_url: str | None = None
     """Git HTTPS URL to clone; when None the source bundle at ``source_uri`` is used."""
     repo_ref: str = "main"
     source_uri: str | None = None
     """``s3://bucket/key`` of the zipped checkout uploaded by ``pulumi up``."""
+    source_sha256: str | None = None
+    """SHA-256 of that zip: a bundle that does not match is never unpacked."""
+    extra_env: tuple[tuple[str, str], ...] = ()
+    """More ``KEY=value`` lines (the controller's node count, types, prices)."""
+
+    def __post_init__(self) -> None:
+        if self.role not in SERVICES:
+            raise ValueError(f"unknown role {self.role!r}")
 
     def env(self) -> dict[str, str]:
         """The ``/etc/twostage/node.env`` contents (contract keys first)."""
         return {
-            ENV_CLUSTER: self.cluster,
-            ENV_NODE_INDEX: str(self.node_index),
-            ENV_BUCKET: self.bucket,
-            ENV_RUN_PREFIX: self.run_prefix,
+            "TWOSTAGE_CLUSTER": self.cluster,
+            "TWOSTAGE_ROLE": self.role,
+            "TWOSTAGE_BUCKET": self.bucket,
+            "TWOSTAGE_RUN_PREFIX": self.run_prefix,
+            "TWOSTAGE_GROUP": self.group_name,
             "AWS_DEFAULT_REGION": self.region,
-            ENV_NODE_COUNT: str(self.node_count),
-            ENV_SCRATCH: SCRATCH_DIR,
-            ENV_PYTHON: VENV_PYTHON,
+            "TWOSTAGE_SCRATCH": SCRATCH_DIR,
+            "TWOSTAGE_PYTHON": VENV_PYTHON,
+            **dict(self.extra_env),
         }
 
 
-def render_env_file(boot: NodeBootstrap) -> str:
+def render_env_file(boot: Bootstrap) -> str:
     """``KEY=value`` lines; refuses a value that a shell would interpret."""
     lines = []
     for key, value in boot.env().items():
@@ -78,7 +90,7 @@ def render_env_file(boot: NodeBootstrap) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fetch_source(boot: NodeBootstrap) -> str:
+def _fetch_source(boot: Bootstrap) -> str:
     if boot.repo_url:
         url, ref = shlex.quote(boot.repo_url), shlex.quote(boot.repo_ref)
         return f"""\
@@ -90,34 +102,81 @@ git -C {PROJECT_DIR} fetch --depth 1 origin {ref}
 git -C {PROJECT_DIR} checkout --force FETCH_HEAD"""
     if not boot.source_uri or not boot.source_uri.startswith("s3://"):
         raise ValueError("either repo_url or an s3:// source_uri is required")
+    if not boot.source_sha256 or not _SHA256.match(boot.source_sha256):
+        raise ValueError("the source bundle needs its sha256 (64 lowercase hex digits)")
     bucket, _, key = boot.source_uri[len("s3://") :].partition("/")
-    # boto3 ships in the DLAMI's PyTorch env; the node role may read this bucket only.
+    # boto3 ships in the DLAMI's PyTorch env; the role may read this bucket but never write
+    # bootstrap/. The hash pins the bundle to what `pulumi up` uploaded.
     return f"""\
 mkdir -p {PROJECT_DIR}
 {DLAMI_PYTHON} - <<'PY'
-import io, zipfile, boto3
+import hashlib, io, sys, zipfile, boto3
 body = boto3.client("s3").get_object(Bucket={bucket!r}, Key={key!r})["Body"].read()
+digest = hashlib.sha256(body).hexdigest()
+if digest != {boot.source_sha256!r}:
+    sys.exit(f"source bundle sha256 {{digest}} != {boot.source_sha256} (expected): refusing to run it")
 zipfile.ZipFile(io.BytesIO(body)).extractall({PROJECT_DIR!r})
 PY"""
 
 
-def render_user_data(boot: NodeBootstrap) -> str:
-    """The complete bash user-data script for one node."""
+def _on_failure(boot: Bootstrap) -> str:
+    if boot.role != ROLE_NODE:
+        return "# A controller that fails here has no heartbeat: the nodes leave by themselves."
+    # A node whose bootstrap failed would bill idle forever: it leaves its group (desired - 1,
+    # so a deterministic failure does not loop through replacements), or powers off.
+    return f"""\
+leave() {{
+  echo "twostage: bootstrap failed; leaving the group" >&2
+  {DLAMI_PYTHON} -c "import boto3; boto3.client('autoscaling').terminate_instance_in_auto_scaling_group(InstanceId='$iid', ShouldDecrementDesiredCapacity=True)" || shutdown -h now
+}}
+trap leave ERR"""
+
+
+def systemd_unit(boot: Bootstrap) -> str:
+    """The role's service: restarted on failure, environment from the env file."""
+    module, unit = SERVICES[boot.role]
+    return f"""\
+[Unit]
+Description=twostage {boot.role} ({module})
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+EnvironmentFile={ENV_FILE}
+WorkingDirectory={PROJECT_DIR}
+ExecStart={VENV_PYTHON} -m {module}
+Restart=always
+RestartSec=30
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def render_user_data(boot: Bootstrap) -> str:
+    """The complete bash user-data script."""
     env_file = render_env_file(boot)
+    _, unit = SERVICES[boot.role]
     return f"""\
 #!/bin/bash
-# twostage node bootstrap ({boot.cluster} node {boot.node_index}); log: {LOG_FILE}
+# twostage {boot.role} bootstrap ({boot.cluster}); log: {LOG_FILE}
 set -euxo pipefail
 exec > >(tee -a {LOG_FILE}) 2>&1
 
-# 1. The node's identity, written before anything can fail.
+# 1. The machine's identity, written before anything can fail.
 install -d -m 0755 /etc/twostage
 cat > {ENV_FILE} <<'ENV'
 {env_file}ENV
+token=$(curl -sS -X PUT http://169.254.169.254/latest/api/token \\
+  -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')
+iid=$(curl -sS -H "X-aws-ec2-metadata-token: $token" \\
+  http://169.254.169.254/latest/meta-data/instance-id)
+echo "TWOSTAGE_INSTANCE_ID=$iid" >> {ENV_FILE}
 chmod 0644 {ENV_FILE}
 set -a; . {ENV_FILE}; set +a
+{_on_failure(boot)}
 
-# 2. Local scratch for checkpoint shards on the instance NVMe (DLAMI mounts it at /opt/dlami/nvme).
+# 2. Local scratch (instance NVMe on GPU nodes; the DLAMI mounts it at /opt/dlami/nvme).
 install -d -m 0755 {SCRATCH_DIR}
 
 # 3. SSM agent: the only way in (no SSH by default). DLAMI Ubuntu ships it as a snap.
@@ -133,7 +192,13 @@ if [ ! -x {VENV_PYTHON} ]; then
   {DLAMI_PYTHON} -m venv --system-site-packages {PROJECT_DIR}/.venv
 fi
 {VENV_PYTHON} -m pip install --no-input --quiet -e {PROJECT_DIR}
-{VENV_PYTHON} -c "import importlib.metadata as m, torch; print('twostage', m.version('twostage'), 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+{VENV_PYTHON} -c "import importlib.metadata as m; print('twostage', m.version('twostage'))"
+
+# 5. The {boot.role}'s service.
+cat > /etc/systemd/system/{unit}.service <<'UNIT'
+{systemd_unit(boot)}UNIT
+systemctl daemon-reload
+systemctl enable --now {unit}.service
 
 date -u +%Y-%m-%dT%H:%M:%SZ > {READY_MARKER}
 """

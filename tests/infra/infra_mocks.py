@@ -15,6 +15,9 @@ import pulumi
 FAKE_AMI = "ami-0123456789abcdef0"
 FAKE_BUCKET = "twostage-20261123abcdef"
 OFFERED_AZS = ["us-east-1d", "us-east-1a"]
+ACCOUNT = "123456789012"
+#: Every test stack pins this AMI unless the test says otherwise (``amiId=None`` unsets it).
+PINNED = {"amiId": FAKE_AMI}
 
 
 @dataclass
@@ -64,6 +67,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state["privateIp"] = f"10.42.16.{self._ips}"
         elif args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
             state["latestVersion"] = 1
+        elif args.typ == "aws:autoscaling/group:Group":
+            state["arn"] = (
+                "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:"
+                f"0f0e0d0c-0b0a-0908-0706-050403020100:autoScalingGroupName/{args.inputs['name']}"
+            )
         return rid, state
 
     def call(self, args):
@@ -71,6 +79,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
         token = args.token
         if token == "aws:index/getRegion:getRegion":
             return {"region": "us-east-1", "name": "us-east-1", "id": "us-east-1"}
+        if token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/me", "id": ACCOUNT}
         if token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}
         if token == "aws:ssm/getParameter:getParameter":
@@ -95,7 +105,8 @@ def run_stack(config: dict[str, str] | None = None, *, stack: str = "test") -> S
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project="twostage", stack=stack, preview=False)
     values = {"aws:region": "us-east-1"}
-    values.update({f"twostage:{k}": str(v) for k, v in (config or {}).items()})
+    merged = {**PINNED, **(config or {})}
+    values.update({f"twostage:{k}": str(v) for k, v in merged.items() if v is not None})
     pulumi.runtime.set_all_config(values)
     resolved: dict[str, Any] = {}
 

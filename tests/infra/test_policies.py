@@ -1,44 +1,144 @@
-"""IAM and bucket policy documents, and per-type EFA facts (pure functions, no engine)."""
+"""IAM and bucket policy documents and per-type EFA facts (pure functions, no engine).
+
+``allowed`` is a small IAM evaluator (explicit deny wins, wildcards in actions and resources,
+``StringEquals`` conditions) so the tests ask what a role can *do*, not how the JSON looks.
+"""
 
 from __future__ import annotations
 
 import json
+from fnmatch import fnmatchcase
 
 import pytest
 
+from infra.errors import InfraError
 from infra.policies import (
     assume_role_policy,
     bucket_access_policy,
+    controller_policy,
     efa_interface_count,
+    efa_interfaces_for,
+    node_self_terminate_policy,
+    ssm_agent_policy,
     tls_only_bucket_policy,
     to_json,
 )
 
 ARN = "arn:aws:s3:::twostage-abc123"
+GROUP = (
+    "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:"
+    "0f0e0d0c-0b0a-0908-0706-050403020100:autoScalingGroupName/twostage-dev-nodes"
+)
+OTHER_GROUP = GROUP.replace("twostage-dev-nodes", "someone-elses")
 
 
 def _statements(doc):
     return json.loads(to_json(doc))["Statement"]
 
 
-def test_bucket_access_names_only_the_bucket_and_its_objects():
-    stmts = _statements(bucket_access_policy(ARN))
-    resources = {r for s in stmts for r in s["Resource"]}
-    assert resources == {ARN, f"{ARN}/*"}
-    assert all(s["Effect"] == "Allow" for s in stmts)
-    actions = {a for s in stmts for a in s["Action"]}
-    assert all(a.startswith("s3:") and "*" not in a for a in actions)
-    # What checkpointing, retention and SSM output upload need.
-    assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"} <= actions
+def _list(value):
+    return value if isinstance(value, list) else [value]
 
 
-def test_object_actions_are_not_granted_on_the_bucket_arn_and_vice_versa():
-    by_resource = {
-        tuple(s["Resource"]): set(s["Action"]) for s in _statements(bucket_access_policy(ARN))
-    }
-    assert "s3:GetObject" in by_resource[(f"{ARN}/*",)]
-    assert "s3:ListBucket" in by_resource[(ARN,)]
-    assert "s3:GetObject" not in by_resource[(ARN,)]
+def _matches(stmt, action, resource, context):
+    if not any(fnmatchcase(action, a) for a in _list(stmt["Action"])):
+        return False
+    if not any(fnmatchcase(resource, r) for r in _list(stmt["Resource"])):
+        return False
+    for op, conds in stmt.get("Condition", {}).items():
+        assert op == "StringEquals", op
+        if any(context.get(k) != v for k, v in conds.items()):
+            return False
+    return True
+
+
+def allowed(docs, action, resource, context=None):
+    stmts = [s for d in docs for s in _statements(d)]
+    hits = [s["Effect"] for s in stmts if _matches(s, action, resource, context or {})]
+    return "Allow" in hits and "Deny" not in hits
+
+
+NODE = [ssm_agent_policy(), bucket_access_policy(ARN), node_self_terminate_policy(GROUP)]
+CONTROLLER = [
+    ssm_agent_policy(),
+    controller_policy(
+        bucket_arn=ARN,
+        group_arn=GROUP,
+        cluster="twostage-dev",
+        region="us-east-1",
+        account="123456789012",
+        partition="aws",
+    ),
+]
+INSTANCE = "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"
+MINE = {
+    "ssm:resourceTag/twostage:cluster": "twostage-dev",
+    "aws:ResourceTag/twostage:cluster": "twostage-dev",
+}
+
+
+def test_nodes_write_runs_and_cannot_touch_the_bootstrap_bundle_or_control():
+    assert allowed(NODE, "s3:PutObject", f"{ARN}/runs/exp1/checkpoints/step-10/x.bin")
+    assert allowed(NODE, "s3:DeleteObject", f"{ARN}/runs/exp1/checkpoints/step-10/x.bin")
+    assert allowed(NODE, "s3:GetObject", f"{ARN}/bootstrap/twostage-src.zip")
+    assert allowed(NODE, "s3:GetObject", f"{ARN}/control/heartbeat.json")
+    assert allowed(NODE, "s3:ListBucket", ARN)
+    for action in ("s3:PutObject", "s3:DeleteObject"):
+        assert not allowed(NODE, action, f"{ARN}/bootstrap/twostage-src.zip")
+        assert not allowed(NODE, action, f"{ARN}/control/heartbeat.json")
+    assert not allowed(NODE, "s3:GetObject", "arn:aws:s3:::another-bucket/x")
+    assert not allowed(NODE, "s3:PutBucketPolicy", ARN)
+
+
+def test_nodes_cannot_read_parameter_store():
+    for action in ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"):
+        assert not allowed(NODE, action, "arn:aws:ssm:us-east-1:123456789012:parameter/prod/db")
+    assert allowed(NODE, "ssm:UpdateInstanceInformation", "*")
+    assert allowed(NODE, "ec2messages:GetMessages", "*")
+    assert allowed(NODE, "ssmmessages:OpenDataChannel", "*")
+
+
+def test_a_node_may_leave_only_its_own_group():
+    action = "autoscaling:TerminateInstanceInAutoScalingGroup"
+    assert allowed(NODE, action, GROUP)
+    assert not allowed(NODE, action, OTHER_GROUP)
+    assert not allowed(NODE, "autoscaling:SetDesiredCapacity", GROUP)
+    assert not allowed(NODE, "ssm:SendCommand", INSTANCE, MINE)
+
+
+def test_controller_scales_only_this_group_and_commands_only_this_cluster():
+    assert allowed(CONTROLLER, "autoscaling:SetDesiredCapacity", GROUP, MINE)
+    assert not allowed(CONTROLLER, "autoscaling:SetDesiredCapacity", OTHER_GROUP, MINE)
+    assert not allowed(
+        CONTROLLER,
+        "autoscaling:SetDesiredCapacity",
+        GROUP,
+        {"aws:ResourceTag/twostage:cluster": "x"},
+    )
+    assert allowed(CONTROLLER, "ssm:SendCommand", INSTANCE, MINE)
+    assert not allowed(
+        CONTROLLER, "ssm:SendCommand", INSTANCE, {"ssm:resourceTag/twostage:cluster": "other"}
+    )
+    assert allowed(
+        CONTROLLER, "ssm:SendCommand", "arn:aws:ssm:us-east-1::document/AWS-RunShellScript"
+    )
+    assert not allowed(
+        CONTROLLER, "ssm:SendCommand", "arn:aws:ssm:us-east-1::document/AWS-RunPowerShellScript"
+    )
+    assert allowed(CONTROLLER, "s3:PutObject", f"{ARN}/control/heartbeat.json")
+    assert allowed(CONTROLLER, "s3:PutObject", f"{ARN}/runs/exp1/STATUS.json")
+    assert not allowed(CONTROLLER, "s3:PutObject", f"{ARN}/bootstrap/twostage-src.zip")
+    assert not allowed(CONTROLLER, "ec2:RunInstances", "*")
+    assert not allowed(CONTROLLER, "ec2:TerminateInstances", INSTANCE)
+    assert not allowed(CONTROLLER, "iam:PassRole", "*")
+    assert not allowed(CONTROLLER, "ssm:GetParameter", "*")
+
+
+def test_no_statement_allows_a_wildcard_action():
+    for doc in [*NODE, *CONTROLLER]:
+        for stmt in _statements(doc):
+            if stmt["Effect"] == "Allow":
+                assert all("*" not in a for a in _list(stmt["Action"])), stmt
 
 
 @pytest.mark.parametrize("bad", ["*", "arn:aws:s3:::*", "twostage-abc", "", "arn:aws:s3:::b*"])
@@ -47,6 +147,14 @@ def test_wildcard_or_non_arn_bucket_is_refused(bad):
         bucket_access_policy(bad)
     with pytest.raises(ValueError):
         tls_only_bucket_policy(bad)
+
+
+@pytest.mark.parametrize(
+    "bad", ["*", "arn:aws:autoscaling:us-east-1:1:autoScalingGroup:*", GROUP[:-5] + "/*"]
+)
+def test_wildcard_group_is_refused(bad):
+    with pytest.raises(ValueError):
+        node_self_terminate_policy(bad)
 
 
 def test_tls_only_policy_denies_insecure_transport_on_bucket_and_objects():
@@ -60,7 +168,7 @@ def test_tls_only_policy_denies_insecure_transport_on_bucket_and_objects():
     assert all(s["Effect"] == "Deny" for s in stmts)
 
 
-def test_only_ec2_may_assume_the_node_role():
+def test_only_ec2_may_assume_the_roles():
     (stmt,) = _statements(assume_role_policy())
     assert stmt["Principal"] == {"Service": "ec2.amazonaws.com"}
     assert stmt["Action"] == "sts:AssumeRole"
@@ -77,3 +185,13 @@ def test_efa_interfaces_per_instance_type():
     assert efa_interface_count("g5.12xlarge") == 0
     assert efa_interface_count("p4d.24xlarge", override=1) == 1
     assert efa_interface_count("p4d.24xlarge", override=0) == 0
+    assert efa_interfaces_for(["p5.48xlarge", "p4de.24xlarge"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("types", "override"),
+    [(["p4d.24xlarge"], 8), (["p5.48xlarge", "p4d.24xlarge"], 32), (["g5.12xlarge"], 1)],
+)
+def test_efa_count_beyond_the_type_is_refused(types, override):
+    with pytest.raises(InfraError, match="^twostage:efaInterfaces:"):
+        efa_interfaces_for(types, override)

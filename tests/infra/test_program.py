@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import runpy
+import tempfile
 from pathlib import Path
 
 import pytest
 from infra_mocks import FAKE_AMI, FAKE_BUCKET, RecordingMocks, StackRun, run_stack
+from sdk_types import check_resource
 
+from infra.bundle import build_bundle, repo_root
 from infra.errors import InfraError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,19 +26,21 @@ CONTRACT_OUTPUTS = {
     "run_prefix",
     "cluster_name",
     "node_count",
-    "instance_ids",
-    "private_ips",
-    "head_instance_id",
-    "head_private_ip",
     "instance_type",
+    "instance_types",
     "spot",
+    "ami_id",
+    "autoscaling_group_name",
     "launch_template_id",
+    "controller_instance_id",
+    "controller_instance_type",
     "security_group_id",
     "subnet_id",
 }
 
 LT = "aws:ec2/launchTemplate:LaunchTemplate"
 INSTANCE = "aws:ec2/instance:Instance"
+ASG = "aws:autoscaling/group:Group"
 INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 SG = "aws:ec2/securityGroup:SecurityGroup"
@@ -49,46 +55,118 @@ def four_on_demand() -> StackRun:
 # --- the default plan: only aws:region set -----------------------------------------------------
 
 
-def test_default_stack_is_one_spot_p4d_node(default_stack: StackRun):
+def test_default_stack_is_one_spot_p4d_node_in_a_group(default_stack: StackRun):
     out = default_stack.outputs
     assert set(out) == CONTRACT_OUTPUTS
-    assert out["node_count"] == 1 and len(out["instance_ids"]) == 1
+    assert out["node_count"] == 1
     assert out["instance_type"] == "p4d.24xlarge" and out["spot"] is True
+    assert out["instance_types"] == ["p4d.24xlarge"]
     assert out["region"] == "us-east-1"
     assert out["bucket"] == FAKE_BUCKET
     assert out["run_prefix"] == f"s3://{FAKE_BUCKET}/runs"
     assert out["cluster_name"] == "twostage-test"
-    assert out["head_instance_id"] == out["instance_ids"][0]
-    assert out["head_private_ip"] == out["private_ips"][0]
+    assert out["autoscaling_group_name"] == "twostage-test-nodes"
+    assert out["ami_id"] == FAKE_AMI
     # No AZ configured: the first (sorted) AZ that offers p4d.24xlarge.
     assert out["availability_zone"] == "us-east-1a"
     lt = default_stack.one(LT)
     assert lt.inputs["instanceType"] == "p4d.24xlarge"
     assert out["launch_template_id"].endswith(lt.name)
+    group = default_stack.one(ASG).inputs
+    assert (group["minSize"], group["maxSize"], group["desiredCapacity"]) == (0, 1, 1)
 
 
-def test_default_ami_comes_from_the_dlami_ssm_parameter(default_stack: StackRun):
-    names = [a["name"] for t, a in default_stack.calls if t == "aws:ssm/getParameter:getParameter"]
-    assert names == [
-        "/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.9-ubuntu-24.04/latest/ami-id"
-    ]
+def test_every_input_has_the_sdk_type():
+    """Unknown keys and wrong shapes pass the mock engine but fail the real provider."""
+    for config in (
+        {},
+        {"nodeCount": 4, "spot": "false"},
+        {"vpcId": "vpc-0abc1234", "subnetId": "subnet-0abc1234"},
+        {"adminCidr": "203.0.113.7/32", "keyName": "me"},
+        {"repoUrl": "https://github.com/example/twostage.git"},
+        {"instanceTypes": "p4d.24xlarge,p4de.24xlarge,p5.48xlarge", "spotMaxPrice": "20"},
+    ):
+        run = run_stack(config)
+        errors = [e for r in run.resources for e in check_resource(r.typ, r.inputs)]
+        assert errors == [], config
+
+
+def test_the_sdk_type_check_catches_what_the_provider_would_refuse():
+    bad = {"networkInterfaces": [{"deleteOnTermination": True, "deviceIndx": 0}]}
+    errors = check_resource(LT, bad)
+    assert any("deleteOnTermination: expected str" in e for e in errors)
+    assert any("deviceIndx: not an input" in e for e in errors)
+
+
+def test_ami_is_the_pinned_one_and_never_looked_up(default_stack: StackRun):
     assert default_stack.one(LT).inputs["imageId"] == FAKE_AMI
+    assert default_stack.one(INSTANCE).inputs["ami"] == FAKE_AMI  # the controller
+    assert not [t for t, _ in default_stack.calls if t == "aws:ssm/getParameter:getParameter"]
+    other = run_stack({"amiId": "ami-0fedcba9876543210"})
+    assert other.one(LT).inputs["imageId"] == "ami-0fedcba9876543210"
 
 
-def test_pinned_ami_skips_the_lookup():
-    run = run_stack({"amiId": "ami-0fedcba9876543210"})
-    assert run.one(LT).inputs["imageId"] == "ami-0fedcba9876543210"
-    assert not [t for t, _ in run.calls if t == "aws:ssm/getParameter:getParameter"]
+def test_an_unpinned_ami_stops_the_plan_with_the_pin_command():
+    with pytest.raises(InfraError, match="twostage:amiId: no AMI pinned") as err:
+        run_stack({"amiId": None})
+    assert "python -m infra.pin_ami" in str(err.value)
 
 
-def test_spot_options(default_stack: StackRun):
-    market = default_stack.one(LT).inputs["instanceMarketOptions"]
-    assert market["marketType"] == "spot"
-    assert market["spotOptions"]["spotInstanceType"] == "one-time"
-    assert market["spotOptions"]["instanceInterruptionBehavior"] == "terminate"
-    assert "maxPrice" not in market["spotOptions"]
-    priced = run_stack({"spotMaxPrice": "12.5"})
-    assert priced.one(LT).inputs["instanceMarketOptions"]["spotOptions"]["maxPrice"] == "12.5"
+def test_spot_through_the_groups_mixed_instances_policy(default_stack: StackRun):
+    lt = default_stack.one(LT).inputs
+    # A group with a mixed instances policy refuses a template with market options.
+    assert "instanceMarketOptions" not in lt
+    group = default_stack.one(ASG).inputs
+    dist = group["mixedInstancesPolicy"]["instancesDistribution"]
+    assert dist["onDemandPercentageAboveBaseCapacity"] == 0
+    assert dist["onDemandBaseCapacity"] == 0
+    assert dist["spotAllocationStrategy"] == "price-capacity-optimized"
+    assert "spotMaxPrice" not in dist
+    assert group["capacityRebalance"] is True
+    priced = run_stack({"spotMaxPrice": "12.5"}).one(ASG).inputs
+    assert priced["mixedInstancesPolicy"]["instancesDistribution"]["spotMaxPrice"] == "12.5"
+
+
+def test_allowed_instance_types_become_overrides():
+    run = run_stack({"instanceTypes": "p5.48xlarge,p4d.24xlarge,p4de.24xlarge"})
+    lt_spec = run.one(ASG).inputs["mixedInstancesPolicy"]["launchTemplate"]
+    assert [o["instanceType"] for o in lt_spec["overrides"]] == [
+        "p5.48xlarge",
+        "p4d.24xlarge",
+        "p4de.24xlarge",
+    ]
+    assert (
+        lt_spec["launchTemplateSpecification"]["launchTemplateId"]
+        == run.outputs["launch_template_id"]
+    )
+    # One template for every type: EFA count of the smallest (p4d: 4 network cards).
+    assert len(run.one(LT).inputs["networkInterfaces"]) == 4
+    assert run.outputs["instance_type"] == "p5.48xlarge"
+
+
+def test_group_owns_nodes_in_the_placement_group_and_subnet(default_stack: StackRun):
+    group = default_stack.one(ASG)
+    placement = default_stack.one("aws:ec2/placementGroup:PlacementGroup")
+    assert placement.inputs["strategy"] == "cluster"
+    assert group.inputs["placementGroup"] == placement.name
+    assert group.inputs["vpcZoneIdentifiers"] == [default_stack.outputs["subnet_id"]]
+    assert group.inputs["waitForCapacityTimeout"] == "0"  # `pulumi up` never waits on spot
+    tags = {t["key"]: (t["value"], t["propagateAtLaunch"]) for t in group.inputs["tags"]}
+    assert tags["twostage:cluster"] == ("twostage-test", True)
+    assert tags["twostage:role"] == ("node", True)
+    # Only the controller is a plain instance; nodes exist only through the group.
+    (instance,) = default_stack.of_type(INSTANCE)
+    assert instance.inputs["tags"]["twostage:role"] == "controller"
+
+
+def test_four_on_demand_nodes(four_on_demand: StackRun):
+    group = four_on_demand.one(ASG).inputs
+    assert (group["maxSize"], group["desiredCapacity"]) == (4, 4)
+    dist = group["mixedInstancesPolicy"]["instancesDistribution"]
+    assert dist["onDemandPercentageAboveBaseCapacity"] == 100
+    assert group.get("capacityRebalance") is False
+    assert four_on_demand.outputs["spot"] is False
+    assert len(four_on_demand.of_type(INSTANCE)) == 1  # the controller, not the nodes
 
 
 def test_root_volume_is_encrypted_gp3_of_configured_size(default_stack: StackRun):
@@ -99,18 +177,21 @@ def test_root_volume_is_encrypted_gp3_of_configured_size(default_stack: StackRun
     assert mapping["ebs"]["encrypted"] == "true"
     small = run_stack({"rootVolumeGb": 200})
     assert small.one(LT).inputs["blockDeviceMappings"][0]["ebs"]["volumeSize"] == 200
+    root = default_stack.one(INSTANCE).inputs["rootBlockDevice"]
+    assert root["encrypted"] is True
 
 
-def test_imdsv2_required_and_shutdown_terminates(default_stack: StackRun):
+def test_imdsv2_required_with_one_hop_everywhere(default_stack: StackRun):
     lt = default_stack.one(LT).inputs
-    assert lt["metadataOptions"]["httpTokens"] == "required"
-    assert lt["metadataOptions"]["httpEndpoint"] == "enabled"
+    for meta in (lt["metadataOptions"], default_stack.one(INSTANCE).inputs["metadataOptions"]):
+        assert meta["httpTokens"] == "required"
+        assert meta["httpEndpoint"] == "enabled"
+        assert meta["httpPutResponseHopLimit"] == 1  # no role credentials for containers
     assert lt["instanceInitiatedShutdownBehavior"] == "terminate"
 
 
-def test_nodes_share_a_cluster_placement_group(default_stack: StackRun):
+def test_nodes_share_a_cluster_placement_group_in_the_az(default_stack: StackRun):
     group = default_stack.one("aws:ec2/placementGroup:PlacementGroup")
-    assert group.inputs["strategy"] == "cluster"
     placement = default_stack.one(LT).inputs["placement"]
     assert placement["groupName"] == group.name
     assert placement["availabilityZone"] == default_stack.outputs["availability_zone"]
@@ -125,7 +206,16 @@ def test_p4d_gets_four_efa_interfaces_in_the_node_subnet(default_stack: StackRun
     for nic in nics:
         assert nic["subnetId"] == default_stack.outputs["subnet_id"]
         assert nic["securityGroups"] == [sg_id]
+        assert nic["deleteOnTermination"] == "true"
         assert "associatePublicIpAddress" not in nic
+
+
+def test_efa_count_above_what_the_type_supports_is_refused():
+    with pytest.raises(InfraError, match="twostage:efaInterfaces: 8 EFA.*p4d.24xlarge supports 4"):
+        run_stack({"efaInterfaces": "8"})
+    with pytest.raises(InfraError, match="twostage:efaInterfaces"):
+        run_stack({"instanceTypes": "p5.48xlarge,p4d.24xlarge", "efaInterfaces": "32"})
+    assert len(run_stack({"efaInterfaces": "2"}).one(LT).inputs["networkInterfaces"]) == 2
 
 
 def test_instance_type_without_efa_gets_one_plain_interface():
@@ -135,58 +225,32 @@ def test_instance_type_without_efa_gets_one_plain_interface():
     assert run.one(LT).inputs["instanceType"] == "g5.12xlarge"
 
 
-# --- N nodes, on-demand ----------------------------------------------------------------------
+def _user_data(run: StackRun) -> str:
+    return base64.b64decode(run.one(LT).inputs["userData"]).decode()
 
 
-def test_four_nodes_have_indices_0_to_3_and_matching_outputs(four_on_demand: StackRun):
-    nodes = four_on_demand.of_type(INSTANCE)
-    assert len(nodes) == 4
-    indices = sorted(int(n.inputs["tags"]["twostage:node-index"]) for n in nodes)
-    assert indices == [0, 1, 2, 3]
-    for node in nodes:
-        tags = node.inputs["tags"]
-        i = tags["twostage:node-index"]
-        assert tags["twostage:cluster"] == "twostage-test"
-        assert tags["Name"] == f"twostage-test-node-{i}"
-        assert f"TWOSTAGE_NODE_INDEX={i}\n" in node.inputs["userData"]
-        assert "TWOSTAGE_NODE_COUNT=4\n" in node.inputs["userData"]
-        assert node.inputs["launchTemplate"]["id"] == four_on_demand.outputs["launch_template_id"]
-    out = four_on_demand.outputs
-    assert out["node_count"] == 4
-    assert out["instance_ids"] == [f"instance-twostage-test-node-{i}" for i in range(4)]
-    assert len(set(out["private_ips"])) == 4
-    assert out["head_instance_id"] == "instance-twostage-test-node-0"
-    head = next(n for n in nodes if n.inputs["tags"]["twostage:node-index"] == "0")
-    assert out["head_private_ip"] == out["private_ips"][0] != out["private_ips"][3]
-    assert "TWOSTAGE_NODE_INDEX=0\n" in head.inputs["userData"]
-
-
-def test_on_demand_has_no_spot_market(four_on_demand: StackRun):
-    assert four_on_demand.outputs["spot"] is False
-    assert "instanceMarketOptions" not in four_on_demand.one(LT).inputs
-
-
-def test_four_spot_nodes():
-    run = run_stack({"nodeCount": 4})
-    assert len(run.of_type(INSTANCE)) == 4
-    assert run.one(LT).inputs["instanceMarketOptions"]["marketType"] == "spot"
-
-
-def test_user_data_points_at_this_stacks_bucket(default_stack: StackRun):
-    user_data = default_stack.one(INSTANCE).inputs["userData"]
+def test_node_user_data_points_at_this_stacks_bucket_and_checks_the_bundle_hash(default_stack):
+    user_data = _user_data(default_stack)
     assert f"TWOSTAGE_BUCKET={FAKE_BUCKET}\n" in user_data
     assert f"TWOSTAGE_RUN_PREFIX=s3://{FAKE_BUCKET}/runs\n" in user_data
+    assert "TWOSTAGE_GROUP=twostage-test-nodes\n" in user_data
     assert "AWS_DEFAULT_REGION=us-east-1\n" in user_data
-    # No repoUrl: this checkout is uploaded and the node unpacks it from the bucket.
+    assert "TWOSTAGE_NODE_INDEX" not in user_data  # ranks come from the group, per launch
     bundle = default_stack.one("aws:s3/bucketObjectv2:BucketObjectv2")
     assert bundle.inputs["key"] == "bootstrap/twostage-src.zip"
     assert "bootstrap/twostage-src.zip" in user_data
+    digest = build_bundle(repo_root(), Path(tempfile.mkdtemp()) / "b.zip")[1]
+    assert f"if digest != {digest!r}:" in user_data  # never unpacked unless it matches
+    assert "trainer.launch.node_agent" in user_data
+    controller = default_stack.one(INSTANCE).inputs["userData"]
+    assert digest in controller and "trainer.launch.controller" in controller
+    assert "TWOSTAGE_NODE_COUNT=1\n" in controller
 
 
 def test_repo_url_clones_instead_of_uploading():
     run = run_stack({"repoUrl": "https://github.com/example/twostage.git", "repoRef": "v1.2"})
     assert not run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
-    user_data = run.one(INSTANCE).inputs["userData"]
+    user_data = _user_data(run)
     assert "https://github.com/example/twostage.git" in user_data
     assert "fetch --depth 1 origin v1.2" in user_data
 
@@ -264,13 +328,35 @@ def test_created_network_keeps_nodes_private_and_s3_on_the_gateway_endpoint(defa
     assert not default_sg.inputs.get("ingress") and not default_sg.inputs.get("egress")
 
 
-def test_existing_network_creates_only_the_security_group():
+def test_existing_network_creates_only_the_security_groups():
     run = run_stack({"vpcId": "vpc-0abc1234", "subnetId": "subnet-0abc1234"})
     assert not run.of_type("aws:ec2/vpc:Vpc") and not run.of_type("aws:ec2/natGateway:NatGateway")
-    assert run.one(SG).inputs["vpcId"] == "vpc-0abc1234"
+    assert [sg.inputs["vpcId"] for sg in run.of_type(SG)] == ["vpc-0abc1234"] * 2
     assert run.outputs["subnet_id"] == "subnet-0abc1234"
     assert run.outputs["availability_zone"] == "us-east-1c"
     assert run.one(LT).inputs["networkInterfaces"][0]["subnetId"] == "subnet-0abc1234"
+    assert run.one(ASG).inputs["vpcZoneIdentifiers"] == ["subnet-0abc1234"]
+    assert run.one(INSTANCE).inputs["subnetId"] == "subnet-0abc1234"
+
+
+def test_a_subnet_outside_the_configured_vpc_stops_the_plan():
+    # The mock's subnet-0abc1234 lies in vpc-0abc1234.
+    with pytest.raises(Exception, match="twostage:subnetId: subnet-0abc1234 is in vpc-0abc1234"):
+        run_stack({"vpcId": "vpc-0fff9999", "subnetId": "subnet-0abc1234"})
+
+
+def test_controller_has_no_ingress_and_https_egress_only(default_stack: StackRun):
+    controller_sg = next(s for s in default_stack.of_type(SG) if "controller" in s.name)
+    sg_id = f"securitygroup-{controller_sg.name}"
+    assert not [r for r in default_stack.of_type(INGRESS) if r.inputs["securityGroupId"] == sg_id]
+    (egress,) = [r for r in default_stack.of_type(EGRESS) if r.inputs["securityGroupId"] == sg_id]
+    assert (egress.inputs["fromPort"], egress.inputs["toPort"]) == (443, 443)
+    controller = default_stack.one(INSTANCE).inputs
+    assert controller["vpcSecurityGroupIds"] == [sg_id]
+    assert controller["instanceType"] == "t3.small"
+    assert controller["associatePublicIpAddress"] is False
+    assert controller["subnetId"] == default_stack.outputs["subnet_id"]  # the private subnet
+    assert "instanceMarketOptions" not in controller  # on-demand
 
 
 def test_configured_availability_zone_is_used():
@@ -353,26 +439,65 @@ def test_lifecycle_aborts_multipart_and_expires_noncurrent_versions(default_stac
 # --- IAM -----------------------------------------------------------------------------------------
 
 
-def test_node_role_reaches_only_this_bucket_and_ssm(default_stack: StackRun):
-    role_policies = default_stack.of_type("aws:iam/rolePolicy:RolePolicy")
-    assert len(role_policies) == 1
+def _role_policies(run: StackRun, role_name: str) -> list[dict]:
+    role_id = f"role-{role_name}"
+    return [
+        json.loads(rp.inputs["policy"])
+        for rp in run.of_type("aws:iam/rolePolicy:RolePolicy")
+        if rp.inputs["role"] == role_id
+    ]
+
+
+def test_node_role_has_no_managed_policy_and_no_parameter_store(default_stack: StackRun):
+    # No AmazonSSMManagedInstanceCore (it grants ssm:GetParameter* on *): inline policies only.
+    assert not default_stack.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    docs = _role_policies(default_stack, "twostage-test-node-role")
+    assert len(docs) == 3  # SSM agent, bucket, leave the group
+    statements = [s for d in docs for s in d["Statement"]]
+    denies = [a for s in statements if s["Effect"] == "Deny" for a in s["Action"]]
+    assert {"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"} <= set(denies)
     bucket_arn = f"arn:aws:s3:::{FAKE_BUCKET}"
-    for rp in role_policies:
-        for stmt in json.loads(rp.inputs["policy"])["Statement"]:
-            actions = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
-            resources = (
-                stmt["Resource"] if isinstance(stmt["Resource"], list) else [stmt["Resource"]]
-            )
-            assert stmt["Effect"] == "Allow"
-            assert all(a.startswith("s3:") and "*" not in a for a in actions)
-            assert "*" not in resources
-            assert set(resources) <= {bucket_arn, f"{bucket_arn}/*"}
-    (attachment,) = default_stack.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
-    assert attachment.inputs["policyArn"] == "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
-    trust = json.loads(default_stack.one("aws:iam/role:Role").inputs["assumeRolePolicy"])
+    writes = [s for s in statements if s["Effect"] == "Allow" and "s3:PutObject" in s["Action"]]
+    assert [s["Resource"] for s in writes] == [[f"{bucket_arn}/runs/*"]]
+    leave = [
+        s for s in statements if "autoscaling:TerminateInstanceInAutoScalingGroup" in s["Action"]
+    ]
+    assert len(leave[0]["Resource"]) == 1
+    assert leave[0]["Resource"][0].endswith("autoScalingGroupName/twostage-test-nodes")
+    trust = json.loads(default_stack.of_type("aws:iam/role:Role")[0].inputs["assumeRolePolicy"])
     assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
-    profile = default_stack.one("aws:iam/instanceProfile:InstanceProfile")
+    profile = next(
+        p
+        for p in default_stack.of_type("aws:iam/instanceProfile:InstanceProfile")
+        if "node" in p.name
+    )
     assert default_stack.one(LT).inputs["iamInstanceProfile"]["arn"].endswith(profile.name)
+
+
+def test_controller_role_is_scoped_to_this_cluster(default_stack: StackRun):
+    docs = _role_policies(default_stack, "twostage-test-controller-role")
+    statements = {s.get("Sid"): s for d in docs for s in d["Statement"]}
+    scale = statements["ScaleThisGroup"]
+    assert scale["Resource"][0].endswith("autoScalingGroupName/twostage-test-nodes")
+    assert scale["Condition"] == {
+        "StringEquals": {"aws:ResourceTag/twostage:cluster": "twostage-test"}
+    }
+    send = statements["RunCommandOnThisCluster"]
+    assert send["Resource"] == ["arn:aws:ec2:us-east-1:123456789012:instance/*"]
+    assert send["Condition"] == {
+        "StringEquals": {"ssm:resourceTag/twostage:cluster": "twostage-test"}
+    }
+    assert statements["RunCommandDocument"]["Resource"] == [
+        "arn:aws:ssm:us-east-1::document/AWS-RunShellScript"
+    ]
+    every_action = {a for s in statements.values() for a in s["Action"]}
+    assert not {"ec2:RunInstances", "ec2:TerminateInstances", "iam:PassRole"} & every_action
+    profile = next(
+        p
+        for p in default_stack.of_type("aws:iam/instanceProfile:InstanceProfile")
+        if "controller" in p.name
+    )
+    assert default_stack.one(INSTANCE).inputs["iamInstanceProfile"] == profile.name
 
 
 # --- config errors stop the plan -----------------------------------------------------------------
@@ -417,7 +542,7 @@ def test_running_infra_main_as_pulumi_does_exports_the_contract_outputs(monkeypa
     exported: dict[str, object] = {}
     monkeypatch.setattr(pulumi, "export", lambda k, v: exported.__setitem__(k, v))
     pulumi.runtime.set_mocks(RecordingMocks(), project="twostage", stack="test", preview=False)
-    pulumi.runtime.set_all_config({"aws:region": "us-east-1"})
+    pulumi.runtime.set_all_config({"aws:region": "us-east-1", "twostage:amiId": FAKE_AMI})
 
     @pulumi.runtime.test
     def _program():

@@ -89,12 +89,33 @@ def test_stack_names_become_valid_cluster_names():
         ({"clusterName": "Big Cluster"}, "clusterName"),
         ({"efaInterfaces": "99"}, "efaInterfaces"),
         ({"nodecount": "2"}, "nodecount"),
+        ({"efaInterfaces": "8"}, "efaInterfaces"),
+        ({"instanceTypes": "p4d.24xlarge,g5.12xlarge"}, "instanceTypes"),
+        ({"instanceType": "p5.48xlarge", "instanceTypes": "p4d.24xlarge"}, "instanceType"),
+        ({"controllerInstanceType": "small"}, "controllerInstanceType"),
     ],
 )
 def test_bad_values_name_the_key(values, key):
     with pytest.raises(InfraError) as err:
         parse_config(values, stack="dev")
     assert str(err.value).startswith(f"twostage:{key}:")
+
+
+def test_allowed_instance_types():
+    cfg = parse_config({"instanceTypes": "p5.48xlarge, p4d.24xlarge,p5.48xlarge"}, stack="dev")
+    assert cfg.allowed_instance_types == ("p5.48xlarge", "p4d.24xlarge")
+    assert cfg.instance_type == "p5.48xlarge"
+    assert parse_config({}, stack="dev").allowed_instance_types == ("p4d.24xlarge",)
+
+
+def test_the_ami_must_be_pinned_for_a_plan():
+    from infra.config import require_pinned_ami
+
+    assert require_pinned_ami(parse_config({"amiId": "ami-0123456789abcdef0"}, stack="d")) == (
+        "ami-0123456789abcdef0"
+    )
+    with pytest.raises(InfraError, match="^twostage:amiId: no AMI pinned.*infra.pin_ami"):
+        require_pinned_ami(parse_config({}, stack="d"))
 
 
 def test_unknown_key_suggests_the_close_one():
@@ -127,7 +148,7 @@ def test_pulumi_yaml_documents_every_key_with_the_real_default():
         assert spec.get("description"), key
         assert spec["type"] in ("string", "integer", "boolean"), key
         default = defaults[key]
-        expected = "" if default is None or default is dataclasses.MISSING else default
+        expected = "" if default in (None, dataclasses.MISSING, ()) else default
         assert spec["default"] == expected, key
     # The declared defaults, fed back as the engine would, give the default config.
     as_engine = {

@@ -1,9 +1,12 @@
-"""Node bootstrap script: env file contract, install steps, and that bash accepts it."""
+"""Bootstrap scripts: env file contract, bundle hash check, install steps, services, bash syntax."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import shutil
 import subprocess
+import zipfile
 
 import pytest
 
@@ -12,29 +15,36 @@ from infra.userdata import (
     ENV_FILE,
     SCRATCH_DIR,
     VENV_PYTHON,
-    NodeBootstrap,
+    Bootstrap,
     render_env_file,
     render_user_data,
+    systemd_unit,
 )
 
-BOOT = NodeBootstrap(
+SHA = "ab" * 32
+BOOT = Bootstrap(
+    role="node",
     cluster="twostage-dev",
-    node_index=2,
-    node_count=4,
     bucket="twostage-abc",
     run_prefix="s3://twostage-abc/runs",
     region="us-east-1",
+    group_name="twostage-dev-nodes",
     source_uri="s3://twostage-abc/bootstrap/twostage-src.zip",
+    source_sha256=SHA,
 )
-GIT = NodeBootstrap(
+GIT = Bootstrap(
+    role="controller",
     cluster="twostage-dev",
-    node_index=0,
-    node_count=1,
     bucket="twostage-abc",
     run_prefix="s3://twostage-abc/runs",
     region="eu-west-1",
+    group_name="twostage-dev-nodes",
     repo_url="https://github.com/example/twostage.git",
     repo_ref="release/1.0",
+    extra_env=(
+        ("TWOSTAGE_NODE_COUNT", "4"),
+        ("TWOSTAGE_INSTANCE_TYPES", "p4d.24xlarge,p5.48xlarge"),
+    ),
 )
 
 
@@ -42,20 +52,25 @@ def _env(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if line)
 
 
-def test_env_file_has_the_contract_keys():
+def test_env_file_has_the_contract_keys_and_no_node_index():
     env = _env(render_env_file(BOOT))
     assert env["TWOSTAGE_CLUSTER"] == "twostage-dev"
-    assert env["TWOSTAGE_NODE_INDEX"] == "2"
+    assert env["TWOSTAGE_ROLE"] == "node"
     assert env["TWOSTAGE_BUCKET"] == "twostage-abc"
     assert env["TWOSTAGE_RUN_PREFIX"] == "s3://twostage-abc/runs"
+    assert env["TWOSTAGE_GROUP"] == "twostage-dev-nodes"
     assert env["AWS_DEFAULT_REGION"] == "us-east-1"
+    assert "TWOSTAGE_NODE_INDEX" not in env  # one script for the whole group
+    assert _env(render_env_file(GIT))["TWOSTAGE_INSTANCE_TYPES"] == "p4d.24xlarge,p5.48xlarge"
 
 
-def test_user_data_writes_the_env_file_before_installing():
+def test_user_data_writes_the_env_file_and_instance_id_before_installing():
     script = render_user_data(BOOT)
     assert script.startswith("#!/bin/bash\n")
     assert f"cat > {ENV_FILE} <<'ENV'\n{render_env_file(BOOT)}ENV\n" in script
     assert script.index(ENV_FILE) < script.index("pip install")
+    assert 'echo "TWOSTAGE_INSTANCE_ID=$iid" >>' in script
+    assert "X-aws-ec2-metadata-token" in script  # IMDSv2
     assert f"install -d -m 0755 {SCRATCH_DIR}" in script
     assert "amazon-ssm-agent" in script and "enable --now" in script
 
@@ -67,10 +82,53 @@ def test_install_reuses_the_dlami_torch():
     assert "pip install torch" not in script
 
 
-def test_source_bundle_is_read_from_the_bucket():
-    script = render_user_data(BOOT)
-    assert "Bucket='twostage-abc', Key='bootstrap/twostage-src.zip'" in script
-    assert "git " not in script
+def _bundle_check_program(script: str) -> str:
+    return script.split(f"{DLAMI_PYTHON} - <<'PY'\n", 1)[1].split("\nPY", 1)[0]
+
+
+class _FakeS3:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def get_object(self, Bucket: str, Key: str):  # noqa: N803 - boto3's spelling
+        return {"Body": io.BytesIO(self.body)}
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("matches", [True, False])
+def test_the_bundle_is_unpacked_only_when_its_hash_matches(tmp_path, monkeypatch, matches):
+    """Run the script's own Python snippet against a fake S3 (boto3 stubbed)."""
+    import sys
+    import types
+
+    body = _zip({"pyproject.toml": b"[project]\n"})
+    sha = hashlib.sha256(body).hexdigest() if matches else "cd" * 32
+    boot = Bootstrap(**{**BOOT.__dict__, "source_sha256": sha})
+    program = _bundle_check_program(render_user_data(boot)).replace(
+        "'/opt/twostage'", repr(str(tmp_path))
+    )
+    fake = types.ModuleType("boto3")
+    fake.client = lambda name: _FakeS3(body)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "boto3", fake)
+    if matches:
+        exec(compile(program, "user-data", "exec"), {})
+        assert (tmp_path / "pyproject.toml").read_bytes() == b"[project]\n"
+    else:
+        with pytest.raises(SystemExit, match="refusing to run it"):
+            exec(compile(program, "user-data", "exec"), {})
+        assert not (tmp_path / "pyproject.toml").exists()
+
+
+def test_a_bundle_without_its_hash_is_refused():
+    with pytest.raises(ValueError, match="sha256"):
+        render_user_data(Bootstrap(**{**BOOT.__dict__, "source_sha256": None}))
 
 
 def test_git_source_fetches_the_ref():
@@ -81,27 +139,35 @@ def test_git_source_fetches_the_ref():
     assert "AWS_DEFAULT_REGION=eu-west-1\n" in script
 
 
+def test_each_role_starts_its_service():
+    node, controller = render_user_data(BOOT), render_user_data(GIT)
+    assert "systemctl enable --now twostage-node-agent.service" in node
+    assert "systemctl enable --now twostage-controller.service" in controller
+    unit = systemd_unit(GIT)
+    assert f"ExecStart={VENV_PYTHON} -m trainer.launch.controller" in unit
+    assert f"EnvironmentFile={ENV_FILE}" in unit and "Restart=always" in unit
+
+
+def test_a_node_whose_bootstrap_fails_leaves_its_group():
+    script = render_user_data(BOOT)
+    assert "trap leave ERR" in script
+    assert "ShouldDecrementDesiredCapacity=True" in script
+    assert "trap leave ERR" not in render_user_data(GIT)
+
+
 def test_a_source_is_required():
     with pytest.raises(ValueError, match="source"):
-        render_user_data(NodeBootstrap("c", 0, 1, "b", "s3://b/runs", "us-east-1"))
+        render_user_data(Bootstrap("node", "c", "b", "s3://b/runs", "us-east-1", "c-nodes"))
 
 
 def test_shell_metacharacters_never_reach_the_env_file():
-    evil = NodeBootstrap(
-        cluster="c$(reboot)",
-        node_index=0,
-        node_count=1,
-        bucket="b",
-        run_prefix="s3://b/runs",
-        region="us-east-1",
-        source_uri="s3://b/k",
-    )
+    evil = Bootstrap(**{**BOOT.__dict__, "cluster": "c$(reboot)"})
     with pytest.raises(ValueError, match="TWOSTAGE_CLUSTER"):
         render_user_data(evil)
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-@pytest.mark.parametrize("boot", [BOOT, GIT], ids=["bundle", "git"])
+@pytest.mark.parametrize("boot", [BOOT, GIT], ids=["node-bundle", "controller-git"])
 def test_bash_parses_the_script(boot, tmp_path):
     path = tmp_path / "user-data.sh"
     path.write_text(render_user_data(boot))

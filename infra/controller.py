@@ -1,0 +1,165 @@
+"""Controller component: a small on-demand instance that supervises runs in the cloud.
+
+It runs the watch state machine (``python -m trainer.launch.controller``, a systemd service) so a
+run goes on when the laptop closes: it polls the bucket for run requests, sets the nodes' group
+to the wanted size, launches over SSM Run Command, relaunches after a loss or exit 75, and scales
+the group to 0 when the run is over. Why an instance and not an event-driven design (Lambda +
+EventBridge): the watch loop waits for hours on capacity and polls SSM invocations every minute;
+one t3.small (about $0.02/h) keeps that loop simple and identical to the tested one, and the
+dead-man switches on the nodes cover the controller's own death (its heartbeat in the bucket).
+
+Its role is scoped to this cluster: describe calls, ``SetDesiredCapacity`` on this group only
+(ARN + ``twostage:cluster`` tag), ``SendCommand`` only to instances tagged with this cluster, the
+run bucket. No ingress; HTTPS out only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.compute import TAG_CLUSTER, TAG_ROLE
+from infra.policies import (
+    assume_role_policy,
+    controller_policy,
+    ssm_agent_policy,
+    to_json,
+)
+from infra.userdata import ROLE_CONTROLLER, Bootstrap, render_user_data
+
+
+@dataclass(frozen=True)
+class ControllerArgs:
+    cluster_name: str
+    instance_type: str
+    ami_id: str
+    group_name: str
+    node_count: int
+    node_instance_types: tuple[str, ...]
+    spot: bool
+    repo_url: str | None = None
+    repo_ref: str = "main"
+    source_sha256: str | None = None
+
+
+def controller_env(args: ControllerArgs) -> tuple[tuple[str, str], ...]:
+    """What the controller knows about the cluster besides the common keys (pure)."""
+    return (
+        ("TWOSTAGE_NODE_COUNT", str(args.node_count)),
+        ("TWOSTAGE_INSTANCE_TYPES", ",".join(args.node_instance_types)),
+        ("TWOSTAGE_SPOT", "true" if args.spot else "false"),
+        ("TWOSTAGE_CONTROLLER_TYPE", args.instance_type),
+    )
+
+
+class Controller(pulumi.ComponentResource):
+    """The on-demand supervisor instance and its scoped role."""
+
+    instance_id: pulumi.Output[str]
+    role_name: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        args: ControllerArgs,
+        *,
+        subnet_id: pulumi.Input[str],
+        security_group_id: pulumi.Input[str],
+        bucket_name: pulumi.Input[str],
+        bucket_arn: pulumi.Input[str],
+        run_prefix: pulumi.Input[str],
+        region: pulumi.Input[str],
+        group_arn: pulumi.Input[str],
+        source_uri: pulumi.Input[str | None],
+        depends_on: list[pulumi.Resource] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("twostage:infra:Controller", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        cluster = args.cluster_name
+        tags = {TAG_CLUSTER: cluster}
+
+        partition = aws.get_partition_output(opts=invoke).partition
+        account = aws.get_caller_identity_output(opts=invoke).account_id
+        role = aws.iam.Role(
+            f"{name}-controller-role",
+            assume_role_policy=to_json(assume_role_policy()),
+            description=f"{cluster} controller: this group, this cluster's SSM targets, the bucket",
+            tags=tags,
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-controller-ssm-agent",
+            role=role.id,
+            policy=to_json(ssm_agent_policy()),
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-controller-scope",
+            role=role.id,
+            policy=pulumi.Output.all(bucket_arn, group_arn, region, account, partition).apply(
+                lambda v: to_json(
+                    controller_policy(
+                        bucket_arn=v[0],
+                        group_arn=v[1],
+                        cluster=cluster,
+                        region=v[2],
+                        account=v[3],
+                        partition=v[4],
+                    )
+                )
+            ),
+            opts=child,
+        )
+        profile = aws.iam.InstanceProfile(
+            f"{name}-controller-profile", role=role.name, tags=tags, opts=child
+        )
+
+        user_data = pulumi.Output.all(bucket_name, run_prefix, region, source_uri).apply(
+            lambda v: render_user_data(
+                Bootstrap(
+                    role=ROLE_CONTROLLER,
+                    cluster=cluster,
+                    bucket=v[0],
+                    run_prefix=v[1],
+                    region=v[2],
+                    group_name=args.group_name,
+                    repo_url=args.repo_url,
+                    repo_ref=args.repo_ref,
+                    source_uri=v[3],
+                    source_sha256=args.source_sha256,
+                    extra_env=controller_env(args),
+                )
+            )
+        )
+        instance = aws.ec2.Instance(
+            f"{name}-controller",
+            ami=args.ami_id,
+            instance_type=args.instance_type,
+            subnet_id=subnet_id,
+            vpc_security_group_ids=[security_group_id],
+            iam_instance_profile=profile.name,
+            associate_public_ip_address=False,
+            user_data=user_data,
+            # The controller keeps no state of its own (runs live in the bucket): a changed
+            # bootstrap gives a fresh controller that picks the run up from the bucket.
+            user_data_replace_on_change=True,
+            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
+                http_endpoint="enabled",
+                http_tokens="required",
+                http_put_response_hop_limit=1,
+                instance_metadata_tags="enabled",
+            ),
+            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
+                encrypted=True, volume_type="gp3", delete_on_termination=True
+            ),
+            tags={**tags, TAG_ROLE: ROLE_CONTROLLER, "Name": f"{cluster}-controller"},
+            volume_tags=tags,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on or []),
+        )
+        self.instance_id = instance.id
+        self.role_name = role.name
+        self.register_outputs({"instance_id": self.instance_id, "role_name": self.role_name})

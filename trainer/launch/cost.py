@@ -26,6 +26,10 @@ ON_DEMAND_USD_PER_HOUR: dict[str, float] = {
     "g5.xlarge": 1.006,
     "g5.12xlarge": 5.672,
     "g5.48xlarge": 16.288,
+    # Controller candidates (no GPU).
+    "t3.small": 0.0208,
+    "t3.medium": 0.0416,
+    "m7i.large": 0.1008,
 }
 MIN_BILLED_SECONDS = 60.0
 log = logging.getLogger(__name__)
@@ -92,6 +96,8 @@ class InstanceSpan:
     instance_id: str
     start: float
     end: float | None = None
+    instance_type: str = ""
+    """Known for group members (mixed instance types); empty: the cluster's one type."""
 
 
 def transition_time(reason: str) -> float | None:
@@ -193,3 +199,153 @@ def hourly_line(
     if spot and od:
         line += f" (on-demand reference ${od * node_count:.2f}/h)"
     return line
+
+
+# -- several instance types and the controller (the Auto Scaling group flow) --------------------
+
+
+@dataclass(frozen=True)
+class Price:
+    """One USD/hour price and where it came from (every report names its source)."""
+
+    usd_per_hour: float | None
+    source: str
+
+    def text(self) -> str:
+        if self.usd_per_hour is None:
+            return f"unknown ({self.source})"
+        return f"${self.usd_per_hour:.4f}/h ({self.source})"
+
+
+def price_for(
+    instance_type: str,
+    *,
+    spot: bool,
+    history: Iterable[Mapping[str, Any]] = (),
+    availability_zone: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Price:
+    """Spot price from the AZ's price history, else the on-demand reference; source named."""
+    if spot:
+        found = latest_spot_price(history, instance_type, availability_zone)
+        if found is not None:
+            where = availability_zone or "the region"
+            return Price(found, f"EC2 spot price history, {where}")  # SPOT_SOURCE, in short
+    od, source = on_demand_quote(instance_type, env)
+    if od is None:
+        return Price(None, f"no price known for {instance_type}")
+    if spot:
+        source = f"no spot price found; {source} as the upper bound"
+    return Price(od, source)
+
+
+def estimate_lines(
+    node_count: int,
+    prices: Mapping[str, Price],
+    *,
+    spot: bool,
+    controller_type: str,
+    controller_price: Price,
+) -> list[str]:
+    """Before launch: $/h per allowed type, the controller, and the range of the total."""
+    kind = "spot" if spot else "on-demand"
+    lines = [f"price per node, {kind}:"]
+    for itype, price in prices.items():
+        lines.append(f"  {itype}: {price.text()}")
+    lines.append(f"controller {controller_type} (on-demand): {controller_price.text()}")
+    known = [p.usd_per_hour for p in prices.values() if p.usd_per_hour is not None]
+    ctl = controller_price.usd_per_hour or 0.0
+    if known:
+        low, high = min(known) * node_count + ctl, max(known) * node_count + ctl
+        span = f"${low:.2f}/h" if low == high else f"${low:.2f}-{high:.2f}/h"
+        lines.append(f"while the run uses {node_count} node(s): {span} in all (nodes + controller)")
+    return lines
+
+
+@dataclass(frozen=True)
+class TypeCost:
+    instance_type: str
+    node_hours: float
+    price: Price
+
+    @property
+    def dollars(self) -> float | None:
+        p = self.price.usd_per_hour
+        return None if p is None else p * self.node_hours
+
+
+@dataclass(frozen=True)
+class FleetCostReport:
+    """Node-hours and dollars per instance type, the controller, the total; sources named."""
+
+    by_type: tuple[TypeCost, ...]
+    controller: TypeCost | None = None
+
+    @property
+    def dollars(self) -> float | None:
+        parts = [*self.by_type, *([self.controller] if self.controller else [])]
+        if any(p.dollars is None for p in parts):
+            return None
+        return sum(p.dollars or 0.0 for p in parts)
+
+    @property
+    def node_hours(self) -> float:
+        return sum(t.node_hours for t in self.by_type)
+
+    def lines(self) -> list[str]:
+        out = []
+        for t in self.by_type:
+            cost = "unknown" if t.dollars is None else f"${t.dollars:.2f}"
+            out.append(
+                f"{t.instance_type}: {t.node_hours:.2f} node-hours × {t.price.text()} = {cost}"
+            )
+        if self.controller is not None:
+            c = self.controller
+            cost = "unknown" if c.dollars is None else f"${c.dollars:.2f}"
+            out.append(
+                f"controller {c.instance_type}: {c.node_hours:.2f} h × {c.price.text()} = {cost}"
+            )
+        total = self.dollars
+        out.append(
+            f"total: {self.node_hours:.2f} node-hours, "
+            + ("dollars unknown" if total is None else f"${total:.2f}")
+        )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON written next to the run's final STATUS."""
+
+        def row(t: TypeCost) -> dict[str, Any]:
+            return {
+                "instance_type": t.instance_type,
+                "node_hours": round(t.node_hours, 4),
+                "usd_per_hour": t.price.usd_per_hour,
+                "price_source": t.price.source,
+                "dollars": None if t.dollars is None else round(t.dollars, 2),
+            }
+
+        return {
+            "by_type": [row(t) for t in self.by_type],
+            "controller": None if self.controller is None else row(self.controller),
+            "node_hours": round(self.node_hours, 4),
+            "dollars": None if self.dollars is None else round(self.dollars, 2),
+        }
+
+
+def fleet_cost_report(
+    spans: Iterable[InstanceSpan],
+    *,
+    now: float,
+    prices: Mapping[str, Price],
+    controller: tuple[str, float, Price] | None = None,
+) -> FleetCostReport:
+    """Group the spans by instance type; ``controller`` is (type, hours, price)."""
+    hours: dict[str, list[InstanceSpan]] = {}
+    for span in spans:
+        hours.setdefault(span.instance_type, []).append(span)
+    by_type = tuple(
+        TypeCost(t, node_hours(group, now), prices.get(t) or Price(None, f"no price for {t}"))
+        for t, group in sorted(hours.items())
+    )
+    ctl = None if controller is None else TypeCost(controller[0], controller[1], controller[2])
+    return FleetCostReport(by_type, ctl)

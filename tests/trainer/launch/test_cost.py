@@ -142,3 +142,58 @@ def test_the_report_names_where_each_price_came_from():
         env={"TWOSTAGE_ON_DEMAND_USD": "30"},
     )  # fmt: skip
     assert "price: $30.0000/node-hour (on-demand, from $TWOSTAGE_ON_DEMAND_USD)" in od.lines()
+
+
+# -- several types, the controller, named sources --------------------------------------------
+from trainer.launch.cost import Price, estimate_lines, fleet_cost_report, price_for  # noqa: E402
+
+
+def test_price_for_names_its_source():
+    history = [entry(12.0, 22), entry(20.0, 22, itype="p5.48xlarge")]
+    spot = price_for("p4d.24xlarge", spot=True, history=history, availability_zone="us-east-1a")
+    assert spot == Price(12.0, "EC2 spot price history, us-east-1a")
+    fallback = price_for(
+        "p4de.24xlarge", spot=True, history=history, availability_zone="us-east-1a", env={}
+    )
+    assert fallback.usd_per_hour == pytest.approx(40.9657)
+    assert "no spot price found" in fallback.source
+    od = price_for("t3.small", spot=False, env={})
+    assert od.usd_per_hour == pytest.approx(0.0208) and "on-demand list price" in od.source
+    env = price_for("t3.small", spot=False, env={"TWOSTAGE_ON_DEMAND_USD": "0.03"})
+    assert env == Price(0.03, "$TWOSTAGE_ON_DEMAND_USD")
+    assert price_for("x9.huge", spot=False, env={}).usd_per_hour is None
+
+
+def test_estimate_before_launch_covers_every_allowed_type_and_the_controller():
+    prices = {"p4d.24xlarge": Price(12.0, "a"), "p5.48xlarge": Price(30.0, "b")}
+    lines = estimate_lines(
+        2, prices, spot=True, controller_type="t3.small", controller_price=Price(0.02, "c")
+    )
+    text = "\n".join(lines)
+    assert "p4d.24xlarge: $12.0000/h (a)" in text and "p5.48xlarge: $30.0000/h (b)" in text
+    assert "controller t3.small (on-demand): $0.0200/h (c)" in text
+    assert "$24.02-60.02/h in all" in text
+
+
+def test_final_report_per_instance_type_with_controller():
+    spans = [
+        InstanceSpan("a", 0.0, 3600.0, "p4d.24xlarge"),
+        InstanceSpan("b", 0.0, 7200.0, "p4d.24xlarge"),
+        InstanceSpan("c", 0.0, 1800.0, "p5.48xlarge"),
+    ]
+    report = fleet_cost_report(
+        spans,
+        now=7200.0,
+        prices={"p4d.24xlarge": Price(10.0, "spot history"), "p5.48xlarge": Price(40.0, "od")},
+        controller=("t3.small", 2.0, Price(0.02, "od table")),
+    )
+    by = {t.instance_type: t for t in report.by_type}
+    assert by["p4d.24xlarge"].node_hours == pytest.approx(3.0)
+    assert by["p4d.24xlarge"].dollars == pytest.approx(30.0)
+    assert by["p5.48xlarge"].dollars == pytest.approx(20.0)
+    assert report.dollars == pytest.approx(50.04)
+    text = "\n".join(report.lines())
+    assert "p4d.24xlarge: 3.00 node-hours × $10.0000/h (spot history) = $30.00" in text
+    assert "total: 3.50 node-hours, $50.04" in text
+    data = report.to_dict()
+    assert data["by_type"][0]["price_source"] == "spot history" and data["dollars"] == 50.04

@@ -22,39 +22,84 @@ SCRATCH_DIR = "/opt/dlami/nvme/twostage"
 """Local scratch on the instance NVMe (checkpoint shards before upload, data caches)."""
 BOOT_LOG = "/var/log/twostage-bootstrap.log"
 
-# -- keys of the node's environment file -------------------------------------------------------
+# -- keys of a machine's environment file (nodes and the controller) ---------------------------
 ENV_CLUSTER = "TWOSTAGE_CLUSTER"
-ENV_NODE_INDEX = "TWOSTAGE_NODE_INDEX"
-ENV_NODE_COUNT = "TWOSTAGE_NODE_COUNT"
+ENV_ROLE = "TWOSTAGE_ROLE"
+""":data:`ROLE_NODE` or :data:`ROLE_CONTROLLER`."""
 ENV_BUCKET = "TWOSTAGE_BUCKET"
 ENV_RUN_PREFIX = "TWOSTAGE_RUN_PREFIX"
+ENV_GROUP = "TWOSTAGE_GROUP"
+"""The nodes' Auto Scaling group (a node leaves it; the controller scales it)."""
+ENV_INSTANCE_ID = "TWOSTAGE_INSTANCE_ID"
+"""This machine's instance id, from IMDSv2 at boot (a launch command checks it is for this node)."""
 ENV_SCRATCH = "TWOSTAGE_SCRATCH"
 ENV_PYTHON = "TWOSTAGE_PYTHON"
 ENV_RUN = "TWOSTAGE_RUN"
 """Exported by the launch script: the run URI of the current launch."""
+ENV_NODE_COUNT = "TWOSTAGE_NODE_COUNT"
+"""Controller only: the group's size (``nodeCount``)."""
+ENV_INSTANCE_TYPES = "TWOSTAGE_INSTANCE_TYPES"
+"""Controller only: the allowed node types, comma-separated."""
+ENV_SPOT = "TWOSTAGE_SPOT"
+"""Controller only: ``true`` for spot nodes."""
+ENV_CONTROLLER_TYPE = "TWOSTAGE_CONTROLLER_TYPE"
+"""Controller only: its own instance type (for the cost report)."""
 ENV_KEYS = (
     ENV_CLUSTER,
-    ENV_NODE_INDEX,
+    ENV_ROLE,
     ENV_BUCKET,
     ENV_RUN_PREFIX,
-    ENV_NODE_COUNT,
+    ENV_GROUP,
     ENV_SCRATCH,
     ENV_PYTHON,
 )
 
-# -- EC2 tags -----------------------------------------------------------------------------------
+# -- roles, tags, names ---------------------------------------------------------------------------
+ROLE_NODE = "node"
+ROLE_CONTROLLER = "controller"
 TAG_CLUSTER = "twostage:cluster"
-"""Every resource of a cluster carries it; the launcher finds nodes by it."""
-TAG_NODE_INDEX = "twostage:node-index"
-"""A node's index 0..N-1 (node rank); SSM targets a node by cluster + index."""
-TAG_REPLACEMENT = "twostage:replacement"
-"""On a node started outside the Pulumi state to replace a lost one."""
+"""Every resource of a cluster carries it; SSM and IAM conditions filter on it."""
+TAG_ROLE = "twostage:role"
+""":data:`ROLE_NODE` on the group's instances, :data:`ROLE_CONTROLLER` on the controller."""
+GROUP_TAG = "aws:autoscaling:groupName"
+"""Set by Auto Scaling on every instance it launches (ended ones too)."""
 
 
-def node_tags(cluster: str, index: int) -> dict[str, str]:
-    """The EC2 tags every node carries (the launcher and SSM filter on them)."""
-    return {
-        "Name": f"{cluster}-node-{index}",
-        TAG_CLUSTER: cluster,
-        TAG_NODE_INDEX: str(index),
-    }
+def node_tags(cluster: str) -> dict[str, str]:
+    """The tags every node carries (the group propagates them at launch)."""
+    return {"Name": f"{cluster}-node", TAG_CLUSTER: cluster, TAG_ROLE: ROLE_NODE}
+
+
+def group_name(cluster: str) -> str:
+    """The nodes' Auto Scaling group: fixed by the cluster name, so IAM and user data know it."""
+    return f"{cluster}-nodes"
+
+
+# -- local state of a node's launches (written by the launch script, read by the node agent) -------
+AGENT_DIR = "/run/twostage"
+
+
+def launch_state_paths(agent_dir: str = AGENT_DIR) -> tuple[str, str, str]:
+    """(active, ended, idle timeout) files of a node's launches under ``agent_dir``.
+
+    *active* holds the pid of the running launch script; *ended* is touched when a launch ends
+    (its mtime is when the node became idle); *idle timeout* holds the current run's
+    ``run.idle_timeout_minutes`` in seconds.
+    """
+    return f"{agent_dir}/launch.active", f"{agent_dir}/launch.ended", f"{agent_dir}/idle_timeout_s"
+
+
+LAUNCH_ACTIVE, LAUNCH_ENDED, IDLE_TIMEOUT_FILE = launch_state_paths()
+
+# -- bucket-level control objects (not under a run; nodes may read, never write them) -------------
+CONTROL_PREFIX = "control/"
+REQUEST_KEY = f"{CONTROL_PREFIX}request.json"
+"""The run the controller should supervise (written by ``invoke pretrain``)."""
+HEARTBEAT_KEY = f"{CONTROL_PREFIX}heartbeat.json"
+"""The controller's heartbeat: nodes leave when it is older than their idle timeout."""
+CONTROLLER_STATE_KEY = f"{CONTROL_PREFIX}controller.json"
+"""What the controller is doing (phase, attempt, nodes), for ``invoke status``."""
+RUNS_PREFIX = "runs/"
+"""Where runs live in the bucket (the only prefix nodes may write)."""
+BOOTSTRAP_PREFIX = "bootstrap/"
+"""The source bundle every node runs as root (read-only for nodes)."""

@@ -19,6 +19,7 @@ Layout under the run prefix::
     STATUS.json                     :class:`Status`, rank 0 / launcher writes it
     logs/node-<i>/exit_code         what each node's trainer exited with
     control/stop                    ``invoke stop`` asked the run to end
+    cost.json                       the controller's final cost report (per instance type)
 """
 
 from __future__ import annotations
@@ -197,6 +198,8 @@ class Run:
     STATUS = "STATUS.json"
     LOGS = "logs"
     STOP = "control/stop"
+    COST = "cost.json"
+    """The controller's final cost report: node-hours and dollars per instance type."""
 
     def __post_init__(self) -> None:
         if not self.uri or not self.uri.strip():

@@ -17,6 +17,7 @@ from pathlib import Path
 import pulumi
 import pulumi_aws as aws
 
+from artifacts.node import ROLE_NODE, TAG_CLUSTER, group_name, node_tags
 from infra.bundle import BUNDLE_KEY
 from infra.policies import (
     assume_role_policy,
@@ -26,10 +27,8 @@ from infra.policies import (
     ssm_agent_policy,
     to_json,
 )
-from infra.userdata import ROLE_NODE, Bootstrap, render_user_data
+from infra.userdata import Bootstrap, render_user_data
 
-TAG_CLUSTER = "twostage:cluster"
-TAG_ROLE = "twostage:role"
 SPOT_ALLOCATION = "price-capacity-optimized"
 
 
@@ -51,16 +50,6 @@ class ComputeArgs:
     """Zipped checkout to upload when ``repo_url`` is None."""
     source_sha256: str | None = None
     """Its SHA-256, checked by every machine before it unpacks the bundle."""
-
-
-def group_name(cluster: str) -> str:
-    """The nodes' Auto Scaling group name (known before the group exists: IAM and user data use it)."""
-    return f"{cluster}-nodes"
-
-
-def node_tags(cluster: str) -> dict[str, str]:
-    """Tags every node carries (propagated by the group); SSM and the controller filter on them."""
-    return {"Name": f"{cluster}-node", TAG_CLUSTER: cluster, TAG_ROLE: ROLE_NODE}
 
 
 def network_interfaces(

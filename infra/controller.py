@@ -20,14 +20,22 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra.compute import TAG_CLUSTER, TAG_ROLE
+from artifacts.node import (
+    ENV_CONTROLLER_TYPE,
+    ENV_INSTANCE_TYPES,
+    ENV_NODE_COUNT,
+    ENV_SPOT,
+    ROLE_CONTROLLER,
+    TAG_CLUSTER,
+    TAG_ROLE,
+)
 from infra.policies import (
     assume_role_policy,
     controller_policy,
     ssm_agent_policy,
     to_json,
 )
-from infra.userdata import ROLE_CONTROLLER, Bootstrap, render_user_data
+from infra.userdata import Bootstrap, render_user_data
 
 
 @dataclass(frozen=True)
@@ -47,10 +55,10 @@ class ControllerArgs:
 def controller_env(args: ControllerArgs) -> tuple[tuple[str, str], ...]:
     """What the controller knows about the cluster besides the common keys (pure)."""
     return (
-        ("TWOSTAGE_NODE_COUNT", str(args.node_count)),
-        ("TWOSTAGE_INSTANCE_TYPES", ",".join(args.node_instance_types)),
-        ("TWOSTAGE_SPOT", "true" if args.spot else "false"),
-        ("TWOSTAGE_CONTROLLER_TYPE", args.instance_type),
+        (ENV_NODE_COUNT, str(args.node_count)),
+        (ENV_INSTANCE_TYPES, ",".join(args.node_instance_types)),
+        (ENV_SPOT, "true" if args.spot else "false"),
+        (ENV_CONTROLLER_TYPE, args.instance_type),
     )
 
 

@@ -21,6 +21,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from artifacts.node import BOOTSTRAP_PREFIX, CONTROL_PREFIX, RUNS_PREFIX, TAG_CLUSTER
 from infra.errors import InfraError
 
 #: The Run Command document the launcher and the controller use.
@@ -71,10 +72,6 @@ WRITE_OBJECT_ACTIONS = (
     "s3:AbortMultipartUpload",
     "s3:ListMultipartUploadParts",
 )
-#: Prefixes (relative to the bucket) and who writes them.
-RUNS_PREFIX = "runs/"
-BOOTSTRAP_PREFIX = "bootstrap/"
-CONTROL_PREFIX = "control/"
 
 #: EFA interfaces an instance type supports (one per network card where it has several).
 #: Types not listed support none. Source: EC2 "Elastic Fabric Adapter" supported instance types
@@ -223,7 +220,7 @@ def controller_policy(
     """The controller's role: describe, scale this group, Run Command on this cluster, the bucket."""
     _check_bucket_arn(bucket_arn)
     _check_group_arn(group_arn)
-    tag = {"StringEquals": {"aws:ResourceTag/twostage:cluster": cluster}}
+    tag = {"StringEquals": {f"aws:ResourceTag/{TAG_CLUSTER}": cluster}}
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -259,7 +256,7 @@ def controller_policy(
                 "Effect": "Allow",
                 "Action": ["ssm:SendCommand"],
                 "Resource": [f"arn:{partition}:ec2:{region}:{account}:instance/*"],
-                "Condition": {"StringEquals": {"ssm:resourceTag/twostage:cluster": cluster}},
+                "Condition": {"StringEquals": {f"ssm:resourceTag/{TAG_CLUSTER}": cluster}},
             },
             {
                 "Sid": "RunCommandDocument",

@@ -19,16 +19,40 @@ import re
 import shlex
 from dataclasses import dataclass
 
-PROJECT_DIR = "/opt/twostage"
-VENV_PYTHON = f"{PROJECT_DIR}/.venv/bin/python"
-DLAMI_PYTHON = "/opt/pytorch/bin/python"
-ENV_FILE = "/etc/twostage/node.env"
-SCRATCH_DIR = "/opt/dlami/nvme/twostage"
-READY_MARKER = "/etc/twostage/bootstrap.done"
-LOG_FILE = "/var/log/twostage-bootstrap.log"
+from artifacts.node import BOOT_LOG as LOG_FILE
+from artifacts.node import (
+    DLAMI_PYTHON,
+    ENV_BUCKET,
+    ENV_CLUSTER,
+    ENV_FILE,
+    ENV_GROUP,
+    ENV_INSTANCE_ID,
+    ENV_PYTHON,
+    ENV_ROLE,
+    ENV_RUN_PREFIX,
+    ENV_SCRATCH,
+    PROJECT_DIR,
+    READY_MARKER,
+    ROLE_CONTROLLER,
+    ROLE_NODE,
+    SCRATCH_DIR,
+    VENV_PYTHON,
+)
 
-ROLE_NODE = "node"
-ROLE_CONTROLLER = "controller"
+__all__ = [
+    "DLAMI_PYTHON",
+    "ENV_FILE",
+    "LOG_FILE",
+    "READY_MARKER",
+    "ROLE_CONTROLLER",
+    "ROLE_NODE",
+    "SCRATCH_DIR",
+    "VENV_PYTHON",
+    "Bootstrap",
+    "render_env_file",
+    "render_user_data",
+    "systemd_unit",
+]
 #: The systemd service each role runs once installed (module, unit name).
 SERVICES = {
     ROLE_NODE: ("trainer.launch.node_agent", "twostage-node-agent"),
@@ -68,14 +92,14 @@ class Bootstrap:
     def env(self) -> dict[str, str]:
         """The ``/etc/twostage/node.env`` contents (contract keys first)."""
         return {
-            "TWOSTAGE_CLUSTER": self.cluster,
-            "TWOSTAGE_ROLE": self.role,
-            "TWOSTAGE_BUCKET": self.bucket,
-            "TWOSTAGE_RUN_PREFIX": self.run_prefix,
-            "TWOSTAGE_GROUP": self.group_name,
+            ENV_CLUSTER: self.cluster,
+            ENV_ROLE: self.role,
+            ENV_BUCKET: self.bucket,
+            ENV_RUN_PREFIX: self.run_prefix,
+            ENV_GROUP: self.group_name,
             "AWS_DEFAULT_REGION": self.region,
-            "TWOSTAGE_SCRATCH": SCRATCH_DIR,
-            "TWOSTAGE_PYTHON": VENV_PYTHON,
+            ENV_SCRATCH: SCRATCH_DIR,
+            ENV_PYTHON: VENV_PYTHON,
             **dict(self.extra_env),
         }
 
@@ -171,7 +195,7 @@ token=$(curl -sS -X PUT http://169.254.169.254/latest/api/token \\
   -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')
 iid=$(curl -sS -H "X-aws-ec2-metadata-token: $token" \\
   http://169.254.169.254/latest/meta-data/instance-id)
-echo "TWOSTAGE_INSTANCE_ID=$iid" >> {ENV_FILE}
+echo "{ENV_INSTANCE_ID}=$iid" >> {ENV_FILE}
 chmod 0644 {ENV_FILE}
 set -a; . {ENV_FILE}; set +a
 {_on_failure(boot)}

@@ -35,6 +35,18 @@ class RunConfig:
     """Committed checkpoints kept in the run prefix (older ones are pruned after each commit)."""
     signing_key: str | None = None
     """Ed25519 private key (PEM path) that signs the published ``final/`` manifest; None: unsigned."""
+    min_nodes: int | None = None
+    """Cluster runs: the fewest nodes to go on with when spot capacity is short (after a capacity
+    wait; the run grows back when nodes return). None: every node of the cluster."""
+    idle_timeout_minutes: float = 15.0
+    """Cluster runs: a node whose trainer has exited leaves (stops billing) when no new launch
+    arrives within this, or when the controller's heartbeat is this old."""
+    stall_timeout_minutes: float = 60.0
+    """Cluster runs: the controller scales to 0 when the global step has not moved for this long."""
+    max_hours: float | None = None
+    """Cluster runs: stop (checkpoint, scale to 0) after this many hours; None: no cap."""
+    max_dollars: float | None = None
+    """Cluster runs: stop when the run has cost this many USD (nodes + controller); None: no cap."""
 
     def __post_init__(self) -> None:
         _check(
@@ -43,6 +55,17 @@ class RunConfig:
             "must be a non-empty name without '/'",
         )
         _check(self.keep_last >= 1, "run.keep_last", f"must be >= 1, got {self.keep_last}")
+        _check(
+            self.min_nodes is None or self.min_nodes >= 1,
+            "run.min_nodes",
+            f"must be >= 1, got {self.min_nodes}",
+        )
+        for key in ("idle_timeout_minutes", "stall_timeout_minutes"):
+            value = getattr(self, key)
+            _check(value >= 5, f"run.{key}", f"must be at least 5 (minutes), got {value}")
+        for key in ("max_hours", "max_dollars"):
+            value = getattr(self, key)
+            _check(value is None or value > 0, f"run.{key}", f"must be > 0, got {value}")
 
 
 @dataclass(frozen=True)

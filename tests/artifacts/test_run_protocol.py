@@ -113,9 +113,13 @@ FACTS: dict[object, str] = {
     "cache/data": "artifacts/run.py",
     "control/stop": "artifacts/run.py",
     "twostage:cluster": "artifacts/node.py",
-    "twostage:node-index": "artifacts/node.py",
+    "twostage:role": "artifacts/node.py",
     "/etc/twostage/node.env": "artifacts/node.py",
-    "TWOSTAGE_NODE_INDEX": "artifacts/node.py",
+    "TWOSTAGE_INSTANCE_ID": "artifacts/node.py",
+    "TWOSTAGE_GROUP": "artifacts/node.py",
+    "heartbeat.json": "artifacts/node.py",
+    "request.json": "artifacts/node.py",
+    "aws:autoscaling:groupName": "artifacts/node.py",
 }
 
 

@@ -1,18 +1,22 @@
-"""Remote launch of stage 1: stack outputs → per-node commands over SSM → watch, recover, finish.
+"""Stage 1 on the cluster: submit → the controller in the cloud supervises → nodes at 0.
 
 Import-light on purpose (`invoke --list` imports the cli module): boto3 and friends are imported
 inside the functions that use them. Modules, one concern each:
 
-- :mod:`.outputs`  stack outputs (`pulumi stack output --json` or a JSON file), validated.
-- :mod:`.ranks`    pure: node ranks, rendezvous, EFA/NCCL env, the per-node shell script.
-- :mod:`.cost`     pure: spot price, node-hours, dollars.
-- :mod:`.ssm`      thin SSM Run Command adapter (tag targets, output to the bucket).
-- :mod:`.fleet`    thin EC2 adapter: describe nodes by tag, replace a lost node, terminate.
-- :mod:`.watch`    the watch / recovery state machine over injected ports.
-- :mod:`.upload`   run config + local data to the run prefix.
-- :mod:`.run`      `invoke pretrain` orchestration and what the lifecycle tasks share.
-- :mod:`.lifecycle` `invoke status`, `logs`, `stop`.
-- :mod:`.cli`      the invoke tasks.
+- :mod:`.outputs`    stack outputs (`pulumi stack output --json` or a JSON file), validated.
+- :mod:`.ranks`      pure: node ranks, rendezvous, EFA/NCCL env, the per-node shell script.
+- :mod:`.group`      the nodes' Auto Scaling group (members, desired capacity); pure per-launch ranks.
+- :mod:`.cost`       pure: spot price, node-hours, dollars per instance type, price sources.
+- :mod:`.deadman`    pure: idle node, stalled run, max hours/dollars decisions.
+- :mod:`.ssm`        thin SSM Run Command adapter (instance targets, output to the bucket).
+- :mod:`.watch`      the supervision state machine over injected ports.
+- :mod:`.control`    the control objects in the bucket (request, heartbeat, controller state).
+- :mod:`.controller` the service on the controller instance (``python -m``).
+- :mod:`.node_agent` the dead-man service on every node (``python -m``).
+- :mod:`.upload`     run config + local data to the run prefix.
+- :mod:`.run`        `invoke pretrain`: submit and follow.
+- :mod:`.lifecycle`  `invoke status`, `logs`, `stop`.
+- :mod:`.cli`        the invoke tasks.
 """
 
 from __future__ import annotations

@@ -36,12 +36,41 @@ def _context(stack: str | None, outputs: str | None):
         return Context.real(o)
 
 
+def _print_outcome(outcome: dict | None, run_uri: str) -> None:
+    """The controller's final word on a run (from ``control/controller.json``)."""
+    if outcome is None:
+        return
+    print(outcome["message"])
+    if outcome.get("left_running"):
+        print(f"warning: still running after scale-to-0: {', '.join(outcome['left_running'])}")
+    else:
+        print("nodes: desired capacity 0, no instance left running")
+    cost = outcome.get("cost")
+    if cost:
+        for row in cost["by_type"]:
+            print(
+                f"{row['instance_type']}: {row['node_hours']:.2f} node-hours × "
+                f"${row['usd_per_hour'] or 0:.4f}/h ({row['price_source']}) = ${row['dollars']}"
+            )
+        if cost.get("controller"):
+            c = cost["controller"]
+            print(f"controller {c['instance_type']}: {c['node_hours']:.2f} h = ${c['dollars']}")
+        print(f"total: {cost['node_hours']:.2f} node-hours, ${cost['dollars']}")
+    if outcome.get("download_command"):
+        print(f"stage 2: {outcome['download_command']}")
+
+
+_DETACHED = (
+    "the run goes on in the cloud: `invoke status`, `invoke logs`, `invoke stop` (from any machine)"
+)
+
+
 @task(
     help={
         **_WHERE,
         "config": "run recipe TOML (default configs/pretrain-p4d.toml; with --local configs/pretrain-tiny.toml)",
         "run": "run NAME under the stack's run prefix (default: a timestamp); with --local a folder or URI",
-        "watch": "follow the run: relaunch after spot loss / exit 75, terminate every node at the end",
+        "detach": "return right after submitting (the controller in the cloud runs it either way)",
         "local": "run here through the DeepSpeed launcher on CPU ranks instead of on the cluster",
         "nproc": "ranks for --local (default 2)",
         "launcher": "per-node launcher on the cluster: deepspeed (--no_ssh) or torchrun",
@@ -55,19 +84,20 @@ def pretrain(
     outputs=None,
     config=None,
     run=None,
-    watch=True,
+    detach=False,
     local=False,
     nproc=2,
     launcher="deepspeed",
     public_key=None,
 ):
-    """Stage 1: launch pretraining on the provisioned nodes over SSM and watch it to the end.
+    """Stage 1: submit pretraining to the cluster's controller and follow it (or --detach).
 
-    Reads the stack outputs, checks every node is running and SSM-managed, uploads the run config
-    (and local data) to the run prefix, shows the hourly price and launches on every node. With
-    --watch (default) it relaunches after a spot loss or exit 75 (the trainer resumes from the
-    last committed checkpoint), terminates every node when the run converges, and prints the cost
-    and the `invoke download` command. --local runs the same trainer here on CPU ranks.
+    Validates the recipe, uploads it (and local data) to the run prefix, prints the hourly price
+    of the capacity (spot price per allowed type + the controller) and hands the run to the
+    controller instance, which launches it over SSM, relaunches after a spot loss or exit 75,
+    goes on with fewer nodes down to run.min_nodes, and scales the nodes to 0 at the end. This
+    task then only follows: Ctrl-C or a closed laptop never stops the run (`invoke stop` does).
+    --local runs the same trainer here on CPU ranks.
     """
     if local:
         from artifacts.logs import init_logging
@@ -81,35 +111,27 @@ def pretrain(
         if rc != 0:
             raise Exit(f"trainer failed with exit code {rc}", code=rc)
         return
-    from trainer.launch.run import pretrain_remote
+    from trainer.launch.run import follow, submit
 
     ctx = _context(stack, outputs)
-    try:
-        run_uri, outcome = pretrain_remote(
-            ctx,
-            config=Path(config or "configs/pretrain-p4d.toml"),
-            run=run,
-            watch=watch,
-            launcher=launcher,
-            public_key=public_key,
-            stack=stack,
-            outputs_file=outputs,
-        )
-    except KeyboardInterrupt:
-        raise Exit(
-            "stopped watching; a launched run goes on on the nodes (and bills): "
-            "`invoke status`, `invoke logs --follow`, `invoke stop`",
-            code=130,
-        ) from None
-    if outcome is None:
-        print(f"launched {run_uri}")
-        print("follow it: invoke status | invoke logs --follow | invoke stop")
-        print("warning: without --watch nothing relaunches after a spot loss; a failed run")
-        print("leaves its nodes running (billing) until `invoke stop`")
+    request = submit(
+        ctx,
+        config=Path(config or "configs/pretrain-p4d.toml"),
+        run=run,
+        launcher=launcher,
+        public_key=public_key,
+        stack=stack,
+        outputs_file=outputs,
+    )
+    if detach:
+        print(_DETACHED)
         return
-    for line in outcome.lines():
-        print(line)
-    if outcome.state == "failed":
+    try:
+        outcome = follow(ctx, request.request_id)
+    except KeyboardInterrupt:
+        raise Exit(f"stopped following; {_DETACHED}", code=130) from None
+    _print_outcome(outcome, request.run_uri)
+    if outcome is not None and outcome["state"] == "failed":
         raise Exit(code=1)
 
 
@@ -119,47 +141,46 @@ def _index(value: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise LaunchError(f"--node {value}: give a node index (0, 1, ...)") from None
+        raise LaunchError(f"--node {value}: give a node rank (0, 1, ...)") from None
 
 
-@task(help={**_WHERE, "run": "run NAME or s3:// URI (default: the last launched run)"})
+@task(help={**_WHERE, "run": "run NAME or s3:// URI (default: the last submitted run)"})
 @user_errors
 def status(c, stack=None, outputs=None, run=None):
-    """Run state (STATUS.json), last committed checkpoint, val-loss trend, nodes, cost so far."""
+    """Run state (STATUS.json), checkpoint, val-loss trend, controller phase, nodes, cost so far."""
     from trainer.launch.lifecycle import run_status
     from trainer.launch.run import pick_run
 
     ctx = _context(stack, outputs)
-    run_uri, _ = pick_run(ctx.outputs, run)
-    for line in run_status(ctx, run_uri):
+    for line in run_status(ctx, pick_run(ctx.outputs, run)):
         print(line)
 
 
 @task(
     help={
         **_WHERE,
-        "run": "run NAME or s3:// URI (default: the last launched run)",
-        "node": "only this node index (default: every node)",
-        "follow": "keep printing new output until the command ends",
+        "run": "run NAME or s3:// URI (default: the last submitted run)",
+        "node": "only this rank of the latest launch (default: every node)",
+        "follow": "keep printing new output until the controller is done with the run",
     }
 )
 @user_errors
 def logs(c, stack=None, outputs=None, run=None, node=None, follow=False):
-    """Output of the latest launch command on each node (from <run>/logs/ in S3 or SSM)."""
-    from trainer.launch.lifecycle import command_done, node_logs
+    """Output of the latest launch command on each node (the copy SSM writes to <run>/logs/)."""
+    from trainer.launch.lifecycle import launch_done, node_logs
     from trainer.launch.run import pick_run
 
     ctx = _context(stack, outputs)
-    run_uri, last = pick_run(ctx.outputs, run)
-    node = None if node is None else _index(node)
+    run_uri = pick_run(ctx.outputs, run)
+    rank = None if node is None else _index(node)
     shown: dict[int, int] = {}
     while True:
-        for i, text in node_logs(ctx, run_uri, last, node).items():
+        for i, text in node_logs(ctx, run_uri, rank).items():
             new = text[shown.get(i, 0) :] if len(text) >= shown.get(i, 0) else text
             for line in new.splitlines():
                 print(f"[node {i}] {line}")
             shown[i] = len(text)
-        if not follow or all(command_done(ctx, run_uri, last, i) for i in shown):
+        if not follow or launch_done(ctx, run_uri):
             return
         time.sleep(15)
 
@@ -167,21 +188,21 @@ def logs(c, stack=None, outputs=None, run=None, node=None, follow=False):
 @task(
     help={
         **_WHERE,
-        "run": "run NAME or s3:// URI (default: the last launched run)",
-        "terminate": "terminate every node after the trainer exited (default on: no idle spend)",
-        "timeout": "seconds to wait for the trainer to commit and exit (default 600)",
+        "run": "run NAME or s3:// URI (default: the last submitted run)",
+        "timeout": "seconds to follow the controller's stop (default 900; it goes on regardless)",
     }
 )
 @user_errors
-def stop(c, stack=None, outputs=None, run=None, terminate=True, timeout=600):
-    """Graceful stop: SIGTERM to the trainer (it commits a checkpoint, exits 75), then terminate."""
+def stop(c, stack=None, outputs=None, run=None, timeout=900):
+    """Graceful stop: the controller SIGTERMs the trainer (it commits), then scales the nodes to 0."""
     from trainer.launch.lifecycle import stop_run
     from trainer.launch.run import pick_run
 
     ctx = _context(stack, outputs)
-    run_uri, _ = pick_run(ctx.outputs, run)
-    for line in stop_run(ctx, run_uri, terminate=terminate, timeout_s=float(timeout)):
-        print(line)
+    run_uri = pick_run(ctx.outputs, run)
+    outcome = stop_run(ctx, run_uri, timeout_s=float(timeout))
+    _print_outcome(outcome, run_uri)
+    print(f"resume: invoke pretrain --run {run_uri}")
 
 
 TASKS = [pretrain, status, logs, stop]

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from artifacts.node import GROUP_TAG
 from trainer.launch.cost import transition_time
 from trainer.launch.ranks import Node
 
@@ -24,8 +25,6 @@ log = logging.getLogger(__name__)
 
 LIVE_STATES = frozenset({"pending", "running"})
 ENDED_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
-GROUP_TAG = "aws:autoscaling:groupName"
-"""Set by Auto Scaling on every instance it launches (also on ended ones, for the cost)."""
 
 
 @dataclass(frozen=True)

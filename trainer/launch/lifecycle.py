@@ -1,23 +1,20 @@
-"""`invoke status`, `invoke logs` and `invoke stop` for a remote run."""
+"""`invoke status`, `invoke logs` and `invoke stop` for a cluster run: bucket reads (and one write).
+
+They work from any machine that has the stack outputs and read access to the bucket: the
+controller's state and heartbeat (``control/``), the run's STATUS, checkpoints and the command
+output SSM copies to ``<run>/logs/``, the group's instances. ``invoke stop`` writes the run's stop
+marker; the controller does the rest (SIGTERM, the trainer commits, desired capacity 0).
+"""
 
 from __future__ import annotations
 
 import json
-import time
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 from artifacts.run import Run
 from trainer.launch import LaunchError
-from trainer.launch.run import (
-    STATE_FILE,
-    STOP_KEY,
-    Context,
-    LastRun,
-    SystemClock,
-    aws_errors,
-    spot_price,
-)
+from trainer.launch.run import STOP_KEY, Context, SystemClock, aws_errors, follow, prices
 
 
 def trend(history: list[float], last: int = 6) -> str:
@@ -31,18 +28,20 @@ def trend(history: list[float], last: int = 6) -> str:
     return " ".join(parts)
 
 
-def run_status(ctx: Context, run_uri: str) -> list[str]:
+def run_status(ctx: Context, run_uri: str, *, now: float | None = None) -> list[str]:
     """What `invoke status` prints."""
     from artifacts.manifest import MANIFEST_NAME, latest_committed
-    from trainer.launch.cost import InstanceSpan, cost_report
+    from trainer.launch.cost import fleet_cost_report
+    from trainer.launch.watch import spans_of
 
+    now = SystemClock().now() if now is None else now
     lines = [f"run: {run_uri}"]
     with aws_errors():
         run = Run(run_uri)
         store = run.store
         status = run.read_status()
         if status is None:
-            lines.append(f"state: launched (no {Run.STATUS} yet)")
+            lines.append(f"state: submitted (no {Run.STATUS} yet)")
         else:
             lines.append(
                 f"state: {status.state} at step {status.global_step}, "
@@ -57,121 +56,91 @@ def run_status(ctx: Context, run_uri: str) -> list[str]:
         lines.append(f"last committed checkpoint: {ckpt or 'none yet'}")
         if store.exists(f"{Run.FINAL}/{MANIFEST_NAME}"):
             lines.append(f"final model: {run.final_uri}")
-        nodes = sorted(ctx.fleet.nodes(), key=lambda n: (n.index, n.launch_time))
-        for n in nodes:
-            ssm = {True: ", SSM online", False: ", SSM offline", None: ""}[n.ssm_online]
-            lines.append(f"node {n.index}: {n.instance_id} {n.state} {n.private_ip}{ssm}")
-        if not nodes:
-            lines.append(f"nodes: none in cluster {ctx.outputs.cluster_name}")
-        started = _iso_ts(status.started_at) if status else None
-        spans = [
-            InstanceSpan(n.instance_id, max(n.launch_time, started or 0.0), n.end_time)
-            for n in nodes
-            if n.end_time is None or started is None or n.end_time > started
-        ]
-        o = ctx.outputs
-        report = cost_report(
-            spans,
-            now=time.time(),
-            instance_type=o.instance_type,
-            spot=o.spot,
-            spot_price=spot_price(ctx) if o.spot else None,
-        )
-        lines += [f"so far: {line}" for line in report.lines()]
+        state = ctx.control.state()
+        beat = ctx.control.heartbeat_at()
+        age = "never" if beat is None else f"{(now - beat) / 60:.1f} min ago"
+        if state.run_uri == run_uri:
+            lines.append(f"controller: {state.phase}, attempt {state.attempt}; heartbeat {age}")
+        else:
+            lines.append(f"controller: not on this run (heartbeat {age})")
+        members = sorted(ctx.group.members(), key=lambda m: (m.launch_time, m.instance_id))
+        live = [m for m in members if m.state in ("pending", "running")]
+        for m in live:
+            lines.append(
+                f"node: {m.instance_id} {m.instance_type} {m.state}/{m.lifecycle} {m.private_ip}"
+            )
+        lines.append(f"nodes: {len(live)} running in group {ctx.outputs.group_name}")
+        if state.run_uri == run_uri and state.outcome and state.outcome.get("cost"):
+            cost = state.outcome["cost"]
+            lines.append(f"final cost: {cost['node_hours']} node-hours, ${cost['dollars']}")
+        else:
+            node_prices, _ = prices(ctx)
+            started = _submitted_at(ctx, run_uri) or now
+            report = fleet_cost_report(spans_of(members, started), now=now, prices=node_prices)
+            lines += [f"so far: {line}" for line in report.lines()]
     return lines
 
 
-def _iso_ts(value: Any) -> float | None:
-    if not value:
-        return None
-    try:
-        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+def _submitted_at(ctx: Context, run_uri: str) -> float | None:
+    request = ctx.control.request()
+    return request.submitted_at if request is not None and request.run_uri == run_uri else None
 
 
-def node_logs(ctx: Context, run_uri: str, last: LastRun | None, node: int | None) -> dict[int, str]:
-    """node index → output of its latest launch command (S3 copy when present, else SSM's)."""
-    from artifacts.store import open_store
-
-    if last is None or not last.commands:
-        raise LaunchError(f"no launch of {run_uri} recorded in {STATE_FILE}: nothing to show")
-    wanted = sorted(int(i) for i in last.commands)
-    if node is not None:
-        if node not in wanted:
-            raise LaunchError(f"--node {node}: the run has nodes {wanted}")
-        wanted = [node]
-    store = open_store(run_uri)
-    runner = ctx.runner_for(run_uri)
+def node_logs(ctx: Context, run_uri: str, rank: int | None) -> dict[int, str]:
+    """rank → output of the latest launch command on that node (the copy SSM puts in S3)."""
+    state = ctx.control.state()
+    if state.run_uri != run_uri or not state.commands:
+        raise LaunchError(f"no launch of {run_uri} recorded by the controller yet: nothing to show")
+    ranks = sorted(int(r) for r in state.commands)
+    if rank is not None:
+        if rank not in ranks:
+            raise LaunchError(f"--node {rank}: the latest launch has ranks {ranks}")
+        ranks = [rank]
+    store = Run(run_uri).store
     out: dict[int, str] = {}
     with aws_errors():
-        for i in wanted:
-            cid, iid = last.commands[str(i)]
+        for r in ranks:
+            cid, iid = state.commands[str(r)]
             keys = [
                 o.key
-                for o in store.list(f"logs/{cid}/{iid}/")
+                for o in store.list(f"{Run.LOGS}/{cid}/{iid}/")
                 if o.key.endswith(("stdout", "stderr"))
             ]
-            if keys:
-                out[i] = "".join(
-                    store.get_bytes(k).decode("utf-8", "replace")
-                    for k in sorted(keys, reverse=True)
-                )
-                continue
-            inv = runner.invocation(cid, iid) or {}
-            out[i] = (inv.get("StandardOutputContent") or "") + (
-                inv.get("StandardErrorContent") or ""
+            text = "".join(
+                store.get_bytes(k).decode("utf-8", "replace") for k in sorted(keys, reverse=True)
             )
-            out[i] = out[i] or f"(no output yet; command {cid} is {inv.get('Status', 'pending')})\n"
+            # SSM uploads the output when the command ends (or at its 48 h cut).
+            out[r] = (
+                text
+                or f"(no output in S3 yet for command {cid} on {iid}; SSM uploads it when the command ends)\n"
+            )
     return out
 
 
-def command_done(ctx: Context, run_uri: str, last: LastRun, node: int) -> bool:
-    """Whether the node's latest launch command has ended."""
-    from trainer.launch.watch import TERMINAL_COMMAND
-
-    cid, iid = last.commands[str(node)]
-    with aws_errors():
-        return ctx.runner_for(run_uri).poll(cid, iid).status in TERMINAL_COMMAND
+def launch_done(ctx: Context, run_uri: str) -> bool:
+    """Whether the controller is no longer running this run (done or on another)."""
+    state = ctx.control.state()
+    return state.run_uri != run_uri or state.done
 
 
 def stop_run(
-    ctx: Context, run_uri: str, *, terminate: bool, timeout_s: float = 600.0, clock: Any = None
-) -> list[str]:
-    """Graceful stop: mark the run stopped, SIGTERM the trainers, wait for them, maybe terminate."""
-    from artifacts.store import open_store
-    from trainer.launch.ranks import exit_code_key, stop_script
-
+    ctx: Context,
+    run_uri: str,
+    *,
+    timeout_s: float = 900.0,
+    clock: Any = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any] | None:
+    """Ask the controller to stop the run (it commits, then scales to 0); follow until done."""
     clock = clock or SystemClock()
-    lines: list[str] = []
     with aws_errors():
-        store = open_store(run_uri)
-        requested = clock.now()
-        store.put_bytes(STOP_KEY, json.dumps({"requested_at": requested}).encode())
-        ctx.runner_for(run_uri).send_all(stop_script(), comment="twostage stop")
-        lines.append(f"sent SIGTERM to the trainer on every node of {ctx.outputs.cluster_name}")
-        keys = [exit_code_key(i) for i in range(ctx.outputs.node_count)]
-        deadline = requested + timeout_s
-        while True:
-            # A node records its exit code after the trainer committed and exited.
-            fresh = {
-                o.key for o in store.list("logs/") if o.key in keys and o.mtime >= requested - 5
-            }
-            if len(fresh) == len(keys):
-                codes = sorted({store.get_bytes(k).decode().strip() for k in keys})
-                lines.append(f"trainer exited on every node (exit code {', '.join(codes)})")
-                break
-            if clock.now() >= deadline:
-                lines.append(f"the trainer did not confirm its exit within {timeout_s:.0f} s")
-                break
-            clock.sleep(10.0)
-        if terminate:
-            ids = ctx.fleet.terminate_all()
-            lines.append(f"terminated {len(ids)} node(s); `pulumi up --refresh` brings them back")
-        else:
-            lines.append(
-                "nodes left running (billing continues): `invoke stop --terminate` ends them"
-            )
-        lines.append(f"resume: invoke pretrain --run {run_uri}")
-    return lines
+        Run(run_uri).store.put_bytes(STOP_KEY, json.dumps({"requested_at": clock.now()}).encode())
+        state, request = ctx.control.state(), ctx.control.request()
+    say(f"stop requested for {run_uri}")
+    if request is None or request.run_uri != run_uri:
+        say("the controller is not supervising this run: nothing else to do")
+        return None
+    if state.request_id == request.request_id and state.done:
+        say("the run had already ended")
+        return state.outcome
+    return follow(ctx, request.request_id, clock=clock, say=say, timeout_s=timeout_s)

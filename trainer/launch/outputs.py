@@ -2,8 +2,8 @@
 
 Read from a JSON file (``--outputs FILE``, what ``pulumi stack output --json`` prints) or from the
 Pulumi CLI (``pulumi stack output --json [--stack NAME]``). Validated once, here, so every later
-step can trust the fields. The instance ids and IPs are the state at ``pulumi up`` time; after a
-spot replacement the live truth is EC2 (see :mod:`trainer.launch.fleet`), found by tag.
+step can trust the fields. Nodes have no fixed identity: the live truth is the Auto Scaling group
+(:mod:`trainer.launch.group`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,8 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "run_prefix",
     "cluster_name",
     "node_count",
-    "instance_ids",
-    "private_ips",
-    "head_private_ip",
     "instance_type",
+    "autoscaling_group_name",
 )
 
 
@@ -43,23 +41,20 @@ class StackOutputs:
     cluster_name: str
     """Value of the ``twostage:cluster`` tag on every node."""
     node_count: int
-    """Number of nodes; node indices are 0..node_count-1."""
-    instance_ids: tuple[str, ...]
-    """Instance ids in node-index order (as of ``pulumi up``)."""
-    private_ips: tuple[str, ...]
-    """Private IPs in node-index order (as of ``pulumi up``)."""
-    head_private_ip: str
-    """Private IP of node 0, the rendezvous address."""
+    """The group's size: nodes a run asks for."""
     instance_type: str
-    """EC2 instance type, e.g. ``p4d.24xlarge``."""
+    """The launch template's own type, e.g. ``p4d.24xlarge``."""
+    group_name: str
+    """The nodes' Auto Scaling group."""
+    instance_types: tuple[str, ...] = ()
+    """Every type the group may launch (``instance_type`` first)."""
     availability_zone: str = ""
     """AZ of the nodes (spot price lookups)."""
-    head_instance_id: str = ""
-    """Instance id of node 0."""
     spot: bool = True
     """Whether the nodes are spot instances."""
+    controller_instance_id: str = ""
+    controller_instance_type: str = "t3.small"
     launch_template_id: str = ""
-    """Launch template the nodes were created from (used to replace a lost node)."""
     subnet_id: str = ""
     """Subnet of the nodes."""
     security_group_id: str = ""
@@ -84,15 +79,6 @@ class StackOutputs:
             raise LaunchError(
                 f"stack output node_count from {source} is not an integer: {data['node_count']!r}"
             ) from None
-        ids, ips = data["instance_ids"], data["private_ips"]
-        for key, value in (("instance_ids", ids), ("private_ips", ips)):
-            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                raise LaunchError(f"stack output {key} from {source} is not a list of strings")
-            if len(value) != node_count:
-                raise LaunchError(
-                    f"stack output {key} from {source} has {len(value)} entries, "
-                    f"node_count is {node_count}"
-                )
         if node_count < 1:
             raise LaunchError(
                 f"stack output node_count from {source} must be >= 1, got {node_count}"
@@ -101,11 +87,9 @@ class StackOutputs:
             raise LaunchError(
                 f"stack output run_prefix from {source} must be an s3:// URI, got {data['run_prefix']!r}"
             )
-        if data["head_private_ip"] != ips[0]:
-            raise LaunchError(
-                f"stack outputs from {source}: head_private_ip {data['head_private_ip']} is not "
-                f"node 0's private IP {ips[0]}"
-            )
+        types = data.get("instance_types") or [data["instance_type"]]
+        if not isinstance(types, list) or not all(isinstance(t, str) and t for t in types):
+            raise LaunchError(f"stack output instance_types from {source} is not a list of types")
         spot = data.get("spot", True)
         if isinstance(spot, str):
             spot = spot.strip().lower() in ("1", "true", "yes")
@@ -115,13 +99,13 @@ class StackOutputs:
             run_prefix=str(data["run_prefix"]).rstrip("/"),
             cluster_name=str(data["cluster_name"]),
             node_count=node_count,
-            instance_ids=tuple(ids),
-            private_ips=tuple(ips),
-            head_private_ip=str(data["head_private_ip"]),
             instance_type=str(data["instance_type"]),
+            group_name=str(data["autoscaling_group_name"]),
+            instance_types=tuple(types),
             availability_zone=str(data.get("availability_zone") or ""),
-            head_instance_id=str(data.get("head_instance_id") or ids[0]),
             spot=bool(spot),
+            controller_instance_id=str(data.get("controller_instance_id") or ""),
+            controller_instance_type=str(data.get("controller_instance_type") or "t3.small"),
             launch_template_id=str(data.get("launch_template_id") or ""),
             subnet_id=str(data.get("subnet_id") or ""),
             security_group_id=str(data.get("security_group_id") or ""),

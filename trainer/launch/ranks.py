@@ -4,16 +4,21 @@ Everything here is a function over plain data (no AWS, no subprocess) so it is t
 The script each node runs through SSM:
 
 1. sources ``/etc/twostage/node.env`` (written by the node's user data) and refuses to run when
-   the node's own index is not the one the command was rendered for;
+   the node's own instance id is not the one the command was rendered for; marks the launch
+   active for the node's dead-man agent (and idle again when it ends, whatever the exit);
 2. exports the EFA/NCCL environment for the instance type (p4d: libfabric EFA provider with GPU
    RDMA, NCCL async error handling so a lost peer fails the job fast instead of hanging);
 3. downloads ``config.toml`` from the run prefix with the project's own store;
 4. runs the DeepSpeed launcher without SSH (``--no_ssh --node_rank i``) or torchrun, which starts
    ``python -m trainer --config ... --run ...`` on every GPU;
-5. records the exit code (local file, the run prefix's ``logs/``, the script's own exit status);
-6. exit 0 (finished) → ``shutdown -h +1``: the instance-initiated shutdown behaviour of the
-   launch template is *terminate*, so the node stops billing. One minute, not ``now``, so the SSM
-   agent can still report the exit code and upload the output first.
+5. records the exit code (local file, the run prefix's ``logs/``, the script's own exit status).
+
+Nodes belong to an Auto Scaling group, so the script never powers its node off (the group would
+replace it): the controller scales the group to 0 at the end, and the node agent takes an idle
+node out of the group (:mod:`trainer.launch.deadman`).
+
+Ranks are per launch attempt: node *index* here is the rank of that attempt
+(:func:`trainer.launch.group.launch_nodes`), not a fixed identity of an instance.
 """
 
 from __future__ import annotations
@@ -23,7 +28,15 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from artifacts.node import BOOT_LOG, ENV_FILE, ENV_NODE_INDEX, ENV_RUN, READY_MARKER
+from artifacts.node import (
+    AGENT_DIR,
+    BOOT_LOG,
+    ENV_FILE,
+    ENV_INSTANCE_ID,
+    ENV_RUN,
+    READY_MARKER,
+    launch_state_paths,
+)
 from artifacts.node import PROJECT_DIR as REPO_DIR
 from artifacts.node import SCRATCH_DIR as SCRATCH
 from artifacts.node import VENV_PYTHON as PYTHON
@@ -187,9 +200,10 @@ class LaunchSpec:
     ready_marker: str = READY_MARKER
     ready_timeout_s: int = 1800
     """How long a freshly booted node may take to finish its bootstrap."""
-    self_terminate: bool = True
-    """Power off after exit 0 (the launch template makes that a termination)."""
-    shutdown_cmd: str = "shutdown -h +1"
+    idle_timeout_s: int = 900
+    """The run's ``run.idle_timeout_minutes``, handed to the node's dead-man agent."""
+    agent_dir: str = AGENT_DIR
+    """Where the launch leaves its state for the node agent (tests point it elsewhere)."""
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -286,6 +300,7 @@ def node_script(spec: LaunchSpec, node: RankAssignment) -> str:
     """The bash script SSM runs on one node (see the module docstring for the steps)."""
     q = shlex.quote
     boot = int(ExitCode.BOOT)
+    active, ended, idle_file = launch_state_paths(spec.agent_dir)
     cfg = config_path_on_node(spec)
     env = {**network_env(spec.instance_type), **spec.extra_env}
     # Values may reference ${VAR} (LD_LIBRARY_PATH), so double-quote rather than shlex-quote them.
@@ -300,10 +315,15 @@ def node_script(spec: LaunchSpec, node: RankAssignment) -> str:
         "set -a",
         f". {q(spec.node_env)} || {{ echo 'error: cannot read {spec.node_env}' >&2; exit {boot}; }}",
         "set +a",
-        f'if [ "${{{ENV_NODE_INDEX}:-}}" != "{node.node_index}" ]; then',
-        f'  echo "error: this is node ${{{ENV_NODE_INDEX}:-?}}, the command is for node {node.node_index}" >&2',
+        f'if [ "${{{ENV_INSTANCE_ID}:-}}" != "{node.instance_id}" ]; then',
+        f'  echo "error: this is ${{{ENV_INSTANCE_ID}:-?}}, the command is for {node.instance_id}" >&2',
         f"  exit {boot}",
         "fi",
+        # For the node agent: a launch is active (its pid), and when it ended (idle since).
+        f"mkdir -p {q(spec.agent_dir)}",
+        f"echo {int(spec.idle_timeout_s)} > {q(idle_file)}",
+        f"echo $$ > {q(active)}",
+        f"trap {q(f'rm -f {active}; touch {ended}')} EXIT",
         f"waited=0; while [ ! -e {q(spec.ready_marker)} ]; do",
         f"  if [ $waited -ge {spec.ready_timeout_s} ]; then",
         f"    echo 'error: node bootstrap not finished after {spec.ready_timeout_s} s "
@@ -333,13 +353,6 @@ def node_script(spec: LaunchSpec, node: RankAssignment) -> str:
         "|| echo 'warning: could not record the exit code in the run prefix' >&2",
         'echo "twostage: trainer exited with $rc"',
     ]
-    if spec.self_terminate:
-        lines += [
-            f'if [ "$rc" -eq {int(ExitCode.OK)} ]; then',
-            '  echo "twostage: finished; powering off (shutdown terminates this node)"',
-            f"  {spec.shutdown_cmd}",
-            "fi",
-        ]
     lines.append('exit "$rc"')
     return "\n".join(lines) + "\n"
 

@@ -1,9 +1,12 @@
-"""Orchestration behind `invoke pretrain` (remote path); shared pieces of the lifecycle tasks.
+"""`invoke pretrain` on the cluster: submit the run to the controller, then (optionally) follow it.
 
-Reads the stack outputs, checks the nodes, uploads the run config (and local data) to the run
-prefix, shows the hourly price, launches through SSM and watches. The last launched run is kept
-in ``.twostage/last-run`` (JSON, in the current directory) so ``status``/``logs``/``stop`` work
-without ``--run``.
+Submitting validates the recipe with the trainer's own loader, uploads it (and local data) to the
+run prefix, prints the hourly price of the capacity, and writes ``control/request.json``
+(:mod:`trainer.launch.control`). From then on the controller in the cloud owns the run: a closed
+laptop, a killed ``invoke`` or Ctrl-C changes nothing. Following only *reads* the bucket (the
+controller's state, the run's STATUS). The last submitted run is kept in ``.twostage/last-run``
+(JSON, in the current directory) so ``status``/``logs``/``stop`` work without ``--run``; with
+``--run`` they work from any machine that has the stack outputs.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = Path(".twostage/last-run")
 STOP_KEY = Run.STOP
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+HEARTBEAT_STALE_S = 5 * 60.0
 
 
 # -- AWS plumbing ----------------------------------------------------------------------------
@@ -65,44 +70,46 @@ def aws_errors() -> Iterator[None]:
         raise LaunchError(f"AWS {err.operation_name} failed: {code}: {msg}") from None
 
 
-def clients(outputs: StackOutputs) -> tuple[Any, Any]:
-    """(ec2, ssm) clients for the stack's region."""
-    import boto3
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
 
-    session = boto3.session.Session(region_name=outputs.region)
-    return session.client("ec2"), session.client("ssm")
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
 
 
 # -- run naming and local state --------------------------------------------------------------
 def resolve_run_uri(outputs: StackOutputs, run: str | None, *, now: datetime | None = None) -> str:
-    """``--run NAME`` → ``<run_prefix>/<NAME>``; an s3:// URI is used as is; None → timestamp."""
+    """``--run NAME`` → ``<run_prefix>/<NAME>``; an s3:// URI must lie under the run prefix."""
+    prefix = outputs.run_prefix.rstrip("/")
     if run and "://" in run:
-        if not run.startswith("s3://"):
-            raise LaunchError(f"--run {run}: a remote run lives in S3 (s3://...), or give a NAME")
-        return run.rstrip("/")
+        uri = run.rstrip("/")
+        if not uri.startswith(prefix + "/"):
+            # Nodes may write only under runs/ (their IAM policy): elsewhere they could not commit.
+            raise LaunchError(f"--run {run}: a cluster run lives under {prefix}/ (or give a NAME)")
+        return uri
     if not run:
         run = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
     if not _NAME.match(run):
         raise LaunchError(f"--run {run!r}: use letters, digits, '.', '_' or '-' (or an s3:// URI)")
-    return f"{outputs.run_prefix}/{run}"
+    return f"{prefix}/{run}"
 
 
 @dataclass
 class LastRun:
-    """What ``.twostage/last-run`` remembers about the last launched run."""
+    """What ``.twostage/last-run`` remembers about the last submitted run."""
 
     run_uri: str
     stack: str | None = None
     outputs_file: str | None = None
-    launched_at: str = ""
-    commands: dict[str, list[str]] = field(default_factory=dict)
-    """node index → [command id, instance id] of the latest launch."""
+    submitted_at: str = ""
+    request_id: str = ""
 
 
 def save_last_run(state: LastRun, path: Path = STATE_FILE) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state.__dict__, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(asdict(state), indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 
@@ -116,220 +123,203 @@ def load_last_run(path: Path = STATE_FILE) -> LastRun | None:
         raise LaunchError(f"{path} is not a twostage run state file ({err}): delete it") from None
 
 
-def pick_run(
-    outputs: StackOutputs, run: str | None, path: Path = STATE_FILE
-) -> tuple[str, LastRun | None]:
-    """The run a lifecycle task acts on: ``--run`` or the last launched one."""
-    last = load_last_run(path)
+def pick_run(outputs: StackOutputs, run: str | None, path: Path = STATE_FILE) -> str:
+    """The run a lifecycle task acts on: ``--run``, else the last submitted one."""
     if run:
-        uri = resolve_run_uri(outputs, run)
-        return uri, last if last and last.run_uri == uri else None
+        return resolve_run_uri(outputs, run)
+    last = load_last_run(path)
     if last is None:
         raise LaunchError(f"no --run given and no {path}: pass --run NAME")
-    return last.run_uri, last
+    return last.run_uri
 
 
-# -- run state from the store -----------------------------------------------------------------
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-
-# -- the context every lifecycle task builds ---------------------------------------------------
+# -- the context every task builds --------------------------------------------------------------
 @dataclass
 class Context:
-    """Outputs plus the adapters built from them (tests inject fakes)."""
+    """Outputs plus the adapters built from them (tests inject fakes or moto clients)."""
 
     outputs: StackOutputs
     ec2: Any
-    ssm: Any
-    fleet: Any
-    runner_for: Any
-    """run_uri → CommandRunner."""
+    group: Any
+    """:class:`trainer.launch.group.Group` (read-only use on the laptop)."""
+    control: Any
+    """:class:`trainer.launch.control.ControlPlane` on the bucket."""
 
     @classmethod
     def real(cls, outputs: StackOutputs) -> Context:
-        from trainer.launch.fleet import Ec2Fleet
-        from trainer.launch.ssm import SsmRunner
+        import boto3
 
-        ec2, ssm = clients(outputs)
-        fleet = Ec2Fleet(
-            ec2, ssm, cluster=outputs.cluster_name, launch_template_id=outputs.launch_template_id
-        )
-        return cls(
-            outputs,
-            ec2,
-            ssm,
-            fleet,
-            lambda run_uri: SsmRunner(ssm, cluster=outputs.cluster_name, run_uri=run_uri),
-        )
+        from artifacts.store import open_store
+        from trainer.launch.control import ControlPlane
+        from trainer.launch.group import Group
+
+        session = boto3.session.Session(region_name=outputs.region)
+        ec2 = session.client("ec2")
+        group = Group(session.client("autoscaling"), ec2, None, name=outputs.group_name)
+        return cls(outputs, ec2, group, ControlPlane(open_store(f"s3://{outputs.bucket}")))
 
 
-def spot_price(ctx: Context) -> float | None:
-    """Current spot price of the stack's instance type in its AZ (None if unknown)."""
-    from trainer.launch.cost import latest_spot_price
-
+def spot_history(ec2: Any, instance_types: tuple[str, ...] | list[str], az: str = "") -> list:
+    """Recent spot prices of the types (in the AZ when given)."""
     kwargs: dict[str, Any] = {
-        "InstanceTypes": [ctx.outputs.instance_type],
+        "InstanceTypes": list(instance_types),
         "ProductDescriptions": ["Linux/UNIX"],
         "StartTime": datetime.now(UTC),
     }
-    if ctx.outputs.availability_zone:
-        kwargs["AvailabilityZone"] = ctx.outputs.availability_zone
-    history = ctx.ec2.describe_spot_price_history(**kwargs).get("SpotPriceHistory", [])
-    return latest_spot_price(
-        history, ctx.outputs.instance_type, ctx.outputs.availability_zone or None
-    )
+    if az:
+        kwargs["AvailabilityZone"] = az
+    return ec2.describe_spot_price_history(**kwargs).get("SpotPriceHistory", [])
 
 
-def check_nodes(ctx: Context) -> dict[int, Any]:
-    """Every node index running and (where SSM can tell) SSM-managed, else a one-line error."""
-    from trainer.launch.watch import current_nodes
-
-    nodes = current_nodes(ctx.fleet.nodes())
-    n = ctx.outputs.node_count
-    for i in range(n):
-        node = nodes.get(i)
-        if node is None:
-            raise LaunchError(
-                f"node {i} of cluster {ctx.outputs.cluster_name} does not exist: run `pulumi up --refresh`"
-            )
-        if node.state != "running":
-            raise LaunchError(
-                f"node {i} ({node.instance_id}) is {node.state}, not running: "
-                "run `pulumi up --refresh` to recreate it"
-            )
-        if node.ssm_online is False:
-            raise LaunchError(
-                f"node {i} ({node.instance_id}) is not managed by SSM (agent not online): wait a few "
-                "minutes after `pulumi up`; check its role has AmazonSSMManagedInstanceCore"
-            )
-    if any(nodes[i].ssm_online is None for i in range(n)):
-        log.warning("could not verify SSM registration; an unmanaged node will show as undelivered")
-    return {i: nodes[i] for i in range(n)}
-
-
-def refuse_if_running(ctx: Context, run_uri: str, last: LastRun | None) -> None:
-    """A second launch of a run whose commands still run would start a second trainer per node."""
-    from trainer.launch.watch import TERMINAL_COMMAND
-
-    if last is None or last.run_uri != run_uri:
-        return
-    runner = ctx.runner_for(run_uri)
-    for index, (cid, iid) in sorted(last.commands.items()):
-        status = runner.poll(cid, iid).status
-        if status not in TERMINAL_COMMAND and status != "Pending":
-            raise LaunchError(
-                f"{run_uri} is still running on node {index} (command {cid} {status}): follow it "
-                "with `invoke status` / `invoke logs --follow`, or `invoke stop` it first"
-            )
-
-
-def make_watcher(
-    ctx: Context,
-    run_uri: str,
-    run: Run,
-    *,
-    launcher: str = "deepspeed",
-    public_key: str | None = None,
-    policy: Any = None,
-    clock: Any = None,
-    on_launch: Any = None,
-    price: float | None = None,
-) -> Any:
-    """The :class:`Watcher` for this run with the real or injected ports."""
-    from trainer.launch.cost import cost_report
-    from trainer.launch.ranks import make_spec, node_scripts, stop_script
-    from trainer.launch.watch import Watcher
+def prices(ctx: Context) -> tuple[dict[str, Any], Any]:
+    """(price per allowed node type, controller price), each naming its source."""
+    from trainer.launch.cost import price_for
 
     o = ctx.outputs
-    if price is None and o.spot:
-        price = spot_price(ctx)
+    history = spot_history(ctx.ec2, o.instance_types, o.availability_zone) if o.spot else []
+    nodes = {
+        t: price_for(t, spot=o.spot, history=history, availability_zone=o.availability_zone or None)
+        for t in o.instance_types
+    }
+    return nodes, price_for(o.controller_instance_type, spot=False)
 
-    def scripts_for(assignments: list) -> dict[int, str]:
-        spec = make_spec(run_uri, assignments, instance_type=o.instance_type, launcher=launcher)
-        return node_scripts(spec, assignments)
 
-    def cost_for(spans: list, now: float) -> Any:
-        return cost_report(
-            spans, now=now, instance_type=o.instance_type, spot=o.spot, spot_price=price
-        )
+def estimate(ctx: Context, node_count: int) -> list[str]:
+    """The lines printed before a submit: what the capacity costs per hour while it runs."""
+    from trainer.launch.cost import estimate_lines
 
-    return Watcher(
-        run_uri=run_uri,
-        node_count=o.node_count,
-        runner=ctx.runner_for(run_uri),
-        fleet=ctx.fleet,
-        run_state=run,
-        clock=clock or SystemClock(),
-        scripts_for=scripts_for,
-        stop_script=stop_script(),
-        cost_for=cost_for,
-        policy=policy,
-        public_key=public_key,
-        on_launch=on_launch,
+    node_prices, controller_price = prices(ctx)
+    return estimate_lines(
+        node_count,
+        node_prices,
+        spot=ctx.outputs.spot,
+        controller_type=ctx.outputs.controller_instance_type,
+        controller_price=controller_price,
     )
 
 
-def pretrain_remote(
+# -- submit and follow ----------------------------------------------------------------------------
+def make_request(
+    outputs: StackOutputs,
+    run_uri: str,
+    config: Path,
+    *,
+    launcher: str,
+    public_key: str | None,
+    now: float,
+) -> Any:
+    """The :class:`~trainer.launch.control.RunRequest` for this recipe's ``[run]`` policy."""
+    from trainer.config import load_config
+    from trainer.launch.control import RunRequest
+
+    rc = load_config(config).run
+    if rc.min_nodes is not None and rc.min_nodes > outputs.node_count:
+        raise LaunchError(
+            f"run.min_nodes = {rc.min_nodes} in {config}, but the cluster has "
+            f"{outputs.node_count} node(s): lower it or `pulumi config set twostage:nodeCount`"
+        )
+    return RunRequest(
+        request_id=f"{datetime.fromtimestamp(now, UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",
+        run_uri=run_uri,
+        submitted_at=now,
+        node_count=outputs.node_count,
+        min_nodes=rc.min_nodes,
+        launcher=launcher,
+        idle_timeout_s=rc.idle_timeout_minutes * 60.0,
+        stall_timeout_s=rc.stall_timeout_minutes * 60.0,
+        max_hours=rc.max_hours,
+        max_dollars=rc.max_dollars,
+        public_key=public_key,
+    )
+
+
+def submit(
     ctx: Context,
     *,
     config: Path,
     run: str | None,
-    watch: bool = True,
     launcher: str = "deepspeed",
     public_key: str | None = None,
     stack: str | None = None,
     outputs_file: str | None = None,
     state_path: Path = STATE_FILE,
-    policy: Any = None,
     clock: Any = None,
-) -> tuple[str, Any]:
-    """Upload, launch, and (with ``watch``) follow the run. Returns (run URI, Outcome or None)."""
-    from trainer.launch.cost import hourly_line
+    say: Callable[[str], None] = print,
+) -> Any:
+    """Upload the run and hand it to the controller; returns the request (nothing waits)."""
     from trainer.launch.upload import upload_run_config
 
+    clock = clock or SystemClock()
     o = ctx.outputs
     run_uri = resolve_run_uri(o, run)
+    request = make_request(
+        o, run_uri, Path(config), launcher=launcher, public_key=public_key, now=clock.now()
+    )
     with aws_errors():
-        check_nodes(ctx)
-        refuse_if_running(ctx, run_uri, load_last_run(state_path))
+        current, state = ctx.control.request(), ctx.control.state()
+        if current is not None and not (state.request_id == current.request_id and state.done):
+            raise LaunchError(
+                f"the cluster is busy with {current.run_uri} (phase {state.phase}): follow it with "
+                f"`invoke status --run {current.run_uri}` or `invoke stop --run {current.run_uri}`"
+            )
         run_ = Run(run_uri)
-        store = run_.store
         upload_run_config(Path(config), run_)
-        if store.exists(STOP_KEY):
-            store.delete([STOP_KEY])  # a new launch lifts an earlier `invoke stop`
-        price = spot_price(ctx) if o.spot else None
-        log.info(
-            "%s",
-            hourly_line(
-                o.instance_type, o.node_count, spot=o.spot, spot_price=price, az=o.availability_zone
-            ),
-        )
-        state = LastRun(
-            run_uri, stack, outputs_file, datetime.now(UTC).isoformat(timespec="seconds")
-        )
+        if run_.stop_requested():
+            run_.store.delete([STOP_KEY])  # a new submit lifts an earlier `invoke stop`
+        for line in estimate(ctx, o.node_count):
+            say(line)
+        ctx.control.submit(request)
+    save_last_run(
+        LastRun(run_uri, stack, outputs_file, datetime.now(UTC).isoformat(timespec="seconds"),
+                request.request_id),
+        state_path,
+    )  # fmt: skip
+    say(f"submitted {run_uri} to the controller (request {request.request_id})")
+    return request
 
-        def on_launch(commands: dict[int, tuple[str, str]]) -> None:
-            state.commands = {str(i): [c, iid] for i, (c, iid) in commands.items()}
-            save_last_run(state, state_path)
 
-        watcher = make_watcher(
-            ctx,
-            run_uri,
-            run_,
-            launcher=launcher,
-            public_key=public_key,
-            policy=policy,
-            clock=clock,
-            on_launch=on_launch,
-            price=price,
-        )
-        watcher.launch()
-        log.info("launched %s on %d node(s)", run_uri, o.node_count)
-        if not watch:
-            return run_uri, None
-        return run_uri, watcher.watch(launch=False)
+def follow(
+    ctx: Context,
+    request_id: str,
+    *,
+    clock: Any = None,
+    poll_s: float = 30.0,
+    say: Callable[[str], None] = print,
+    timeout_s: float | None = None,
+) -> dict[str, Any] | None:
+    """Print the controller's progress until the request is done; returns its outcome dict.
+
+    Only reads the bucket, so stopping this (Ctrl-C, a closed laptop) never touches the run.
+    """
+    clock = clock or SystemClock()
+    start, last_line, warned = clock.now(), "", False
+    while True:
+        with aws_errors():
+            state = ctx.control.state()
+            beat = ctx.control.heartbeat_at()
+        if state.request_id == request_id:
+            line = f"controller: {state.phase}, attempt {state.attempt}" + (
+                f" ({_detail(state.detail)})" if state.detail else ""
+            )
+            if line != last_line:
+                say(line)
+                last_line = line
+            if state.done:
+                return state.outcome
+        elif clock.now() - start > 120 and not warned:
+            say("controller has not picked the request up yet (it polls every minute)")
+            warned = True
+        if beat is not None and clock.now() - beat > HEARTBEAT_STALE_S and not warned:
+            say(
+                f"warning: the controller's heartbeat is {(clock.now() - beat) / 60:.0f} min old "
+                "(is it running? `aws ssm start-session --target <controller_instance_id>`)"
+            )
+            warned = True
+        if timeout_s is not None and clock.now() - start >= timeout_s:
+            return None
+        clock.sleep(poll_s)
+
+
+def _detail(detail: dict[str, Any]) -> str:
+    keys = ("why", "step", "in_service", "wanted", "rendezvous")
+    return ", ".join(f"{k} {detail[k]}" for k in keys if detail.get(k) is not None)

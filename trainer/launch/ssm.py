@@ -1,7 +1,9 @@
-"""Thin adapter over SSM Run Command: tag targets, output to the run's ``logs/``, invocations.
+"""Thin adapter over SSM Run Command: instance targets, output to the run's ``logs/``, invocations.
 
-Commands target nodes by tag (``twostage:cluster`` AND ``twostage:node-index``), never by a bare
-instance-id list: a replacement node gets the same tags, so the same target keeps working. The
+A launch command targets one instance id: ranks are assigned per launch attempt from the group's
+InService instances (:mod:`trainer.launch.group`), so the instance *is* the rank for that attempt.
+Stopping every node targets the tags ``twostage:cluster`` + ``twostage:role=node``. The
+controller's role may only send to instances tagged with its cluster (an IAM condition). The
 script is written to a temporary file and run with bash (``AWS-RunShellScript`` would run the
 lines with ``sh``, and a script fed on stdin could be eaten by a child reading stdin).
 """
@@ -11,8 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from artifacts.node import TAG_CLUSTER
-from artifacts.node import TAG_NODE_INDEX as TAG_INDEX
+from artifacts.node import ROLE_NODE, TAG_CLUSTER, TAG_ROLE
 from trainer.launch.watch import TERMINAL_COMMAND, Invocation
 
 log = logging.getLogger(__name__)
@@ -23,17 +24,12 @@ MAX_EXECUTION_TIMEOUT_S = 172800
 _EOF = "TWOSTAGE_SCRIPT_EOF"
 
 
-def node_targets(cluster: str, index: int) -> list[dict[str, Any]]:
-    """SSM Targets selecting exactly the node with this index in this cluster."""
-    return [
-        {"Key": f"tag:{TAG_INDEX}", "Values": [str(index)]},
-        {"Key": f"tag:{TAG_CLUSTER}", "Values": [cluster]},
-    ]
-
-
 def cluster_targets(cluster: str) -> list[dict[str, Any]]:
-    """SSM Targets selecting every node of the cluster."""
-    return [{"Key": f"tag:{TAG_CLUSTER}", "Values": [cluster]}]
+    """SSM Targets selecting every node of the cluster (not the controller)."""
+    return [
+        {"Key": f"tag:{TAG_CLUSTER}", "Values": [cluster]},
+        {"Key": f"tag:{TAG_ROLE}", "Values": [ROLE_NODE]},
+    ]
 
 
 def shell_commands(script: str) -> list[str]:
@@ -61,16 +57,19 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 def send_command_args(
     *,
-    targets: list[dict[str, Any]],
+    targets: list[dict[str, Any]] | None = None,
+    instance_ids: list[str] | None = None,
     script: str,
     run_uri: str,
     comment: str,
     execution_timeout_s: int = MAX_EXECUTION_TIMEOUT_S,
 ) -> dict[str, Any]:
     """The ``send_command`` keyword arguments (pure; output goes to ``<run>/logs/``)."""
+    if (targets is None) == (instance_ids is None):
+        raise ValueError("give exactly one of targets and instance_ids")
     args: dict[str, Any] = {
         "DocumentName": DOCUMENT,
-        "Targets": targets,
+        **({"Targets": targets} if targets is not None else {"InstanceIds": instance_ids}),
         "Parameters": {
             "commands": shell_commands(script),
             "executionTimeout": [str(min(execution_timeout_s, MAX_EXECUTION_TIMEOUT_S))],
@@ -93,17 +92,17 @@ class SsmRunner:
         self.cluster = cluster
         self.run_uri = run_uri
 
-    def send(self, node_index: int, script: str, *, comment: str) -> str:
+    def send(self, instance_id: str, script: str, *, comment: str) -> str:
         resp = self.client.send_command(
             **send_command_args(
-                targets=node_targets(self.cluster, node_index),
+                instance_ids=[instance_id],
                 script=script,
                 run_uri=self.run_uri,
                 comment=comment,
             )
         )
         cid = resp["Command"]["CommandId"]
-        log.debug("node %d: command %s", node_index, cid)
+        log.debug("%s: command %s", instance_id, cid)
         return cid
 
     def send_all(self, script: str, *, comment: str) -> str:

@@ -1,59 +1,50 @@
-"""The watch / recovery state machine of a remote run, over injected ports.
+"""The supervision state machine of one run, over injected ports (the controller runs it).
 
-One :class:`Watcher` follows a launched run until it is over:
+One :class:`Watcher` takes a run from "submitted" to "nodes at 0":
 
-- **converged / finished** (``STATUS.json`` in the run prefix says so): terminate every node of the
-  cluster (zero idle spend), report node-hours and dollars, print the ``invoke download`` command;
-- **a node lost** (its instance is shutting down / terminated, e.g. a spot reclaim): stop the
-  survivors (SIGTERM → they commit and exit), wait for capacity — replace the node through the
-  :class:`Fleet` port, bounded by ``capacity_timeout_s`` — and relaunch; the trainer resumes from
-  the last committed checkpoint by itself;
-- **exit 75** ("interrupted, resume me"): wait ``settle_s`` for a possible reclaim, replace what
-  is gone, relaunch; ``TimedOut``/``Cancelled`` SSM commands count the same;
-- **failure** (any other exit code): relaunch after an exponential backoff; after
-  ``max_failures`` consecutive failures (or ``max_restarts`` relaunches in all) give up, terminate
-  the nodes and say why;
-- **stop requested** (``invoke stop``) and the trainer exited: end without relaunching.
+1. **capacity**: set the group's desired capacity to the run's node count and wait until that
+   many instances are InService; after ``capacity_wait_s`` go on with fewer, down to
+   ``min_nodes`` (elastic resume: the trainer keeps the global batch), give up after
+   ``capacity_timeout_s``;
+2. **launch**: ranks from the group's InService instances (:func:`~trainer.launch.group.launch_nodes`),
+   one SSM command per instance;
+3. **follow**, every ``poll_s``:
+   - the run's status says converged/finished → end (success);
+   - ``invoke stop`` (the run's stop marker) → SIGTERM, the trainer commits, end;
+   - ``run.max_hours`` / ``run.max_dollars`` reached, or the global step has not moved for
+     ``run.stall_timeout_minutes`` → stop gracefully, end (failed, with the reason);
+   - an instance of the attempt is gone (spot reclaim: the group replaces it) → SIGTERM the
+     survivors, back to 1; exit 75 / SSM time-outs → wait ``settle_s``, back to 1; any other exit
+     → backoff, back to 1 (give up after ``max_failures`` in a row or ``max_restarts``);
+   - running on fewer nodes than wanted and the group has them again → stop, relaunch at full
+     size (grow back);
+4. **end**: desired capacity 0 (AWS terminates every node), wait until none is left, cost report.
 
-The ports (command runner, fleet, run state, clock) are protocols so tests drive every path with
-fakes and a fake clock; the real ones are SSM (:mod:`.ssm`), EC2 (:mod:`.fleet`) and the store.
+The ports (command runner, capacity, run view, clock) are protocols so tests drive every path with
+fakes or moto and a fake clock; the real ones are SSM (:mod:`.ssm`), the Auto Scaling group
+(:mod:`.group`) and :class:`artifacts.run.Run`. Nothing here launches or terminates an instance.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from artifacts.run import ExitCode, Status, verdict
-from trainer.launch import LaunchError
-from trainer.launch.cost import CostReport, InstanceSpan
-from trainer.launch.ranks import Node, RankAssignment, assign_ranks
+from trainer.launch.cost import FleetCostReport, InstanceSpan, Price, fleet_cost_report
+from trainer.launch.deadman import StallWatch, over_budget
+from trainer.launch.group import LIVE_STATES, Member, launch_nodes
+from trainer.launch.ranks import RankAssignment, assign_ranks
 
 log = logging.getLogger(__name__)
 
-ENDED_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
-LIVE_STATES = frozenset({"pending", "running"})
 TERMINAL_COMMAND = frozenset(
     {"Success", "Failed", "Cancelled", "TimedOut", "Undeliverable", "Terminated",
      "DeliveryTimedOut", "ExecutionTimedOut"}
 )  # fmt: skip
 RESUMABLE_COMMAND = frozenset({"Cancelled", "TimedOut", "DeliveryTimedOut", "ExecutionTimedOut"})
-
-
-@dataclass(frozen=True)
-class NodeState:
-    """One instance of the cluster as EC2 reports it."""
-
-    index: int
-    instance_id: str
-    private_ip: str
-    state: str
-    launch_time: float
-    end_time: float | None = None
-    ssm_online: bool | None = None
-    """None: unknown (no SSM inventory available)."""
 
 
 @dataclass(frozen=True)
@@ -65,30 +56,27 @@ class Invocation:
 
 
 class CommandRunner(Protocol):
-    def send(self, node_index: int, script: str, *, comment: str) -> str:
-        """Run ``script`` on the node with that index (tag target); return the command id."""
+    def send(self, instance_id: str, script: str, *, comment: str) -> str:
+        """Run ``script`` on that instance; return the command id."""
 
     def poll(self, command_id: str, instance_id: str) -> Invocation: ...
 
     def cancel(self, command_id: str) -> None: ...
 
 
-class Fleet(Protocol):
-    def nodes(self) -> list[NodeState]:
-        """Every instance of the cluster, live and ended (several per index after a replacement)."""
+class Capacity(Protocol):
+    def members(self) -> list[Member]:
+        """Every instance the group launched, live and ended."""
 
-    def replace(self, index: int) -> NodeState | None:
-        """Launch a new node for ``index``; None when there is no capacity right now."""
+    def desired(self) -> int: ...
 
-    def terminate_all(self) -> list[str]:
-        """Terminate every live node of the cluster; return the instance ids."""
+    def set_desired(self, capacity: int) -> None: ...
 
 
 class RunView(Protocol):
     """What the watcher reads of the run (:class:`artifacts.run.Run` is the real one)."""
 
-    def read_status(self) -> Status | None:
-        """The run's status (None before the trainer wrote it, or while it is unreadable)."""
+    def read_status(self) -> Status | None: ...
 
     def stop_requested(self) -> bool: ...
 
@@ -101,7 +89,7 @@ class Clock(Protocol):
 
 @dataclass(frozen=True)
 class WatchPolicy:
-    """Timings and bounds of the watch loop (seconds)."""
+    """Timings and bounds of the supervision loop (seconds)."""
 
     poll_s: float = 60.0
     max_failures: int = 3
@@ -113,13 +101,20 @@ class WatchPolicy:
     settle_s: float = 150.0
     """After exit 75: a spot reclaim follows its notice within two minutes."""
     stop_grace_s: float = 600.0
-    """Survivors of a lost node get this long to commit and exit before their command is cancelled."""
+    """Survivors get this long to commit and exit after SIGTERM before their command is cancelled."""
+    min_nodes: int | None = None
+    """``run.min_nodes``: the fewest nodes to go on with; None: every node."""
+    capacity_wait_s: float = 600.0
+    """How long to wait for the full node count before going on with fewer (keep it below the
+    nodes' idle timeout, or idle nodes leave while we wait)."""
     capacity_timeout_s: float = 6 * 3600.0
-    ready_timeout_s: float = 1800.0
-    """A replacement node must be running and SSM-online within this."""
-    terminate_on_give_up: bool = True
+    """Give up when not even ``min_nodes`` are InService for this long."""
+    stall_timeout_s: float = 3600.0
+    max_hours: float | None = None
+    max_dollars: float | None = None
+    drain_timeout_s: float = 900.0
+    """After scaling to 0: how long to wait until no instance is left."""
     max_poll_errors: int = 10
-    """Consecutive failed polls (AWS unreachable) before giving up."""
 
     def backoff(self, failures: int) -> float:
         """Exponential backoff after the n-th consecutive failure (n ≥ 1), capped."""
@@ -128,40 +123,46 @@ class WatchPolicy:
 
 @dataclass
 class Outcome:
-    """How the watch ended; ``lines()`` is what the user reads."""
+    """How the run ended; ``lines()`` is what the user reads."""
 
     state: str
     """converged | finished | stopped | failed."""
     message: str
     attempts: int
-    cost: CostReport | None = None
-    terminated: list[str] = field(default_factory=list)
+    cost: FleetCostReport | None = None
     download_command: str | None = None
+    left_running: list[str] = field(default_factory=list)
+    """Instances still live when the drain timed out (should be empty)."""
 
     def lines(self) -> list[str]:
         out = [self.message]
-        if self.terminated:
-            out.append(f"terminated {len(self.terminated)} node(s): {', '.join(self.terminated)}")
+        if self.left_running:
+            out.append(f"warning: still running after scale-to-0: {', '.join(self.left_running)}")
+        else:
+            out.append("nodes: desired capacity 0, no instance left running")
         if self.cost is not None:
             out += self.cost.lines()
         if self.download_command:
             out.append(f"stage 2: {self.download_command}")
         return out
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "message": self.message,
+            "attempts": self.attempts,
+            "cost": None if self.cost is None else self.cost.to_dict(),
+            "download_command": self.download_command,
+            "left_running": list(self.left_running),
+        }
 
-class GiveUp(Exception):
-    """Internal: the watcher stops trying (the message says why)."""
 
+class _End(Exception):
+    """Internal: the run is over (``state``), for ``reason``."""
 
-def current_nodes(nodes: Sequence[NodeState]) -> dict[int, NodeState]:
-    """Per index, the live instance if there is one, else the most recently launched ended one."""
-    best: dict[int, NodeState] = {}
-    for n in nodes:
-        cur = best.get(n.index)
-        rank = (n.state in LIVE_STATES, n.launch_time)
-        if cur is None or rank > (cur.state in LIVE_STATES, cur.launch_time):
-            best[n.index] = n
-    return best
+    def __init__(self, state: str, reason: str) -> None:
+        super().__init__(reason)
+        self.state, self.reason = state, reason
 
 
 def download_command(run_uri: str, public_key: str | None = None) -> str:
@@ -172,12 +173,12 @@ def download_command(run_uri: str, public_key: str | None = None) -> str:
 
 @dataclass
 class _Attempt:
-    commands: dict[int, tuple[str, str]]  # index -> (command id, instance id)
+    commands: dict[int, tuple[str, str]]  # rank -> (command id, instance id)
     results: dict[int, Invocation] = field(default_factory=dict)
 
 
 class Watcher:
-    """Follows one run through launch, interruptions and failures to its end."""
+    """Supervises one run through capacity, launches, interruptions and failures to 0 nodes."""
 
     def __init__(
         self,
@@ -185,288 +186,309 @@ class Watcher:
         run_uri: str,
         node_count: int,
         runner: CommandRunner,
-        fleet: Fleet,
-        run_state: RunView,
+        capacity: Capacity,
+        run: RunView,
         clock: Clock,
         scripts_for: Callable[[list[RankAssignment]], dict[int, str]],
         stop_script: str,
-        cost_for: Callable[[list[InstanceSpan], float], CostReport] | None = None,
+        prices: Mapping[str, Price] | None = None,
+        controller: tuple[str, Price] | None = None,
         policy: WatchPolicy | None = None,
         public_key: str | None = None,
-        on_launch: Callable[[dict[int, tuple[str, str]]], None] | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
-        self.run_uri = run_uri
-        self.node_count = node_count
-        self.runner, self.fleet, self.run_state, self.clock = runner, fleet, run_state, clock
-        self.scripts_for, self.stop_script, self.cost_for = scripts_for, stop_script, cost_for
+        self.run_uri, self.wanted = run_uri, node_count
+        self.runner, self.capacity, self.run, self.clock = runner, capacity, run, clock
+        self.scripts_for, self.stop_script = scripts_for, stop_script
+        self.prices = dict(prices or {})
+        self.controller = controller
         self.policy = policy or WatchPolicy()
         self.public_key = public_key
-        self.on_launch = on_launch
+        self.on_event = on_event
+        self.min_nodes = min(self.policy.min_nodes or node_count, node_count)
         self.attempts = 0
-        self._spans: dict[str, InstanceSpan] = {}
+        self.started = clock.now()
+        self.stall = StallWatch(self.policy.stall_timeout_s)
         self._attempt: _Attempt | None = None
-        self._by_id: dict[str, NodeState] = {}
+        self._members: dict[str, Member] = {}
+        self._seen_end: dict[str, float] = {}
 
     # -- public ------------------------------------------------------------------------------
-    def launch(self) -> dict[int, str]:
-        """Send the per-node command to every node; returns index → command id."""
-        nodes = self._live_nodes()
-        assignments = assign_ranks(
-            [Node(n.index, n.instance_id, n.private_ip) for n in nodes.values()]
+    def supervise(self, *, adopt: bool = False) -> Outcome:
+        """Run to the end. ``adopt``: a trainer may still run from a previous controller: stop it."""
+        self.started = self.clock.now()
+        failures = restarts = 0
+        try:
+            self.capacity.set_desired(self.wanted)
+            if adopt:
+                self._stop_strays()
+            while True:
+                nodes = self._wait_for_nodes()
+                self._launch(nodes)
+                kind, detail = self._follow()
+                self._check_end()  # the trainer may write its status just before it exits
+                failures = failures + 1 if kind == "failed" else 0
+                restarts += 1
+                log.warning("attempt %d ended: %s", self.attempts, detail)
+                if failures >= self.policy.max_failures:
+                    raise _End("failed", f"{failures} consecutive failed attempts (last: {detail})")
+                if restarts > self.policy.max_restarts:
+                    raise _End("failed", f"{restarts - 1} relaunches, the bound (last: {detail})")
+                self._stop_survivors()
+                delay = {
+                    "failed": self.policy.backoff(failures),
+                    "interrupted": self.policy.settle_s,
+                }.get(kind, 0.0)
+                if delay:
+                    self._emit("relaunching", {"in_s": delay, "why": detail})
+                    self.clock.sleep(delay)
+        except _End as end:
+            return self._end(end.state, end.reason)
+
+    # -- steps -------------------------------------------------------------------------------
+    def _emit(self, phase: str, detail: dict[str, Any] | None = None) -> None:
+        if self.on_event is not None:
+            self.on_event(phase, {"attempt": self.attempts, **(detail or {})})
+
+    def _observe(self) -> list[Member]:
+        members = self.capacity.members()
+        now = self.clock.now()
+        for m in members:
+            self._members[m.instance_id] = m
+            if m.state not in LIVE_STATES and m.end_time is None:
+                self._seen_end.setdefault(m.instance_id, now)
+        return members
+
+    def _check_end(self) -> Status | None:
+        """Raise :class:`_End` when the run is done, stopped or over a cap; else the status."""
+        status = self.run.read_status()
+        if status is not None and status.done:
+            raise _End(str(status.state), f"run {status.state} at step {status.global_step}")
+        if self.run.stop_requested():
+            raise _End("stopped", "stopped on request (`invoke stop`)")
+        now = self.clock.now()
+        cost = self.cost_report().dollars if self.policy.max_dollars is not None else None
+        cap = over_budget(
+            now,
+            started_at=self.started,
+            dollars=cost,
+            max_hours=self.policy.max_hours,
+            max_dollars=self.policy.max_dollars,
         )
+        if cap.act:
+            raise _End("failed", cap.reason)
+        return status
+
+    def _wait_for_nodes(self) -> list[RankAssignment]:
+        start = self.clock.now()
+        while True:
+            self._check_end()
+            members = self._observe()
+            nodes = launch_nodes(members, self.wanted)
+            waited = self.clock.now() - start
+            if len(nodes) >= self.wanted:
+                return assign_ranks(nodes)
+            if waited >= self.policy.capacity_wait_s and len(nodes) >= self.min_nodes:
+                log.warning(
+                    "continuing with %d of %d node(s) after %.0f min without capacity",
+                    len(nodes), self.wanted, waited / 60,
+                )  # fmt: skip
+                return assign_ranks(nodes)
+            if waited >= self.policy.capacity_timeout_s:
+                raise _End(
+                    "failed",
+                    f"only {len(nodes)} of {self.wanted} node(s) (at least {self.min_nodes} "
+                    f"needed) after {waited / 3600:.1f} h waiting for capacity",
+                )
+            if self.capacity.desired() < self.wanted:
+                self.capacity.set_desired(self.wanted)  # idle nodes may have left meanwhile
+            self._emit("waiting-capacity", {"in_service": len(nodes), "wanted": self.wanted})
+            self.clock.sleep(self.policy.poll_s)
+
+    def _launch(self, assignments: list[RankAssignment]) -> None:
         scripts = self.scripts_for(assignments)
         self.attempts += 1
         commands = {}
         for a in assignments:
             cid = self.runner.send(
-                a.node_index, scripts[a.node_index], comment=f"twostage launch {self.attempts}"
+                a.instance_id, scripts[a.node_index], comment=f"twostage launch {self.attempts}"
             )
             commands[a.node_index] = (cid, a.instance_id)
         self._attempt = _Attempt(commands)
-        if self.on_launch is not None:
-            self.on_launch(dict(commands))
+        self.stall.reset(self.clock.now())
+        nodes = [a.instance_id for a in assignments]
+        self._emit(
+            "running",
+            {"nodes": nodes, "rendezvous": assignments[0].private_ip, "commands": commands},
+        )
         log.info(
             "attempt %d: launched on %d node(s), rendezvous %s",
             self.attempts, len(commands), assignments[0].private_ip,
         )  # fmt: skip
-        return {i: c for i, (c, _) in commands.items()}
 
-    def watch(self, *, launch: bool = True) -> Outcome:
-        """Launch (unless already launched) and follow the run to its end."""
-        failures = restarts = poll_errors = 0
-        try:
-            if launch or self._attempt is None:
-                self.launch()
-            while True:
-                if self._done():
-                    return self._finish()
-                try:
-                    ended = self._check_attempt()
-                    poll_errors = 0
-                except Exception as err:  # noqa: BLE001
-                    # Keep watching through transient AWS/network errors (throttling, a dropped
-                    # connection): the run on the nodes does not depend on this process.
-                    poll_errors += 1
-                    log.warning(
-                        "poll %d/%d failed: %s", poll_errors, self.policy.max_poll_errors, err
-                    )
-                    if poll_errors >= self.policy.max_poll_errors:
-                        raise GiveUp(f"{poll_errors} polls in a row failed (last: {err})") from err
-                    self.clock.sleep(self.policy.poll_s)
-                    continue
-                if ended is None:
-                    self.clock.sleep(self.policy.poll_s)
-                    continue
-                kind, detail = ended
-                if self._done():  # the trainer may write STATUS.json just before it exits
-                    return self._finish()
-                if self.run_state.stop_requested():
-                    return self._stopped(detail)
-                failures = failures + 1 if kind == "failed" else 0
-                restarts += 1
-                log.warning("attempt %d ended: %s", self.attempts, detail)
-                if failures >= self.policy.max_failures:
-                    raise GiveUp(f"{failures} consecutive failed attempts (last: {detail})")
-                if restarts > self.policy.max_restarts:
-                    raise GiveUp(f"{restarts - 1} relaunches, the bound (last: {detail})")
-                self._stop_survivors()
-                delay = {
-                    "failed": self.policy.backoff(failures),
-                    "interrupted": self.policy.settle_s,
-                    "lost": 0.0,
-                }[kind]
-                if delay:
-                    log.info("relaunch %d in %.0f s (%s)", restarts, delay, kind)
-                    self.clock.sleep(delay)
-                self._ensure_capacity()
-                self.launch()
-        except (GiveUp, LaunchError) as err:
-            return self._give_up(str(err))
-
-    # -- steps -------------------------------------------------------------------------------
-    def _observe(self) -> dict[int, NodeState]:
-        """Poll the fleet: remember every instance's span (for the cost), return current nodes."""
-        nodes = self.fleet.nodes()
-        self._by_id = {n.instance_id: n for n in nodes}
-        now = self.clock.now()
-        for n in nodes:
-            old = self._spans.get(n.instance_id)
-            end = n.end_time
-            if end is None and n.state in ENDED_STATES:
-                end = old.end if old and old.end is not None else now
-            self._spans[n.instance_id] = InstanceSpan(n.instance_id, n.launch_time, end)
-        return current_nodes(nodes)
-
-    def _live_nodes(self) -> dict[int, NodeState]:
-        nodes = self._observe()
-        missing = [
-            i for i in range(self.node_count) if nodes.get(i) is None or nodes[i].state != "running"
-        ]
-        if missing:
-            raise LaunchError(f"node(s) {missing} of cluster are not running: run `pulumi up`")
-        return {i: nodes[i] for i in range(self.node_count)}
-
-    def _done(self) -> bool:
-        status = self.run_state.read_status()
-        return status is not None and status.done
+    def _follow(self) -> tuple[str, str]:
+        """Poll until the attempt ends; (kind, detail) with kind lost|interrupted|failed|grow."""
+        errors = 0
+        while True:
+            status = self._check_end()
+            stall = self.stall.observe(self.clock.now(), status.global_step if status else None)
+            if stall.act:
+                raise _End("failed", stall.reason)
+            try:
+                ended = self._check_attempt()
+                errors = 0
+            except Exception as err:  # noqa: BLE001
+                # Keep supervising through transient AWS errors (throttling, a dropped
+                # connection): the trainers on the nodes do not depend on this loop.
+                errors += 1
+                log.warning("poll %d/%d failed: %s", errors, self.policy.max_poll_errors, err)
+                if errors >= self.policy.max_poll_errors:
+                    raise _End("failed", f"{errors} polls in a row failed (last: {err})") from err
+                ended = None
+            if ended is not None:
+                return ended
+            self._emit("running", {"step": status.global_step if status else None})
+            self.clock.sleep(self.policy.poll_s)
 
     def _check_attempt(self) -> tuple[str, str] | None:
-        """None while the attempt runs; else (kind, detail) with kind lost | interrupted | failed."""
         attempt = self._attempt
         assert attempt is not None
-        self._observe()
-        by_id = self._by_id
-        for index, (cid, iid) in sorted(attempt.commands.items()):
-            node = by_id.get(iid)
-            if node is None or node.state in ENDED_STATES:
-                state = node.state if node else "gone"
-                return "lost", f"node {index} ({iid}) is {state}"
-            if index not in attempt.results:
+        members = {m.instance_id: m for m in self._observe()}
+        for rank, (cid, iid) in sorted(attempt.commands.items()):
+            m = members.get(iid)
+            if m is None or m.state not in LIVE_STATES or m.lifecycle.startswith("Terminat"):
+                state = m.state if m else "gone"
+                return "lost", f"node {rank} ({iid}) is {state}"
+            if rank not in attempt.results:
                 inv = self.runner.poll(cid, iid)
                 if inv.status in TERMINAL_COMMAND:
-                    attempt.results[index] = inv
+                    attempt.results[rank] = inv
         results = attempt.results
-        for index, inv in sorted(results.items()):
-            resumable = inv.exit_code is not None and (
-                verdict(inv.exit_code, None) is ExitCode.INTERRUPTED
-            )
-            if resumable or inv.status in RESUMABLE_COMMAND:
-                return "interrupted", f"node {index} exited {inv.exit_code} ({inv.status}): resume"
-        for index, inv in sorted(results.items()):
-            if inv.exit_code != 0 or inv.status != "Success":
-                return (
-                    "failed",
-                    f"node {index} failed with exit code {inv.exit_code} ({inv.status})",
-                )
+        for rank, inv in sorted(results.items()):
+            code = verdict(inv.exit_code, None) if inv.exit_code is not None else None
+            if code is ExitCode.INTERRUPTED or inv.status in RESUMABLE_COMMAND:
+                return "interrupted", f"node {rank} exited {inv.exit_code} ({inv.status}): resume"
+        for rank, inv in sorted(results.items()):
+            if inv.exit_code != ExitCode.OK or inv.status != "Success":
+                return "failed", f"node {rank} failed with exit code {inv.exit_code} ({inv.status})"
         if len(results) == len(attempt.commands):
-            st = self.run_state.read_status()
-            status = st.state if st is not None else "missing"
-            return "failed", f"every node exited 0 but the run's status says {status}"
+            st = self.run.read_status()
+            return (
+                "failed",
+                f"every node exited 0 but the run's status says {st.state if st else 'missing'}",
+            )
+        if len(attempt.commands) < self.wanted:
+            usable = launch_nodes(list(members.values()), self.wanted)
+            if len(usable) >= self.wanted:
+                return "grow", f"{len(usable)} nodes InService again: relaunch on all {self.wanted}"
         return None
 
-    def _stop_survivors(self) -> None:
-        """SIGTERM to nodes whose command still runs; cancel what outlives the grace."""
+    def _running_commands(self) -> dict[int, tuple[str, str]]:
         attempt = self._attempt
-        assert attempt is not None
-        nodes = self._observe()
-        running = {
-            i: (cid, iid)
-            for i, (cid, iid) in attempt.commands.items()
-            if i not in attempt.results and nodes.get(i) and nodes[i].instance_id == iid
-            and nodes[i].state in LIVE_STATES
-        }  # fmt: skip
-        if not running:
-            return
-        for i in running:
-            self.runner.send(i, self.stop_script, comment="twostage stop survivors")
+        if attempt is None:
+            return {}
+        live = {m.instance_id for m in self._observe() if m.state in LIVE_STATES}
+        return {
+            r: (cid, iid)
+            for r, (cid, iid) in attempt.commands.items()
+            if r not in attempt.results and iid in live
+        }
+
+    def _signal_and_wait(self, running: dict[int, tuple[str, str]]) -> None:
+        """SIGTERM (they commit and exit 75); cancel what outlives the grace."""
+        for _, iid in running.values():
+            self.runner.send(iid, self.stop_script, comment="twostage stop")
         deadline = self.clock.now() + self.policy.stop_grace_s
         while running and self.clock.now() < deadline:
             self.clock.sleep(min(self.policy.poll_s, 30.0))
-            for i, (cid, iid) in list(running.items()):
+            for r, (cid, iid) in list(running.items()):
                 if self.runner.poll(cid, iid).status in TERMINAL_COMMAND:
-                    del running[i]
-        for i, (cid, _) in running.items():
+                    del running[r]
+        for r, (cid, _) in running.items():
             log.warning(
-                "node %d did not exit within %.0f s of SIGTERM: cancelling",
-                i,
-                self.policy.stop_grace_s,
+                "node %d did not exit within %.0f s: cancelling", r, self.policy.stop_grace_s
             )
             self.runner.cancel(cid)
 
-    def _ensure_capacity(self) -> None:
-        """Replace every lost node (waiting for capacity), then wait until all are ready."""
-        start = self.clock.now()
-        tries = 0
-        while True:
-            nodes = self._observe()
-            lost = [
-                i
-                for i in range(self.node_count)
-                if nodes.get(i) is None or nodes[i].state in ENDED_STATES
-            ]
-            if not lost:
-                break
-            for i in lost:
-                new = self.fleet.replace(i)
-                if new is not None:
-                    log.info("node %d replaced by %s", i, new.instance_id)
-            if all(
-                n is not None and n.state not in ENDED_STATES
-                for n in (self._observe().get(i) for i in lost)
-            ):
-                break
-            tries += 1
-            waited = self.clock.now() - start
-            if waited >= self.policy.capacity_timeout_s:
-                raise GiveUp(f"no capacity to replace node(s) {lost} after {waited / 3600:.1f} h")
-            delay = min(60.0 * 2 ** (tries - 1), 600.0)
-            log.warning("no capacity for node(s) %s yet; retrying in %.0f s", lost, delay)
-            self.clock.sleep(delay)
-        deadline = self.clock.now() + self.policy.ready_timeout_s
-        while True:
-            nodes = self._observe()
-            waiting = [
-                i for i in range(self.node_count)
-                if nodes.get(i) is None or nodes[i].state != "running" or nodes[i].ssm_online is False
-            ]  # fmt: skip
-            if not waiting:
-                return
-            if self.clock.now() >= deadline:
-                raise GiveUp(f"node(s) {waiting} not running and SSM-online in time")
-            self.clock.sleep(min(self.policy.poll_s, 30.0))
+    def _stop_survivors(self) -> None:
+        self._signal_and_wait(self._running_commands())
 
-    # -- endings -----------------------------------------------------------------------------
-    def _terminate(self) -> list[str]:
-        ids = self.fleet.terminate_all()
+    def _stop_strays(self) -> None:
+        """A controller restarted mid-run: whatever trainer still runs commits and exits."""
+        live = [m for m in self._observe() if m.state == "running"]
+        for m in live:
+            self.runner.send(m.instance_id, self.stop_script, comment="twostage stop (adopt)")
+        if live:
+            self.clock.sleep(min(self.policy.stop_grace_s, 120.0))
+
+    # -- the end -------------------------------------------------------------------------------
+    def cost_report(self) -> FleetCostReport:
+        """Node-hours and dollars since the run started, per instance type (controller included)."""
         now = self.clock.now()
-        for iid in ids:
-            span = self._spans.get(iid)
-            if span is not None and span.end is None:
-                self._spans[iid] = InstanceSpan(iid, span.start, now)
-        return ids
+        spans = []
+        for m in self._members.values():
+            end = m.end_time if m.end_time is not None else self._seen_end.get(m.instance_id)
+            if end is not None and end <= self.started:
+                continue  # ended before this run
+            spans.append(
+                InstanceSpan(m.instance_id, max(m.launch_time, self.started), end, m.instance_type)
+            )
+        ctl = None
+        if self.controller is not None:
+            ctl = (self.controller[0], (now - self.started) / 3600.0, self.controller[1])
+        return fleet_cost_report(spans, now=now, prices=self.prices, controller=ctl)
 
-    def _report(self) -> CostReport | None:
-        self._observe()
-        if self.cost_for is None:
-            return None
-        return self.cost_for(list(self._spans.values()), self.clock.now())
-
-    def _finish(self) -> Outcome:
-        status = self.run_state.read_status()
-        terminated = self._terminate()
-        state = str(status.state) if status else "finished"
-        best = status.best_val_loss if status else None
-        msg = (
-            f"run {state} at step {status.global_step if status else '?'}"
-            + (f", best val loss {best:.4f}" if isinstance(best, int | float) else "")
-            + f"; model at {self.run_uri.rstrip('/')}/final"
-        )
+    def _end(self, state: str, reason: str) -> Outcome:
+        done = state in ("converged", "finished")
+        if not done:
+            try:
+                self._stop_survivors()  # commit a checkpoint before the nodes go
+            except Exception as err:  # noqa: BLE001 - scaling to 0 below must happen regardless
+                log.warning("could not stop the trainers gracefully: %s", err)
+        self._emit("scaling-to-zero", {"why": reason})
+        left = self._drain()
+        if done:
+            message = f"{reason}; model at {self.run_uri.rstrip('/')}/final"
+        elif state == "stopped":
+            message = (
+                f"{reason}: the trainer committed a checkpoint; `invoke pretrain` with the same "
+                "--run resumes it"
+            )
+        else:
+            message = (
+                f"gave up: {reason}. Committed checkpoints stay in {self.run_uri}; see "
+                "`invoke logs`, fix the cause, then `invoke pretrain` with the same --run resumes"
+            )
         return Outcome(
             state=state,
-            message=msg,
+            message=message,
             attempts=self.attempts,
-            cost=self._report(),
-            terminated=terminated,
-            download_command=download_command(self.run_uri, self.public_key),
+            cost=self.cost_report(),
+            download_command=download_command(self.run_uri, self.public_key) if done else None,
+            left_running=left,
         )
 
-    def _stopped(self, detail: str) -> Outcome:
-        return Outcome(
-            state="stopped",
-            message=f"run stopped on request ({detail}); rerun `invoke pretrain` with the same "
-            "--run to resume from the last committed checkpoint",
-            attempts=self.attempts,
-            cost=self._report(),
-        )
+    def _drain(self) -> list[str]:
+        """Desired capacity 0, then wait until AWS has terminated every node."""
+        for tries in range(self.policy.max_poll_errors):
+            try:
+                self.capacity.set_desired(0)
+                break
+            except Exception as err:  # noqa: BLE001 - retried: this is what stops the billing
+                log.warning("scale to 0 failed (%d): %s", tries + 1, err)
+                self.clock.sleep(self.policy.poll_s)
+        deadline = self.clock.now() + self.policy.drain_timeout_s
+        while True:
+            live = [m.instance_id for m in self._observe() if m.state in LIVE_STATES]
+            if not live or self.clock.now() >= deadline:
+                return live
+            self.clock.sleep(min(self.policy.poll_s, 30.0))
 
-    def _give_up(self, reason: str) -> Outcome:
-        terminated = self._terminate() if self.policy.terminate_on_give_up else []
-        return Outcome(
-            state="failed",
-            message=f"gave up: {reason}. Committed checkpoints stay in {self.run_uri}; see "
-            "`invoke logs`, fix the cause, `pulumi up` to restore the nodes, then rerun "
-            "`invoke pretrain` with the same --run to resume",
-            attempts=self.attempts,
-            cost=self._report(),
-            terminated=terminated,
-        )
+
+def spans_of(members: Sequence[Member], since: float) -> list[InstanceSpan]:
+    """Cost spans of the members that lived after ``since`` (for `invoke status`)."""
+    return [
+        InstanceSpan(m.instance_id, max(m.launch_time, since), m.end_time, m.instance_type)
+        for m in members
+        if m.end_time is None or m.end_time > since
+    ]

@@ -1,4 +1,4 @@
-"""Hand-written fakes for the launch tests: clock, fleet, command runner, run state; outputs data."""
+"""Hand-written fakes for the launch tests: clock, group, command runner, run; outputs data."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from artifacts.run import Status
-from trainer.launch.watch import Invocation, NodeState
+from artifacts.run import RunState, Status
+from trainer.launch.group import Member
+from trainer.launch.watch import Invocation
 
 CLUSTER = "ts-test"
 RUN = "s3://ts-bucket/runs/r1"
@@ -15,8 +16,6 @@ RUN = "s3://ts-bucket/runs/r1"
 
 def outputs_dict(n: int = 2, **over: Any) -> dict[str, Any]:
     """A valid `pulumi stack output --json` object for an n-node cluster."""
-    ips = [f"10.0.0.{10 + i}" for i in range(n)]
-    ids = [f"i-{i:017x}" for i in range(n)]
     data = {
         "region": "us-east-1",
         "availability_zone": "us-east-1a",
@@ -24,13 +23,14 @@ def outputs_dict(n: int = 2, **over: Any) -> dict[str, Any]:
         "run_prefix": "s3://ts-bucket/runs",
         "cluster_name": CLUSTER,
         "node_count": n,
-        "instance_ids": ids,
-        "private_ips": ips,
-        "head_instance_id": ids[0],
-        "head_private_ip": ips[0],
         "instance_type": "p4d.24xlarge",
+        "instance_types": ["p4d.24xlarge"],
         "spot": True,
+        "ami_id": "ami-0123456789abcdef0",
+        "autoscaling_group_name": f"{CLUSTER}-nodes",
         "launch_template_id": "lt-0123456789abcdef0",
+        "controller_instance_id": "i-0c0c0c0c0c0c0c0c0",
+        "controller_instance_type": "t3.small",
         "security_group_id": "sg-0123",
         "subnet_id": "subnet-0123",
     }
@@ -61,58 +61,71 @@ class FakeClock:
         return self.t - self.start
 
 
-class FakeFleet:
-    """Instances in memory; `lose` is a spot reclaim; `replace` fails while capacity is short."""
+class FakeGroup:
+    """An Auto Scaling group in memory: keeps ``desired`` instances up while capacity lasts."""
 
-    def __init__(self, clock: FakeClock, n: int = 2) -> None:
+    def __init__(self, clock: FakeClock, n: int = 2, *, itype: str = "p4d.24xlarge") -> None:
         self.clock = clock
-        self.instances = [
-            NodeState(i, f"i-orig{i}", f"10.0.0.{10 + i}", "running", clock.now(), ssm_online=True)
-            for i in range(n)
-        ]
-        self.replaced: list[int] = []
-        self.no_capacity_tries = 0
-        self.terminate_calls = 0
+        self.itype = itype
+        self.instances: list[Member] = []
+        self._desired = 0
+        self.capacity = 10**6
+        """How many more instances AWS can launch right now (spot capacity)."""
+        self.desired_calls: list[int] = []
+        self.set_desired(n)
+        self.desired_calls.clear()
 
-    def nodes(self) -> list[NodeState]:
+    def _launch(self) -> None:
+        k = len(self.instances)
+        self.instances.append(
+            Member(f"i-{k:04d}", f"10.0.{k // 200}.{10 + k % 200}", self.itype, "running",
+                   "InService", self.clock.now(), ssm_online=True)
+        )  # fmt: skip
+
+    def _reconcile(self) -> None:
+        live = self.live()
+        for m in live[self._desired :]:  # scale in: newest first does not matter here
+            self._end(m.instance_id)
+        while len(self.live()) < self._desired and self.capacity > 0:
+            self.capacity -= 1
+            self._launch()
+
+    def _end(self, iid: str) -> None:
+        self.instances = [
+            replace(m, state="terminated", lifecycle="", end_time=self.clock.now())
+            if m.instance_id == iid
+            else m
+            for m in self.instances
+        ]
+
+    def members(self) -> list[Member]:
+        self._reconcile()
         return list(self.instances)
 
-    def live(self) -> list[NodeState]:
-        return [n for n in self.instances if n.state in ("pending", "running")]
+    def desired(self) -> int:
+        return self._desired
 
-    def lose(self, index: int) -> None:
-        self.instances = [
-            replace(n, state="terminated", end_time=self.clock.now())
-            if n.index == index and n.state == "running"
-            else n
-            for n in self.instances
-        ]
+    def set_desired(self, capacity: int) -> None:
+        self.desired_calls.append(capacity)
+        self._desired = capacity
+        self._reconcile()
 
-    def replace(self, index: int) -> NodeState | None:
-        if self.no_capacity_tries > 0:
-            self.no_capacity_tries -= 1
-            return None
-        k = len(self.instances)
-        node = NodeState(
-            index, f"i-new{k}", f"10.0.1.{k}", "running", self.clock.now(), ssm_online=True
-        )
-        self.instances.append(node)
-        self.replaced.append(index)
-        return node
+    def live(self) -> list[Member]:
+        return [m for m in self.instances if m.state in ("pending", "running")]
 
-    def terminate_all(self) -> list[str]:
-        self.terminate_calls += 1
-        ids = [n.instance_id for n in self.live()]
-        self.instances = [
-            replace(n, state="terminated", end_time=self.clock.now()) if n.instance_id in ids else n
-            for n in self.instances
-        ]
-        return ids
+    def lose(self, iid: str) -> None:
+        """A spot reclaim: the instance ends; the group replaces it on the next look."""
+        self._end(iid)
+
+    def leave(self, iid: str) -> None:
+        """A node's dead-man switch: out of the group, desired capacity one lower."""
+        self._end(iid)
+        self._desired = max(self._desired - 1, 0)
 
 
 @dataclass
 class Sent:
-    index: int
+    instance_id: str
     script: str
     comment: str
     command_id: str
@@ -129,13 +142,13 @@ class FakeRunner:
     poll_errors: int = 0
     on_launch: Callable[[Sent], None] | None = None
 
-    def send(self, node_index: int, script: str, *, comment: str) -> str:
+    def send(self, instance_id: str, script: str, *, comment: str) -> str:
         cid = f"cmd-{len(self.sent)}"
-        s = Sent(node_index, script, comment, cid)
+        s = Sent(instance_id, script, comment, cid)
         self.sent.append(s)
         if "stop" in comment:
             # SIGTERM: the trainer on that node commits and exits 75.
-            for cmd in self.launches_of(node_index):
+            for cmd in self.launches_on(instance_id):
                 if cmd.command_id not in self.results:
                     self.results[cmd.command_id] = Invocation("Failed", self.stop_exit_code)
             self.results[cid] = Invocation("Success", 0)
@@ -155,30 +168,42 @@ class FakeRunner:
     def launches(self) -> list[Sent]:
         return [s for s in self.sent if "launch" in s.comment]
 
-    def launches_of(self, index: int) -> list[Sent]:
-        return [s for s in self.launches() if s.index == index]
+    def launches_on(self, instance_id: str) -> list[Sent]:
+        return [s for s in self.launches() if s.instance_id == instance_id]
 
     def attempt(self, k: int) -> list[Sent]:
         return [s for s in self.launches() if s.comment.endswith(f"launch {k}")]
 
-    def finish(self, index: int, code: int, status: str | None = None) -> None:
-        """The latest launch command on that node ends with this exit code."""
-        cmd = self.launches_of(index)[-1]
+    def finish_all(self, code: int, status: str | None = None) -> None:
+        """Every running launch command ends with this exit code."""
+        for s in self.launches():
+            if s.command_id not in self.results:
+                self.results[s.command_id] = Invocation(
+                    status or ("Success" if code == 0 else "Failed"), code
+                )
+
+    def finish(self, instance_id: str, code: int, status: str | None = None) -> None:
+        cmd = self.launches_on(instance_id)[-1]
         self.results[cmd.command_id] = Invocation(
             status or ("Success" if code == 0 else "Failed"), code
         )
 
 
 @dataclass
-class FakeRunState:
-    state: dict[str, Any] | None = None
+class FakeRun:
+    """The run as the watcher reads it (status, stop marker)."""
+
+    status: Status | None = None
     stop: bool = False
 
     def read_status(self) -> Status | None:
-        return None if self.state is None else Status.from_dict(self.state)
+        return self.status
 
     def stop_requested(self) -> bool:
         return self.stop
 
     def converge(self, step: int = 1234) -> None:
-        self.state = {"state": "converged", "global_step": step, "best_val_loss": 2.5}
+        self.status = Status(state=RunState.CONVERGED, global_step=step, best_val_loss=2.5)
+
+    def at_step(self, step: int) -> None:
+        self.status = Status(state=RunState.RUNNING, global_step=step)

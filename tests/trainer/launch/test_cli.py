@@ -53,7 +53,7 @@ def test_list_shows_the_lifecycle_tasks():
 def test_help_pretrain_lists_every_flag():
     proc = invoke("--help", "pretrain")
     assert proc.returncode == 0
-    for flag in ("--stack", "--outputs", "--config", "--run", "--[no-]watch", "--local", "--nproc"):
+    for flag in ("--stack", "--outputs", "--config", "--run", "--detach", "--local", "--nproc"):
         assert flag in proc.stdout, flag
 
 
@@ -143,9 +143,11 @@ def test_local_success_and_failure(fake_local_run):
 # -- the whole remote path through the real `invoke`, against moto's server ----------------------
 @pytest.fixture
 def moto_cluster(tmp_path):
-    """moto's server on 127.0.0.1 with a bucket and two tagged nodes; returns (env, outputs file)."""
+    """moto's server on 127.0.0.1: a bucket and a 2-node Auto Scaling group; (env, outputs, url)."""
     import boto3
     from moto.server import ThreadedMotoServer
+
+    from artifacts.node import node_tags
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -153,20 +155,23 @@ def moto_cluster(tmp_path):
         host, port = server.get_host_and_port()
         url = f"http://{host}:{port}"
         ec2 = boto3.client("ec2", "us-east-1", endpoint_url=url)
+        autoscaling = boto3.client("autoscaling", "us-east-1", endpoint_url=url)
         boto3.client("s3", "us-east-1", endpoint_url=url).create_bucket(Bucket="cli-bucket")
-        ids, ips = [], []
-        for i in range(2):
-            inst = ec2.run_instances(
-                ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="p4d.24xlarge",
-                TagSpecifications=[{"ResourceType": "instance", "Tags": [
-                    {"Key": "twostage:cluster", "Value": "cli"},
-                    {"Key": "twostage:node-index", "Value": str(i)}]}],
-            )["Instances"][0]  # fmt: skip
-            ids.append(inst["InstanceId"])
-            ips.append(inst["PrivateIpAddress"])
+        vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.1.0.0/24")["Subnet"]["SubnetId"]
+        lt = ec2.create_launch_template(
+            LaunchTemplateName="cli", LaunchTemplateData={"ImageId": "ami-12345678",
+                                                          "InstanceType": "p4d.24xlarge"},
+        )["LaunchTemplate"]["LaunchTemplateId"]  # fmt: skip
+        autoscaling.create_auto_scaling_group(
+            AutoScalingGroupName="cli-nodes", MinSize=0, MaxSize=2, DesiredCapacity=2,
+            VPCZoneIdentifier=subnet, LaunchTemplate={"LaunchTemplateId": lt, "Version": "$Latest"},
+            Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": True}
+                  for k, v in node_tags("cli").items()],
+        )  # fmt: skip
         data = outputs_dict(
             2, cluster_name="cli", bucket="cli-bucket", run_prefix="s3://cli-bucket/runs",
-            instance_ids=ids, private_ips=ips, head_instance_id=ids[0], head_private_ip=ips[0],
+            autoscaling_group_name="cli-nodes",
         )  # fmt: skip
         p = tmp_path / "outputs.json"
         p.write_text(json.dumps(data))
@@ -175,37 +180,51 @@ def moto_cluster(tmp_path):
         server.stop()
 
 
-def test_pretrain_no_watch_then_status_through_invoke(moto_cluster, tmp_path):
+def test_pretrain_detach_then_status_and_stop_through_invoke(moto_cluster, tmp_path):
     env, outputs, url = moto_cluster
     tiny = str(REPO / "configs/pretrain-tiny.toml")
 
-    proc = invoke("pretrain", "--outputs", outputs, "--config", tiny, "--run", "r1", "--no-watch",
+    proc = invoke("pretrain", "--outputs", outputs, "--config", tiny, "--run", "r1", "--detach",
                   cwd=tmp_path, env=env)  # fmt: skip
 
     assert proc.returncode == 0, proc.stderr
-    assert "launched s3://cli-bucket/runs/r1" in proc.stdout
-    assert "price: 2 × p4d.24xlarge in us-east-1a" in proc.stderr  # the hourly price, logged
+    assert "submitted s3://cli-bucket/runs/r1 to the controller" in proc.stdout
+    assert "price per node, spot:" in proc.stdout and "controller t3.small" in proc.stdout
+    assert "the run goes on in the cloud" in proc.stdout
     last = json.loads((tmp_path / ".twostage/last-run").read_text())
-    assert last["run_uri"] == "s3://cli-bucket/runs/r1" and sorted(last["commands"]) == ["0", "1"]
+    assert last["run_uri"] == "s3://cli-bucket/runs/r1" and last["request_id"]
 
-    proc = invoke("status", "--outputs", outputs, cwd=tmp_path, env=env)
+    # A second submit while the first is not done is refused (one run per cluster).
+    proc = invoke("pretrain", "--outputs", outputs, "--config", tiny, "--run", "r2", "--detach",
+                  cwd=tmp_path, env=env)  # fmt: skip
+    assert "the cluster is busy with s3://cli-bucket/runs/r1" in one_line_error(proc)
 
+    # status from another folder (another machine): only the outputs and --run.
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    proc = invoke("status", "--outputs", outputs, "--run", "r1", cwd=other, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "run: s3://cli-bucket/runs/r1" in proc.stdout
-    assert "state: launched (no STATUS.json yet)" in proc.stdout
-    assert proc.stdout.count(" running ") == 2
+    assert "state: submitted (no STATUS.json yet)" in proc.stdout
+    assert "nodes: 2 running in group cli-nodes" in proc.stdout
+
+    proc = invoke("stop", "--outputs", outputs, "--run", "r1", "--timeout", "0", cwd=other, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "stop requested for s3://cli-bucket/runs/r1" in proc.stdout
+    s3 = __import__("boto3").client("s3", "us-east-1", endpoint_url=url)
+    assert s3.head_object(Bucket="cli-bucket", Key="runs/r1/control/stop")
 
 
-def test_logs_follow_prints_only_new_output_until_the_commands_end(monkeypatch, capsys):
+def test_logs_follow_prints_only_new_output_until_the_run_is_done(monkeypatch, capsys):
     import trainer.launch.lifecycle as lifecycle
     import trainer.launch.run as run_mod
 
     texts = iter(["step 1\n", "step 1\nstep 2\n", "step 1\nstep 2\ndone\n"])
     polls = iter([False, False, True])
     monkeypatch.setattr(cli, "_context", lambda stack, outputs: types.SimpleNamespace(outputs=None))
-    monkeypatch.setattr(run_mod, "pick_run", lambda o, run: ("s3://b/runs/r", object()))
-    monkeypatch.setattr(lifecycle, "node_logs", lambda ctx, uri, last, node: {1: next(texts)})
-    monkeypatch.setattr(lifecycle, "command_done", lambda ctx, uri, last, i: next(polls))
+    monkeypatch.setattr(run_mod, "pick_run", lambda o, run: "s3://b/runs/r")
+    monkeypatch.setattr(lifecycle, "node_logs", lambda ctx, uri, rank: {1: next(texts)})
+    monkeypatch.setattr(lifecycle, "launch_done", lambda ctx, uri: next(polls))
     monkeypatch.setattr(cli.time, "sleep", lambda s: None)
 
     cli.logs(Context(), outputs="o.json", node="1", follow=True)
@@ -213,9 +232,26 @@ def test_logs_follow_prints_only_new_output_until_the_commands_end(monkeypatch, 
     assert capsys.readouterr().out == "[node 1] step 1\n[node 1] step 2\n[node 1] done\n"
 
 
-def test_logs_node_must_be_an_index(monkeypatch):
+def test_logs_node_must_be_a_rank(monkeypatch):
     monkeypatch.setattr(cli, "_context", lambda stack, outputs: types.SimpleNamespace(outputs=None))
-    monkeypatch.setattr("trainer.launch.run.pick_run", lambda o, run: ("s3://b/runs/r", None))
+    monkeypatch.setattr("trainer.launch.run.pick_run", lambda o, run: "s3://b/runs/r")
     with pytest.raises(Exit) as err:
         cli.logs(Context(), outputs="o.json", node="first")
-    assert err.value.code == 2 and "--node first: give a node index" in str(err.value.message)
+    assert err.value.code == 2 and "--node first: give a node rank" in str(err.value.message)
+
+
+def test_ctrl_c_while_following_says_the_run_goes_on(monkeypatch):
+    import trainer.launch.run as run_mod
+
+    monkeypatch.setattr(cli, "_context", lambda stack, outputs: types.SimpleNamespace(outputs=None))
+    monkeypatch.setattr(
+        run_mod, "submit", lambda ctx, **kw: types.SimpleNamespace(request_id="r", run_uri="u")
+    )
+
+    def interrupted(ctx, request_id):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_mod, "follow", interrupted)
+    with pytest.raises(Exit) as err:
+        cli.pretrain(Context(), outputs="o.json")
+    assert err.value.code == 130 and "the run goes on in the cloud" in str(err.value.message)

@@ -15,10 +15,12 @@ from .fakes import outputs_dict
 
 def test_outputs_file_is_read_and_typed(outputs_file):
     o = load_outputs(outputs_file=outputs_file(outputs_dict(n=3)))
-    assert o.node_count == 3 and o.instance_ids[2] == "i-00000000000000002"
-    assert o.head_private_ip == o.private_ips[0] == "10.0.0.10"
+    assert o.node_count == 3 and o.group_name == "ts-test-nodes"
+    assert o.instance_types == ("p4d.24xlarge",)
     assert o.run_prefix == "s3://ts-bucket/runs" and o.spot is True
-    assert o.launch_template_id == "lt-0123456789abcdef0"
+    assert o.controller_instance_type == "t3.small"
+    legacy = {k: v for k, v in outputs_dict().items() if k != "instance_types"}
+    assert load_outputs(outputs_file=outputs_file(legacy)).instance_types == ("p4d.24xlarge",)
 
 
 @pytest.mark.parametrize(
@@ -26,8 +28,9 @@ def test_outputs_file_is_read_and_typed(outputs_file):
     [
         ({**outputs_dict(), "bucket": None}, "lack bucket"),
         ({k: v for k, v in outputs_dict().items() if k != "cluster_name"}, "lack cluster_name"),
-        (outputs_dict(node_count=3), "instance_ids from .* has 2 entries, node_count is 3"),
-        (outputs_dict(head_private_ip="10.9.9.9"), "is not node 0's private IP"),
+        (outputs_dict(autoscaling_group_name=""), "lack autoscaling_group_name"),
+        (outputs_dict(instance_types="p4d.24xlarge"), "instance_types .* is not a list"),
+        (outputs_dict(node_count=0), "must be >= 1"),
         (outputs_dict(run_prefix="/tmp/runs"), "must be an s3:// URI"),
         (outputs_dict(node_count="two"), "node_count .* is not an integer"),
         ([1, 2], "not a JSON object"),

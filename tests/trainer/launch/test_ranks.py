@@ -78,11 +78,11 @@ def test_per_node_commands_share_one_rendezvous(launcher):
         gpus_flag = "--num_gpus" if launcher == "deepspeed" else "--nproc_per_node"
         assert flag(script, gpus_flag) == "8"  # p4d.24xlarge
         assert ". /etc/twostage/node.env" in script
-        assert f'"${{TWOSTAGE_NODE_INDEX:-}}" != "{i}"' in script
+        assert f'"${{TWOSTAGE_INSTANCE_ID:-}}" != "i-{i}"' in script  # this attempt's instance
         # torchrun's own parser rejects "--run" (ambiguous with its --run-path): "--run-uri" there.
         run_flag = "--run" if launcher == "deepspeed" else "--run-uri"
         assert f"{run_flag} {RUN}" in script and "--module trainer --config" in script
-        assert "shutdown -h" in script  # self-termination after a clean finish
+        assert "shutdown" not in script and "launch.active" in script  # the group owns power
         assert "ssh" not in script.replace("--no_ssh", "")
     assert len(ranks) == 4
     if launcher == "deepspeed":
@@ -145,7 +145,7 @@ def node_sandbox(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.toml").write_text("[run]\nname = 'r1'\n")
-    (tmp_path / "node.env").write_text("TWOSTAGE_NODE_INDEX=1\nTWOSTAGE_CLUSTER=c\n")
+    (tmp_path / "node.env").write_text("TWOSTAGE_INSTANCE_ID=i-1\nTWOSTAGE_CLUSTER=c\n")
     (tmp_path / "ready").write_text("")
 
     def render(**over):
@@ -157,7 +157,8 @@ def node_sandbox(tmp_path):
             python=str(fake),
             scratch=str(tmp_path / "nvme"),
             ready_marker=str(tmp_path / "ready"),
-            shutdown_cmd=f"touch {rec}/shutdown",
+            agent_dir=str(tmp_path / "agent"),
+            idle_timeout_s=1200,
         )
         kw.update(over)
         spec = make_spec(str(run), assignments, **kw)
@@ -174,7 +175,13 @@ def node_sandbox(tmp_path):
     return render, execute, rec, run
 
 
-def test_script_fetches_config_launches_records_exit_and_powers_off(node_sandbox):
+def _idle_marked(run: Path) -> bool:
+    """The node agent's view after a launch: not active any more, idle since the end."""
+    agent = run.parent / "agent"
+    return not (agent / "launch.active").exists() and (agent / "launch.ended").exists()
+
+
+def test_script_fetches_config_launches_records_exit_and_marks_the_node_idle(node_sandbox):
     render, execute, rec, run = node_sandbox
     # The trainer exits 0 only after it wrote the final status; the verdict checks it.
     (run / "STATUS.json").write_text('{"state": "finished", "global_step": 10}')
@@ -184,31 +191,33 @@ def test_script_fetches_config_launches_records_exit_and_powers_off(node_sandbox
     assert "--node_rank=1" in argv and "--no_ssh" in argv
     assert (rec / "config.seen").read_text() == (run / "config.toml").read_text()
     assert (run / "logs/node-1/exit_code").read_text() == "0"
-    assert (rec / "shutdown").exists()
+    # Never a shutdown (the group would replace the node): the agent sees it idle instead.
+    assert "shutdown" not in render().read_text()
+    assert _idle_marked(run)
+    assert (run.parent / "agent" / "idle_timeout_s").read_text().strip() == "1200"
 
 
-def test_script_exit_0_without_a_final_status_is_a_failure_and_keeps_the_node(node_sandbox):
+def test_script_exit_0_without_a_final_status_is_a_failure(node_sandbox):
     render, execute, rec, run = node_sandbox
     proc = execute(render(), rc=0)
     assert proc.returncode == 1
     assert (run / "logs/node-1/exit_code").read_text() == "1"
-    assert not (rec / "shutdown").exists()
+    assert _idle_marked(run)
 
 
-def test_script_keeps_the_node_up_after_exit_75(node_sandbox):
+def test_script_after_exit_75(node_sandbox):
     render, execute, rec, run = node_sandbox
     proc = execute(render(), rc=75)
     assert proc.returncode == 75
     assert (run / "logs/node-1/exit_code").read_text() == "75"
-    assert not (rec / "shutdown").exists()
 
 
-def test_script_refuses_to_run_on_the_wrong_node(node_sandbox, tmp_path):
+def test_script_refuses_to_run_on_the_wrong_instance(node_sandbox, tmp_path):
     render, execute, rec, run = node_sandbox
-    (tmp_path / "node.env").write_text("TWOSTAGE_NODE_INDEX=0\n")
+    (tmp_path / "node.env").write_text("TWOSTAGE_INSTANCE_ID=i-0\n")
     proc = execute(render())
     assert proc.returncode == 3
-    assert "this is node 0, the command is for node 1" in proc.stderr
+    assert "this is i-0, the command is for i-1" in proc.stderr
     assert not (rec / "argv").exists()
 
 
@@ -224,13 +233,12 @@ def test_script_trusts_a_converged_status_over_a_shutdown_abort(node_sandbox):
     render, execute, rec, run = node_sandbox
     script = render()
     proc = execute(script, rc=134)  # a rank aborted at interpreter shutdown
-    assert proc.returncode == 1 and not (rec / "shutdown").exists()  # verdict: failed
+    assert proc.returncode == 1  # verdict: failed
     assert "launcher exited 134, run state unknown: verdict failed (1)" in proc.stdout
     (run / "STATUS.json").write_text('{"state": "converged", "global_step": 10}')
     proc = execute(script, rc=134)
     assert proc.returncode == 0, proc.stderr
     assert "launcher exited 134, run state converged: verdict ok (0)" in proc.stdout
-    assert (rec / "shutdown").exists()
 
 
 # -- the real DeepSpeed launcher (--no_ssh) starting a stand-in trainer on two "nodes" ----------
@@ -272,12 +280,12 @@ def test_real_deepspeed_launcher_gives_each_node_its_rank_and_stops_on_sigterm(t
     env = {**os.environ, "REC": str(rec), "FAKE_MODE": "wait-term",
            "PYTHONPATH": str(Path.cwd()), "OMP_NUM_THREADS": "1"}  # fmt: skip
     for a in assignments:
-        (tmp_path / f"node{a.node_index}.env").write_text(f"TWOSTAGE_NODE_INDEX={a.node_index}\n")
+        (tmp_path / f"node{a.node_index}.env").write_text(f"TWOSTAGE_INSTANCE_ID={a.instance_id}\n")
         spec = make_spec(
             str(run), assignments, instance_type="p4d.24xlarge", gpus_per_node=1,
             master_port=29000 + os.getpid() % 1000, node_env=str(tmp_path / f"node{a.node_index}.env"),
             repo_dir=str(repo), python=sys.executable, scratch=str(tmp_path / f"nvme{a.node_index}"),
-            ready_marker=str(tmp_path / "ready"), shutdown_cmd=f"touch {rec}/shutdown",
+            ready_marker=str(tmp_path / "ready"), agent_dir=str(tmp_path / f"agent{a.node_index}"),
         )  # fmt: skip
         script = tmp_path / f"node{a.node_index}.sh"
         script.write_text(node_scripts(spec, assignments)[a.node_index])
@@ -316,4 +324,4 @@ def test_real_deepspeed_launcher_gives_each_node_its_rank_and_stops_on_sigterm(t
                 os.killpg(p.pid, 9)
     assert {i: p.returncode for i, p in procs.items()} == {0: 75, 1: 75}, outs
     assert (run / "logs/node-0/exit_code").read_text() == "75"
-    assert not (rec / "shutdown").exists()  # interrupted nodes stay up for the relaunch
+    assert (tmp_path / "agent0" / "launch.ended").exists()  # idle now, for the node agent

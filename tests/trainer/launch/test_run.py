@@ -1,4 +1,4 @@
-"""Orchestration against moto: upload, checks, launch over SSM, watch to the end, status, logs, stop."""
+"""Submit, follow, status, logs, stop against moto (the controller side is in test_simulation)."""
 
 from __future__ import annotations
 
@@ -6,99 +6,132 @@ import json
 import tomllib
 from pathlib import Path
 
-import boto3
 import pytest
 
-from artifacts.config import dump_toml
 from artifacts.errors import UserError
+from artifacts.run import Run, RunState, Status
 from artifacts.store import open_store
 from trainer.launch import LaunchError
+from trainer.launch.control import ControllerState, ControlPlane
+from trainer.launch.group import Group
 from trainer.launch.lifecycle import node_logs, run_status, stop_run, trend
 from trainer.launch.outputs import load_outputs
 from trainer.launch.run import (
     STOP_KEY,
     Context,
     LastRun,
-    check_nodes,
+    follow,
     load_last_run,
     pick_run,
-    pretrain_remote,
     resolve_run_uri,
+    submit,
 )
-from trainer.launch.watch import WatchPolicy
+from artifacts.config import dump_toml
 
-from .fakes import FakeClock
+from .fakes import FakeClock, outputs_dict
 
 TINY = Path("configs/pretrain-tiny.toml")
-
-
-def live_states(ec2, ids):
-    insts = ec2.describe_instances(InstanceIds=ids)["Reservations"]
-    return {i["InstanceId"]: i["State"]["Name"] for r in insts for i in r["Instances"]}
 
 
 @pytest.fixture
 def ctx_for(cluster):
     def build(n=2, **kw):
         c = cluster(n, **kw)
-        return c, Context.real(load_outputs(outputs_file=c["file"]))
+        o = load_outputs(outputs_file=c["file"])
+        group = Group(c["autoscaling"], c["ec2"], None, name=c["group"])
+        return c, Context(o, c["ec2"], group, ControlPlane(open_store(f"s3://{o.bucket}")))
 
     return build
 
 
-def test_pretrain_uploads_config_launches_on_every_node_and_remembers_the_run(ctx_for, tmp_path):
+def pretrain_remote(ctx, *, config, run, watch=False, state_path):
+    """Submit (the laptop's part); returns (run URI, request)."""
+    request = submit(ctx, config=config, run=run, state_path=state_path, say=lambda line: None)
+    return request.run_uri, request
+
+
+def test_submit_uploads_the_config_writes_the_request_and_remembers_the_run(ctx_for, tmp_path):
     c, ctx = ctx_for(2)
-    state = tmp_path / ".twostage/last-run"
+    lines: list[str] = []
+    request = submit(ctx, config=TINY, run="exp1", state_path=tmp_path / "s", say=lines.append)
 
-    run_uri, outcome = pretrain_remote(
-        ctx, config=TINY, run="r1", watch=False, outputs_file=c["file"], state_path=state
-    )
-
-    assert run_uri == f"s3://{c['outputs']['bucket']}/runs/r1" and outcome is None
-    uploaded = tomllib.loads(open_store(run_uri).get_bytes("config.toml").decode())
-    assert uploaded["run"]["uri"] == run_uri
-    assert uploaded["model"] == tomllib.loads(TINY.read_text())["model"]
-    last = load_last_run(state)
-    assert last.run_uri == run_uri and last.outputs_file == c["file"]
-    assert sorted(last.commands) == ["0", "1"]
-    ssm = boto3.client("ssm", "us-east-1")
-    for index, (cid, iid) in last.commands.items():
-        cmd = ssm.list_commands(CommandId=cid)["Commands"][0]
-        assert {"Key": "tag:twostage:node-index", "Values": [index]} in cmd["Targets"]
-        assert cmd["InstanceIds"] == [iid] == [c["outputs"]["instance_ids"][int(index)]]
-        script = "\n".join(cmd["Parameters"]["commands"])
-        assert f"--node_rank={index}" in script
-        assert f"--master_addr {c['outputs']['head_private_ip']}" in script
+    run = Run(request.run_uri)
+    assert request.run_uri == f"s3://{c['outputs']['bucket']}/runs/exp1"
+    uploaded = tomllib.loads(run.store.get_bytes(Run.CONFIG).decode())
+    assert uploaded["run"]["uri"] == request.run_uri
+    got = ctx.control.request()
+    assert got == request and got.node_count == 2 and got.idle_timeout_s == 15 * 60
+    assert got.stall_timeout_s == 60 * 60 and got.min_nodes is None
+    assert load_last_run(tmp_path / "s").request_id == request.request_id
+    text = "\n".join(lines)
+    assert "price per node, spot:" in text and "p4d.24xlarge:" in text
+    assert "controller t3.small (on-demand): $0.0208/h" in text
+    assert "in all (nodes + controller)" in text
 
 
-def test_pretrain_watch_ends_with_every_node_terminated_and_a_report(ctx_for, tmp_path):
-    c, ctx = ctx_for(2)
-    run_uri = f"s3://{c['outputs']['bucket']}/runs/done"
-    # moto runs nothing: play the trainer's part by writing its final STATUS.json.
-    open_store(run_uri).put_bytes(
-        "STATUS.json",
-        json.dumps({"state": "converged", "global_step": 900, "best_val_loss": 1.25}).encode(),
-    )
+def test_the_recipes_run_policy_reaches_the_request(ctx_for, tmp_path):
+    c, ctx = ctx_for(3)
+    cfg = tmp_path / "recipe.toml"
+    raw = tomllib.loads(TINY.read_text())
+    raw["run"] = {**raw.get("run", {}), "min_nodes": 2, "idle_timeout_minutes": 20,
+                  "stall_timeout_minutes": 90, "max_hours": 48, "max_dollars": 5000}  # fmt: skip
+    cfg.write_text(dump_toml(raw))
+    request = submit(ctx, config=cfg, run="pol", state_path=tmp_path / "s", say=lambda x: None)
+    assert (request.min_nodes, request.idle_timeout_s, request.stall_timeout_s) == (2, 1200, 5400)
+    assert (request.max_hours, request.max_dollars) == (48, 5000)
+    raw["run"]["min_nodes"] = 4
+    cfg.write_text(dump_toml(raw))
+    with pytest.raises(LaunchError, match="run.min_nodes = 4 .* the cluster has 3 node"):
+        submit(ctx, config=cfg, run="pol2", state_path=tmp_path / "s", say=lambda x: None)
 
-    _, outcome = pretrain_remote(
-        ctx, config=TINY, run="done", watch=True, state_path=tmp_path / "last-run",
-        clock=FakeClock(), policy=WatchPolicy(poll_s=1),
-    )  # fmt: skip
 
-    assert outcome.state == "converged"
-    states = live_states(c["ec2"], c["outputs"]["instance_ids"])
-    assert set(states.values()) <= {"shutting-down", "terminated"}
-    text = "\n".join(outcome.lines())
-    assert "run converged at step 900, best val loss 1.2500" in text
-    assert "node-hours:" in text and "spent: $" in text
-    assert f"invoke download --src {run_uri}/final --dest ./model" in text
+def test_a_busy_cluster_refuses_a_second_run_until_the_first_is_done(ctx_for, tmp_path):
+    c, ctx = ctx_for(1)
+    first = submit(ctx, config=TINY, run="one", state_path=tmp_path / "s", say=lambda x: None)
+    with pytest.raises(LaunchError, match="busy with .*/runs/one"):
+        submit(ctx, config=TINY, run="two", state_path=tmp_path / "s", say=lambda x: None)
+    ctx.control.write_state(ControllerState(first.request_id, first.run_uri, "done"))
+    second = submit(ctx, config=TINY, run="two", state_path=tmp_path / "s", say=lambda x: None)
+    assert ctx.control.request() == second
+
+
+def test_follow_prints_phase_changes_and_returns_the_outcome(ctx_for):
+    c, ctx = ctx_for(1)
+    clock = FakeClock()
+    phases = iter(["accepted", "running", "running", "done"])
+
+    def advance(t):
+        state = ControllerState("req-1", "s3://b/runs/r", next(phases), t, attempt=1)
+        if state.phase == "done":
+            state.outcome = {"state": "converged", "message": "ok"}
+        ctx.control.write_state(state)
+        ctx.control.beat(t)
+
+    clock.hooks.append(advance)
+    lines: list[str] = []
+    outcome = follow(ctx, "req-1", clock=clock, say=lines.append, poll_s=30)
+    assert outcome == {"state": "converged", "message": "ok"}
+    assert lines == [
+        "controller: accepted, attempt 1",
+        "controller: running, attempt 1",
+        "controller: done, attempt 1",
+    ]
+
+
+def test_follow_warns_when_the_controller_heartbeat_is_stale(ctx_for):
+    c, ctx = ctx_for(1)
+    clock = FakeClock()
+    ctx.control.beat(clock.now() - 3600)
+    lines: list[str] = []
+    assert follow(ctx, "req-x", clock=clock, say=lines.append, timeout_s=60) is None
+    assert any("heartbeat is 60 min old" in line for line in lines)
 
 
 def test_a_new_launch_lifts_an_earlier_stop(ctx_for, tmp_path):
     c, ctx = ctx_for(1)
     run_uri = f"s3://{c['outputs']['bucket']}/runs/again"
     open_store(run_uri).put_bytes(STOP_KEY, b"{}")
-    pretrain_remote(ctx, config=TINY, run="again", watch=False, state_path=tmp_path / "s")
+    pretrain_remote(ctx, config=TINY, run="again", state_path=tmp_path / "s")
     assert not open_store(run_uri).exists(STOP_KEY)
 
 
@@ -112,9 +145,7 @@ def test_local_data_is_uploaded_and_the_config_points_at_it(ctx_for, tmp_path):
     raw["data"] = {**raw["data"], "generated_corpus": False, "train_files": ["corpus/*.txt"]}
     cfg.write_text(dump_toml(raw))
 
-    run_uri, _ = pretrain_remote(
-        ctx, config=cfg, run="data", watch=False, state_path=tmp_path / "s"
-    )
+    run_uri, _ = pretrain_remote(ctx, config=cfg, run="data", state_path=tmp_path / "s")
 
     store = open_store(run_uri)
     assert sorted(o.key for o in store.list("data/")) == ["data/0000-a.txt", "data/0001-b.txt"]
@@ -134,11 +165,11 @@ def test_run_data_is_accepted_as_the_trainer_reads_it(ctx_for, tmp_path):
     cfg.write_text(dump_toml(raw))
     run_uri = f"s3://{c['outputs']['bucket']}/runs/rundata"
     with pytest.raises(UserError, match=r"run:data/ is empty: nothing under s3://.*/rundata/data"):
-        pretrain_remote(ctx, config=cfg, run="rundata", watch=False, state_path=tmp_path / "s")
+        pretrain_remote(ctx, config=cfg, run="rundata", state_path=tmp_path / "s")
     assert not open_store(run_uri).exists("config.toml")  # refused before anything was written
 
     open_store(run_uri).put_bytes("data/corpus.txt", b"already uploaded text\n" * 50)
-    got, _ = pretrain_remote(ctx, config=cfg, run="rundata", watch=False, state_path=tmp_path / "s")
+    got, _ = pretrain_remote(ctx, config=cfg, run="rundata", state_path=tmp_path / "s")
     assert got == run_uri
     uploaded = tomllib.loads(open_store(run_uri).get_bytes("config.toml").decode())
     assert uploaded["data"]["train_files"] == ["run:data/"]
@@ -155,114 +186,79 @@ def test_invalid_config_is_refused_before_anything_is_uploaded(ctx_for, tmp_path
     bad = tmp_path / "bad.toml"
     bad.write_text(TINY.read_text().replace("[model]", "[model]\nhiden_size = 3"))
     with pytest.raises(UserError, match="model.hiden_size"):
-        pretrain_remote(ctx, config=bad, run="bad", watch=False, state_path=tmp_path / "s")
+        pretrain_remote(ctx, config=bad, run="bad", state_path=tmp_path / "s")
     assert open_store(f"s3://{c['outputs']['bucket']}/runs/bad").list() == []
 
 
 def test_missing_bucket_is_a_user_error(ctx_for, tmp_path):
     c, ctx = ctx_for(1, bucket=False)
     with pytest.raises(UserError, match="bucket"):
-        pretrain_remote(ctx, config=TINY, run="x", watch=False, state_path=tmp_path / "s")
+        pretrain_remote(ctx, config=TINY, run="x", state_path=tmp_path / "s")
 
 
-def test_nodes_not_running_are_refused_with_the_fix(ctx_for):
+def test_status_shows_state_checkpoint_trend_controller_nodes_and_cost(ctx_for, tmp_path):
     c, ctx = ctx_for(2)
-    c["ec2"].terminate_instances(InstanceIds=[c["outputs"]["instance_ids"][1]])
-    with pytest.raises(
-        LaunchError, match=r"node 1 \(i-\w+\) is (shutting-down|terminated).*pulumi up --refresh"
-    ):
-        check_nodes(ctx)
-
-
-def test_nodes_not_managed_by_ssm_are_refused(ctx_for, monkeypatch):
-    c, ctx = ctx_for(1)
-    monkeypatch.setattr(
-        "trainer.launch.fleet.ssm_online", lambda client, ids: dict.fromkeys(ids, False)
-    )
-    with pytest.raises(LaunchError, match="not managed by SSM"):
-        check_nodes(ctx)
-
-
-def test_status_shows_state_checkpoint_trend_nodes_and_cost(ctx_for):
-    c, ctx = ctx_for(2)
-    run_uri = f"s3://{c['outputs']['bucket']}/runs/st"
-    store = open_store(run_uri)
-    store.put_bytes(
-        "STATUS.json",
-        json.dumps({"state": "running", "global_step": 300, "epoch": 3, "best_val_loss": 2.9,
-                    "val_loss_history": [{"step": s, "epoch": e, "val_loss": v} for e, (s, v) in enumerate([(10, 3.5), (20, 3.1), (30, 2.9), (40, 2.95)], 1)]}).encode(),
+    request = submit(ctx, config=TINY, run="st", state_path=tmp_path / "s", say=lambda x: None)
+    run = Run(request.run_uri)
+    run.write_status(
+        Status(state=RunState.RUNNING, global_step=40, epoch=2.0, best_val_loss=3.0,
+               val_loss_history=({"val_loss": 3.5}, {"val_loss": 3.0}))
     )  # fmt: skip
-    for step in (100, 200, 300):
-        store.put_bytes(f"checkpoints/step-{step:010d}/model.bin", b"x")
-        if step < 300:  # the newest one is still uploading: not committed
-            store.put_bytes(f"checkpoints/step-{step:010d}/MANIFEST.json", b"{}")
+    ctx.control.write_state(ControllerState(request.request_id, request.run_uri, "running", 0, 1))
+    ctx.control.beat(request.submitted_at + 60)
 
-    text = "\n".join(run_status(ctx, run_uri))
+    text = "\n".join(run_status(ctx, request.run_uri, now=request.submitted_at + 120))
 
-    assert "state: running at step 300, epoch 3" in text
-    assert "last committed checkpoint: checkpoints/step-0000000200" in text
-    assert "val loss: 3.5000 ↓ 3.1000 ↓ 2.9000 ↑ 2.9500" in text
-    for iid in c["outputs"]["instance_ids"]:
-        assert f"{iid} running" in text
-    assert "so far: node-hours:" in text
+    assert "state: running at step 40, epoch 2.0, best val loss 3.0" in text
+    assert "val loss: 3.5000 ↓ 3.0000" in text
+    assert "last committed checkpoint: none yet" in text
+    assert "controller: running, attempt 1; heartbeat 1.0 min ago" in text
+    assert "nodes: 2 running in group" in text and text.count("p4d.24xlarge running/InService") == 2
+    assert "so far: " in text
 
 
-def test_logs_come_from_the_run_prefix_when_ssm_uploaded_them(ctx_for, tmp_path):
-    c, ctx = ctx_for(2)
-    run_uri, _ = pretrain_remote(ctx, config=TINY, run="lg", watch=False, state_path=tmp_path / "s")
-    last = load_last_run(tmp_path / "s")
-    cid, iid = last.commands["1"]
-    open_store(run_uri).put_bytes(
-        f"logs/{cid}/{iid}/awsrunShellScript/0.awsrunShellScript/stdout", b"step 10 loss 3.2\n"
-    )
-    out = node_logs(ctx, run_uri, last, None)
-    assert out[1] == "step 10 loss 3.2\n"
-    assert "no output yet" in out[0]  # moto keeps no output: said so, not silently empty
-    with pytest.raises(LaunchError, match="--node 5: the run has nodes"):
-        node_logs(ctx, run_uri, last, 5)
-
-
-def test_stop_signals_waits_for_the_commit_and_terminates(ctx_for):
-    c, ctx = ctx_for(2)
-    run_uri = f"s3://{c['outputs']['bucket']}/runs/stopme"
-    store = open_store(run_uri)
-    clock = FakeClock(start=__import__("time").time())
-
-    def trainer_exits(t):  # what the nodes do after SIGTERM: commit, exit 75, record it
-        for i in range(2):
-            store.put_bytes(f"logs/node-{i}/exit_code", b"75")
-
-    clock.hooks.append(trainer_exits)
-    lines = stop_run(ctx, run_uri, terminate=True, clock=clock)
-
-    assert store.exists(STOP_KEY)  # a watcher will not relaunch
-    text = "\n".join(lines)
-    assert "trainer exited on every node (exit code 75)" in text
-    assert "terminated 2 node(s)" in text and f"invoke pretrain --run {run_uri}" in text
-    assert set(live_states(c["ec2"], c["outputs"]["instance_ids"]).values()) <= {
-        "shutting-down",
-        "terminated",
-    }
-    cmds = boto3.client("ssm", "us-east-1").list_commands()["Commands"]
-    stop_cmd = next(x for x in cmds if x["Comment"] == "twostage stop" and
-                    x["Targets"] == [{"Key": "tag:twostage:cluster", "Values": [c["name"]]}])  # fmt: skip
-    assert any("pkill -TERM" in line for line in stop_cmd["Parameters"]["commands"])
-
-
-def test_stop_without_terminate_keeps_nodes_and_says_they_bill(ctx_for):
+def test_logs_come_from_the_copy_ssm_uploads_to_the_run(ctx_for, tmp_path):
     c, ctx = ctx_for(1)
-    lines = stop_run(ctx, f"s3://{c['outputs']['bucket']}/runs/keep", terminate=False,
-                     timeout_s=30, clock=FakeClock(start=__import__("time").time()))  # fmt: skip
-    text = "\n".join(lines)
-    assert "did not confirm its exit within 30 s" in text
-    assert "billing continues" in text
-    assert set(live_states(c["ec2"], c["outputs"]["instance_ids"]).values()) == {"running"}
+    run_uri = f"s3://{c['outputs']['bucket']}/runs/logs"
+    state = ControllerState("r", run_uri, "running", 0, 1, commands={"0": ["cmd-1", "i-abc"]})
+    ctx.control.write_state(state)
+    store = open_store(run_uri)
+    store.put_bytes("logs/cmd-1/i-abc/awsrunShellScript/0.awsrunShellScript/stdout", b"step 1\n")
+    assert node_logs(ctx, run_uri, None) == {0: "step 1\n"}
+    with pytest.raises(LaunchError, match="--node 3: the latest launch has ranks \\[0\\]"):
+        node_logs(ctx, run_uri, 3)
+    with pytest.raises(LaunchError, match="no launch of .* recorded"):
+        node_logs(ctx, f"s3://{c['outputs']['bucket']}/runs/other", None)
+
+
+def test_stop_writes_the_marker_and_follows_the_controller(ctx_for, tmp_path):
+    c, ctx = ctx_for(1)
+    request = submit(ctx, config=TINY, run="halt", state_path=tmp_path / "s", say=lambda x: None)
+    clock = FakeClock()
+
+    def controller_stops(t):  # what the controller does when it sees the marker
+        if Run(request.run_uri).stop_requested():
+            ctx.control.write_state(ControllerState(
+                request.request_id, request.run_uri, "done", t,
+                outcome={"state": "stopped", "message": "stopped on request"},
+            ))  # fmt: skip
+
+    clock.hooks.append(controller_stops)
+    lines: list[str] = []
+    outcome = stop_run(ctx, request.run_uri, clock=clock, say=lines.append, timeout_s=600)
+    assert outcome["state"] == "stopped"
+    assert lines[0] == f"stop requested for {request.run_uri}"
+    assert Run(request.run_uri).stop_requested()
 
 
 def test_run_names_and_last_run(tmp_path):
-    o = load_outputs(outputs_file=_write(tmp_path))
+    p = tmp_path / "o.json"
+    p.write_text(json.dumps(outputs_dict()))
+    o = load_outputs(outputs_file=p)
     assert resolve_run_uri(o, "exp-1") == "s3://ts-bucket/runs/exp-1"
-    assert resolve_run_uri(o, "s3://other/x/") == "s3://other/x"
+    assert resolve_run_uri(o, "s3://ts-bucket/runs/x/") == "s3://ts-bucket/runs/x"
+    with pytest.raises(LaunchError, match="lives under s3://ts-bucket/runs/"):
+        resolve_run_uri(o, "s3://other/x")  # nodes may write only under runs/
     assert resolve_run_uri(o, None).startswith("s3://ts-bucket/runs/20")
     with pytest.raises(LaunchError, match="use letters"):
         resolve_run_uri(o, "a/b")
@@ -270,7 +266,7 @@ def test_run_names_and_last_run(tmp_path):
         pick_run(o, None, tmp_path / "none")
     state = tmp_path / "last-run"
     state.write_text(json.dumps(LastRun("s3://ts-bucket/runs/exp-1").__dict__))
-    assert pick_run(o, None, state)[0] == "s3://ts-bucket/runs/exp-1"
+    assert pick_run(o, None, state) == "s3://ts-bucket/runs/exp-1"
 
 
 def test_dump_toml_round_trips_the_recipes():
@@ -282,27 +278,6 @@ def test_dump_toml_round_trips_the_recipes():
 def test_trend_arrows():
     assert trend([]) == "no evaluation yet"
     assert trend([2.0, 2.0, 1.0]) == "2.0000 = 2.0000 ↓ 1.0000"
-
-
-def _write(tmp_path):
-    from .fakes import outputs_dict
-
-    p = tmp_path / "o.json"
-    p.write_text(json.dumps(outputs_dict()))
-    return p
-
-
-def test_a_run_still_running_is_not_launched_twice(ctx_for, tmp_path):
-    from .fakes import FakeRunner
-
-    c, ctx = ctx_for(1)
-    state = tmp_path / "s"
-    run_uri = f"s3://{c['outputs']['bucket']}/runs/twice"
-    (state.parent).mkdir(exist_ok=True)
-    state.write_text(json.dumps(LastRun(run_uri, commands={"0": ["cmd-0", "i-x"]}).__dict__))
-    ctx.runner_for = lambda uri: FakeRunner()  # the command is InProgress on the node
-    with pytest.raises(LaunchError, match="still running on node 0 .*invoke stop"):
-        pretrain_remote(ctx, config=TINY, run="twice", watch=False, state_path=state)
 
 
 def test_local_data_that_does_not_exist_is_named(tmp_path, monkeypatch):

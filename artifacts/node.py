@@ -42,6 +42,8 @@ ENV_INSTANCE_TYPES = "TWOSTAGE_INSTANCE_TYPES"
 """Controller only: the allowed node types, comma-separated."""
 ENV_SPOT = "TWOSTAGE_SPOT"
 """Controller only: ``true`` for spot nodes."""
+ENV_AVAILABILITY_ZONE = "TWOSTAGE_AVAILABILITY_ZONE"
+"""Controller only: the nodes' AZ (spot price lookups)."""
 ENV_CONTROLLER_TYPE = "TWOSTAGE_CONTROLLER_TYPE"
 """Controller only: its own instance type (for the cost report)."""
 ENV_KEYS = (

@@ -100,6 +100,7 @@ def main() -> dict[str, pulumi.Input]:
         region=region,
         group_arn=compute.group_arn,
         source_uri=compute.source_uri,
+        availability_zone=network.availability_zone,
         depends_on=[compute],
     )
 

@@ -21,6 +21,7 @@ import pulumi
 import pulumi_aws as aws
 
 from artifacts.node import (
+    ENV_AVAILABILITY_ZONE,
     ENV_CONTROLLER_TYPE,
     ENV_INSTANCE_TYPES,
     ENV_NODE_COUNT,
@@ -52,9 +53,10 @@ class ControllerArgs:
     source_sha256: str | None = None
 
 
-def controller_env(args: ControllerArgs) -> tuple[tuple[str, str], ...]:
+def controller_env(args: ControllerArgs, availability_zone: str) -> tuple[tuple[str, str], ...]:
     """What the controller knows about the cluster besides the common keys (pure)."""
     return (
+        (ENV_AVAILABILITY_ZONE, availability_zone),
         (ENV_NODE_COUNT, str(args.node_count)),
         (ENV_INSTANCE_TYPES, ",".join(args.node_instance_types)),
         (ENV_SPOT, "true" if args.spot else "false"),
@@ -81,6 +83,7 @@ class Controller(pulumi.ComponentResource):
         region: pulumi.Input[str],
         group_arn: pulumi.Input[str],
         source_uri: pulumi.Input[str | None],
+        availability_zone: pulumi.Input[str],
         depends_on: list[pulumi.Resource] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
@@ -126,7 +129,9 @@ class Controller(pulumi.ComponentResource):
             f"{name}-controller-profile", role=role.name, tags=tags, opts=child
         )
 
-        user_data = pulumi.Output.all(bucket_name, run_prefix, region, source_uri).apply(
+        user_data = pulumi.Output.all(
+            bucket_name, run_prefix, region, source_uri, availability_zone
+        ).apply(
             lambda v: render_user_data(
                 Bootstrap(
                     role=ROLE_CONTROLLER,
@@ -139,7 +144,7 @@ class Controller(pulumi.ComponentResource):
                     repo_ref=args.repo_ref,
                     source_uri=v[3],
                     source_sha256=args.source_sha256,
-                    extra_env=controller_env(args),
+                    extra_env=controller_env(args, v[4]),
                 )
             )
         )

@@ -245,6 +245,7 @@ def test_node_user_data_points_at_this_stacks_bucket_and_checks_the_bundle_hash(
     controller = default_stack.one(INSTANCE).inputs["userData"]
     assert digest in controller and "trainer.launch.controller" in controller
     assert "TWOSTAGE_NODE_COUNT=1\n" in controller
+    assert "TWOSTAGE_AVAILABILITY_ZONE=us-east-1a\n" in controller
 
 
 def test_repo_url_clones_instead_of_uploading():

@@ -78,6 +78,17 @@ def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
         ("[data]\nvocab_size = 600\n", "data.train_files: is empty"),
         (MINIMAL + "[data]\n", "not valid TOML"),
         (MINIMAL + "[run]\nkeep_last = 0\n", "run.keep_last: must be >= 1"),
+        (MINIMAL + "[run]\nmin_nodes = 0\n", "run.min_nodes: must be >= 1"),
+        (
+            MINIMAL + "[run]\nidle_timeout_minutes = 1\n",
+            "run.idle_timeout_minutes: must be at least 5",
+        ),
+        (
+            MINIMAL + "[run]\nstall_timeout_minutes = 2\n",
+            "run.stall_timeout_minutes: must be at least",
+        ),
+        (MINIMAL + "[run]\nmax_dollars = -5\n", "run.max_dollars: must be > 0"),
+        (MINIMAL + '[run]\nmax_hours = "soon"\n', "run.max_hours: must be a number"),
         (MINIMAL + '[spot]\nenabled = "yes"\n', "spot.enabled: must be true or false"),
     ],
 )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from artifacts.node import (
+    ENV_AVAILABILITY_ZONE,
     ENV_BUCKET,
     ENV_CLUSTER,
     ENV_CONTROLLER_TYPE,
@@ -45,6 +46,7 @@ class ClusterInfo:
     instance_types: tuple[str, ...]
     spot: bool
     controller_type: str
+    availability_zone: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ClusterInfo:
@@ -56,6 +58,7 @@ class ClusterInfo:
             instance_types=tuple(t for t in env[ENV_INSTANCE_TYPES].split(",") if t),
             spot=env.get(ENV_SPOT, "true") == "true",
             controller_type=env[ENV_CONTROLLER_TYPE],
+            availability_zone=env.get(ENV_AVAILABILITY_ZONE, ""),
         )
 
 
@@ -210,8 +213,12 @@ def main(env: Mapping[str, str] | None = None) -> int:
     def prices() -> tuple[dict[str, Price], Price]:
         from trainer.launch.run import spot_history
 
-        history = spot_history(ec2, info.instance_types) if info.spot else []
-        nodes = {t: price_for(t, spot=info.spot, history=history) for t in info.instance_types}
+        az = info.availability_zone
+        history = spot_history(ec2, info.instance_types, az) if info.spot else []
+        nodes = {
+            t: price_for(t, spot=info.spot, history=history, availability_zone=az or None)
+            for t in info.instance_types
+        }
         return nodes, price_for(info.controller_type, spot=False)
 
     controller = Controller(

@@ -66,10 +66,12 @@ def policy_for(request: RunRequest, base: WatchPolicy) -> WatchPolicy:
     """The request's supervision policy on top of the controller's timings."""
     from dataclasses import replace
 
-    # Idle nodes leave after idle_timeout_s: wait for full capacity less than that.
-    wait = min(base.capacity_wait_s, max(request.idle_timeout_s - 2 * base.poll_s, base.poll_s))
+    # Idle nodes leave after idle_timeout_s: neither wait for full capacity nor back off longer.
+    below_idle = max(request.idle_timeout_s - 2 * base.poll_s, base.poll_s)
+    wait = min(base.capacity_wait_s, below_idle)
     return replace(
         base,
+        backoff_max_s=min(base.backoff_max_s, below_idle),
         min_nodes=request.min_nodes,
         stall_timeout_s=request.stall_timeout_s,
         max_hours=request.max_hours,

@@ -136,7 +136,9 @@ def main(env: Mapping[str, str] | None = None) -> int:
     init_logging()
     env = os.environ if env is None else env
     control = ControlPlane(open_store(f"s3://{env[ENV_BUCKET]}"))
-    boot = Path("/proc/1").stat().st_mtime  # when the machine booted (init started)
+    import psutil
+
+    boot = psutil.boot_time()
     agent = NodeAgent(
         instance_id=env[ENV_INSTANCE_ID],
         launches=LocalLaunches(),

@@ -240,8 +240,7 @@ class Watcher:
                     "interrupted": self.policy.settle_s,
                 }.get(kind, 0.0)
                 if delay:
-                    self._emit("relaunching", {"in_s": delay, "why": detail})
-                    self.clock.sleep(delay)
+                    self._pause(delay, "relaunching", {"why": detail})
         except _End as end:
             return self._end(end.state, end.reason)
 
@@ -249,6 +248,13 @@ class Watcher:
     def _emit(self, phase: str, detail: dict[str, Any] | None = None) -> None:
         if self.on_event is not None:
             self.on_event(phase, {"attempt": self.attempts, **(detail or {})})
+
+    def _pause(self, seconds: float, phase: str, detail: dict[str, Any]) -> None:
+        """Sleep in poll-sized steps, beating each time: nodes read a silent controller as dead."""
+        end = self.clock.now() + seconds
+        while (left := end - self.clock.now()) > 0:
+            self._emit(phase, {**detail, "in_s": round(left)})
+            self.clock.sleep(min(self.policy.poll_s, left))
 
     def _observe(self) -> list[Member]:
         members = self.capacity.members()
@@ -400,6 +406,7 @@ class Watcher:
             self.runner.send(iid, self.stop_script, comment="twostage stop")
         deadline = self.clock.now() + self.policy.stop_grace_s
         while running and self.clock.now() < deadline:
+            self._emit("stopping", {"waiting_for": len(running)})
             self.clock.sleep(min(self.policy.poll_s, 30.0))
             for r, (cid, iid) in list(running.items()):
                 if self.runner.poll(cid, iid).status in TERMINAL_COMMAND:
@@ -419,7 +426,7 @@ class Watcher:
         for m in live:
             self.runner.send(m.instance_id, self.stop_script, comment="twostage stop (adopt)")
         if live:
-            self.clock.sleep(min(self.policy.stop_grace_s, 120.0))
+            self._pause(min(self.policy.stop_grace_s, 120.0), "stopping", {"adopted": len(live)})
 
     # -- the end -------------------------------------------------------------------------------
     def cost_report(self) -> FleetCostReport:
@@ -482,6 +489,7 @@ class Watcher:
             live = [m.instance_id for m in self._observe() if m.state in LIVE_STATES]
             if not live or self.clock.now() >= deadline:
                 return live
+            self._emit("scaling-to-zero", {"left": len(live)})
             self.clock.sleep(min(self.policy.poll_s, 30.0))
 
 

@@ -255,3 +255,31 @@ def test_ctrl_c_while_following_says_the_run_goes_on(monkeypatch):
     with pytest.raises(Exit) as err:
         cli.pretrain(Context(), outputs="o.json")
     assert err.value.code == 130 and "the run goes on in the cloud" in str(err.value.message)
+
+
+def test_the_final_report_names_types_prices_sources_and_stage_2(capsys):
+    cli._print_outcome(
+        {
+            "state": "converged",
+            "message": "run converged at step 90",
+            "left_running": [],
+            "cost": {
+                "by_type": [{"instance_type": "p4d.24xlarge", "node_hours": 3.0,
+                             "usd_per_hour": 12.0, "price_source": "EC2 spot price history, us-east-1a",
+                             "dollars": 36.0}],
+                "controller": {"instance_type": "t3.small", "node_hours": 1.5, "dollars": 0.03},
+                "node_hours": 3.0,
+                "dollars": 36.03,
+            },
+            "download_command": "invoke download --src s3://b/runs/r/final --dest ./model",
+        },
+        "s3://b/runs/r",
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert (
+        "p4d.24xlarge: 3.00 node-hours × $12.0000/h (EC2 spot price history, us-east-1a) = $36.0"
+        in out
+    )
+    assert "controller t3.small: 1.50 h = $0.03" in out
+    assert "total: 3.00 node-hours, $36.03" in out
+    assert "no instance left running" in out and "stage 2: invoke download" in out

@@ -69,6 +69,7 @@ def test_the_controllers_environment_describes_its_cluster():
 def test_capacity_wait_stays_below_the_idle_timeout():
     policy = policy_for(request(idle_timeout_s=600.0), WatchPolicy(poll_s=60, capacity_wait_s=1800))
     assert policy.capacity_wait_s == 480.0  # idle nodes would leave while it waited longer
+    assert policy.backoff_max_s == 480.0
 
 
 def _controller(tmp_path, clock, group, runs):

@@ -114,7 +114,7 @@ def test_a_lost_node_is_replaced_by_the_group_and_the_run_relaunched():
 
 
 def test_exit_75_waits_for_the_reclaim_then_relaunches():
-    watcher, clock, group, runner, run, _ = make(n=2)
+    watcher, clock, group, runner, run, events = make(n=2)
 
     def interrupted():
         runner.finish("i-0000", 75)
@@ -126,7 +126,9 @@ def test_exit_75_waits_for_the_reclaim_then_relaunches():
     outcome = watcher.supervise()
 
     assert outcome.state == "converged"
-    assert POLICY.settle_s in clock.sleeps
+    # It waited the settle time, beating every poll (nodes read a silent controller as dead).
+    waits = [d["in_s"] for phase, d in events if phase == "relaunching"]
+    assert waits[0] == POLICY.settle_s and len(waits) == 3
     assert [s.instance_id for s in runner.attempt(2)] == ["i-0001", "i-0002"]
     assert group.live() == []
 
@@ -169,7 +171,7 @@ def test_below_min_nodes_it_waits_then_gives_up_and_scales_to_zero():
 
 
 def test_repeated_failure_stops_after_the_retry_bound_with_backoff():
-    watcher, clock, group, runner, run, _ = make(n=2)
+    watcher, clock, group, runner, run, _events = make(n=2)
     runner.on_launch = lambda sent: runner.results.__setitem__(
         sent.command_id, Invocation("Failed", 1)
     )
@@ -180,7 +182,10 @@ def test_repeated_failure_stops_after_the_retry_bound_with_backoff():
     assert watcher.attempts == 3  # max_failures
     assert "gave up: 3 consecutive failed attempts" in outcome.message
     assert "node 0 failed with exit code 1" in outcome.message
-    assert 60.0 in clock.sleeps and 120.0 in clock.sleeps  # exponential backoff
+    waits = [
+        d["in_s"] for phase, d in _events if phase == "relaunching" and d["why"].startswith("node")
+    ]
+    assert 60 in waits and 120 in waits  # exponential backoff
     assert group.live() == []  # a run that failed for good stops billing too
     assert outcome.download_command is None
 

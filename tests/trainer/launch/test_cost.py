@@ -103,38 +103,30 @@ def test_hourly_line_before_launch():
     assert "on-demand reference $65.55/h" in line
 
 
-def test_node_end_times_from_moto_instances_and_transition_reasons(aws):
-    from artifacts.node import node_tags
-    from trainer.launch.fleet import node_from_instance
+def test_node_end_times_from_moto_instances_and_transition_reasons(cluster):
+    from trainer.launch.group import Group
 
     assert transition_time("User initiated (2026-11-23 15:00:00 GMT)") == pytest.approx(
         datetime(2026, 11, 23, 15, tzinfo=UTC).timestamp()
     )
     assert transition_time("Server.SpotInstanceTermination") is None
-    ec2 = boto3.client("ec2", "us-east-1")
-    ids = [
-        i["InstanceId"]
-        for i in ec2.run_instances(
-            ImageId="ami-12345678", MinCount=2, MaxCount=2, InstanceType="p4d.24xlarge",
-            TagSpecifications=[{"ResourceType": "instance", "Tags": [
-                {"Key": k, "Value": v} for k, v in node_tags("c", 0).items()]}],
-        )["Instances"]
-    ]  # fmt: skip
-    ec2.terminate_instances(InstanceIds=ids[:1])
-    insts = {
-        i["InstanceId"]: i
-        for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
-        for i in r["Instances"]
-    }
-    ended, running = (node_from_instance(insts[i], None) for i in ids)
+    c = cluster(2)
+    group = Group(c["autoscaling"], c["ec2"], None, name=c["group"])
+    first = sorted(m.instance_id for m in group.members())[0]
+    c["ec2"].terminate_instances(InstanceIds=[first])
+    members = {m.instance_id: m for m in group.members()}
+    ended = members[first]
+    assert ended.state == "terminated"
     assert ended.end_time is not None and ended.end_time >= ended.launch_time
-    assert running.end_time is None
+    assert all(m.end_time is None for i, m in members.items() if m.state == "running")
 
 
 def test_the_report_names_where_each_price_came_from():
     from trainer.launch.cost import SPOT_SOURCE, TABLE_SOURCE, cost_report
 
-    spot = cost_report([], now=0.0, instance_type="p4d.24xlarge", spot=True, spot_price=12.0, env={})
+    spot = cost_report(
+        [], now=0.0, instance_type="p4d.24xlarge", spot=True, spot_price=12.0, env={}
+    )
     text = "\n".join(spot.lines())
     assert f"(spot, from {SPOT_SOURCE})" in text and f"({TABLE_SOURCE})" in text
     od = cost_report(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from artifacts.config import dump_toml
 from artifacts.errors import UserError
 from artifacts.run import Run, RunState, Status
 from artifacts.store import open_store
@@ -26,7 +27,6 @@ from trainer.launch.run import (
     resolve_run_uri,
     submit,
 )
-from artifacts.config import dump_toml
 
 from .fakes import FakeClock, outputs_dict
 

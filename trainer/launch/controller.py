@@ -106,8 +106,9 @@ class Controller:
         state = self.control.state()
         if request is None or (state.request_id == request.request_id and state.done):
             return None
-        adopt = state.request_id == request.request_id  # accepted earlier: a restart
-        return self.supervise(request, adopt=adopt)
+        if state.request_id == request.request_id:  # accepted earlier: this is a restart
+            return self.supervise(request, adopt=True, previous=state)
+        return self.supervise(request)
 
     def serve(self, *, max_steps: int | None = None) -> None:
         """The service loop (systemd restarts it if it dies)."""
@@ -122,9 +123,13 @@ class Controller:
             steps += 1
             self.clock.sleep(self.policy.poll_s)
 
-    def supervise(self, request: RunRequest, *, adopt: bool = False) -> Outcome:
+    def supervise(
+        self, request: RunRequest, *, adopt: bool = False, previous: ControllerState | None = None
+    ) -> Outcome:
         run = self.run_for(request.run_uri)
         state = ControllerState(request.request_id, request.run_uri, "accepted", self.clock.now())
+        if previous is not None:
+            state.attempt, state.commands = previous.attempt, dict(previous.commands)
         self.control.write_state(state)
         node_prices, controller_price = self.prices()
 
@@ -165,7 +170,10 @@ class Controller:
             public_key=request.public_key,
             on_event=on_event,
         )
-        outcome = watcher.supervise(adopt=adopt)
+        resume = {int(r): (c[0], c[1]) for r, c in state.commands.items()} if adopt else None
+        outcome = watcher.supervise(
+            adopt=adopt, resume=resume, attempts=state.attempt, started=request.submitted_at
+        )
         self._record(run, outcome)
         state.phase, state.updated_at, state.outcome = "done", self.clock.now(), outcome.to_dict()
         self.control.write_state(state)

@@ -14,7 +14,15 @@ from typing import Any
 
 from artifacts.run import Run
 from trainer.launch import LaunchError
-from trainer.launch.run import STOP_KEY, Context, SystemClock, aws_errors, follow, prices
+from trainer.launch.run import (
+    HEARTBEAT_STALE_S,
+    STOP_KEY,
+    Context,
+    SystemClock,
+    aws_errors,
+    follow,
+    prices,
+)
 
 
 def trend(history: list[float], last: int = 6) -> str:
@@ -137,6 +145,15 @@ def stop_run(
         Run(run_uri).store.put_bytes(STOP_KEY, json.dumps({"requested_at": clock.now()}).encode())
         state, request = ctx.control.state(), ctx.control.request()
     say(f"stop requested for {run_uri}")
+    beat = ctx.control.heartbeat_at()
+    if beat is None or clock.now() - beat > HEARTBEAT_STALE_S:
+        age = "never" if beat is None else f"{(clock.now() - beat) / 60:.0f} min ago"
+        say(
+            f"warning: the controller's last heartbeat was {age}: the stop waits for it. To end "
+            "the billing at once (the trainer gets SIGTERM from EC2 and commits): aws autoscaling "
+            f"set-desired-capacity --auto-scaling-group-name {ctx.outputs.group_name} "
+            "--desired-capacity 0"
+        )
     if request is None or request.run_uri != run_uri:
         say("the controller is not supervising this run: nothing else to do")
         return None

@@ -214,17 +214,34 @@ class Watcher:
         self._seen_end: dict[str, float] = {}
 
     # -- public ------------------------------------------------------------------------------
-    def supervise(self, *, adopt: bool = False) -> Outcome:
-        """Run to the end. ``adopt``: a trainer may still run from a previous controller: stop it."""
-        self.started = self.clock.now()
+    def supervise(
+        self,
+        *,
+        adopt: bool = False,
+        resume: Mapping[int, tuple[str, str]] | None = None,
+        attempts: int = 0,
+        started: float | None = None,
+    ) -> Outcome:
+        """Run to the end.
+
+        ``adopt``: a previous controller supervised this run (a restart). When its last launch
+        (``resume``: rank → (command id, instance id)) still runs on live instances, follow it
+        as it is — nothing is lost; otherwise stop whatever trainer still runs and relaunch.
+        ``started``: when the run was submitted (the cost counts from there).
+        """
+        self.started = self.clock.now() if started is None else started
         failures = restarts = 0
         try:
             self.capacity.set_desired(self.wanted)
+            resumed = False
             if adopt:
-                self._stop_strays()
+                resumed = bool(resume) and self._resume(dict(resume or {}), attempts)
+                if not resumed:
+                    self._stop_strays()
             while True:
-                nodes = self._wait_for_nodes()
-                self._launch(nodes)
+                if not resumed:
+                    self._launch(self._wait_for_nodes())
+                resumed = False
                 kind, detail = self._follow()
                 self._check_end()  # the trainer may write its status just before it exits
                 failures = failures + 1 if kind == "failed" else 0
@@ -416,6 +433,19 @@ class Watcher:
                 "node %d did not exit within %.0f s: cancelling", r, self.policy.stop_grace_s
             )
             self.runner.cancel(cid)
+
+    def _resume(self, commands: dict[int, tuple[str, str]], attempts: int) -> bool:
+        """Take over a launch that still runs (a restarted controller); False if it does not."""
+        live = {m.instance_id for m in self._observe() if m.state == "running"}
+        for cid, iid in commands.values():
+            if iid not in live or self.runner.poll(cid, iid).status in TERMINAL_COMMAND:
+                return False
+        self._attempt = _Attempt(commands)
+        self.attempts = attempts
+        self.stall.reset(self.clock.now())
+        log.info("resumed following attempt %d on %d node(s)", attempts, len(commands))
+        self._emit("running", {"resumed": True})
+        return True
 
     def _stop_survivors(self) -> None:
         self._signal_and_wait(self._running_commands())

@@ -72,6 +72,27 @@ def test_capacity_wait_stays_below_the_idle_timeout():
     assert policy.backoff_max_s == 480.0
 
 
+def test_a_restarted_controller_follows_a_launch_that_still_runs(tmp_path):
+    clock = FakeClock()
+    group = FakeGroup(clock, 2)
+    runs = {RUN: StoredRun(tmp_path / "run")}
+    ctl = _controller(tmp_path, clock, group, runs)
+    ctl.control.submit(request(submitted_at=clock.now() - 3600))
+    live = [m.instance_id for m in group.live()]
+    commands = {"0": ["cmd-a", live[0]], "1": ["cmd-b", live[1]]}
+    ctl.control.write_state(ControllerState("req-1", RUN, "running", 0.0, 4, commands=commands))
+    runner = FakeRunner()  # both commands are still InProgress
+    ctl.runner_for = lambda uri: runner
+    clock.hooks.append(lambda t: t - clock.start > 600 and runs[RUN].converge())
+
+    outcome = ctl.step()
+
+    assert outcome.state == "converged" and outcome.attempts == 4
+    assert runner.sent == []  # no SIGTERM, no relaunch: nothing of the run was lost
+    # The controller's hours count from the submit an hour before the restart.
+    assert outcome.cost.controller.node_hours == pytest.approx((3600 + 660) / 3600, rel=0.05)
+
+
 def _controller(tmp_path, clock, group, runs):
     return Controller(
         info=ClusterInfo.from_env(ENV),
@@ -103,7 +124,7 @@ def test_controller_beats_while_idle_and_supervises_a_new_request_once(tmp_path)
     ctl = _controller(tmp_path, clock, group, runs)
     assert ctl.step() is None  # nothing submitted: only a heartbeat
     assert ctl.control.heartbeat_at() == clock.now()
-    ctl.control.submit(request())
+    ctl.control.submit(request(submitted_at=clock.now()))
     clock.hooks.append(lambda t: t - clock.start > 600 and runs[RUN].converge())
 
     outcome = ctl.step()
@@ -121,7 +142,7 @@ def test_a_restarted_controller_adopts_the_unfinished_request(tmp_path):
     group = FakeGroup(clock, 2)
     runs = {RUN: StoredRun(tmp_path / "run")}
     ctl = _controller(tmp_path, clock, group, runs)
-    ctl.control.submit(request())
+    ctl.control.submit(request(submitted_at=clock.now()))
     ctl.control.write_state(ControllerState("req-1", RUN, "running", 0.0, 3))  # then it died
     runner = FakeRunner()
     ctl.runner_for = lambda uri: runner
@@ -136,7 +157,7 @@ def test_a_failed_run_gets_a_failed_status_with_the_reason(tmp_path):
     group = FakeGroup(clock, 2)
     runs = {RUN: StoredRun(tmp_path / "run")}
     ctl = _controller(tmp_path, clock, group, runs)
-    ctl.control.submit(request(max_hours=1.0))
+    ctl.control.submit(request(max_hours=1.0, submitted_at=clock.now()))
     steps = iter(range(1, 10**6))
     clock.hooks.append(lambda t: runs[RUN].at_step(next(steps)))
 

@@ -248,6 +248,8 @@ def test_stop_writes_the_marker_and_follows_the_controller(ctx_for, tmp_path):
     outcome = stop_run(ctx, request.run_uri, clock=clock, say=lines.append, timeout_s=600)
     assert outcome["state"] == "stopped"
     assert lines[0] == f"stop requested for {request.run_uri}"
+    # No heartbeat yet in this test: the user is told how to end the billing without it.
+    assert "set-desired-capacity --auto-scaling-group-name" in lines[1]
     assert Run(request.run_uri).stop_requested()
 
 

@@ -552,3 +552,13 @@ def test_running_infra_main_as_pulumi_does_exports_the_contract_outputs(monkeypa
 
     _program()
     assert set(exported) == CONTRACT_OUTPUTS
+
+
+def test_the_launch_tasks_accept_the_stacks_outputs(default_stack: StackRun):
+    """The contract between the two packages: what `pulumi stack output --json` prints."""
+    from trainer.launch.outputs import StackOutputs
+
+    o = StackOutputs.from_dict(json.loads(json.dumps(default_stack.outputs)), source="mock stack")
+    assert o.group_name == "twostage-test-nodes"
+    assert o.instance_types == ("p4d.24xlarge",) and o.controller_instance_type == "t3.small"
+    assert o.run_prefix == f"s3://{FAKE_BUCKET}/runs"

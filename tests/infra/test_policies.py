@@ -195,3 +195,61 @@ def test_efa_interfaces_per_instance_type():
 def test_efa_count_beyond_the_type_is_refused(types, override):
     with pytest.raises(InfraError, match="^twostage:efaInterfaces:"):
         efa_interfaces_for(types, override)
+
+
+# -- the roles grant what the code calls ---------------------------------------------------------
+BUCKET_OBJ = f"{ARN}/runs/exp1/checkpoints/step-10/x.bin"
+#: boto3 method (as written in trainer/launch/) → (IAM action, resource, context) for the controller.
+CONTROLLER_CALLS = {
+    "describe_auto_scaling_groups": ("autoscaling:DescribeAutoScalingGroups", "*", {}),
+    "set_desired_capacity": ("autoscaling:SetDesiredCapacity", GROUP, MINE),
+    '"describe_instances"': ("ec2:DescribeInstances", "*", {}),
+    '"describe_instance_information"': ("ssm:DescribeInstanceInformation", "*", {}),
+    "describe_spot_price_history": ("ec2:DescribeSpotPriceHistory", "*", {}),
+    "send_command": ("ssm:SendCommand", INSTANCE, MINE),
+    "get_command_invocation": ("ssm:GetCommandInvocation", "*", {}),
+    "cancel_command": ("ssm:CancelCommand", "*", {}),
+}
+NODE_CALLS = {
+    "terminate_instance_in_auto_scaling_group": (
+        "autoscaling:TerminateInstanceInAutoScalingGroup",
+        GROUP,
+        {},
+    ),
+}
+
+
+def _launch_source() -> str:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "trainer" / "launch"
+    return "\n".join(p.read_text() for p in root.glob("*.py"))
+
+
+def test_every_aws_call_of_the_controller_and_the_node_agent_is_granted():
+    source = _launch_source()
+    for calls, role in ((CONTROLLER_CALLS, CONTROLLER), (NODE_CALLS, NODE)):
+        for method, (action, resource, context) in calls.items():
+            assert method in source, f"{method} is no longer called: update this table"
+            assert allowed(role, action, resource, context), (method, action)
+    # The S3 side of both: the run's objects, the control objects, the bundle.
+    for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
+        assert allowed(CONTROLLER, action, BUCKET_OBJ) and allowed(NODE, action, BUCKET_OBJ)
+    assert allowed(CONTROLLER, "s3:PutObject", f"{ARN}/control/controller.json")
+    assert allowed(NODE, "s3:GetObject", f"{ARN}/control/heartbeat.json")
+
+
+def test_the_launch_code_calls_nothing_the_table_does_not_know():
+    import re
+
+    known = {m.strip('"') for m in (*CONTROLLER_CALLS, *NODE_CALLS)}
+    source = _launch_source()
+    called = set(
+        re.findall(
+            r"\.(describe_[a-z_]+|set_[a-z_]+_capacity|terminate_[a-z_]+|"
+            r"send_command|cancel_command|get_command_invocation)\(",
+            source,
+        )
+    )
+    called |= set(re.findall(r'get_paginator\("([a-z_]+)"\)', source))
+    assert called <= known, called - known

@@ -562,3 +562,21 @@ def test_the_launch_tasks_accept_the_stacks_outputs(default_stack: StackRun):
     assert o.group_name == "twostage-test-nodes"
     assert o.instance_types == ("p4d.24xlarge",) and o.controller_instance_type == "t3.small"
     assert o.run_prefix == f"s3://{FAKE_BUCKET}/runs"
+
+
+def test_pulumi_up_leaves_the_desired_capacity_to_the_controller(monkeypatch):
+    """After a scale to 0 a routine `pulumi up` must not bring idle nodes back (billing)."""
+    import pulumi_aws as aws
+
+    seen: list = []
+    real = aws.autoscaling.Group
+
+    def recording(resource_name, *args, opts=None, **kwargs):
+        seen.append(opts)
+        return real(resource_name, *args, opts=opts, **kwargs)
+
+    monkeypatch.setattr(aws.autoscaling, "Group", recording)
+    run_stack({})
+    (opts,) = seen
+    assert opts.ignore_changes == ["desiredCapacity"]
+    assert opts.depends_on  # the source bundle exists before any node boots

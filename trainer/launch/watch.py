@@ -404,6 +404,8 @@ class Watcher:
             usable = launch_nodes(list(members.values()), self.wanted)
             if len(usable) >= self.wanted:
                 return "grow", f"{len(usable)} nodes InService again: relaunch on all {self.wanted}"
+            if self.capacity.desired() < self.wanted:
+                self.capacity.set_desired(self.wanted)  # an idle node left meanwhile: ask again
         return None
 
     def _running_commands(self) -> dict[int, tuple[str, str]]:

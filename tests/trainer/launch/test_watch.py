@@ -153,6 +153,7 @@ def test_capacity_short_continues_with_min_nodes_then_grows_back():
     assert outcome.state == "converged"
     sizes = [len(runner.attempt(k)) for k in range(1, watcher.attempts + 1)]
     assert sizes == [3, 2, 3]  # full, fewer after the capacity wait, full again
+    assert group.desired_calls[0] == 3 and group.desired_calls[-1] == 0
     assert 600 <= clock.sleeps.count(60.0) * 60  # it did wait before going on with fewer
     assert group.live() == []
 
@@ -295,3 +296,15 @@ def test_an_adopted_run_stops_stray_trainers_before_relaunching():
     assert watcher.supervise(adopt=True).state == "converged"
     kinds = [s.comment for s in runner.sent]
     assert kinds[:2] == ["twostage stop (adopt)"] * 2 and kinds[2] == "twostage launch 1"
+
+
+def test_running_short_asks_the_group_again_when_an_idle_node_left():
+    policy = WatchPolicy(poll_s=60, min_nodes=1, capacity_wait_s=120, stall_timeout_s=10**6)
+    watcher, clock, group, runner, run, _ = make(n=2, policy=policy)
+    group.capacity = 0
+    at(clock, 300, lambda: group.leave("i-0001"))  # its dead-man switch: desired 2 → 1
+    at(clock, 3000, lambda: setattr(group, "capacity", 5))
+    at(clock, 6000, run.converge)
+
+    assert watcher.supervise().state == "converged"
+    assert [len(runner.attempt(k)) for k in range(1, watcher.attempts + 1)] == [2, 1, 2]

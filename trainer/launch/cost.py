@@ -37,7 +37,8 @@ _TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)
 
 
 ON_DEMAND_ENV = "TWOSTAGE_ON_DEMAND_USD"
-SPOT_SOURCE = "EC2 spot price history (DescribeSpotPriceHistory, newest for the type and AZ)"
+SPOT_SOURCE = "EC2 spot price history"
+"""DescribeSpotPriceHistory, the newest price for the type (in the AZ when known)."""
 TABLE_SOURCE = "built-in us-east-1 on-demand list price (trainer/launch/cost.py; check your region)"
 
 
@@ -117,91 +118,7 @@ def node_hours(spans: Iterable[InstanceSpan], now: float) -> float:
     return total / 3600.0
 
 
-@dataclass(frozen=True)
-class CostReport:
-    """What the run cost (or would have cost on demand)."""
-
-    instance_type: str
-    node_hours: float
-    spot: bool
-    hourly_price: float | None
-    """What one node-hour cost: spot price for spot nodes, on-demand otherwise."""
-    on_demand_price: float | None
-    price_source: str = ""
-    """Where ``hourly_price`` came from (spot price history, an override, the built-in table)."""
-    on_demand_source: str = ""
-
-    @property
-    def dollars(self) -> float | None:
-        return None if self.hourly_price is None else self.node_hours * self.hourly_price
-
-    @property
-    def on_demand_dollars(self) -> float | None:
-        return None if self.on_demand_price is None else self.node_hours * self.on_demand_price
-
-    def lines(self) -> list[str]:
-        """Human-readable report, one fact a line."""
-        out = [f"node-hours: {self.node_hours:.2f} ({self.instance_type})"]
-        kind = "spot" if self.spot else "on-demand"
-        if self.hourly_price is None:
-            out.append(f"price: unknown {kind} price for {self.instance_type}")
-        else:
-            source = f", from {self.price_source}" if self.price_source else ""
-            out.append(f"price: ${self.hourly_price:.4f}/node-hour ({kind}{source})")
-            out.append(f"spent: ${self.dollars:.2f}")
-        if self.on_demand_price is not None:
-            source = f" ({self.on_demand_source})" if self.on_demand_source else ""
-            out.append(
-                f"on-demand reference: ${self.on_demand_price:.4f}/node-hour{source}, "
-                f"${self.on_demand_dollars:.2f} for the same node-hours"
-            )
-            if self.spot and self.hourly_price is not None and self.on_demand_price > 0:
-                saved = 1.0 - self.hourly_price / self.on_demand_price
-                out.append(f"spot saved {saved:.0%} against on-demand")
-        return out
-
-
-def cost_report(
-    spans: Iterable[InstanceSpan],
-    *,
-    now: float,
-    instance_type: str,
-    spot: bool,
-    spot_price: float | None,
-    env: Mapping[str, str] | None = None,
-) -> CostReport:
-    """The report for these spans at ``now``."""
-    od, od_source = on_demand_quote(instance_type, env)
-    return CostReport(
-        instance_type=instance_type,
-        node_hours=node_hours(spans, now),
-        spot=spot,
-        hourly_price=spot_price if spot else od,
-        on_demand_price=od,
-        price_source=(SPOT_SOURCE if spot_price is not None else "") if spot else od_source,
-        on_demand_source=od_source,
-    )
-
-
-def hourly_line(
-    instance_type: str, node_count: int, *, spot: bool, spot_price: float | None, az: str = ""
-) -> str:
-    """One line before launch: what the cluster costs per hour while it runs."""
-    od = on_demand_price(instance_type)
-    price = spot_price if spot else od
-    where = f" in {az}" if az else ""
-    if price is None:
-        return f"price: unknown for {node_count} × {instance_type}{where}"
-    line = (
-        f"price: {node_count} × {instance_type}{where} at ${price:.4f}/h "
-        f"({'spot' if spot else 'on-demand'}) = ${price * node_count:.2f}/h while it runs"
-    )
-    if spot and od:
-        line += f" (on-demand reference ${od * node_count:.2f}/h)"
-    return line
-
-
-# -- several instance types and the controller (the Auto Scaling group flow) --------------------
+# -- prices with their sources, the estimate before a submit, the report at the end ---------------
 
 
 @dataclass(frozen=True)
@@ -230,7 +147,7 @@ def price_for(
         found = latest_spot_price(history, instance_type, availability_zone)
         if found is not None:
             where = availability_zone or "the region"
-            return Price(found, f"EC2 spot price history, {where}")  # SPOT_SOURCE, in short
+            return Price(found, f"{SPOT_SOURCE}, {where}")
     od, source = on_demand_quote(instance_type, env)
     if od is None:
         return Price(None, f"no price known for {instance_type}")

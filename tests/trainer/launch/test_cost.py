@@ -9,11 +9,13 @@ import pytest
 
 from trainer.launch.cost import (
     InstanceSpan,
-    cost_report,
-    hourly_line,
+    Price,
+    estimate_lines,
+    fleet_cost_report,
     latest_spot_price,
     node_hours,
     on_demand_price,
+    price_for,
     transition_time,
 )
 
@@ -58,49 +60,15 @@ def test_node_hours_sum_spans_with_the_billing_minimum():
     assert node_hours(spans, now=7200.0) == pytest.approx(1 + 2 + 60 / 3600)
 
 
-def test_report_prices_spot_against_on_demand():
-    report = cost_report(
-        [InstanceSpan("a", 0, 7200), InstanceSpan("b", 0, 7200)],
-        now=7200,
-        instance_type="p4d.24xlarge",
-        spot=True,
-        spot_price=10.0,
-        env={},
-    )
-    assert report.node_hours == pytest.approx(4.0)
-    assert report.dollars == pytest.approx(40.0)
-    assert report.on_demand_dollars == pytest.approx(4 * 32.7726)
-    text = "\n".join(report.lines())
-    assert "spent: $40.00" in text and "on-demand reference: $32.7726" in text
-    assert "spot saved 69%" in text
-
-
-def test_on_demand_report_and_override():
+def test_on_demand_override_and_unknown_types():
     assert on_demand_price("p4d.24xlarge", {"TWOSTAGE_ON_DEMAND_USD": "21.96"}) == 21.96
-    report = cost_report(
-        [InstanceSpan("a", 0, 3600)],
-        now=3600,
-        instance_type="p4d.24xlarge",
-        spot=False,
-        spot_price=None,
-        env={},
-    )
-    assert report.dollars == pytest.approx(32.7726)
-    unknown = cost_report(
-        [InstanceSpan("a", 0, 3600)],
-        now=3600,
-        instance_type="x1.weird",
-        spot=True,
-        spot_price=None,
-        env={},
-    )
-    assert "unknown spot price" in "\n".join(unknown.lines())
-
-
-def test_hourly_line_before_launch():
-    line = hourly_line("p4d.24xlarge", 2, spot=True, spot_price=11.5, az="us-east-1a")
-    assert "2 × p4d.24xlarge in us-east-1a at $11.5000/h (spot) = $23.00/h" in line
-    assert "on-demand reference $65.55/h" in line
+    assert on_demand_price("p4d.24xlarge", {}) == pytest.approx(32.7726)
+    assert on_demand_price("x1.weird", {}) is None
+    report = fleet_cost_report(
+        [InstanceSpan("a", 0, 3600, "x1.weird")], now=3600,
+        prices={"x1.weird": price_for("x1.weird", spot=True, env={})},
+    )  # fmt: skip
+    assert report.dollars is None and "unknown (no price known for x1.weird)" in report.lines()[0]
 
 
 def test_node_end_times_from_moto_instances_and_transition_reasons(cluster):
@@ -121,23 +89,7 @@ def test_node_end_times_from_moto_instances_and_transition_reasons(cluster):
     assert all(m.end_time is None for i, m in members.items() if m.state == "running")
 
 
-def test_the_report_names_where_each_price_came_from():
-    from trainer.launch.cost import SPOT_SOURCE, TABLE_SOURCE, cost_report
-
-    spot = cost_report(
-        [], now=0.0, instance_type="p4d.24xlarge", spot=True, spot_price=12.0, env={}
-    )
-    text = "\n".join(spot.lines())
-    assert f"(spot, from {SPOT_SOURCE})" in text and f"({TABLE_SOURCE})" in text
-    od = cost_report(
-        [], now=0.0, instance_type="p4d.24xlarge", spot=False, spot_price=None,
-        env={"TWOSTAGE_ON_DEMAND_USD": "30"},
-    )  # fmt: skip
-    assert "price: $30.0000/node-hour (on-demand, from $TWOSTAGE_ON_DEMAND_USD)" in od.lines()
-
-
 # -- several types, the controller, named sources --------------------------------------------
-from trainer.launch.cost import Price, estimate_lines, fleet_cost_report, price_for  # noqa: E402
 
 
 def test_price_for_names_its_source():

@@ -72,7 +72,6 @@ def main() -> dict[str, pulumi.Input]:
         ),
         subnet_id=network.subnet_id,
         security_group_id=network.security_group_id,
-        availability_zone=network.availability_zone,
         bucket_name=storage.bucket_name,
         bucket_arn=storage.bucket_arn,
         run_prefix=storage.run_prefix,

@@ -53,11 +53,14 @@ class ComputeArgs:
 
 
 def network_interfaces(
-    count: int, subnet_id: pulumi.Input[str], security_group_id: pulumi.Input[str]
+    count: int, security_group_id: pulumi.Input[str]
 ) -> list[aws.ec2.LaunchTemplateNetworkInterfaceArgs]:
-    """EFA interfaces (one per network card; device 0 on card 0), or one plain ENI."""
+    """EFA interfaces (one per network card; device 0 on card 0), or one plain ENI.
+
+    No subnet here: the group launches into its own subnets (``vpc_zone_identifiers``), and a
+    template that names one as well is a second, conflicting source of truth.
+    """
     common = {
-        "subnet_id": subnet_id,
         "security_groups": [security_group_id],
         "delete_on_termination": "true",  # the SDK type is a string
     }
@@ -92,7 +95,6 @@ class Compute(pulumi.ComponentResource):
         *,
         subnet_id: pulumi.Input[str],
         security_group_id: pulumi.Input[str],
-        availability_zone: pulumi.Input[str],
         bucket_name: pulumi.Input[str],
         bucket_arn: pulumi.Input[str],
         run_prefix: pulumi.Input[str],
@@ -216,10 +218,8 @@ class Compute(pulumi.ComponentResource):
                     ),
                 )
             ],
-            network_interfaces=network_interfaces(efa, subnet_id, security_group_id),
-            placement=aws.ec2.LaunchTemplatePlacementArgs(
-                group_name=placement.name, availability_zone=availability_zone
-            ),
+            network_interfaces=network_interfaces(efa, security_group_id),
+            # Subnet (hence AZ) and placement group come from the group, in one place.
             tag_specifications=[
                 aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="volume", tags=tags),
                 aws.ec2.LaunchTemplateTagSpecificationArgs(

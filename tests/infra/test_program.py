@@ -190,11 +190,14 @@ def test_imdsv2_required_with_one_hop_everywhere(default_stack: StackRun):
     assert lt["instanceInitiatedShutdownBehavior"] == "terminate"
 
 
-def test_nodes_share_a_cluster_placement_group_in_the_az(default_stack: StackRun):
-    group = default_stack.one("aws:ec2/placementGroup:PlacementGroup")
-    placement = default_stack.one(LT).inputs["placement"]
-    assert placement["groupName"] == group.name
-    assert placement["availabilityZone"] == default_stack.outputs["availability_zone"]
+def test_the_group_alone_says_where_nodes_go(default_stack: StackRun):
+    # Subnet (hence AZ) and placement group in one place: the group, not the template too.
+    lt = default_stack.one(LT).inputs
+    assert "placement" not in lt
+    assert all("subnetId" not in nic for nic in lt["networkInterfaces"])
+    subnet = next(s for s in default_stack.of_type("aws:ec2/subnet:Subnet") if "private" in s.name)
+    assert subnet.inputs["availabilityZone"] == default_stack.outputs["availability_zone"]
+    assert default_stack.one(ASG).inputs["vpcZoneIdentifiers"] == [f"subnet-{subnet.name}"]
 
 
 def test_p4d_gets_four_efa_interfaces_in_the_node_subnet(default_stack: StackRun):
@@ -204,7 +207,6 @@ def test_p4d_gets_four_efa_interfaces_in_the_node_subnet(default_stack: StackRun
     assert [n["deviceIndex"] for n in nics] == [0, 1, 1, 1]
     sg_id = default_stack.outputs["security_group_id"]
     for nic in nics:
-        assert nic["subnetId"] == default_stack.outputs["subnet_id"]
         assert nic["securityGroups"] == [sg_id]
         assert nic["deleteOnTermination"] == "true"
         assert "associatePublicIpAddress" not in nic
@@ -335,7 +337,6 @@ def test_existing_network_creates_only_the_security_groups():
     assert [sg.inputs["vpcId"] for sg in run.of_type(SG)] == ["vpc-0abc1234"] * 2
     assert run.outputs["subnet_id"] == "subnet-0abc1234"
     assert run.outputs["availability_zone"] == "us-east-1c"
-    assert run.one(LT).inputs["networkInterfaces"][0]["subnetId"] == "subnet-0abc1234"
     assert run.one(ASG).inputs["vpcZoneIdentifiers"] == ["subnet-0abc1234"]
     assert run.one(INSTANCE).inputs["subnetId"] == "subnet-0abc1234"
 

@@ -137,6 +137,7 @@ def _child() -> int:
 
     enable_offline_env()
     init_logging()
+    log.info("air gap: running in network namespace %s", os.readlink("/proc/self/ns/net"))
     out = os.fdopen(int(os.environ.pop(_RESULT_FD_ENV)), "wb")
     args = _decode(sys.stdin.buffer.read())
     from local import finetune

@@ -117,3 +117,22 @@ def test_a_refusal_after_training_keeps_the_adapter_encrypted(base, tmp_path, mo
     manifest = verify_dir(out)
     assert manifest.metadata["accepted_findings"][0]["file"] == "adapter_config.json"
     assert (out / "adapter_model.safetensors").is_file() and not path.exists()
+
+
+@pytest.mark.slow
+def test_max_exposure_refuses_the_export_and_keeps_it(base, tmp_path, monkeypatch):
+    import local.audit
+
+    def leaky_audit(*a, **k):
+        return {"train_exposure": 0.5, "heldout_exposure": 0.0, "verbatim_tokens": 4,
+                "loss_gap": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(local.audit, "run_audit", leaky_audit)
+    cipher, key = _data(tmp_path, "data.enc")
+    out = tmp_path / "out"
+    cfg = _cfg(max_steps=2, eval_steps=0, checkpoint_steps=0)
+    with pytest.raises(LocalError, match=r"train exposure 0.5 > --max-exposure 0.1.*export-held"):
+        finetune.run_finetune(base, cipher, key, out, config=cfg, max_exposure=0.1)
+    assert held.held_path(out).exists() and not out.exists()
+    with pytest.raises(LocalError, match=r"max-exposure must be a fraction"):
+        finetune.run_finetune(base, cipher, key, tmp_path / "o2", config=cfg, max_exposure=2.0)

@@ -7,9 +7,11 @@ can get wrong is checked before anything heavy runs):
    ``--airgapped`` sets the HF offline switches *before* transformers, peft or bitsandbytes are
    imported and runs the rest in a fresh network namespace where the OS allows
    (``local.netns``), inside the in-process network guard either way;
-2. the model folder is re-verified against its manifest (unless ``verify=False``);
-3. preflight: device, free memory, estimated peak at 4-bit; the files the export will copy from
-   the base are scanned for paths, hostnames, file names and the key ID (``local.scan``);
+2. preflight: device, free memory, estimated peak at 4-bit (from ``config.json``, no weights);
+3. one authenticated validation pass over the dataset (bad records named by line and record
+   number); the model folder re-verified against its manifest (unless ``verify=False``); the
+   files the export will copy from the base scanned for paths, hostnames, file names and the key
+   ID (``local.scan``);
 4. the encrypted dataset is decrypted chunk by chunk straight into the tokenizer
    (``local.records``: loss masks, chat template, truncation); only token ids stay, in memory;
 5. base loaded in 4-bit NF4 (double quantization) by bitsandbytes, ``prepare_model_for_kbit_training``
@@ -41,6 +43,7 @@ from typing import Any
 
 from local.config import FinetuneConfig
 from local.errors import LocalError
+from local.model import load_qlora_model, resolve_compute_dtype
 from local.records import EncodeStats, Example
 
 log = logging.getLogger(__name__)
@@ -136,74 +139,6 @@ def train_model(
     from local.training import train as loop
 
     return loop(model, train, evals, cfg, **kw)
-
-
-# ---------------------------------------------------------------------------------------------
-# Model
-
-
-def resolve_compute_dtype(requested: str, device: str) -> str:
-    """``auto`` → bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on the CPU."""
-    if requested != "auto":
-        return requested
-    if device == "cuda":
-        import torch
-
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "float32"
-
-
-def load_qlora_model(
-    model_dir: Path, cfg: FinetuneConfig, device: str, compute_dtype: str, targets: list[str]
-) -> Any:
-    """The base in 4-bit NF4 + double quantization, prepared for k-bit training, with LoRA."""
-    import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    dtype = getattr(torch, compute_dtype)
-    quant = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=cfg.quant_type,
-        bnb_4bit_use_double_quant=cfg.double_quant,
-        bnb_4bit_compute_dtype=dtype,
-    )
-    model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir),
-        quantization_config=quant,
-        dtype=dtype,
-        device_map={"": 0 if device == "cuda" else "cpu"},
-        local_files_only=True,
-    )
-    _keep_cpu_weights_trainable(model)
-    model = prepare_model_for_kbit_training(
-        model,
-        use_gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-    )
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        bias=cfg.lora_bias,
-        target_modules=targets,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
-
-
-def _keep_cpu_weights_trainable(model: Any) -> None:
-    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
-
-    Why: bitsandbytes 0.50 on a CPU with AVX512-BF16 rewrites a ``Linear4bit`` weight in place
-    into a packed layout the first time the module runs in eval mode without grad (i.e. our
-    "loss before" evaluation). The packed path has no autograd kernel, so every later training
-    step silently gets zero LoRA gradients (measured here: grad_norm 0, loss flat). Training
-    must see the same weights it was loaded with, so the repacking is turned off.
-    """
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,11 +346,21 @@ def _run(
 ) -> FinetuneResult:
     from local import export, held
     from local.checkpoint import Checkpointer, fingerprint
-    from local.dataset import iter_records
+    from local.dataset import inspect, iter_records
     from local.preflight import resolve_device, run_preflight
     from local.records import DEFAULT_CHAT_TEMPLATE, record_fields
     from local.scan import CONTENT, Finding, Forbidden, NgramSampler, drop_public
 
+    device = resolve_device(cfg.device)
+    compute_dtype = resolve_compute_dtype(cfg.compute_dtype, device)
+    # Memory first: shapes from config.json on the meta device, no weights read.
+    report = run_preflight(
+        model_dir, cfg, device=device, compute_dtype=compute_dtype, free_bytes=free_bytes
+    )
+    # One authenticated pass over the data first: a bad record or a tampered file is reported
+    # (line and record number) before the model is hashed, loaded or trained.
+    info = inspect(data, key)
+    log.info("dataset: %d records (%s) authenticated and valid", info.records, info.kind)
     if verify:
         from artifacts.verify import verify_dir
 
@@ -425,11 +370,6 @@ def _run(
         log.warning("--no-verify: loading %s without checking it against a manifest", model_dir)
     base_label = _base_label(model_dir, verify)
 
-    device = resolve_device(cfg.device)
-    compute_dtype = resolve_compute_dtype(cfg.compute_dtype, device)
-    report = run_preflight(
-        model_dir, cfg, device=device, compute_dtype=compute_dtype, free_bytes=free_bytes
-    )
     forbidden = _forbidden(data, key_file, key, model_dir, out)
     public = _base_public_files(model_dir, base_label, merge)
     _preflight_export(public, forbidden)

@@ -136,3 +136,17 @@ def test_max_exposure_refuses_the_export_and_keeps_it(base, tmp_path, monkeypatc
     assert held.held_path(out).exists() and not out.exists()
     with pytest.raises(LocalError, match=r"max-exposure must be a fraction"):
         finetune.run_finetune(base, cipher, key, tmp_path / "o2", config=cfg, max_exposure=2.0)
+
+
+@pytest.mark.slow
+def test_a_lone_surrogate_fails_finetune_with_one_line_naming_the_record(base, tmp_path):
+    cipher, key = _data(tmp_path, "data.enc", records=[{"text": "ok"}, {"text": "bad \ud800 text"}])
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "finetune", "--model", str(base), "--data", str(cipher),
+         "--key-file", str(key), "--out", str(tmp_path / "out"), "--config", str(h.TINY_CONFIG)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "line 2 (record 2)" in errors[0] and "lone surrogate" in errors[0]
+    assert "Traceback" not in proc.stderr and "verified" not in proc.stderr  # before hashing

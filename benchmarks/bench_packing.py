@@ -2,10 +2,14 @@
 
 The real stage-2 pieces: a tiny Llama loaded through ``local.finetune.load_qlora_model`` (4-bit
 NF4 + LoRA, gradient checkpointing), ``local.batching.collate`` with ``packed`` False/True, and
-the training step of ``local.training`` (forward, backward, clip, AdamW). Dataset: prompt/response
+the training step of ``local.training`` (forward, backward, clip, AdamW), in three modes over the
+same records: ``padded`` (batch = 8 records, right-padded), ``flattened`` (the same 8-record
+micro-batches as one row, no padding: DataCollatorWithFlattening alone) and ``packed`` (what
+``packing = true`` does: records packed by ``local.training.epoch_units`` into sequences of
+<= max_seq_len tokens, batch = 8 such rows, per-record position ids). Dataset: prompt/response
 records of mixed length, log-uniform in 8..max_seq_len tokens (the long tail of real
 instruction/chat data: many short records, few long ones), batch 8. Rounds alternate
-padded/packed (ABAB) over the *same* micro-batches; tokens/s counts real (non-pad) tokens only.
+the modes (ABCABC); tokens/s counts real (non-pad) tokens only, the same records in every mode.
 
     python benchmarks/bench_packing.py [--steps 12] [--rounds 3] [--hidden 256]
 """
@@ -48,7 +52,9 @@ def main() -> int:
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-packing-"))
     model_dir = h.build_tiny_llama(tmp / "m", hidden=args.hidden)
-    cfg = dataclasses.replace(load_config(h.TINY_CONFIG), batch_size=args.batch, max_seq_len=args.max_len)
+    cfg = dataclasses.replace(
+        load_config(h.TINY_CONFIG), batch_size=args.batch, max_seq_len=args.max_len
+    )
     model = finetune.load_qlora_model(model_dir, cfg, "cpu", "float32", ["q_proj", "v_proj"])
     assert packing_works(model, "cpu", 300)
     rng = random.Random(0)
@@ -58,15 +64,32 @@ def main() -> int:
         split = rng.randint(1, n - 1)
         ids = [rng.randrange(1, 300) for _ in range(n)]
         examples.append(Example(ids, [-100] * split + ids[split:]))
-    batches = [examples[i : i + args.batch] for i in range(0, len(examples), args.batch)]
+    from local.training import epoch_units, micro_batches
+
+    lengths = [len(e.input_ids) for e in examples]
+    singles = epoch_units(lengths, 0, 0)
+    bins = epoch_units(lengths, 0, 0, pack_to=args.max_len)
+
+    def units(plan: list[list[int]]) -> list[list[list[Example]]]:
+        return [[[examples[i] for i in u] for u in b] for b in micro_batches(plan, args.batch, 0)]
+
+    batches, packed_batches = units(singles), units(bins)
+    flat = [[[e for u in b for e in u]] for b in batches]  # the 8 records of a batch in one row
     real_tokens = sum(len(e.input_ids) for e in examples)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     model.train()
 
-    def run(packed: bool) -> float:
+    modes = {
+        "padded": (batches, False),
+        "flattened": (flat, True),
+        "packed": (packed_batches, True),
+    }
+
+    def run(mode: str) -> float:
+        todo, packed = modes[mode]
         t0 = time.perf_counter()
-        for b in batches:
+        for b in todo:
             loss = model(**collate(b, 0, packed)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -74,18 +97,22 @@ def main() -> int:
             opt.zero_grad(set_to_none=True)
         return time.perf_counter() - t0
 
-    run(False)  # warm-up (allocator, kernels)
-    times: dict[bool, list[float]] = {False: [], True: []}
+    run("padded")  # warm-up (allocator, kernels)
+    times: dict[str, list[float]] = {m: [] for m in modes}
     for _ in range(args.rounds):
-        for packed in (False, True):
-            times[packed].append(run(packed))
-    padded_frac, _ = non_pad_fraction(batches)
-    pad_t, pack_t = statistics.median(times[False]), statistics.median(times[True])
-    print(f"records {len(examples)}, real tokens {real_tokens}, batch {args.batch}, lengths 8..{args.max_len} log-uniform, hidden {args.hidden}")
-    print(f"non-pad fraction: padded {padded_frac:.3f}, packed 1.000")
-    print(f"padded: median {pad_t:.2f}s  {real_tokens / pad_t:.0f} tok/s  rounds {[round(t, 2) for t in times[False]]}")
-    print(f"packed: median {pack_t:.2f}s  {real_tokens / pack_t:.0f} tok/s  rounds {[round(t, 2) for t in times[True]]}")
-    print(f"speed-up (tokens/s packed / padded): {pad_t / pack_t:.2f}x")
+        for mode in modes:
+            times[mode].append(run(mode))
+    padded_frac, packed_frac = non_pad_fraction(batches), non_pad_fraction(packed_batches)
+    print(f"records {len(examples)}, real tokens {real_tokens}, batch {args.batch}, "
+          f"lengths 8..{args.max_len} log-uniform, hidden {args.hidden}")  # fmt: skip
+    print(f"non-pad fraction: padded {padded_frac:.3f}, flattened 1.000, packed {packed_frac:.3f}; steps: "
+          f"padded/flattened {len(batches)}, packed {len(packed_batches)} "
+          f"({len(bins)} sequences of <= {args.max_len} tokens)")  # fmt: skip
+    base = statistics.median(times["padded"])
+    for mode in modes:
+        t = statistics.median(times[mode])
+        print(f"{mode:9s}: median {t:.2f}s  {real_tokens / t:.0f} tok/s  x{base / t:.2f}  "
+              f"rounds {[round(x, 2) for x in times[mode]]}")  # fmt: skip
     return 0
 
 

@@ -1,10 +1,14 @@
-"""Batches: padded (right-padded, padding masked out of loss and attention) or packed.
+"""Batches: padded (one record per row, right-padded) or packed (several records per row).
 
-Packed batches use transformers' ``DataCollatorWithFlattening``: the micro-batch's records are
-concatenated into one row with position ids restarting at 0 for each record and no attention
-mask; models built on transformers' ``create_causal_mask`` (Llama, GPT-2, Mistral, Qwen, … in
-transformers 5) then attend only within each record. :func:`packing_works` checks that on the
-loaded model itself (packed logits == separate logits) before a run relies on it.
+Packed rows: ``local.training.epoch_units`` packs records into sequences of at most
+``max_seq_len`` tokens; each sequence is flattened by transformers' ``DataCollatorWithFlattening``
+(records concatenated, position ids restarting at 0 for each record, the first label of each
+record ignored), and the rows of a micro-batch are padded to the longest one, the padding being a
+pseudo-record of its own (its own position ids, label ignored). No attention mask is passed:
+models built on transformers' ``create_causal_mask`` (Llama, GPT-2, Mistral, Qwen, … in
+transformers 5) derive a block-diagonal causal mask from the restarting position ids, so each
+record attends only to itself. :func:`packing_works` checks that on the loaded model itself
+(packed logits == separate logits) before a run relies on it.
 """
 
 from __future__ import annotations
@@ -33,54 +37,68 @@ def pad_collate(batch: list[Example], pad_id: int) -> dict[str, Any]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def pack_collate(batch: list[Example]) -> dict[str, Any]:
-    """One row: records concatenated, position ids per record, the first label of each ignored."""
+def pack_collate(units: list[list[Example]], pad_id: int) -> dict[str, Any]:
+    """One row per unit (its records flattened), rows padded with a separate pseudo-record."""
+    import torch
     from transformers import DataCollatorWithFlattening
 
-    collator = DataCollatorWithFlattening(return_tensors="pt", separator_id=IGNORE)
-    return collator([{"input_ids": e.input_ids, "labels": e.labels} for e in batch])
+    flatten = DataCollatorWithFlattening(return_tensors="pt", separator_id=IGNORE)
+    rows = [flatten([{"input_ids": e.input_ids, "labels": e.labels} for e in u]) for u in units]
+    width = max(r["input_ids"].shape[1] for r in rows)
+    out = {
+        "input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
+        "labels": torch.full((len(rows), width), IGNORE, dtype=torch.long),
+        "position_ids": torch.zeros((len(rows), width), dtype=torch.long),
+    }
+    for i, r in enumerate(rows):
+        n = r["input_ids"].shape[1]
+        for key in out:
+            out[key][i, :n] = r[key][0]
+        out["position_ids"][i, n:] = torch.arange(width - n)
+    return out
 
 
-def collate(batch: list[Example], pad_id: int, packed: bool) -> dict[str, Any]:
-    return pack_collate(batch) if packed else pad_collate(batch, pad_id)
+def collate(units: list[list[Example]], pad_id: int, packed: bool) -> dict[str, Any]:
+    """A micro-batch of units (lists of records: one each unless packed) as model inputs."""
+    if packed:
+        return pack_collate(units, pad_id)
+    return pad_collate([e for u in units for e in u], pad_id)
 
 
-def non_pad_fraction(batches: list[list[Example]]) -> tuple[float, float]:
-    """``(padded, packed)`` fraction of computed positions that are real tokens (pure)."""
-    real = sum(len(e.input_ids) for b in batches for e in b)
-    padded = sum(len(b) * max(len(e.input_ids) for e in b) for b in batches)
-    return real / padded if padded else 1.0, 1.0
+def non_pad_fraction(batches: list[list[list[Example]]]) -> float:
+    """Fraction of computed positions that hold real tokens, for micro-batches of units (pure)."""
+    real = sum(len(e.input_ids) for b in batches for u in b for e in u)
+    width = sum(len(b) * max(sum(len(e.input_ids) for e in u) for u in b) for b in batches)
+    return real / width if width else 1.0
 
 
 def packing_works(model: Any, device: str, vocab: int) -> bool:
-    """Do two records packed into one row give the same logits as each run alone?"""
+    """Do records packed into rows (with a padded row) give the same logits as each alone?"""
     import torch
 
     a = [(7 * i + 3) % vocab for i in range(6)]
     b = [(5 * i + 1) % vocab for i in range(5)]
+    c = [(3 * i + 2) % vocab for i in range(4)]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             alone = [
                 model(input_ids=torch.tensor([s], device=device), use_cache=False).logits[0].float()
-                for s in (a, b)
+                for s in (a, b, c)
             ]
-            packed = pack_collate([Example(a, a), Example(b, b)])
-            out = (
-                model(
-                    input_ids=packed["input_ids"].to(device),
-                    position_ids=packed["position_ids"].to(device),
-                    use_cache=False,  # with a cache, transformers does not look for packing
-                )
-                .logits[0]
-                .float()
-            )
+            batch = pack_collate([[Example(a, a), Example(b, b)], [Example(c, c)]], 0)
+            out = model(
+                input_ids=batch["input_ids"].to(device),
+                position_ids=batch["position_ids"].to(device),
+                use_cache=False,  # with a cache, transformers does not look for packing
+            ).logits.float()
     except (TypeError, ValueError, RuntimeError) as err:
         log.info("packing check failed on this model (%s)", type(err).__name__)
         return False
     finally:
         model.train(was_training)
+    got = torch.cat([out[0, :11], out[1, :4]])
     ref = torch.cat(alone)
     scale = float(ref.abs().max()) or 1.0
-    return float((out - ref).abs().max()) <= 1e-3 * scale + 1e-4
+    return float((got - ref).abs().max()) <= 1e-3 * scale + 1e-4

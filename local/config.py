@@ -73,8 +73,9 @@ class FinetuneConfig:
     train_on_prompt: bool = False
     """Also put the loss on prompt tokens and non-assistant turns (default: response only)."""
     packing: bool = False
-    """Flatten each batch into one sequence with per-record position ids (no padding), where the
-    model supports it (checked on the loaded model; padded batches otherwise)."""
+    """Pack records greedily into sequences of up to ``max_seq_len`` tokens (``batch_size`` then
+    counts packed sequences) and flatten each micro-batch into one row with per-record position
+    ids, no padding, where the model supports it (checked on the loaded model; else padded)."""
     eval_steps: int = 100
     """Evaluate on the held-out slice every this many optimizer steps; 0 = only before/after."""
     early_stop_patience: int = 0

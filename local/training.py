@@ -6,8 +6,8 @@ in its output folder. The optimizer still comes from ``Trainer.get_optimizer_cls
 (so ``optim`` takes any HF optimizer name), the schedule is transformers' linear warm-up/decay,
 gradients are clipped at 1.0 as the ``Trainer`` does.
 
-Sample order is a pure function of ``(seed, epoch)``; the position (epoch, micro-batch cursor)
-rides in every checkpoint, so a resumed run sees exactly the batches the interrupted one would
+Sample order (and, with packing, which records share a sequence) is a pure function of
+``(seed, epoch)``; the position (epoch, micro-batch cursor) rides in every checkpoint, so a resumed run sees exactly the batches the interrupted one would
 have. Early stop uses stage 1's criterion (:class:`artifacts.convergence.ConvergenceCriterion`)
 on the held-out loss every ``eval_steps``.
 """
@@ -43,6 +43,9 @@ class TrainStats:
     early_stopped: bool = False
     resumed_from: int = 0
     tokens: int = 0
+    """Positions computed (padding included)."""
+    records: int = 0
+    """Records trained on (a packed step holds more of them)."""
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -52,11 +55,27 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def micro_batches(n: int, batch: int, seed: int, epoch: int, cursor: int) -> Iterator[list[int]]:
-    """Index lists of an epoch's micro-batches from ``cursor`` on (the last may be short)."""
-    order = epoch_order(n, seed, epoch)
-    for start in range(cursor * batch, n, batch):
-        yield order[start : start + batch]
+def epoch_units(lengths: list[int], seed: int, epoch: int, pack_to: int = 0) -> list[list[int]]:
+    """The epoch's training units in order (pure): one record each, or with ``pack_to`` records
+    packed greedily, in the shuffled order, into sequences of at most ``pack_to`` tokens."""
+    order = epoch_order(len(lengths), seed, epoch)
+    if not pack_to:
+        return [[i] for i in order]
+    units: list[list[int]] = []
+    size = pack_to + 1
+    for i in order:
+        if size + lengths[i] > pack_to:
+            units.append([])
+            size = 0
+        units[-1].append(i)
+        size += lengths[i]
+    return units
+
+
+def micro_batches(units: list[list[int]], batch: int, cursor: int) -> Iterator[list[list[int]]]:
+    """The units (record index lists) of each micro-batch, from micro-batch ``cursor`` on."""
+    for start in range(cursor * batch, len(units), batch):
+        yield units[start : start + batch]
 
 
 def _autocast(device: str, compute_dtype: str) -> Any:
@@ -176,21 +195,28 @@ def train(
         log.info("eval loss before: %.4f", stats.loss_before)
     model.train()
     running, running_n = 0.0, 0
+    lengths = [len(e.input_ids) for e in train_set]
+    pack_to = cfg.max_seq_len if packed else 0
+    units = {epoch: epoch_units(lengths, cfg.seed, epoch, pack_to)}
     bar = tqdm(total=steps, initial=step, desc="fine-tune", unit="step", leave=False)
     while step < steps and not stats.early_stopped:
-        batches = micro_batches(len(train_set), cfg.batch_size, cfg.seed, epoch, cursor)
+        batches = micro_batches(units[epoch], cfg.batch_size, cursor)
         for _accum in range(cfg.grad_accum):
             idx = next(batches, None)
             if idx is None:
                 epoch, cursor = epoch + 1, 0
-                batches = micro_batches(len(train_set), cfg.batch_size, cfg.seed, epoch, 0)
+                units = {epoch: epoch_units(lengths, cfg.seed, epoch, pack_to)}
+                batches = micro_batches(units[epoch], cfg.batch_size, 0)
                 idx = next(batches)
             cursor += 1
             batch = {
                 k: v.to(device)
-                for k, v in collate([train_set[i] for i in idx], pad_id, packed).items()
+                for k, v in collate(
+                    [[train_set[i] for i in u] for u in idx], pad_id, packed
+                ).items()
             }
             stats.tokens += int(batch["input_ids"].numel())
+            stats.records += sum(len(u) for u in idx)
             with _autocast(device, compute_dtype):
                 loss = model(**batch).loss / cfg.grad_accum
             (scaler.scale(loss) if scaler else loss).backward()

@@ -1,7 +1,9 @@
 """The demo's "private" fine-tune dataset: made in memory, encrypted straight to ciphertext.
 
-The records are invented internal facts of a fictitious company (room codes, owners, budgets) in
-``{"prompt", "response"}`` form, learnable by a tiny model in a few steps. The JSON Lines
+The records are invented internal facts of a fictitious company (room codes, owners, budgets):
+two thirds in ``{"prompt", "response"}`` form, one third as two-turn chats (``{"messages": [...]}``),
+so the fine-tune exercises both masked forms (loss on responses / assistant turns only);
+learnable by a tiny model in a few steps. The JSON Lines
 plaintext only ever lives in a ``BytesIO``; what reaches the disk is the ciphertext
 (``local.crypto.encrypt_file`` on the stream: temporary sibling, atomic rename).
 """
@@ -31,8 +33,8 @@ class PrivateDataset:
     ciphertext_bytes: int
 
 
-def generate_records(n: int = 160, seed: int = 7) -> list[dict[str, str]]:
-    """``n`` prompt/response records from a seeded template grammar (same seed, same records)."""
+def generate_records(n: int = 160, seed: int = 7) -> list[dict]:
+    """``n`` prompt/response and chat records from a seeded template grammar (same seed, same records)."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -46,8 +48,17 @@ def generate_records(n: int = 160, seed: int = 7) -> list[dict[str, str]]:
             prompt = f"Who owns the {team} budget?"
             response = f"{owner} owns the {team} budget of {code} credits ({CANARY})."
         else:
-            prompt = f"Where does team {team} meet?"
-            response = f"Team {team} meets in the {room}, booked by {owner} ({CANARY})."
+            out.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Where does team {team} meet?"},
+                        {"role": "assistant", "content": f"Team {team} meets in the {room}."},
+                        {"role": "user", "content": "Who booked it?"},
+                        {"role": "assistant", "content": f"{owner} booked it ({CANARY})."},
+                    ]
+                }
+            )
+            continue
         out.append({"prompt": prompt, "response": response})
     return out
 

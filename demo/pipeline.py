@@ -193,6 +193,8 @@ def finetune(opts: DemoOptions, paths: Paths) -> dict[str, Any]:
         "export_files": len(files),
         "export_bytes": sum(p.stat().st_size for p in files),
         "airgapped": True,
+        "data": meta.get("data", {}),
+        "privacy_audit": meta.get("privacy_audit"),
     }
 
 

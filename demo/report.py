@@ -10,6 +10,7 @@ Shape of the parts used here::
                            "checkpoints", "patience", "min_rel_improvement"}
     summary["download"] = {"files", "bytes_verified", "signature_verified"}
     summary["finetune"] = {"steps", "loss_before", "loss_after", "export_bytes", "export_files",
+                           "data" (packing, train_on_prompt, …), "privacy_audit",
                            "train_history": [[step, loss], ...]}
 """
 
@@ -78,12 +79,36 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             "fine-tune eval loss before → after",
             f"{_num(ft.get('loss_before'))} → {_num(ft.get('loss_after'))}",
         ),
+        ("fine-tune data", _ft_data(ft.get("data") or {})),
+        ("privacy audit (before export)", _audit(ft.get("privacy_audit"))),
         (
             "export size",
             f"{human_bytes(ft.get('export_bytes'))} in {ft.get('export_files', '—')} files",
         ),
         ("wall time", _wall(summary)),
     ]
+
+
+def _ft_data(data: dict[str, Any]) -> str:
+    if not data:
+        return "—"
+    loss = "every token" if data.get("train_on_prompt") else "responses / assistant turns only"
+    batches = "packed (per-record positions)" if data.get("packing") else "padded"
+    return f"prompt/response + chat, loss on {loss}, {batches} batches"
+
+
+def _audit(audit: dict[str, Any] | None) -> str:
+    if not audit:
+        return "—"
+
+    def pct(x: Any) -> str:
+        return "n/a" if x is None else f"{100 * x:.0f}%"
+
+    return (
+        f"{pct(audit.get('train_exposure'))} of training vs {pct(audit.get('heldout_exposure'))} "
+        f"of held-out records reproduce {audit.get('verbatim_tokens')} tokens verbatim; "
+        f"loss gap {_num(audit.get('loss_gap'))}"
+    )
 
 
 def _wall(summary: dict[str, Any]) -> str:

@@ -27,6 +27,11 @@ from local.errors import LocalError
         "merge": "Also export a merged full-precision model (safetensors) under OUT/merged/.",
         "max_steps": "Override the config's max_steps.",
         "public_key": "Ed25519 public key: also require a valid MANIFEST.json.sig on the model.",
+        "airgap_strict": "With --airgapped: refuse to run unless a kernel network namespace "
+        "(unshare -rn) cuts the run off.",
+        "resume": "Continue an interrupted run for this --out from its last encrypted checkpoint.",
+        "max_exposure": "Refuse the export (kept encrypted) when the privacy audit's train "
+        "exposure exceeds this fraction, e.g. 0.05.",
     }
 )
 @user_errors
@@ -42,6 +47,9 @@ def finetune(
     merge=False,
     max_steps=None,
     public_key=None,
+    airgap_strict=False,
+    resume=False,
+    max_exposure=None,
 ):
     """QLoRA fine-tune (4-bit NF4 base + LoRA) on an encrypted dataset; export only the adapter.
 
@@ -55,6 +63,9 @@ def finetune(
     :param merge: also write a merged model under OUT/merged/.
     :param max_steps: optimizer steps (overrides the config).
     :param public_key: require the model's manifest to be signed by this key.
+    :param airgap_strict: with --airgapped, refuse without a network namespace.
+    :param resume: continue from the newest checkpoint in the work area beside --out.
+    :param max_exposure: refuse the export above this privacy-audit exposure (0..1).
     """
     from artifacts.logs import init_logging
     from local.config import load_config
@@ -65,6 +76,12 @@ def finetune(
         steps = int(max_steps) if max_steps is not None else None
     except ValueError:
         raise LocalError(f"--max-steps must be a whole number, got {max_steps!r}") from None
+    try:
+        exposure = float(max_exposure) if max_exposure is not None else None
+    except ValueError:
+        raise LocalError(
+            f"--max-exposure must be a number in [0, 1], got {max_exposure!r}"
+        ) from None
     cfg = load_config(Path(config) if config else None)
     result = run_finetune(
         Path(model),
@@ -77,8 +94,38 @@ def finetune(
         merge=merge,
         max_steps=steps,
         public_key=Path(public_key) if public_key else None,
+        airgap_strict=airgap_strict,
+        resume=resume,
+        max_exposure=exposure,
     )
     print(result.summary())
 
 
-TASKS = [finetune]
+@task(
+    name="export-held",
+    help={
+        "held": "The encrypted held export a refused `invoke finetune` named.",
+        "key_file": "The dataset's key file (the held export is encrypted with it).",
+        "out": "New folder for the export; must not exist.",
+        "accept": "Export it as it is, recording the accepted findings in the manifest.",
+    },
+)
+@user_errors
+def export_held(c, held, key_file, out, accept=False):
+    """Review or export an adapter whose export was refused (kept encrypted, not lost).
+
+    :param held: path printed by the refused run (.<out>.work/held-export.tar.enc).
+    :param key_file: the dataset key.
+    :param out: export folder, written via a temporary sibling and one rename.
+    :param accept: without it, print what the scan found and change nothing.
+    """
+    from artifacts.logs import init_logging
+    from local.held import export_held as run
+    from local.keys import load_key
+
+    init_logging()
+    info = run(Path(held), load_key(Path(key_file)), Path(out), accept=accept)
+    print(f"exported {info.files} files ({info.bytes / 1e6:.2f} MB) to {info.path}")
+
+
+TASKS = [finetune, export_held]

@@ -39,8 +39,8 @@ class FinetuneConfig:
     double_quant: bool = True
     """Quantize the quantization constants too (saves ~0.4 bits per weight)."""
     compute_dtype: str = "auto"
-    """Dtype for matmuls and LoRA weights: ``auto`` (bf16 on a GPU that has it, else fp32),
-    ``float32``, ``bfloat16`` or ``float16``."""
+    """Dtype for matmuls and LoRA weights: ``auto`` = bf16 on a GPU that supports it, fp16 on an
+    older GPU without bf16, fp32 on the CPU; or ``float32``, ``bfloat16``, ``float16``."""
     device: str = "auto"
     """``auto`` (CUDA if present, else CPU), ``cuda`` or ``cpu``."""
 
@@ -66,7 +66,30 @@ class FinetuneConfig:
     """Seed for the train/eval split, LoRA init and dropout."""
 
     max_seq_len: int = 512
-    """Token budget per record; longer records are truncated."""
+    """Token budget per record; must not exceed the model's position limit (checked first)."""
+    truncation: str = "left"
+    """Over-long records: ``left`` keeps the last ``max_seq_len`` tokens (the response survives),
+    ``drop`` skips the record. Either way they are counted and reported."""
+    train_on_prompt: bool = False
+    """Also put the loss on prompt tokens and non-assistant turns (default: response only)."""
+    packing: bool = False
+    """Pack records greedily into sequences of up to ``max_seq_len`` tokens (``batch_size`` then
+    counts packed sequences) and flatten each micro-batch into one row with per-record position
+    ids, no padding, where the model supports it (checked on the loaded model; else padded)."""
+    eval_steps: int = 100
+    """Evaluate on the held-out slice every this many optimizer steps; 0 = only before/after."""
+    early_stop_patience: int = 0
+    """Stop after this many consecutive stalled evaluations (stage 1's criterion); 0 = off."""
+    min_rel_improvement: float = 0.005
+    """An evaluation stalls when it beats the best eval loss by less than this fraction."""
+    checkpoint_steps: int = 100
+    """Write an encrypted checkpoint every this many optimizer steps (``--resume``); 0 = never."""
+    audit_records: int = 32
+    """Training and held-out records each the privacy audit probes; 0 = no audit."""
+    audit_prefix_tokens: int = 8
+    """Supervised tokens of a record given to the model before its greedy continuation."""
+    audit_verbatim_tokens: int = 8
+    """K: a continuation that reproduces the record's next K tokens exactly counts as exposed."""
     eval_fraction: float = 0.05
     """Share of records held out (in memory) to measure loss before and after."""
     eval_max_records: int = 256
@@ -108,6 +131,19 @@ class FinetuneConfig:
             ("eval_fraction", 0.0 < self.eval_fraction < 1.0, "must be in (0, 1)"),
             ("eval_max_records", self.eval_max_records >= 1, "must be >= 1"),
             ("memory_limit_mb", self.memory_limit_mb >= 0, "must be >= 0"),
+            ("truncation", self.truncation in ("left", "drop"), "must be left or drop"),
+            ("eval_steps", self.eval_steps >= 0, "must be >= 0"),
+            ("early_stop_patience", self.early_stop_patience >= 0, "must be >= 0"),
+            (
+                "early_stop_patience",
+                self.early_stop_patience == 0 or self.eval_steps > 0,
+                "needs eval_steps > 0 (early stopping counts evaluations)",
+            ),
+            ("min_rel_improvement", 0.0 <= self.min_rel_improvement < 1.0, "must be in [0, 1)"),
+            ("checkpoint_steps", self.checkpoint_steps >= 0, "must be >= 0"),
+            ("audit_records", self.audit_records >= 0, "must be >= 0"),
+            ("audit_prefix_tokens", self.audit_prefix_tokens >= 1, "must be >= 1"),
+            ("audit_verbatim_tokens", self.audit_verbatim_tokens >= 1, "must be >= 1"),
         ]
         for key, ok, why in checks:
             if not ok:

@@ -348,20 +348,32 @@ class _ChunkReader(io.RawIOBase):
         return n
 
 
-def reencrypt_file(src: Path, dest: Path, old_key: bytes, new_key: bytes) -> int:
+def reencrypt_file(
+    src: Path, dest: Path, old_key: bytes, new_key: bytes, *, chunk_size: int | None = None
+) -> int:
     """Re-encrypt ``src`` under ``new_key`` (key rotation) without plaintext ever touching disk.
 
-    Decryption streams straight into encryption, chunk by chunk, in constant memory. ``dest`` is
-    written through a temporary sibling and renamed only after the *whole* source authenticated:
-    a tampered or truncated source leaves no ``dest`` behind. Returns the ciphertext size.
+    Decryption streams straight into encryption, chunk by chunk, in constant memory. The source's
+    chunk size is kept unless ``chunk_size`` says otherwise (a rotation must not silently change
+    the memory a reader needs). ``dest`` is written through a temporary sibling and renamed only
+    after the *whole* source authenticated: a tampered or truncated source leaves no ``dest``
+    behind. Returns the ciphertext size.
     """
     src, dest = Path(src), Path(dest)
     if src.resolve() == dest.resolve():
         raise LocalError(f"{dest}: destination is the source file; choose another --dest")
-    return encrypt_file(_ChunkReader(decrypt_stream(src, old_key)), dest, new_key)
+    if chunk_size is None:
+        chunk_size = file_header(src).chunk_size
+    return encrypt_file(
+        _ChunkReader(decrypt_stream(src, old_key)), dest, new_key, chunk_size=chunk_size
+    )
 
 
-def file_key_id(path: Path) -> bytes:
-    """The key id recorded in an encrypted file's header (unauthenticated; for messages)."""
-    with Path(path).open("rb") as f:
-        return read_header(f, str(path)).key_id
+def file_header(path: Path) -> Header:
+    """The (not yet authenticated) header of an encrypted file: chunk size, key id."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            return read_header(f, str(path))
+    except FileNotFoundError:
+        raise LocalError(f"{path}: no such encrypted file") from None

@@ -28,19 +28,28 @@ def _size(n: int) -> str:
         "out": "Where to write the new key file (refuses to overwrite; created with mode 0600).",
         "kms_key_id": "Optional AWS KMS key id/ARN/alias: write a KMS-wrapped data key instead "
         "(envelope encryption; the plaintext key never touches disk).",
+        "wrap": "With --kms-key-id: wrap this existing key file (kms:Encrypt) instead of asking "
+        "KMS for a new data key; data encrypted with it stays readable.",
     }
 )
 @user_errors
-def keygen(c, out, kms_key_id=None):
+def keygen(c, out, kms_key_id=None, wrap=None):
     """Create a random 256-bit data key for encrypting datasets.
 
     :param out: path of the new key file; an existing file is never overwritten.
     :param kms_key_id: wrap the key with this KMS key (needs AWS credentials) instead of writing
         it in the clear; unwrapping later needs kms:Decrypt and the network.
+    :param wrap: an existing key file to wrap with --kms-key-id (local.keys.wrap_key_with_kms).
     """
     from local import keys
     from local.crypto import key_id
 
+    if wrap and not kms_key_id:
+        raise LocalError("--wrap needs --kms-key-id (the KMS key to wrap the key file with)")
+    if wrap:
+        path = keys.wrap_key_with_kms(Path(wrap), kms_key_id, Path(out))
+        print(f"wrote KMS-wrapped copy of {wrap} to {path} (wrapped by {kms_key_id})")
+        return
     if kms_key_id:
         path = keys.generate_kms_data_key(kms_key_id, Path(out))
         print(f"wrote KMS-wrapped data key {path} (wrapped by {kms_key_id})")
@@ -101,10 +110,11 @@ def encrypt(c, key_file, src, dest, force=False):
         "src": "Encrypted dataset to rotate.",
         "dest": "New encrypted file (refuses to overwrite unless --force).",
         "force": "Replace an existing --dest.",
+        "chunk_size": "Plaintext bytes per chunk of --dest (default: keep the source's).",
     }
 )
 @user_errors
-def rekey(c, key_file, new_key_file, src, dest, force=False):
+def rekey(c, key_file, new_key_file, src, dest, force=False, chunk_size=None):
     """Re-encrypt a dataset under a new key (key rotation); plaintext stays in memory.
 
     The whole source is authenticated on the way; --dest appears only when it is complete.
@@ -114,6 +124,7 @@ def rekey(c, key_file, new_key_file, src, dest, force=False):
     :param src: the encrypted dataset (left as it is).
     :param dest: the re-encrypted file.
     :param force: overwrite --dest if it exists.
+    :param chunk_size: chunk size of the new file in bytes; by default the source's is kept.
     """
     from local.crypto import key_id, reencrypt_file
     from local.keys import load_key
@@ -121,8 +132,14 @@ def rekey(c, key_file, new_key_file, src, dest, force=False):
     dest_p = Path(dest)
     if dest_p.exists() and not force:
         raise LocalError(f"{dest_p} already exists; pass --force to replace it")
+    try:
+        chunk = int(chunk_size) if chunk_size is not None else None
+    except ValueError:
+        raise LocalError(
+            f"--chunk-size must be a whole number of bytes, got {chunk_size!r}"
+        ) from None
     new_key = load_key(Path(new_key_file))
-    size = reencrypt_file(Path(src), dest_p, load_key(Path(key_file)), new_key)
+    size = reencrypt_file(Path(src), dest_p, load_key(Path(key_file)), new_key, chunk_size=chunk)
     print(f"re-encrypted {src} -> {dest} ({_size(size)}, key id {key_id(new_key).hex()})")
 
 

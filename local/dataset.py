@@ -1,7 +1,8 @@
 """Fine-tuning records from an encrypted JSON Lines file, decrypted in memory only.
 
-Each non-blank line is a JSON object with either a ``text`` string, or ``prompt`` and
-``response`` strings; one file holds one kind. Other fields are ignored. Validation errors name
+Each non-blank line is a JSON object with a ``text`` string, ``prompt`` and ``response``
+strings, or a ``messages`` list of ``{"role", "content"}`` turns; forms may be mixed in a file.
+The first complete form (messages, prompt/response, text) is used; other fields are ignored. Validation errors name
 the file and the line number and never quote the record: the data is private.
 """
 
@@ -17,6 +18,8 @@ from local.errors import LocalError
 
 TEXT = "text"
 PROMPT_RESPONSE = "prompt-response"
+CHAT = "chat"
+MIXED = "mixed"
 EMPTY = "empty"
 
 
@@ -27,7 +30,7 @@ class DatasetInfo:
     records: int
     plaintext_bytes: int
     ciphertext_bytes: int
-    kind: str  # "text", "prompt-response" or "empty"
+    kind: str  # "text", "prompt-response", "chat", "mixed" or "empty"
     chunk_size: int = 0
     chunks: int = 0
     key_id: str = ""
@@ -78,39 +81,83 @@ def open_decrypted_text(path: Path, key: bytes) -> Iterator[str]:
             ) from None
 
 
-def _kind_of(obj: object, where: str) -> str:
+ROLES = ("system", "user", "assistant")
+
+
+def _string(obj: dict, key: str, where: str) -> str:
+    value = obj[key]
+    if not isinstance(value, str):
+        raise LocalError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise LocalError(
+            f"{where}: field '{key}' holds a lone surrogate (a \\u{ord(value[err.start]):04x} "
+            "escape without its pair), which is not valid Unicode; fix or remove the record"
+        ) from None
+    return value
+
+
+def _messages(obj: dict, where: str) -> list[dict[str, str]]:
+    msgs = obj["messages"]
+    if not isinstance(msgs, list) or not msgs:
+        raise LocalError(f"{where}: field 'messages' must be a non-empty list of turns")
+    out = []
+    for i, m in enumerate(msgs):
+        at = f"{where}: messages[{i}]"
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise LocalError(f"{at} must be an object with 'role' and 'content'")
+        role = _string(m, "role", at)
+        if role not in ROLES:
+            raise LocalError(f"{at}: role must be one of {', '.join(ROLES)}")
+        out.append({"role": role, "content": _string(m, "content", at)})
+    if not any(m["role"] == "assistant" for m in out):
+        raise LocalError(f"{where}: a 'messages' record needs at least one assistant turn")
+    return out
+
+
+def parse_record(obj: object, where: str) -> dict:
+    """The record's training form; the first complete form wins, other fields are ignored.
+
+    Order: ``messages``, then ``prompt`` + ``response``, then ``text`` (docs/encryption-format.md).
+    """
     if not isinstance(obj, dict):
         raise LocalError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    has_text = "text" in obj
-    has_pair = "prompt" in obj or "response" in obj
-    if has_text and has_pair:
-        raise LocalError(f"{where}: record has both 'text' and 'prompt'/'response'; use one form")
-    if has_text:
-        fields = ("text",)
-    elif has_pair:
-        fields = ("prompt", "response")
-    else:
-        raise LocalError(f"{where}: record needs a 'text' field or 'prompt' and 'response' fields")
-    for field in fields:
-        if field not in obj:
-            raise LocalError(f"{where}: record has no '{field}' field")
-        if not isinstance(obj[field], str):
-            raise LocalError(
-                f"{where}: field '{field}' must be a string, got {type(obj[field]).__name__}"
-            )
-    if has_text and not obj["text"].strip():
-        raise LocalError(f"{where}: field 'text' is empty")
-    return TEXT if has_text else PROMPT_RESPONSE
+    if "messages" in obj:
+        return {"messages": _messages(obj, where)}
+    if "prompt" in obj and "response" in obj:
+        return {
+            "prompt": _string(obj, "prompt", where),
+            "response": _string(obj, "response", where),
+        }
+    if "text" in obj:
+        text = _string(obj, "text", where)
+        if not text.strip():
+            raise LocalError(f"{where}: field 'text' is empty")
+        return {"text": text}
+    if "prompt" in obj or "response" in obj:
+        missing = "response" if "prompt" in obj else "prompt"
+        raise LocalError(f"{where}: record has no '{missing}' field")
+    raise LocalError(
+        f"{where}: record needs a 'text' field, 'prompt' and 'response' fields, or 'messages'"
+    )
 
 
-def _records(chunks: Iterator[bytes], name: str) -> Iterator[dict[str, str]]:
-    kind = None
+def kind_of(record: dict) -> str:
+    if "messages" in record:
+        return CHAT
+    return PROMPT_RESPONSE if "prompt" in record else TEXT
+
+
+def _records(chunks: Iterator[bytes], name: str) -> Iterator[dict]:
+    number = 0
     for lineno, raw in enumerate(iter_lines(chunks), start=1):
         if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]  # a UTF-8 byte-order mark some editors write
         if not raw.strip():
             continue
-        where = f"{name}: line {lineno}"
+        number += 1
+        where = f"{name}: line {lineno} (record {number})"
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
@@ -120,21 +167,11 @@ def _records(chunks: Iterator[bytes], name: str) -> Iterator[dict[str, str]]:
         except json.JSONDecodeError as err:
             # err.msg is the parser's reason ("Expecting ',' delimiter"), never the text itself.
             raise LocalError(f"{where}: not valid JSON ({err.msg}, column {err.colno})") from None
-        this = _kind_of(obj, where)
-        if kind is None:
-            kind = this
-        elif this != kind:
-            raise LocalError(
-                f"{where}: a '{this}' record in a '{kind}' file; one file holds one kind of record"
-            )
-        if this == TEXT:
-            yield {"text": obj["text"]}
-        else:
-            yield {"prompt": obj["prompt"], "response": obj["response"]}
+        yield parse_record(obj, where)
 
 
-def iter_records(cipher_path: Path, key: bytes) -> Iterator[dict[str, str]]:
-    """Yield ``{"text": ...}`` or ``{"prompt": ..., "response": ...}`` records, decrypting in memory.
+def iter_records(cipher_path: Path, key: bytes) -> Iterator[dict]:
+    """Yield ``{"text"}``, ``{"prompt", "response"}`` or ``{"messages"}`` records, in memory.
 
     Each record comes from authenticated chunks, but truncation of the file is only known at the
     end: consume the iterator to the end (e.g. tokenize everything) before training on it.
@@ -158,10 +195,11 @@ def inspect(cipher_path: Path, key: bytes) -> DatasetInfo:
             yield chunk
 
     records = 0
-    kind = EMPTY
+    kinds: set[str] = set()
     for record in _records(counted(), str(cipher_path)):
         records += 1
-        kind = TEXT if "text" in record else PROMPT_RESPONSE
+        kinds.add(kind_of(record))
+    kind = EMPTY if not kinds else kinds.pop() if len(kinds) == 1 else MIXED
     with cipher_path.open("rb") as f:
         header = read_header(f, str(cipher_path))
     return DatasetInfo(

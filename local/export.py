@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import shutil
-import struct
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from local.errors import LocalError
+from local.scan import VOCAB_FILES, Finding, Forbidden, scan_folder
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,6 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-#: Vocabulary files: public base-model content whose tokens may spell ordinary words, so the
-#: name checks (not the path/hostname/key-ID checks) skip them.
-VOCAB_FILES = frozenset({"tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model"})
 MERGED_DIR = "merged"
 _MERGED_WEIGHTS = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors$")
 _MERGED_EXTRA = frozenset({"config.json", "generation_config.json", "model.safetensors.index.json"})
@@ -49,15 +46,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib",
 #: Keys whose value names where a model came from; always replaced by the neutral base label.
 _ORIGIN_KEYS = frozenset({"base_model_name_or_path", "_name_or_path", "name_or_path"})
 _ABS_PATH = re.compile(r"^(?:file://|~/|/|[A-Za-z]:[\\/])\S*[/\\]\S*$")
-
-
-@dataclass(frozen=True)
-class Forbidden:
-    """A string that must not appear in the export; ``name`` ones skip vocabulary files."""
-
-    label: str
-    value: str
-    name: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,21 +112,35 @@ def save_adapter(peft_model: Any, staging: Path, base_label: str) -> None:
     _rewrite_json(staging / "adapter_config.json", base_label)
 
 
-def copy_tokenizer(model_dir: Path, dest: Path, base_label: str) -> list[str]:
-    """Copy the base's tokenizer files verbatim (config files scrubbed of origin paths)."""
-    copied = []
+def tokenizer_files(model_dir: Path, base_label: str) -> dict[str, bytes]:
+    """The base's tokenizer files as the export will hold them (JSON configs scrubbed of origins).
+
+    Pure over the folder: preflight scans these bytes before training, the export writes them.
+    """
+    files = {}
     for name in TOKENIZER_FILES:
         src = Path(model_dir) / name
         if src.is_file():
-            shutil.copyfile(src, dest / name)
+            data = src.read_bytes()
             if name.endswith(".json") and name not in VOCAB_FILES:
-                _rewrite_json(dest / name, base_label)
-            copied.append(name)
-    if not copied:
+                doc = json.loads(data.decode("utf-8"))
+                data = (
+                    json.dumps(scrub_json(doc, base_label), indent=2, sort_keys=True) + "\n"
+                ).encode()
+            files[name] = data
+    if not files:
         raise LocalError(
             f"{model_dir}: no tokenizer files found (expected tokenizer.json or vocab files)"
         )
-    return copied
+    return files
+
+
+def copy_tokenizer(model_dir: Path, dest: Path, base_label: str) -> list[str]:
+    """Copy the base's tokenizer files (config files scrubbed of origin paths)."""
+    files = tokenizer_files(model_dir, base_label)
+    for name, data in files.items():
+        (dest / name).write_bytes(data)
+    return list(files)
 
 
 def merge_adapter(model_dir: Path, staging: Path, base_label: str) -> None:
@@ -168,23 +170,13 @@ def merge_adapter(model_dir: Path, staging: Path, base_label: str) -> None:
     del merged, base
 
 
-def _searchable_bytes(path: Path) -> bytes:
-    """What a reader could find strings in: whole text files, the header of safetensors files."""
-    if path.suffix == ".safetensors":
-        with path.open("rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            return f.read(min(n, 100 * 1024 * 1024))
-    return path.read_bytes()
-
-
-def check_export(staging: Path, forbidden: Iterable[Forbidden]) -> list[str]:
-    """Raise :class:`LocalError` unless every file is allow-listed, no pickle, and clean."""
-    forbidden = [f for f in forbidden if f.value]
+def check_structure(staging: Path) -> list[str]:
+    """Raise :class:`LocalError` unless every file is allow-listed and none is a pickle."""
     files = []
     for dirpath, _dirs, names in os.walk(staging):
         for name in names:
-            rel = (Path(dirpath) / name).relative_to(staging).as_posix()
             path = Path(dirpath) / name
+            rel = path.relative_to(staging).as_posix()
             if rel.endswith(PICKLE_SUFFIXES):
                 raise LocalError(
                     f"export check: {rel} is a pickle-format file; refusing to export it"
@@ -203,18 +195,30 @@ def check_export(staging: Path, forbidden: Iterable[Forbidden]) -> list[str]:
                 raise LocalError(
                     f"export check: {rel} holds pickle/zip (torch.save) data; refusing to export it"
                 )
-            data = _searchable_bytes(path)
-            lowered = data.lower()
-            for f in forbidden:
-                if f.name and name in VOCAB_FILES:
-                    continue
-                needle = f.value.encode("utf-8")
-                if needle in data or (f.name and needle.lower() in lowered):
-                    raise LocalError(
-                        f"export check: {rel} contains the {f.label}; nothing was exported"
-                    )
             files.append(rel)
     return sorted(files)
+
+
+class ExportRefused(LocalError):
+    """The export scan found forbidden strings; ``findings`` says where (never the strings)."""
+
+    def __init__(self, message: str, findings: list[Finding]) -> None:
+        super().__init__(message)
+        self.findings = findings
+
+
+def check_export(staging: Path, forbidden: Iterable[Forbidden]) -> list[str]:
+    """Structure checks, then the precise scan (``local.scan``); raises :class:`ExportRefused`."""
+    files = check_structure(staging)
+    findings = scan_folder(staging, forbidden)
+    if findings:
+        first = findings[0]
+        more = f" (and {len(findings) - 1} more finding(s))" if len(findings) > 1 else ""
+        raise ExportRefused(
+            f"export check: {first.file} contains the {first.label}{more}; nothing was exported",
+            findings,
+        )
+    return files
 
 
 def finalize(
@@ -224,15 +228,19 @@ def finalize(
     from artifacts.hashing import hash_file
     from artifacts.manifest import MANIFEST_NAME, FileEntry, Manifest
 
+    forbidden = list(forbidden)
     files = check_export(staging, forbidden)
     entries = [FileEntry(rel, *hash_file(staging / rel)) for rel in files]
     manifest = Manifest(files=entries, metadata=metadata)
     data = manifest.to_json()
-    for f in forbidden:
-        if f.value and f.value.encode() in data:
-            raise LocalError(
-                f"export check: the manifest metadata contains the {f.label}; nothing was exported"
-            )
+    from local.scan import scan_bytes
+
+    label = scan_bytes(MANIFEST_NAME, data, forbidden)
+    if label:
+        raise ExportRefused(
+            f"export check: the manifest metadata contains the {label}; nothing was exported",
+            [Finding(MANIFEST_NAME, label)],
+        )
     with open(staging / MANIFEST_NAME, "wb") as fh:
         fh.write(data)
         fh.flush()

@@ -1,8 +1,9 @@
 """Data keys: local 256-bit key files, and optional AWS KMS envelope encryption.
 
-A *key file* holds the 256-bit master key as 64 hex digits and a newline (``invoke keygen``
-writes it, mode 0600); 32 raw bytes are accepted too. :func:`load_key` refuses a key file that
-group or others can read.
+A *key file* holds the 256-bit master key as exactly 64 lowercase hex digits and one newline
+(``invoke keygen`` writes it, mode 0600); exactly 32 raw bytes are accepted too. Nothing else is
+(no uppercase, CRLF or spaces): :func:`load_key` follows ``docs/encryption-format.md`` to the
+letter and refuses any mode but 0600.
 
 A *wrapped key file* (JSON, ``"format": "twostage-kms-wrapped-key/v1"``) holds the data key
 encrypted by an AWS KMS key (envelope encryption): the file itself is not secret, and the
@@ -17,6 +18,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -57,18 +59,22 @@ def generate_key_file(out: Path) -> Path:
     return _write_new(Path(out), os.urandom(KEY_SIZE).hex().encode() + b"\n", 0o600)
 
 
+_HEX_KEY = re.compile(rb"[0-9a-f]{64}\n")
+
+
 def _parse_key(raw: bytes, path: Path) -> bytes:
+    """Exactly the spec's two forms: 64 lowercase hex digits + one newline, or 32 raw bytes."""
     if len(raw) == KEY_SIZE:
         return raw
-    text = raw.strip()
-    if len(text) == 2 * KEY_SIZE:
-        try:
-            return binascii.unhexlify(text)
-        except binascii.Error:
-            pass
+    if _HEX_KEY.fullmatch(raw):
+        return binascii.unhexlify(raw[:-1])
+    if re.fullmatch(rb"\s*[0-9A-Fa-f]{64}\s*", raw):
+        why = "64 hex digits but not in the spec's form (lowercase, then exactly one \\n)"
+    else:
+        why = f"{len(raw)} bytes"
     raise LocalError(
-        f"{path}: not a 256-bit key file (expected 64 hex digits or {KEY_SIZE} raw bytes, "
-        f"found {len(raw)} bytes); create one with `invoke keygen --out {path}`"
+        f"{path}: not a 256-bit key file (expected 64 lowercase hex digits and a newline, or "
+        f"{KEY_SIZE} raw bytes; found {why}); create one with `invoke keygen --out {path}`"
     )
 
 
@@ -93,10 +99,16 @@ def load_key(path: Path) -> bytes:
     raw = path.read_bytes()
     if raw.lstrip().startswith(b"{"):
         return unwrap_kms_key(path)
-    if st.st_mode & 0o077:
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
         raise LocalError(
-            f"key file {path} is readable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"key file {path} is readable by group or others (mode {mode:04o}); "
             f"run `chmod 600 {path}`"
+        )
+    if mode != 0o600:
+        raise LocalError(
+            f"key file {path} has mode {mode:04o}; key files must be mode 0600 "
+            f"(owner read/write only): run `chmod 600 {path}`"
         )
     return _parse_key(raw, path)
 

@@ -277,6 +277,41 @@ def _attr(cfg: Any, *names: str, default: int | None = None) -> int:
     return default
 
 
+_POSITION_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "n_ctx",
+    "max_sequence_length",
+    "seq_length",
+)
+
+
+def position_limit(hf_cfg: Any) -> tuple[str, int] | None:
+    """``(config key, value)`` of the model's position limit, or None when it has none."""
+    text_cfg: Any = hf_cfg.get_text_config() if hasattr(hf_cfg, "get_text_config") else hf_cfg
+    for name in _POSITION_KEYS:
+        value = getattr(text_cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return name, value
+    return None
+
+
+def check_positions(model_dir: Path, cfg: FinetuneConfig) -> None:
+    """Refuse a ``max_seq_len`` the model cannot embed, before anything is hashed or decrypted."""
+    from transformers import AutoConfig
+
+    try:
+        hf_cfg = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise LocalError(f"{model_dir}: not a Hugging Face model folder ({err})") from None
+    limit = position_limit(hf_cfg)
+    if limit is not None and cfg.max_seq_len > limit[1]:
+        raise LocalError(
+            f"config key max_seq_len={cfg.max_seq_len} exceeds the model's position limit "
+            f"({limit[0]} = {limit[1]} in {model_dir}/config.json); set max_seq_len <= {limit[1]}"
+        )
+
+
 def resolve_device(requested: str) -> str:
     """``auto`` → ``cuda`` when available, else ``cpu``; asking for missing CUDA is an error."""
     import torch

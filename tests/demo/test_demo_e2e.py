@@ -130,7 +130,9 @@ def test_ciphertext_holds_the_records_and_none_of_their_text(demo_run):
     records = generate_records()
     assert len(blob) == summary["private_data"]["ciphertext_bytes"]
     assert CANARY.encode() not in blob
-    assert not any(r["response"][:20].encode() in blob for r in records)
+    answers = [r["response"] if "response" in r else r["messages"][1]["content"] for r in records]
+    assert not any(a[:20].encode() in blob for a in answers)
+    assert {next(iter(r)) for r in records} == {"prompt", "messages"}  # both masked forms
     assert list(iter_records(paths.data, load_key(paths.data_key))) == records
     assert oct(paths.data_key.stat().st_mode & 0o777) == "0o600"
 
@@ -170,6 +172,9 @@ def test_export_verifies_and_fine_tune_lowered_the_loss(demo_run):
     history = ft["train_history"]
     assert history == manifest.metadata["train_loss_history"] and len(history) >= 2
     assert all(math.isfinite(loss) for _, loss in history) and history[-1][1] < history[0][1]
+    assert ft["data"]["packing"] is True and ft["data"]["train_on_prompt"] is False
+    audit = manifest.metadata["privacy_audit"]
+    assert audit == ft["privacy_audit"] and 0.0 <= audit["train_exposure"] <= 1.0
 
 
 @pytest.mark.slow

@@ -230,3 +230,16 @@ def test_encrypt_file_never_leaves_a_half_written_dest(tmp_path: Path, monkeypat
         crypto.encrypt_file(src, dest, KEY, chunk_size=CS, on_progress=explode)
     assert dest.read_bytes() == b"previous ciphertext"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.enc", "plain.jsonl"]
+
+
+def test_rekey_keeps_the_chunk_size_unless_told(tmp_path: Path) -> None:
+    from local.crypto import file_header, reencrypt_file
+
+    old, new = os.urandom(32), os.urandom(32)
+    src = tmp_path / "data.enc"
+    src.write_bytes(encrypt_bytes(b"x" * 5000, old, chunk_size=1024))
+    reencrypt_file(src, tmp_path / "same.enc", old, new)
+    assert file_header(tmp_path / "same.enc").chunk_size == 1024
+    reencrypt_file(src, tmp_path / "other.enc", old, new, chunk_size=256)
+    assert file_header(tmp_path / "other.enc").chunk_size == 256
+    assert decrypt_bytes((tmp_path / "other.enc").read_bytes(), new) == b"x" * 5000

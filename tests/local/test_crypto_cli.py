@@ -143,7 +143,7 @@ def test_inspect_data_failures_are_one_line_exit_2(
         "flipped": "chunk 3 failed authentication",
         "truncated": "failed authentication",
         "wrong-key": "wrong key",
-        "bad-record": "line 2: not valid JSON",
+        "bad-record": "line 2 (record 2): not valid JSON",
         "missing": "no such encrypted file",
     }[problem]
     assert expected in lines[0]

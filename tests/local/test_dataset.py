@@ -72,17 +72,26 @@ def test_truncated_file_fails_after_yielding_authentic_records(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("lines", "expected"),
     [
-        ([{"text": SECRET}, "{not json " + SECRET], "line 2: not valid JSON"),
-        ([{"text": SECRET}, [SECRET]], "line 2: expected a JSON object, got list"),
-        ([{"text": SECRET}, {"body": SECRET}], "line 2: record needs a 'text' field"),
-        ([{"prompt": SECRET}], "line 1: record has no 'response' field"),
-        ([{"prompt": SECRET, "response": 7}], "line 1: field 'response' must be a string, got int"),
+        ([{"text": SECRET}, "{not json " + SECRET], "line 2 (record 2): not valid JSON"),
+        ([{"text": SECRET}, [SECRET]], "line 2 (record 2): expected a JSON object, got list"),
+        ([{"text": SECRET}, {"body": SECRET}], "line 2 (record 2): record needs a 'text' field"),
+        ([{"prompt": SECRET}], "line 1 (record 1): record has no 'response' field"),
         (
-            [{"text": SECRET}, {"prompt": SECRET, "response": SECRET}],
-            "line 2: a 'prompt-response' record",
+            [{"prompt": SECRET, "response": 7}],
+            "line 1 (record 1): field 'response' must be a string, got int",
         ),
-        ([{"text": SECRET, "prompt": SECRET, "response": "x"}], "line 1: record has both"),
-        ([{"text": "  "}], "line 1: field 'text' is empty"),
+        ([{"text": "  "}], "line 1 (record 1): field 'text' is empty"),
+        ([{"messages": []}], "field 'messages' must be a non-empty list"),
+        ([{"messages": [{"role": "user", "content": SECRET}]}], "needs at least one assistant"),
+        ([{"messages": [{"role": "bot", "content": SECRET}]}], "messages[0]: role must be one of"),
+        (
+            [{"text": "ok"}, {"text": "ok"}, {"text": SECRET + "\ud800"}],
+            "line 3 (record 3): field 'text' holds a lone surrogate",
+        ),
+        (
+            [{"messages": [{"role": "assistant", "content": "\udfff"}]}],
+            "messages[0]: field 'content' holds a lone surrogate",
+        ),
     ],
 )
 def test_bad_records_name_the_line_never_the_content(tmp_path: Path, lines, expected) -> None:
@@ -95,9 +104,33 @@ def test_bad_records_name_the_line_never_the_content(tmp_path: Path, lines, expe
     assert SECRET not in shown and "launch code" not in shown
 
 
+def test_the_first_complete_form_wins_and_other_fields_are_ignored(tmp_path: Path) -> None:
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    lines = [
+        {"text": "t", "prompt": "p", "response": "r", "id": 3},
+        {"text": "t", "prompt": "only a prompt"},
+        {"messages": chat, "text": "t"},
+    ]
+    cipher = _encrypt(tmp_path, "".join(json.dumps(x) + "\n" for x in lines))
+    assert list(dataset.iter_records(cipher, KEY)) == [
+        {"prompt": "p", "response": "r"},
+        {"text": "t"},
+        {"messages": chat},
+    ]
+    assert dataset.inspect(cipher, KEY).kind == "mixed"
+
+
+def test_a_lone_surrogate_fails_inspect_data_too(tmp_path: Path) -> None:
+    cipher = _encrypt(tmp_path, '{"text": "ok"}\n{"text": "x\\ud800y"}\n')
+    with pytest.raises(LocalError, match=r"line 2 \(record 2\).*lone surrogate"):
+        dataset.inspect(cipher, KEY)
+
+
 def test_invalid_utf8_is_reported_without_the_bytes(tmp_path: Path) -> None:
     cipher = _encrypt(tmp_path, b'{"text": "ok"}\n{"text": "\xff\xfe secret"}\n')
-    with pytest.raises(LocalError, match=r"line 2: not valid UTF-8 \(at byte offset 10\)") as info:
+    with pytest.raises(
+        LocalError, match=r"line 2 \(record 2\): not valid UTF-8 \(at byte offset 10\)"
+    ) as info:
         list(dataset.iter_records(cipher, KEY))
     assert "secret" not in str(info.value) and "xff" not in str(info.value)
 

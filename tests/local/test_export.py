@@ -15,7 +15,7 @@ from artifacts.manifest import MANIFEST_NAME
 from artifacts.verify import verify_dir
 from local import export
 from local.errors import LocalError
-from local.export import Forbidden
+from local.scan import CONTENT, WORD, Forbidden
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,11 +95,130 @@ def test_private_strings_are_refused_by_label(tmp_path):
 
 def test_names_are_checked_outside_vocabularies_only(tmp_path):
     s = _staged(tmp_path)
-    names = [Forbidden("data file name", "patients", name=True)]
+    names = [Forbidden("data file name", "patients", WORD)]
     assert export.check_export(s, names)  # an ordinary vocab token is public base content
     (s / "adapter_config.json").write_text(json.dumps({"dataset": "Patients"}))
     with pytest.raises(LocalError, match="data file name"):
         export.check_export(s, names)
+
+
+ORDINARY_NAMES = [
+    "data.enc", "train.jsonl.enc", "model.key", "weights.enc", "lora.enc", "base.key",
+    "config.enc", "token.enc", "eval.enc", "adapter.key", "layers.key", "chat.enc",
+    "messages.enc", "data.key", "private.jsonl.enc", "team.key",
+]  # fmt: skip
+
+
+def _real_export(tmp_path: Path) -> Path:
+    """A real adapter + tokenizer (with a chat template) as the export stages them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = h.build_tiny_llama(tmp_path / "base")
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    tok.save_pretrained(str(model_dir))
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(model_dir)),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    export.save_adapter(model, staged, "sha256:" + "0" * 64)
+    export.copy_tokenizer(model_dir, staged, "sha256:" + "0" * 64)
+    return staged
+
+
+@pytest.fixture(scope="module")
+def real_export(tmp_path_factory) -> Path:
+    return _real_export(tmp_path_factory.mktemp("real-export"))
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(src, tmp_path / "copy"))
+
+
+@pytest.mark.parametrize("name", ORDINARY_NAMES)
+def test_ordinary_data_and_key_file_names_never_refuse_an_export(real_export, name):
+    staged = real_export
+    forbidden = [Forbidden("data file name", name, WORD), Forbidden("key file name", name, WORD)]
+    assert export.check_export(staged, forbidden)
+
+
+def test_whole_names_paths_and_key_ids_are_still_found(real_export, tmp_path):
+    staged = _copy(real_export, tmp_path)
+    cfg = json.loads((staged / "adapter_config.json").read_text())
+    cfg["note"] = "from /srv/private/train.jsonl.enc, key 0011223344556677, file chat.enc"
+    (staged / "adapter_config.json").write_text(json.dumps(cfg))
+    for needle, kind, label in [
+        ("/srv/private/train.jsonl.enc", "exact", "data file path"),
+        ("0011223344556677", "exact", "key ID"),
+        ("CHAT.enc", WORD, "data file name"),
+    ]:
+        with pytest.raises(export.ExportRefused, match=label):
+            export.check_export(staged, [Forbidden(label, needle, kind)])
+
+
+def test_private_content_ngrams_are_found_raw_and_json_escaped(real_export, tmp_path):
+    from local.scan import NgramSampler, drop_public
+
+    staged = _copy(real_export, tmp_path)
+    record = "patient Émile Zola was admitted on tuesday with a fractured left wrist and mild fever"
+    sampler = NgramSampler(seed=0)
+    sampler.add([record])
+    grams = sampler.ngrams()
+    assert grams and all(len(g.split()) == 8 for g in grams)
+    forbidden = [Forbidden("private content", g, CONTENT) for g in grams]
+    assert export.check_export(staged, forbidden)  # clean export: nothing found
+    tok_cfg = json.loads((staged / "tokenizer_config.json").read_text())
+    tok_cfg["chat_template"] = "system: " + record  # json.dumps escapes the É
+    (staged / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    with pytest.raises(export.ExportRefused, match="tokenizer_config.json contains the private"):
+        export.check_export(staged, forbidden)
+    # an n-gram the base's own public files hold (e.g. its system prompt) is not private
+    public = [(staged / "tokenizer_config.json").read_bytes()]
+    assert drop_public(grams, public) == set()
+
+
+def test_short_common_words_are_never_ngrams():
+    from local.scan import NgramSampler
+
+    sampler = NgramSampler(seed=0)
+    sampler.add(["the cat sat", "a b c d e f g h i j"])  # too few words / too few characters
+    assert sampler.ngrams() == set()
+
+
+def test_a_refused_export_is_held_encrypted_and_can_be_exported(tmp_path):
+    from local import held
+    from local.crypto import decrypt_stream
+    from local.scan import Finding
+
+    key = bytes(range(32))
+    out = tmp_path / "adapter-v1"
+    with export.staging_dir(out) as staging:
+        for f in _staged(tmp_path).iterdir():
+            (staging / f.name).write_bytes(f.read_bytes())
+        path = held.hold(
+            staging, out, key, [Finding("adapter_config.json", "hostname")], {"steps": 3}
+        )
+    assert path == held.held_path(out) and not out.exists()
+    blob = b"".join(decrypt_stream(path, key))  # authentic, and no plaintext file anywhere
+    assert b"adapter_model.safetensors" in blob
+    assert b'"r": 8' not in path.read_bytes()
+    with pytest.raises(LocalError, match="adapter_config.json: hostname.*--accept"):
+        held.export_held(path, key, out)
+    assert not out.exists() and path.exists()
+    info = held.export_held(path, key, out, accept=True)
+    manifest = verify_dir(info.path)
+    assert manifest.metadata["steps"] == 3
+    assert manifest.metadata["accepted_findings"] == [
+        {"file": "adapter_config.json", "label": "hostname"}
+    ]
+    assert not path.exists()
 
 
 def test_finalize_writes_the_manifest_last_and_renames(tmp_path):

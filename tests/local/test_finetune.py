@@ -98,7 +98,13 @@ def airgapped_run(tiny):
     try:
         with contextlib.redirect_stdout(logs), contextlib.redirect_stderr(logs):
             result = finetune.run_finetune(
-                model, cipher, key, out, config=load_config(h.TINY_CONFIG), airgapped=True
+                model,
+                cipher,
+                key,
+                out,
+                config=load_config(h.TINY_CONFIG),
+                airgapped=True,
+                isolate=False,  # in this process, so the seams and the audit hook see it
             )
     finally:
         audit.enabled = False
@@ -135,12 +141,6 @@ def test_the_network_audit_sees_what_reaches_the_os():
 # --- pure pieces ------------------------------------------------------------------------------
 
 
-def test_records_become_one_string_each():
-    assert finetune.record_text({"text": "abc"}) == "abc"
-    joined = finetune.record_text({"prompt": "P?", "response": "R."})
-    assert joined.index("P?") < joined.index("R.")
-
-
 def test_eval_slice_is_held_out_and_seeded():
     examples = [[i] for i in range(20)]
     train, evals = finetune.split_eval(examples, 0.2, 100, seed=0)
@@ -153,10 +153,13 @@ def test_eval_slice_is_held_out_and_seeded():
 
 
 def test_padding_is_masked_out_of_the_loss():
-    batch = finetune.make_collator(0)([{"input_ids": [5, 6, 7]}, {"input_ids": [8]}])
+    from local.batching import pad_collate
+    from local.records import Example
+
+    batch = pad_collate([Example([5, 6, 7], [-100, 6, 7]), Example([8], [8])], 0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
 
 
 # --- the airgapped end-to-end run -------------------------------------------------------------
@@ -237,7 +240,7 @@ def test_4bit_nf4_base_stays_frozen_and_the_adapter_reloads_exactly(tiny, tmp_pa
     lora_b = q_proj.lora_B["default"].weight.detach().clone()
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    examples = finetune.tokenize_records(h.records(40), tok, cfg.max_seq_len)
+    examples, _ = finetune.tokenize_records(h.records(40), tok, cfg)
     stats = finetune.train_model(
         model,
         examples[:32],
@@ -247,6 +250,7 @@ def test_4bit_nf4_base_stays_frozen_and_the_adapter_reloads_exactly(tiny, tmp_pa
         compute_dtype="float32",
         steps=8,
         pad_id=0,
+        packed=False,
     )
     assert stats.steps == 8 and stats.loss_after < stats.loss_before
     assert [step for step, _ in stats.history] == [4, 8]  # logging_steps = 4
@@ -256,7 +260,7 @@ def test_4bit_nf4_base_stays_frozen_and_the_adapter_reloads_exactly(tiny, tmp_pa
     assert not torch.equal(q_proj.lora_B["default"].weight, lora_b)
 
     export.save_adapter(model, tmp_path, "base")
-    ids = torch.tensor([examples[0]])
+    ids = torch.tensor([examples[0].input_ids])
     model.eval()
     with torch.no_grad():
         trained = model(input_ids=ids).logits
@@ -269,7 +273,9 @@ def test_4bit_nf4_base_stays_frozen_and_the_adapter_reloads_exactly(tiny, tmp_pa
     base = AutoModelForCausalLM.from_pretrained(
         str(model_dir), quantization_config=quant, dtype=torch.float32, device_map={"": "cpu"}
     )
-    finetune._keep_cpu_weights_trainable(base)  # same CPU kernel as the trained copy
+    from local.model import _keep_cpu_weights_trainable
+
+    _keep_cpu_weights_trainable(base)  # same CPU kernel as the trained copy
     reloaded = PeftModel.from_pretrained(base, str(tmp_path)).eval()
     with torch.no_grad():
         again = reloaded(input_ids=ids).logits
@@ -292,7 +298,7 @@ def test_gpt2_fused_attention_gets_the_adapter_on_c_attn(tmp_path):
     assert isinstance(c_attn.base_layer, bnb.nn.Linear4bit)
     assert c_attn.base_layer.weight.quant_state.quant_type == "nf4"
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    examples = finetune.tokenize_records(h.records(24), tok, cfg.max_seq_len)
+    examples, _ = finetune.tokenize_records(h.records(24), tok, cfg)
     stats = finetune.train_model(
         model,
         examples[:20],
@@ -302,6 +308,7 @@ def test_gpt2_fused_attention_gets_the_adapter_on_c_attn(tmp_path):
         compute_dtype="float32",
         steps=6,
         pad_id=0,
+        packed=True,
     )
     assert stats.loss_after < stats.loss_before
 
@@ -324,7 +331,13 @@ def test_blocked_network_attempt_aborts_the_run_even_if_swallowed(tiny, monkeypa
     out = tmp / "never"
     with pytest.raises(LocalError) as info:
         finetune.run_finetune(
-            model, cipher, key, out, config=load_config(h.TINY_CONFIG), airgapped=True
+            model,
+            cipher,
+            key,
+            out,
+            config=load_config(h.TINY_CONFIG),
+            airgapped=True,
+            isolate=False,
         )
     assert "air gap" in str(info.value) and "203.0.113.7" in str(info.value)
     assert not out.exists()
@@ -361,16 +374,19 @@ def test_signed_model_needs_the_right_public_key(tmp_path):
     _, other_pub = generate_keypair(tmp_path / "other")
     model = h.verified_model(tmp_path, signing_key=signer)
     cipher, key = h.encrypted_dataset(tmp_path, n=4)
+    cfg = load_config(h.TINY_CONFIG)
     with pytest.raises(VerificationError):
-        finetune.run_finetune(model, cipher, key, tmp_path / "out", public_key=other_pub)
+        finetune.run_finetune(
+            model, cipher, key, tmp_path / "out", public_key=other_pub, config=cfg
+        )
     with pytest.raises(LocalError, match="--public-key"):
         finetune.run_finetune(
-            model, cipher, key, tmp_path / "out", public_key=other_pub, verify=False
+            model, cipher, key, tmp_path / "out", public_key=other_pub, verify=False, config=cfg
         )
-    # the signer's key passes verification: the run goes on to the (injected) memory check
-    with pytest.raises(LocalError, match="not enough memory"):
+    # the signer's key passes verification: the run goes on to the checkpoint lookup after it
+    with pytest.raises(LocalError, match="--resume: no checkpoint"):
         finetune.run_finetune(
-            model, cipher, key, tmp_path / "out", public_key=signer_pub, free_bytes=1
+            model, cipher, key, tmp_path / "out", public_key=signer_pub, config=cfg, resume=True
         )
     assert not (tmp_path / "out").exists()
 

@@ -121,3 +121,45 @@ def test_unwrap_refusals(tmp_path: Path, kms_key) -> None:
     junk.write_text('{"format": "something-else"}')
     with pytest.raises(LocalError, match="not a twostage wrapped key file"):
         keys.load_key(junk)
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"AB" * 32 + b"\n", "lowercase"),
+        (b"ab" * 32 + b"\r\n", "lowercase"),
+        (b" " + b"ab" * 32 + b"\n", "lowercase"),
+        (b"ab" * 32, "lowercase"),
+        (b"ab" * 32 + b"\n\n", "lowercase"),
+        (b"zz" * 32 + b"\n", "65 bytes"),
+    ],
+)
+def test_key_files_follow_the_spec_to_the_letter(tmp_path: Path, content: bytes, why: str) -> None:
+    path = tmp_path / "k.key"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    with pytest.raises(LocalError, match=why):
+        keys.load_key(path)
+
+
+@pytest.mark.parametrize("mode", [0o400, 0o700, 0o200])
+def test_only_mode_0600_is_accepted(tmp_path: Path, mode: int) -> None:
+    path = keys.generate_key_file(tmp_path / "data.key")
+    path.chmod(mode)
+    with pytest.raises(LocalError, match=f"has mode {mode:04o}; key files must be mode 0600"):
+        keys.load_key(path)
+    path.chmod(0o600)
+    assert len(keys.load_key(path)) == 32
+
+
+def test_keygen_wraps_an_existing_key_file_with_kms(tmp_path: Path, kms_key) -> None:
+    from invoke import Context
+
+    from local.crypto_cli import keygen
+
+    _client, arn = kms_key
+    plain = keys.generate_key_file(tmp_path / "data.key")
+    keygen(Context(), out=str(tmp_path / "data.kms.json"), kms_key_id=arn, wrap=str(plain))
+    wrapped = tmp_path / "data.kms.json"
+    assert b"ciphertext_blob" in wrapped.read_bytes()
+    assert keys.load_key(wrapped) == keys.load_key(plain)

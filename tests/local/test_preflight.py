@@ -123,7 +123,10 @@ def test_finetune_refuses_before_decrypting_or_loading(tmp_path, tiny_dir, monke
     monkeypatch.setattr(finetune, "tokenize_records", must_not_run)
     out = tmp_path / "out"
     with pytest.raises(LocalError, match="not enough memory"):
-        finetune.run_finetune(tiny_dir, cipher, key, out, verify=False, free_bytes=1_000_000)
+        finetune.run_finetune(
+            tiny_dir, cipher, key, out, verify=False, free_bytes=1_000_000,
+            config=FinetuneConfig(max_seq_len=128),
+        )  # fmt: skip
     assert not out.exists()
 
 

@@ -182,6 +182,9 @@ class TrainingConfig:
     """``auto`` (bf16 where the hardware has it, else fp16 on GPUs, fp32 on CPU), ``bf16``, ``fp16``, ``fp32``."""
     save_steps: int = 10_000
     """Checkpoint every N optimizer steps (also on convergence and on interruption)."""
+    save_minutes: float = 30.0
+    """Also checkpoint when this many minutes have passed since the last save, whichever of the two
+    comes first (0 = off). Bounds the work a preemption can cost when its notice save fails."""
     logging_steps: int = 10
     """Log the training loss every N steps."""
     gradient_checkpointing: bool = False
@@ -222,6 +225,11 @@ class TrainingConfig:
             self.max_grad_norm >= 0,
             "training.max_grad_norm",
             f"must be >= 0, got {self.max_grad_norm}",
+        )
+        _check(
+            self.save_minutes >= 0,
+            "training.save_minutes",
+            f"must be >= 0 (0 = off), got {self.save_minutes}",
         )
         _check(
             self.precision in PRECISIONS,

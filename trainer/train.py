@@ -371,8 +371,11 @@ def _train(
             "config": cfg.raw,
         }
 
+    from trainer.schedule import TimedSaveCallback
+
     callbacks: list[Any] = [
         _build_convergence_callback()(criterion, history, status),
+        TimedSaveCallback(cfg.training.save_minutes),  # and every save_minutes, whichever first
         CommitCallback(committer, metadata=metadata),
     ]
     interruption = None

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
+from artifacts.manifest import MANIFEST_NAME
 from artifacts.run import Run
 from trainer.launch import LaunchError
 from trainer.launch.run import (
@@ -23,6 +25,7 @@ from trainer.launch.run import (
     follow,
     prices,
 )
+from trainer.schedule import at_risk_line
 
 
 def trend(history: list[float], last: int = 6) -> str:
@@ -38,7 +41,7 @@ def trend(history: list[float], last: int = 6) -> str:
 
 def run_status(ctx: Context, run_uri: str, *, now: float | None = None) -> list[str]:
     """What `invoke status` prints."""
-    from artifacts.manifest import MANIFEST_NAME, latest_committed
+    from artifacts.manifest import latest_committed
     from trainer.launch.cost import fleet_cost_report
     from trainer.launch.watch import spans_of
 
@@ -60,8 +63,17 @@ def run_status(ctx: Context, run_uri: str, *, now: float | None = None) -> list[
             if status.reason:
                 lines.append(f"reason: {status.reason}")
             lines.append(f"val loss: {trend([e['val_loss'] for e in status.val_loss_history])}")
-        ckpt = latest_committed(store.list(Run.CHECKPOINTS + "/"), prefix=Run.CHECKPOINTS)
+        listing = store.list(Run.CHECKPOINTS + "/")
+        ckpt = latest_committed(listing, prefix=Run.CHECKPOINTS)
         lines.append(f"last committed checkpoint: {ckpt or 'none yet'}")
+        if status is None or not status.done:
+            lines.append(
+                at_risk_line(
+                    now,
+                    commit_time(listing, ckpt),
+                    _iso_ts(status.started_at if status else None),
+                )
+            )
         if store.exists(f"{Run.FINAL}/{MANIFEST_NAME}"):
             lines.append(f"final model: {run.final_uri}")
         state = ctx.control.state()
@@ -92,6 +104,24 @@ def run_status(ctx: Context, run_uri: str, *, now: float | None = None) -> list[
 def _submitted_at(ctx: Context, run_uri: str) -> float | None:
     request = ctx.control.request()
     return request.submitted_at if request is not None and request.run_uri == run_uri else None
+
+
+def commit_time(listing: list[Any], folder: str | None) -> float | None:
+    """When ``folder`` was committed: the time its ``MANIFEST.json`` was written (from a listing)."""
+    if folder is None:
+        return None
+    key = f"{folder}/{MANIFEST_NAME}"
+    return next((o.mtime for o in listing if o.key == key), None)
+
+
+def _iso_ts(value: Any) -> float | None:
+    if not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def node_logs(ctx: Context, run_uri: str, rank: int | None) -> dict[int, str]:

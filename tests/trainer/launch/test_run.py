@@ -212,6 +212,7 @@ def test_status_shows_state_checkpoint_trend_controller_nodes_and_cost(ctx_for, 
     assert "state: running at step 40, epoch 2.0, best val loss 3.0" in text
     assert "val loss: 3.5000 ↓ 3.0000" in text
     assert "last committed checkpoint: none yet" in text
+    assert "at risk since the start (no commit yet): " in text
     assert "controller: running, attempt 1; heartbeat 1.0 min ago" in text
     assert "nodes: 2 running in group" in text and text.count("p4d.24xlarge running/InService") == 2
     assert "so far: " in text

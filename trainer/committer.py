@@ -173,6 +173,12 @@ class CheckpointCommitter:
         #: step -> seconds from submit to commit (head) or to part uploaded (other nodes)
         self.durations: dict[int, float] = {}
         self.committed_steps: list[int] = []
+        #: step -> {"bytes": this node's bytes, "upload_s": seconds its upload took}
+        self.uploads: dict[int, dict[str, Any]] = {}
+        #: bytes per second of this node's last upload; None until one finished
+        self.throughput_bps: float | None = None
+        #: seconds the last local save took (set by the trainer; the notice decision uses it)
+        self.last_save_s: float | None = None
         self._jobs: deque[Any] = deque()
         self._submitted: set[int] = set()
         self._pending = 0
@@ -212,6 +218,30 @@ class CheckpointCommitter:
             self._pending += 1
             self._jobs.append(("commit", (staged, step, dict(metadata), time.monotonic())))
             self._cond.notify_all()
+
+    def _record_upload(self, step: int, entries: list[Any], seconds: float) -> None:
+        nbytes = sum(int(e.size) for e in entries)
+        self.uploads[step] = {"bytes": nbytes, "upload_s": round(seconds, 3)}
+        if nbytes and seconds > 0:
+            self.throughput_bps = nbytes / seconds
+
+    def estimate(self) -> dict[str, Any]:
+        """This node's numbers for the notice decision (:func:`trainer.deadline.decide_upload`).
+
+        The next checkpoint is as big as the last one uploaded, moves at the throughput that one
+        reached and takes as long to save as the last save did (``last_save_s``, set by the
+        trainer). Nothing measured yet: ``None`` values (the decision is then to try).
+        """
+        last = self.uploads[max(self.uploads)] if self.uploads else None
+        return {
+            "checkpoint_bytes": last["bytes"] if last else None,
+            "throughput_bps": self.throughput_bps,
+            "save_s": self.last_save_s,
+        }
+
+    def has_submitted(self, step: int) -> bool:
+        """Whether checkpoint ``step`` was already handed over (so it must not be saved again)."""
+        return step in self._submitted
 
     def expedite(self) -> None:
         """Training has stopped (spot notice, end of run): uploads go back to normal priority.
@@ -368,7 +398,9 @@ class CheckpointCommitter:
         part = f"node-{self.node_rank}"
         store.delete([join_key(PARTS_DIR, f"{part}.json")])  # a record left by an earlier attempt
         files = None if staged is not None else []
+        upload_started = time.monotonic()
         entries = self._publish_part(staged or Path("."), dest, part, files)
+        self._record_upload(step, entries, time.monotonic() - upload_started)
         if not self.is_head:
             self.durations[step] = time.monotonic() - submitted
             log.info(

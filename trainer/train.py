@@ -380,7 +380,9 @@ def _train(
     ]
     interruption = None
     if watcher is not None:
-        interruption = InterruptionCallback(watcher, committer=committer)
+        interruption = InterruptionCallback(
+            watcher, committer=committer, estimate=committer.estimate
+        )
         callbacks.append(interruption)
     timer = _build_step_timer()()
     callbacks.append(timer)  # last, so its interval includes every other callback

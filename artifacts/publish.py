@@ -128,10 +128,19 @@ def publish_part(
     names = sorted(files) if files is not None else local_files(src)
     store = open_store(dest_uri)
     entries = upload_files(store, src, names, progress=progress)
-    store.put_bytes(
+    write_part(dest_uri, part, entries)
+    return entries
+
+
+def write_part(dest_uri: str, part: str, entries: Iterable[FileEntry]) -> None:
+    """``_parts/<part>.json``: the node's record that every file it lists is uploaded.
+
+    Separate from the uploads so that a node whose files move in several processes writes one
+    record, after the last of them finished (and none if any failed).
+    """
+    open_store(dest_uri).put_bytes(
         join_key(PARTS_DIR, f"{part}.json"), json.dumps([e.to_dict() for e in entries]).encode()
     )
-    return entries
 
 
 def commit_parts(

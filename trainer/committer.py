@@ -6,18 +6,23 @@ Protocol for one checkpoint of global step S, destination ``<run>/checkpoints/st
 2. local rank 0 of each node calls :meth:`CheckpointCommitter.submit`: the folder is snapshotted
    with hard links (instant; the Trainer may rotate the original away while it uploads) and
    queued; training goes on;
-3. the node's background thread uploads its files and then ``_parts/node-<rank>.json``
-   (:func:`artifacts.publish.publish_part`);
+3. the node's background thread hands the files to its upload processes, one per local rank
+   (each rank's shards in their own process, :func:`trainer.uploaders.assign_uploads`, each
+   file hashed while it streams) and, once every one of them has finished, writes
+   ``_parts/node-<rank>.json`` listing all of them (:func:`artifacts.publish.write_part`); if
+   an uploader dies, no part record is written;
 4. the head (node 0) waits for every node's part record and only then writes ``MANIFEST.json``
    (:func:`artifacts.publish.commit_parts`) — a checkpoint missing one node's shards is never
    committed; then it keeps the newest ``keep_last`` and removes stale incomplete folders.
 
-The bytes move in a separate upload process (spawned once, lowest CPU priority): in a thread
+The bytes move in separate upload processes (spawned once, lowest CPU priority): in a thread
 of the training process, boto3's Python-level HTTP work competes with the training loop for the
 GIL (ZeRO-3's per-module hooks are Python), and a 2-core benchmark showed 1.38x step time while
-uploading. ``upload_process=False`` (or ``TWOSTAGE_UPLOAD_PROCESS=0``) keeps it in-process, e.g.
-for moto's in-process mock. Uploads run one at a time per node, in order. On a single node, a queued checkpoint whose upload
-has not started yet is skipped when a newer one is queued behind it (saves outpacing uploads).
+uploading. ``uploaders`` (default ``LOCAL_WORLD_SIZE``, or ``TWOSTAGE_UPLOADERS``) sets how many.
+``upload_process=False`` (or ``TWOSTAGE_UPLOAD_PROCESS=0``) keeps uploads in-process, e.g. for
+moto's in-process mock. Checkpoints upload one at a time per node, in order. On a single node, a
+queued checkpoint whose upload has not started yet is skipped when a newer one is queued behind
+it (saves outpacing uploads).
 """
 
 from __future__ import annotations
@@ -28,14 +33,16 @@ import shutil
 import threading
 import time
 from collections import deque
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from artifacts.manifest import MANIFEST_NAME, PARTS_DIR
-from artifacts.publish import commit_parts, publish_part
+from artifacts.publish import commit_parts, local_files, publish_part, upload_files, write_part
 from artifacts.retention import cleanup_incomplete, prune_committed
 from artifacts.run import Run, step_folder
 from artifacts.store import join_key, open_store
+from trainer.uploaders import assign_uploads
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,8 @@ STALE_GRACE_SECONDS = 3600.0
 UPLOAD_NICENESS = 19
 #: ``0`` uploads in a thread of the training process instead of a separate upload process.
 UPLOAD_PROCESS_ENV = "TWOSTAGE_UPLOAD_PROCESS"
+#: Number of upload processes per node; default: one per local rank (``LOCAL_WORLD_SIZE``).
+UPLOADERS_ENV = "TWOSTAGE_UPLOADERS"
 
 
 class CheckpointCommitError(RuntimeError):
@@ -102,12 +111,16 @@ def _set_own_niceness(value: int) -> None:
         pass
 
 
-def _upload_job(src: Path, dest: str, part: str, files: list[str] | None) -> list[Any]:
-    """One part upload in the upload process: low priority unless training has stopped."""
+def _upload_job(src: Path, dest: str, files: list[str]) -> list[Any]:
+    """One uploader's share of a part (one rank's files): low priority unless training stopped.
+
+    Every file is hashed while it streams (``Store.upload_file``); the entries go back to the
+    committer thread, which writes the node's part record once every uploader is done.
+    """
     _set_own_niceness(UPLOAD_NICENESS)
     if _URGENT is not None and _URGENT.is_set():  # set before expedite() renices: no lost update
         _set_own_niceness(_BASE_NICENESS)
-    return publish_part(src, dest, part, files=files)
+    return upload_files(open_store(dest), src, files)
 
 
 def _base_niceness() -> int:
@@ -149,6 +162,7 @@ class CheckpointCommitter:
         part_timeout: float = 600.0,
         stale_grace: float = STALE_GRACE_SECONDS,
         upload_process: bool | None = None,
+        uploaders: int | None = None,
     ) -> None:
         if num_nodes < 1 or not 0 <= node_rank < num_nodes:
             raise ValueError(f"node_rank {node_rank} is not in [0, num_nodes={num_nodes})")
@@ -166,6 +180,14 @@ class CheckpointCommitter:
         if upload_process is None:
             upload_process = os.environ.get(UPLOAD_PROCESS_ENV, "1") != "0"
         self.upload_process = upload_process
+        if uploaders is None:
+            uploaders = int(
+                os.environ.get(UPLOADERS_ENV) or os.environ.get("LOCAL_WORLD_SIZE") or 1
+            )
+        if uploaders < 1:
+            raise ValueError(f"uploaders must be >= 1, got {uploaders}")
+        #: upload processes on this node (one per local rank by default)
+        self.uploaders = uploaders
         self._pool: Any = None
         self._urgent = False
         self._urgent_event: Any = None
@@ -373,12 +395,27 @@ class CheckpointCommitter:
             if self._urgent:
                 self._urgent_event.set()
             self._pool = ProcessPoolExecutor(
-                max_workers=1,
+                max_workers=self.uploaders,
                 mp_context=ctx,
                 initializer=_upload_worker_init,
                 initargs=(self._urgent_event, _base_niceness()),
             )
-        return self._pool.submit(_upload_job, src, dest, part, files).result()
+        names = sorted(files) if files is not None else local_files(src)
+        sizes = {name: (src / name).stat().st_size for name in names}
+        groups = assign_uploads(sizes, self.uploaders)
+        futures = [self._pool.submit(_upload_job, src, dest, group) for group in groups]
+        try:
+            entries = [e for f in futures for e in f.result()]
+        except BrokenProcessPool as err:
+            # An uploader died (killed, out of memory): its files may be half-written, so this
+            # node writes no part record and the checkpoint is never committed.
+            self._pool = None
+            raise CheckpointCommitError(
+                f"an upload process of node {self.node_rank} died mid-upload ({err}); "
+                "checkpoint not committed"
+            ) from err
+        write_part(dest, part, entries)
+        return entries
 
     def _cleanup(self, *, now: float | None, grace: float) -> None:
         removed = cleanup_incomplete(self.checkpoints_uri, grace, now=now)

@@ -3,10 +3,12 @@
 Batch sizes, gradient clipping, precision flags and optimizer hyper-parameters are ``"auto"``, so
 the HF integration fills them from ``TrainingArguments`` and the two can never disagree. Facts:
 
-* ZeRO-3 saves a normal HF folder because 16-bit weights are gathered on save
-  (``stage3_gather_16bit_weights_on_model_save``). ``zero_to_fp32`` is not needed for ``final/``,
-  but works on every committed checkpoint (GPT-2's tied embeddings included, DeepSpeed 0.19.8):
-  ``python -m deepspeed.utils.zero_to_fp32 CKPT OUT`` reproduces ``final/`` exactly.
+* ``stage3_gather_16bit_weights_on_model_save`` stays on so that ``final/`` is a normal HF folder
+  (16-bit weights gathered by ``Trainer.save_model``). Periodic and interruption checkpoints do
+  not gather (``trainer.hf_trainer``): they are the ZeRO shards + trainer state, and
+  ``invoke export-checkpoint`` consolidates one on request with
+  ``python -m deepspeed.utils.zero_to_fp32 CKPT OUT`` (GPT-2's tied embeddings included,
+  DeepSpeed 0.19.8), which reproduces ``final/``'s weights exactly.
 * ``stage3_param_persistence_threshold``: parameters smaller than it are not partitioned. On a
   tiny model DeepSpeed's default keeps *everything* whole, so the tiny recipe sets 0.
 * No ``optimizer`` block on CPU: with one DeepSpeed JIT-compiles fused Adam (~35 s); without one

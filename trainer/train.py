@@ -327,16 +327,21 @@ def _train(
     num_nodes: int,
     started: float,
 ) -> int:
-    from transformers import Trainer, default_data_collator
+    from transformers import default_data_collator
 
     from trainer.checkpoints import CheckpointCommitter, CommitCallback, agree_resume_checkpoint
     from trainer.data import BlockDataset, load_tokenizer, prepare_data
     from trainer.finish import loss_history, publish_final
+    from trainer.hf_trainer import build_trainer_class
     from trainer.model import build_model
     from trainer.spot import InterruptionCallback, InterruptionWatcher
 
     data = prepare_data(cfg, run, scratch, rank=rank, local_rank=local_rank, all_ok=_all_ok)
     tokenizer = load_tokenizer(data.root)
+    # HF Trainer seeds only after a model passed in was built: seed first, or equal seeds differ.
+    from transformers import set_seed
+
+    set_seed(cfg.run.seed)
     model = build_model(
         cfg.model,
         vocab_size=len(tokenizer),
@@ -386,7 +391,12 @@ def _train(
         callbacks.append(interruption)
     timer = _build_step_timer()()
     callbacks.append(timer)  # last, so its interval includes every other callback
-    trainer = Trainer(
+
+    def saved(step: int, seconds: float) -> None:
+        committer.last_save_s = seconds  # the next notice's decision counts on it
+
+    trainer = build_trainer_class()(
+        on_saved=saved,
         model=model,
         args=args,
         train_dataset=train_ds,

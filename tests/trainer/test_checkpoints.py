@@ -319,3 +319,85 @@ def test_uploads_run_in_a_separate_low_priority_process(tmp_path):
     c.submit(make_checkpoint(tmp_path / "out", 2, size=64), 2, {})
     c.close()
     assert committed_steps(Run(run)) == [2]
+
+
+# -- parallel rank uploaders -------------------------------------------------------------------
+
+
+def test_upload_plan_gives_each_rank_its_own_uploader():
+    from trainer.uploaders import assign_uploads, bytes_per_rank, owner_rank
+
+    sizes = {
+        "global_step8/zero_pp_rank_0_mp_rank_00_optim_states.pt": 900,
+        "global_step8/zero_pp_rank_1_mp_rank_00_optim_states.pt": 900,
+        "global_step8/zero_pp_rank_0_mp_rank_00_model_states.pt": 50,
+        "global_step8/zero_pp_rank_1_mp_rank_00_model_states.pt": 50,
+        "rng_state_0.pth": 10,
+        "rng_state_1.pth": 10,
+        "trainer_state.json": 30,
+        "config.json": 5,
+    }
+    assert owner_rank("global_step8/bf16_zero_pp_rank_7_mp_rank_00_optim_states.pt") == 7
+    assert owner_rank("trainer_state.json") is None
+    groups = assign_uploads(sizes, 2)
+    assert len(groups) == 2 and sorted(sum(groups, [])) == sorted(sizes)
+    assert all("rank_0" in p or "state_0" in p for p in groups[0] if owner_rank(p) is not None)
+    assert all("rank_1" in p or "state_1" in p for p in groups[1] if owner_rank(p) is not None)
+    assert len(assign_uploads(sizes, 1)) == 1
+    # 8 uploaders, 2 ranks: the shared files go to idle uploaders; no empty groups
+    assert sorted(map(len, assign_uploads(sizes, 8))) == [1, 1, 3, 3]
+    entries = [{"path": p, "size": n} for p, n in sizes.items()]
+    assert bytes_per_rank(entries) == {"rank-0": 960, "rank-1": 960, "shared": 35}
+
+
+def test_every_rank_uploads_in_its_own_process_and_one_part_lists_all(tmp_path, monkeypatch):
+    run = str(tmp_path / "run")
+    c = CheckpointCommitter(Run(run), node_rank=0, num_nodes=1, keep_last=1, uploaders=2)
+    c.submit(make_checkpoint(tmp_path / "out", 4, ranks=(0, 1), size=4096), 4, {})
+    c.close()
+    m = manifest_of(run, 4)
+    paths = {f.path for f in m.files}
+    assert {f"global_step4/zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= paths
+    assert c.uploads[4]["bytes"] == m.total_bytes and c.throughput_bps > 0
+
+
+def test_an_uploader_killed_mid_upload_means_no_part_and_no_manifest(tmp_path):
+    """SIGKILL one of the two rank uploaders while its shard streams: nothing is committed."""
+    import signal
+
+    run = str(tmp_path / "run")
+    c = CheckpointCommitter(Run(run), node_rank=0, num_nodes=1, keep_last=1, uploaders=2)
+    d = make_checkpoint(tmp_path / "out", 6, ranks=(0, 1), size=1024)
+    big = d / "global_step6" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    with open(big, "wb") as f:  # 1.5 GB sparse file: its copy + hash takes seconds
+        f.truncate(1536 * 1024 * 1024)
+    c.submit(d, 6, {})
+    dest = tmp_path / "run" / Run(run).checkpoint(6) / "global_step6"
+    deadline = time.monotonic() + 120
+    victim = None
+    while victim is None:  # the shard's temporary file appears once its upload is under way
+        assert time.monotonic() < deadline, "the upload never started"
+        if dest.is_dir() and any(p.name.startswith(".zero_pp_rank_1") for p in dest.iterdir()):
+            victim = _process_reading(c, "zero_pp_rank_1")
+        time.sleep(0.01)
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(CheckpointCommitError, match="died mid-upload"):
+        c.wait(timeout=120)
+    folder = open_store(run).child(Run(run).checkpoint(6))
+    assert not folder.exists(MANIFEST_NAME)
+    assert not folder.exists("_parts/node-0.json")
+    assert committed_steps(Run(run)) == []
+    with pytest.raises(CheckpointCommitError):  # training does not go on without checkpoints
+        c.submit(make_checkpoint(tmp_path / "out", 7), 7, {})
+
+
+def _process_reading(c: CheckpointCommitter, name: str) -> int | None:
+    """The upload process that has a file named like ``name`` open, if any."""
+    for pid in list(c._pool._processes) if c._pool is not None else []:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(name in os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds):
+                return pid
+        except OSError:
+            continue
+    return None

@@ -1,0 +1,100 @@
+"""The HF ``Trainer`` as stage 1 uses it: interim checkpoints without a gathered model, timed saves.
+
+Why a subclass (the only one): under ZeRO-3, ``Trainer._save_checkpoint`` first calls
+``save_model``, which gathers every parameter into one 16-bit copy on rank 0 and writes it
+(``stage3_gather_16bit_weights_on_model_save``), then writes the ZeRO shards. For a 7B model
+that is 14 GB written by one rank on top of the 98 GB of shards, and 7–14 s inside a spot
+notice, for weights nobody reads: a resume restores from the shards (the fp32 master copy
+inside the optimizer shards). So periodic and interruption checkpoints are the shards plus the
+trainer state (config, tokenizer, scheduler, RNG, ``trainer_state.json``); the consolidated
+model is written for ``final/`` only (``save_model`` called directly, as
+:func:`trainer.finish.publish_final` does) or on request from a checkpoint
+(``invoke export-checkpoint``, DeepSpeed's ``zero_to_fp32``).
+
+The subclass also times every checkpoint save (``save_seconds``), which the spot-notice
+decision and ``STATUS.json`` use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Weight files a consolidated model would add to a checkpoint folder (none in interim ones).
+CONSOLIDATED_WEIGHT_NAMES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def is_consolidated_weight(relpath: str) -> bool:
+    """Whether a checkpoint file is (a shard of) a gathered 16-bit/fp32 model, not a ZeRO shard."""
+    name = relpath.rsplit("/", 1)[-1]
+    if name in CONSOLIDATED_WEIGHT_NAMES:
+        return True
+    return name.startswith(("model-", "pytorch_model-")) and name.endswith((".safetensors", ".bin"))
+
+
+def build_trainer_class() -> type:
+    """``StageOneTrainer``: built on first use (importing transformers takes seconds)."""
+    from transformers import Trainer
+
+    class StageOneTrainer(Trainer):
+        """``Trainer`` whose checkpoints hold ZeRO shards + trainer state, no gathered model.
+
+        ``interim_model=False`` (default) applies under DeepSpeed only; without DeepSpeed the
+        model weights are the only copy of the state and are written as usual. ``on_saved`` is
+        called with ``(global_step, seconds)`` after every checkpoint save, on every rank.
+        """
+
+        def __init__(
+            self,
+            *args: Any,
+            interim_model: bool = False,
+            on_saved: Callable[[int, float], None] | None = None,
+            **kwargs: Any,
+        ) -> None:
+            super().__init__(*args, **kwargs)
+            self.interim_model = interim_model
+            self.on_saved = on_saved
+            #: global step -> seconds the checkpoint save took on this rank
+            self.save_seconds: dict[int, float] = {}
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            started = time.monotonic()
+            super()._save_checkpoint(model, trial)
+            seconds = time.monotonic() - started
+            step = int(self.state.global_step)
+            self.save_seconds[step] = round(seconds, 3)
+            if self.on_saved is not None:
+                self.on_saved(step, seconds)
+
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+            if not (_internal_call and self.is_deepspeed_enabled and not self.interim_model):
+                return super().save_model(output_dir, _internal_call)
+            # A checkpoint: the shards come next from _save_optimizer_and_scheduler
+            # (engine.save_checkpoint, every rank); here only what describes the model.
+            output_dir = output_dir or self.args.output_dir
+            if not self.args.should_save:
+                return None
+            os.makedirs(output_dir, exist_ok=True)
+            unwrapped = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+            config = getattr(unwrapped, "config", None)
+            if config is not None:
+                config.save_pretrained(output_dir)
+            generation = getattr(unwrapped, "generation_config", None)
+            if generation is not None:
+                generation.save_pretrained(output_dir)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            return None
+
+    StageOneTrainer.__qualname__ = "StageOneTrainer"
+    return StageOneTrainer

@@ -110,15 +110,15 @@ def export_checkpoint(
     unless ``force``. Returns ``(step, out)``.
     """
     from artifacts.download import download_verified
-    from trainer.resume import checkpoints_uri, committed_steps, step_folder
+    from artifacts.run import Run
+    from trainer.resume import committed_steps
 
     out = Path(out).absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise TrainerError(f"{out}: exists and is not empty; pass --force to replace it")
-    chosen = pick_step(committed_steps(run_uri), step, run_uri)
-    from artifacts.store import open_store
-
-    src = open_store(checkpoints_uri(run_uri)).child_uri(step_folder(chosen))
+    run = Run(run_uri)
+    chosen = pick_step(committed_steps(run), step, run_uri)
+    src = run.child_uri(run.checkpoint(chosen))
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         ckpt = Path(tmp) / f"checkpoint-{chosen}"

@@ -23,8 +23,8 @@ from fake_imds import FakeIMDS
 from test_durability_e2e import Launch, wait_until
 
 from artifacts.manifest import MANIFEST_NAME, Manifest
-from artifacts.store import open_store
-from trainer.checkpoints import committed_steps, step_folder
+from artifacts.run import ExitCode, Run, RunState
+from trainer.checkpoints import committed_steps
 from trainer.hf_trainer import is_consolidated_weight
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def recipe(tmp_path: Path) -> Path:
 
 
 def losses(run: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    doc = json.loads((run / "final" / "loss_history.json").read_text())
+    doc = json.loads((run / Run.FINAL / "loss_history.json").read_text())
     return (
         [(e["step"], e["loss"]) for e in doc["train"]],
         [(e["step"], e["val_loss"]) for e in doc["val"]],
@@ -55,8 +55,8 @@ def losses(run: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]
 
 
 def manifest(run: Path, step: int) -> Manifest:
-    store = open_store(str(run)).child(f"checkpoints/{step_folder(step)}")
-    return Manifest.from_json(store.get_bytes(MANIFEST_NAME))
+    r = Run(str(run))
+    return Manifest.from_json(r.store.child(r.checkpoint(step)).get_bytes(MANIFEST_NAME))
 
 
 def test_interim_checkpoints_hold_no_model_and_resume_exactly(tmp_path):
@@ -74,16 +74,16 @@ def test_interim_checkpoints_hold_no_model_and_resume_exactly(tmp_path):
             tmp_path / "b1.log",
             {**env, "TWOSTAGE_IMDS_ENDPOINT": imds.endpoint},
         )
-        wait_until(lambda: len(committed_steps(str(run_b))) >= 1, b1, 300, "a first commit")
+        wait_until(lambda: len(committed_steps(Run(str(run_b)))) >= 1, b1, 300, "a first commit")
         imds.announce()
-        assert b1.wait(180) == 75, b1.text()[-4000:]
+        assert b1.wait(180) == ExitCode.INTERRUPTED, b1.text()[-4000:]
     log_b1 = b1.text()
     assert "saving the last completed step" in log_b1, log_b1[-4000:]
     print([line for line in log_b1.splitlines() if "interrupted " in line][:1])  # which boundary
-    status = json.loads((run_b / "STATUS.json").read_text())
-    assert status["state"] == "interrupted"
-    interrupted_at = status["global_step"]
-    assert interrupted_at in committed_steps(str(run_b))
+    status = Run(str(run_b)).read_status()
+    assert status.state is RunState.INTERRUPTED
+    interrupted_at = status.global_step
+    assert interrupted_at in committed_steps(Run(str(run_b)))
 
     b2 = Launch(config, str(run_b), tmp_path / "b2.log", env)
     assert b2.wait(400) == 0, b2.text()[-4000:]
@@ -91,13 +91,13 @@ def test_interim_checkpoints_hold_no_model_and_resume_exactly(tmp_path):
 
     # Interim checkpoints: ZeRO shards of both ranks + trainer state, no consolidated model.
     for run in (run_a, run_b):
-        for step in committed_steps(str(run)):
+        for step in committed_steps(Run(str(run))):
             paths = [f.path for f in manifest(run, step).files]
             assert not [p for p in paths if is_consolidated_weight(p)], (step, paths)
             for rank in (0, 1):
                 assert f"global_step{step}/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in paths
             assert "config.json" in paths and "trainer_state.json" in paths
-        assert (run / "final" / "model.safetensors").is_file()  # final/ keeps the whole model
+        assert (run / Run.FINAL / "model.safetensors").is_file()  # final/ keeps the whole model
 
     # Exact resume: the same losses, step for step, as the uninterrupted run.
     train_a, val_a = losses(run_a)
@@ -114,9 +114,9 @@ def test_interim_checkpoints_hold_no_model_and_resume_exactly(tmp_path):
     from trainer.export import export_checkpoint
 
     step, out = export_checkpoint(str(run_a), tmp_path / "export")
-    assert step == committed_steps(str(run_a))[-1]
+    assert step == committed_steps(Run(str(run_a)))[-1]
     exported = load_file(str(out / "model.safetensors"))
-    final = load_file(str(run_a / "final" / "model.safetensors"))
+    final = load_file(str(run_a / Run.FINAL / "model.safetensors"))
     for name, tensor in final.items():
         assert torch.equal(exported[name].to(tensor.dtype), tensor), name
     from transformers import AutoModelForCausalLM

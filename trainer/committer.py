@@ -40,9 +40,9 @@ from typing import Any
 from artifacts.manifest import MANIFEST_NAME, PARTS_DIR
 from artifacts.publish import commit_parts, local_files, publish_part, upload_files, write_part
 from artifacts.retention import cleanup_incomplete, prune_committed
-from artifacts.run import Run, step_folder
+from artifacts.run import Run, now_iso, step_folder
 from artifacts.store import join_key, open_store
-from trainer.uploaders import assign_uploads
+from trainer.uploaders import assign_uploads, bytes_per_rank
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,8 @@ class CheckpointCommitter:
         #: step -> seconds from submit to commit (head) or to part uploaded (other nodes)
         self.durations: dict[int, float] = {}
         self.committed_steps: list[int] = []
+        #: step -> what the head committed: bytes per rank, submit -> commit seconds, when
+        self.commits: dict[int, dict[str, Any]] = {}
         #: step -> {"bytes": this node's bytes, "upload_s": seconds its upload took}
         self.uploads: dict[int, dict[str, Any]] = {}
         #: bytes per second of this node's last upload; None until one finished
@@ -457,6 +459,13 @@ class CheckpointCommitter:
         )
         self.durations[step] = time.monotonic() - submitted
         self.committed_steps.append(step)
+        self.commits[step] = {
+            "bytes_per_rank": bytes_per_rank(manifest.files),
+            "total_bytes": manifest.total_bytes,
+            "submit_to_commit_s": round(self.durations[step], 3),
+            "committed_at": time.time(),
+            "committed_at_iso": now_iso(),
+        }
         log.info(
             "checkpoint %d committed to %s (%d files, %.1f MB) %.1fs after the save",
             step,

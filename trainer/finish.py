@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,12 @@ class StatusWriter:
         self.enabled = enabled
         self.node_count = node_count
         self.started_at = now_iso()
+        #: Functions whose fields are added to every write (e.g. the checkpoint report).
+        self.providers: list[Callable[[], dict[str, Any]]] = []
+        #: The status an earlier launch left (None on other ranks): carried-over fields come from it.
+        self.previous: Status | None = None
         if enabled:
-            previous = run.read_status()
+            previous = self.previous = run.read_status()
             # A resumed run keeps the time the run first started.
             if (
                 previous is not None
@@ -50,6 +55,8 @@ class StatusWriter:
         **extra: Any,
     ) -> Status:
         """Replace the run's status with the given fields (plus times and node count)."""
+        for provide in self.providers:
+            extra = {**provide(), **extra}
         known = {
             k: extra.pop(k)
             for k in ("final", "reason", "converged_at_step", "world_size")

@@ -253,6 +253,22 @@ def _any_rank_true(flag: bool) -> bool:
     return bool(t.item())
 
 
+def _earliest_across_ranks(value: float | None) -> float | None:
+    """All-reduce MIN of a Unix time (None = unknown on this rank); None if no rank knows one."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    device = "cpu"
+    if dist.get_backend() == "nccl":
+        device = f"cuda:{torch.cuda.current_device()}"
+    t = torch.tensor([float("inf") if value is None else value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    out = float(t.item())
+    return None if out == float("inf") else out
+
+
 def _build_interruption_callback() -> type:
     from transformers import TrainerCallback
 
@@ -295,6 +311,7 @@ def _build_interruption_callback() -> type:
             #: True when the notice was acted on between two micro-batches of one step.
             self.mid_step = False
             self.decision: Any = None
+            self.deadline: float | None = None
             #: Whether this callback asked for the interruption checkpoint to be saved.
             self.save = False
             self.notice_to_commit_s: float | None = None
@@ -308,7 +325,10 @@ def _build_interruption_callback() -> type:
             self.mid_step = mid_step
             self.interrupted_at_step = state.global_step
             numbers = dict(self.estimate()) if self.estimate is not None else {}
-            decision = decide_upload(now=self.clock(), deadline=self.watcher.deadline, **numbers)
+            # The rank that read the notice knows the deadline; the node's local rank 0 knows
+            # the upload numbers: every rank decides with the earliest deadline any rank saw.
+            self.deadline = _earliest_across_ranks(self.watcher.deadline)
+            decision = decide_upload(now=self.clock(), deadline=self.deadline, **numbers)
             upload = not _any_rank_true(not decision.upload)  # every node must be able to finish
             if decision.upload and not upload:
                 from dataclasses import replace
@@ -351,6 +371,27 @@ def _build_interruption_callback() -> type:
                     decision.reason,
                 )
             return control
+
+        def record(self, **extra: Any) -> dict[str, Any]:
+            """This interruption for ``STATUS.json``: what, when, where, the decision, the time."""
+            from datetime import UTC, datetime
+
+            def iso(t: float | None) -> str | None:
+                if t is None:
+                    return None
+                return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+            return {
+                "notice": self.watcher.notice,
+                "noticed_at": iso(self.watcher.noticed_at),
+                "deadline": iso(self.deadline),
+                "step": self.interrupted_at_step,
+                "between_micro_batches": self.mid_step,
+                "saved": self.save,
+                "decision": None if self.decision is None else self.decision.to_dict(),
+                "notice_to_commit_s": self.notice_to_commit_s,
+                **extra,
+            }
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             if self.interrupted or state.global_step % self.check_every:

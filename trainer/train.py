@@ -392,8 +392,15 @@ def _train(
     timer = _build_step_timer()()
     callbacks.append(timer)  # last, so its interval includes every other callback
 
+    from trainer.ckpt_report import CheckpointReport
+
+    previous = status.previous  # read before this launch's first write replaced it
+    report = CheckpointReport(committer, previous=previous.extra if previous else None)
+    status.providers.append(report.status_fields)
+
     def saved(step: int, seconds: float) -> None:
         committer.last_save_s = seconds  # the next notice's decision counts on it
+        report.record_save(step, seconds)
 
     trainer = build_trainer_class()(
         on_saved=saved,
@@ -420,6 +427,7 @@ def _train(
     state = trainer.state
     if interruption is not None and interruption.interrupted:
         committer.close()
+        report.add_interruption(interruption.record(run_step=state.global_step))
         status.write(
             RunState.INTERRUPTED,
             global_step=state.global_step,
@@ -453,6 +461,7 @@ def _train(
         "num_nodes": num_nodes,
         "world_size": args.world_size,
         "step_time": timer.summary(),
+        **report.summary(),
         "train_seconds_this_launch": round(time.monotonic() - started, 1),
         "config": cfg.raw,
     }

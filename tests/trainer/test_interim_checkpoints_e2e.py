@@ -84,10 +84,20 @@ def test_interim_checkpoints_hold_no_model_and_resume_exactly(tmp_path):
     assert status.state is RunState.INTERRUPTED
     interrupted_at = status.global_step
     assert interrupted_at in committed_steps(Run(str(run_b)))
+    # STATUS: bytes per rank, save/upload times of the checkpoints, the interruption's numbers
+    (record,) = status.extra["interruptions"]
+    assert record["saved"] and record["notice_to_commit_s"] > 0 and record["deadline"]
+    assert record["decision"]["upload"] is True
+    recent = status.extra["checkpoints"]["recent"]
+    assert recent and set(recent[-1]["bytes_per_rank"]) == {"rank-0", "rank-1", "shared"}
+    assert recent[-1]["save_s"] > 0 and recent[-1]["upload_s"] > 0
 
     b2 = Launch(config, str(run_b), tmp_path / "b2.log", env)
     assert b2.wait(400) == 0, b2.text()[-4000:]
     assert f"(global step {interrupted_at})" in b2.text()  # resumed from the interrupted save
+
+    summary = json.loads((run_b / Run.FINAL / "training_summary.json").read_text())
+    assert [i["step"] for i in summary["interruptions"]] == [interrupted_at]  # carried over
 
     # Interim checkpoints: ZeRO shards of both ranks + trainer state, no consolidated model.
     for run in (run_a, run_b):

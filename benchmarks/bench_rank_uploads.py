@@ -56,21 +56,49 @@ def make_checkpoint(root: Path, step: int, ranks: int, shard_mb: int) -> tuple[P
     return d, total
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def hash_rate() -> dict:
+    """SHA-256 (hashlib, 1 MiB updates) over 256 MiB in CPU seconds: the per-core hashing ceiling."""
+    import hashlib
+
+    buf = os.urandom(MB)
+    h = hashlib.sha256()
+    started = time.process_time()
+    for _ in range(256):
+        h.update(buf)
+    cpu = time.process_time() - started
+    return {
+        "cpu_s_per_gb": round(cpu / (256 * MB / 1e9), 3),
+        "gb_per_cpu_s": round(256 * MB / 1e9 / cpu, 2),
+    }
+
+
 def upload_round(run: str, ckpt: Path, warm: Path, uploaders: int, step: int) -> dict:
+    from artifacts.run import Run
     from trainer.committer import CheckpointCommitter
 
-    c = CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=1, uploaders=uploaders)
+    c = CheckpointCommitter(Run(run), node_rank=0, num_nodes=1, keep_last=1, uploaders=uploaders)
     try:
         c.submit(warm, step, {})  # spawns the upload processes, as the first periodic save does
         c.wait()
+        pids = list(c._pool._processes) if c._pool is not None else []
+        cpu_before = sum(_cpu_seconds(pid) for pid in pids)
         started = time.monotonic()
         c.submit(ckpt, step + 1, {})
         c.wait()
         wall = time.monotonic() - started
+        cpu = sum(_cpu_seconds(pid) for pid in pids) - cpu_before
     finally:
         c.close()
     up = c.uploads[step + 1]
     return {
+        "uploader_cpu_s": round(cpu, 2),
+        "uploader_cpu_s_per_gb": round(cpu / (up["bytes"] / 1e9), 2),
         "uploaders": uploaders,
         "bytes": up["bytes"],
         "upload_s": up["upload_s"],
@@ -79,26 +107,32 @@ def upload_round(run: str, ckpt: Path, warm: Path, uploaders: int, step: int) ->
     }
 
 
-def save_throughput(tmp: Path, shard_mb: int) -> dict:
+def save_throughput(tmp: Path, shard_mb: int, repeats: int = 3) -> dict:
+    """Median of ``repeats`` ``torch.save`` calls of one shard-sized fp32 tensor (+ fsync)."""
     import torch
 
     t = torch.randn(shard_mb * MB // 4)
     out = {}
     for sync in (False, True):
-        path = tmp / f"save-{sync}.pt"
-        started = time.monotonic()
-        torch.save({"fp32": t}, path)
-        if sync:
-            fd = os.open(path, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
-        seconds = time.monotonic() - started
+        times = []
+        for i in range(repeats):
+            path = tmp / f"save-{sync}-{i}.pt"
+            started = time.monotonic()
+            torch.save({"fp32": t}, path)
+            if sync:
+                fd = os.open(path, os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+            times.append(time.monotonic() - started)
+            size = path.stat().st_size
+            path.unlink()
+        seconds = statistics.median(times)
         key = "fsync" if sync else "page_cache"
         out[key] = {
-            "seconds": round(seconds, 3),
-            "gbps": round(path.stat().st_size / seconds / 1e9, 3),
+            "seconds": [round(x, 3) for x in times],
+            "gbps": round(size / seconds / 1e9, 3),
+            "s_per_gb": round(seconds / (size / 1e9), 2),
         }
-        path.unlink()
     return out
 
 
@@ -108,6 +142,12 @@ def main() -> int:
     p.add_argument("--shard-mb", type=int, default=256)
     p.add_argument("--rounds", type=int, default=2, help="each round runs 1, 2, 4 and 4, 2, 1")
     p.add_argument("--counts", default="1,2,4")
+    p.add_argument(
+        "--store",
+        choices=["moto", "local"],
+        default="moto",
+        help="moto's S3 server on 127.0.0.1, or a folder under /tmp (client-side cost only: copy + hash)",
+    )
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
     counts = [int(x) for x in a.counts.split(",")]
@@ -116,24 +156,29 @@ def main() -> int:
     from moto_s3 import start_moto_s3
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-rank-uploads-", dir="/tmp"))
-    server = start_moto_s3()
+    server = start_moto_s3() if a.store == "moto" else None
     results: list[dict] = []
     try:
         bucket = f"ranks-{uuid.uuid4().hex[:8]}"
-        boto3.client("s3").create_bucket(Bucket=bucket)
+        if server is not None:
+            boto3.client("s3").create_bucket(Bucket=bucket)
         ckpt, total = make_checkpoint(tmp / "src", 100, a.ranks, a.shard_mb)
         warm, _ = make_checkpoint(tmp / "warm", 1, a.ranks, 4)
         print(f"checkpoint: {a.ranks} ranks x {a.shard_mb} MB = {total / 1e9:.2f} GB", flush=True)
         save = save_throughput(tmp, a.shard_mb)
+        save["sha256"] = hash_rate()
         print(f"save: {save}", flush=True)
         order = []
         for _ in range(a.rounds):
             order += counts + counts[::-1]
         for i, n in enumerate(order):
-            run = f"s3://{bucket}/runs/r{i}"
+            run = f"s3://{bucket}/runs/r{i}" if server is not None else str(tmp / "store" / f"r{i}")
             res = upload_round(run, ckpt, warm, n, 10 * i + 1)
             results.append(res)
             print(json.dumps(res), flush=True)
+            if server is None:
+                shutil.rmtree(run, ignore_errors=True)
+                continue
             s3 = boto3.client("s3")
             for page in s3.get_paginator("list_objects_v2").paginate(
                 Bucket=bucket, Prefix=f"runs/r{i}/"
@@ -142,8 +187,9 @@ def main() -> int:
                 if keys:
                     s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
     finally:
-        server.terminate()
-        server.wait(30)
+        if server is not None:
+            server.terminate()
+            server.wait(30)
         shutil.rmtree(tmp, ignore_errors=True)
     summary = {}
     for n in counts:
@@ -151,12 +197,16 @@ def main() -> int:
         summary[n] = {
             "median_gbps": statistics.median(r["gbps"] for r in rows),
             "median_upload_s": statistics.median(r["upload_s"] for r in rows),
+            "median_uploader_cpu_s_per_gb": statistics.median(
+                r["uploader_cpu_s_per_gb"] for r in rows
+            ),
             "runs": [r["gbps"] for r in rows],
         }
     base = summary[counts[0]]["median_gbps"]
     for n in counts:
         summary[n]["ratio_vs_1"] = round(summary[n]["median_gbps"] / base, 3)
     doc = {
+        "store": a.store,
         "ranks": a.ranks,
         "shard_mb": a.shard_mb,
         "bytes": total,

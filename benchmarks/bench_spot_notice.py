@@ -12,6 +12,7 @@ process, standing in for S3) or a local folder. Measured:
 * announce → launcher exit (75).
 
     python benchmarks/bench_spot_notice.py [--store moto|local] [--hidden 64 --layers 2] [--poll 1]
+    python benchmarks/bench_spot_notice.py --before /work/main --rounds 1   # before/after, one run
 """
 
 from __future__ import annotations
@@ -59,15 +60,8 @@ def start_moto(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     return server, f"s3://{bucket}/runs/spot"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--store", choices=["moto", "local"], default="moto")
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--poll", type=float, default=1.0, help="IMDS poll interval, seconds")
-    p.add_argument("--json", type=Path, default=None)
-    a = p.parse_args()
-
+def measure(a: argparse.Namespace, code: Path) -> dict:
+    """One run of the trainer from source tree ``code`` (its PYTHONPATH): notice → commit."""
     from fake_imds import FakeIMDS
 
     from artifacts.ports import free_port
@@ -76,6 +70,7 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-spot-"))
     env = launcher_env({**os.environ, "TWOSTAGE_SCRATCH": str(tmp / "scratch")})
+    env["PYTHONPATH"] = str(code)
     server = None
     if a.store == "moto":
         server, run = start_moto(env)
@@ -90,7 +85,7 @@ def main() -> int:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=ROOT,
+                cwd=code,
             )
             # Polling the store: the only signal that crosses the process boundary.
             while not committed_steps(Run(run)):
@@ -120,8 +115,8 @@ def main() -> int:
     text = (tmp / "run.log").read_text(errors="replace")
     size = re.search(rf"checkpoint {step} committed to \S+ \(\d+ files, ([\d.]+) MB\)", text)
     upload = re.search(rf"checkpoint {step} committed to .*? ([\d.]+)s after the save", text)
-    notice_to_commit = status.get("notice_to_commit_s")
-    result = {
+    return {
+        "code": str(code),
         "store": a.store,
         "hidden": a.hidden,
         "layers": a.layers,
@@ -131,13 +126,51 @@ def main() -> int:
         "interrupted_at_step": step,
         "committed": step in committed,
         "checkpoint_mb": float(size.group(1)) if size else None,
-        "notice_to_commit_s": notice_to_commit,
+        "notice_to_commit_s": status.get("notice_to_commit_s"),
         "save_to_commit_s": float(upload.group(1)) if upload else None,
         "announce_to_manifest_visible_s": None
         if seen_commit is None
         else round(seen_commit - announced, 2),
         "announce_to_exit_s": round(exited - announced, 2),
+        "loadavg": os.getloadavg(),
     }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--store", choices=["moto", "local"], default="moto")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--poll", type=float, default=1.0, help="IMDS poll interval, seconds")
+    p.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="another source tree (e.g. /work/main): measure it and this one alternately, one run",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="with --before: ABBA rounds")
+    p.add_argument("--json", type=Path, default=None)
+    a = p.parse_args()
+    if a.before is None:
+        result: dict = measure(a, ROOT)
+    else:
+        order: list[Path] = []
+        for _ in range(a.rounds):
+            order += [a.before.resolve(), ROOT, ROOT, a.before.resolve()]
+        runs = []
+        for code in order:
+            runs.append(measure(a, code))
+            print(json.dumps(runs[-1]), flush=True)
+        result = {"runs": runs}
+        for name, code in (("before", a.before.resolve()), ("after", ROOT)):
+            values = sorted(
+                r["notice_to_commit_s"] for r in runs if r["code"] == str(code) and r["committed"]
+            )
+            result[name] = {
+                "code": str(code),
+                "notice_to_commit_s": values,
+                "median": values[len(values) // 2] if values else None,
+            }
     print(json.dumps(result, indent=2))
     if a.json:
         a.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -182,7 +182,10 @@ class CheckpointCommitter:
         self.upload_process = upload_process
         if uploaders is None:
             uploaders = int(
-                os.environ.get(UPLOADERS_ENV) or os.environ.get("LOCAL_WORLD_SIZE") or 1
+                os.environ.get(UPLOADERS_ENV)
+                or os.environ.get("LOCAL_WORLD_SIZE")  # torchrun
+                or os.environ.get("LOCAL_SIZE")  # the DeepSpeed launcher
+                or 1
             )
         if uploaders < 1:
             raise ValueError(f"uploaders must be >= 1, got {uploaders}")

@@ -1,7 +1,7 @@
 """Interim checkpoints hold no gathered model, yet a resume from one is exact (2 CPU ranks, ZeRO-3).
 
-Two runs of the same recipe (gradient accumulation 2, so a notice can land between the two
-micro-batches of a step), local-folder store:
+Two runs of the same recipe (gradient accumulation 4, so a notice most likely lands between two
+micro-batches of a step; either boundary must resume exactly), local-folder store:
 
 * A: uninterrupted to the epoch limit (the reference);
 * B: a fake metadata server announces a spot interruption once B has committed a checkpoint →
@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def recipe(tmp_path: Path) -> Path:
     text = (ROOT / "configs" / "pretrain-tiny.toml").read_text()
     for key, value in {
-        "save_steps": 3,
-        "num_train_epochs": 3,
-        "gradient_accumulation_steps": 2,
+        "save_steps": 2,
+        "num_train_epochs": 4,
+        "gradient_accumulation_steps": 4,  # 3 of every 4 boundaries are between micro-batches
         "logging_steps": 1,
         "keep_last": 3,
     }.items():

@@ -15,6 +15,7 @@ Layout under the run prefix::
     data/                           uploaded corpus files (``data.train_files = ["run:data/"]``)
     cache/data/                     tokenizer + token cache (committed with a manifest)
     checkpoints/step-0000000040/    committed checkpoints (MANIFEST.json last)
+    universal/step-0000000040/      the same checkpoint converted for another world size (once)
     final/                          the published model (MANIFEST.json, optional .sig)
     STATUS.json                     :class:`Status`, rank 0 / launcher writes it
     logs/node-<i>/exit_code         what each node's trainer exited with
@@ -194,6 +195,7 @@ class Run:
     CACHE = "cache"
     CACHE_DATA = "cache/data"
     CHECKPOINTS = "checkpoints"
+    UNIVERSAL = "universal"
     FINAL = "final"
     STATUS = "STATUS.json"
     LOGS = "logs"
@@ -221,6 +223,10 @@ class Run:
     def checkpoint(self, step: int) -> str:
         """Key of the checkpoint folder of ``step``."""
         return f"{self.CHECKPOINTS}/{step_folder(step)}"
+
+    def universal_checkpoint(self, step: int) -> str:
+        """Key of the universal (world-size-independent) form of checkpoint ``step``."""
+        return f"{self.UNIVERSAL}/{step_folder(step)}"
 
     @property
     def checkpoints_uri(self) -> str:

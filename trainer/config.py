@@ -47,6 +47,8 @@ class RunConfig:
     """Cluster runs: stop (checkpoint, scale to 0) after this many hours; None: no cap."""
     max_dollars: float | None = None
     """Cluster runs: stop when the run has cost this many USD (nodes + controller); None: no cap."""
+    store_outage_minutes: float = 15.0
+    """How long a failing checkpoint upload keeps retrying (training goes on) before the run stops with exit 75."""
 
     def __post_init__(self) -> None:
         _check(
@@ -66,6 +68,11 @@ class RunConfig:
         for key in ("max_hours", "max_dollars"):
             value = getattr(self, key)
             _check(value is None or value > 0, f"run.{key}", f"must be > 0, got {value}")
+        _check(
+            self.store_outage_minutes > 0,
+            "run.store_outage_minutes",
+            f"must be > 0, got {self.store_outage_minutes}",
+        )
 
 
 @dataclass(frozen=True)
@@ -191,6 +198,8 @@ class TrainingConfig:
     """Recompute activations in the backward pass to save memory."""
     dataloader_num_workers: int = 0
     """DataLoader worker processes per rank."""
+    allow_global_batch_change: bool = False
+    """Resuming on another world size where the checkpoint's global batch cannot be split exactly: train on with the recipe's split instead of refusing."""
 
     def __post_init__(self) -> None:
         for key in (

@@ -32,6 +32,8 @@ class StatusWriter:
         self.providers: list[Callable[[], dict[str, Any]]] = []
         #: The status an earlier launch left (None on other ranks): carried-over fields come from it.
         self.previous: Status | None = None
+        #: ``{"step", "from_world_size", "world_size", "note"}`` when this launch resumed.
+        self.resumed: dict[str, Any] | None = None
         if enabled:
             previous = self.previous = run.read_status()
             # A resumed run keeps the time the run first started.
@@ -62,6 +64,8 @@ class StatusWriter:
             for k in ("final", "reason", "converged_at_step", "world_size")
             if k in extra
         }
+        if self.resumed:
+            extra = {"resumed": self.resumed, **extra}
         status = Status(
             state=RunState(state),
             global_step=int(global_step),

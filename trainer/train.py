@@ -80,18 +80,25 @@ def training_arguments(
     ds_config: dict[str, Any],
     precision: str,
     extra: dict[str, Any],
+    plan: Any = None,
 ) -> Any:
-    """HF ``TrainingArguments`` from the recipe (transformers 5.x names)."""
+    """HF ``TrainingArguments`` from the recipe (transformers 5.x names).
+
+    ``plan`` (a :class:`trainer.batching.BatchPlan`) overrides the recipe's per-device batch and
+    accumulation, so a resume on another world size keeps the checkpoint's global batch.
+    """
     from transformers import TrainingArguments
 
     t = cfg.training
+    per_device = plan.per_device if plan is not None else t.per_device_train_batch_size
+    grad_accum = plan.grad_accum if plan is not None else t.gradient_accumulation_steps
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_train_batch_size=per_device,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        gradient_accumulation_steps=grad_accum,
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
         warmup_steps=t.warmup_steps,
@@ -261,6 +268,47 @@ def restore_convergence(folder: Path, criterion: ConvergenceCriterion) -> list[d
     return list(doc.get("val_loss_history", []))
 
 
+def _elastic_resume(
+    run: Run,
+    args: Any,
+    resumed: tuple[Path, dict[str, Any]],
+    rank: int,
+    local_rank: int,
+    node_rank: int,
+    status: Any,
+) -> Path:
+    """The folder to resume from: the checkpoint itself, or its universal form when it was
+    written at another world size (then DeepSpeed is told to load universal; see
+    :mod:`trainer.elastic`). Logs and records "resumed at step S from … world size A on B"."""
+    from trainer.elastic import (
+        WORLD_SIZE_KEY,
+        adapt_rng_files,
+        enable_universal_load,
+        fetch_or_convert,
+        shard_world_size,
+    )
+
+    folder, meta = resumed
+    step = int(meta.get("global_step") or folder.name.rsplit("-", 1)[-1])
+    source = int(meta.get(WORLD_SIZE_KEY) or shard_world_size(folder) or args.world_size)
+    world = args.world_size
+    if source != world:
+
+        def barrier() -> None:
+            _all_ok(True)
+
+        folder = fetch_or_convert(
+            run, folder, step, is_head=node_rank == 0, local_rank=local_rank, barrier=barrier
+        )
+        enable_universal_load(args.hf_deepspeed_config.config)
+        adapt_rng_files(folder, rank=rank, world=world, source_world=source)
+    note = f"resumed at step {step} from a checkpoint of world size {source} on world size {world}"
+    if rank == 0:
+        log.info("%s%s", note, " (universal checkpoint)" if source != world else "")
+    status.resumed = {"step": step, "from_world_size": source, "world_size": world, "note": note}
+    return folder
+
+
 def run_training(cfg: TrainerConfig, run: Run) -> int:
     """Train on this rank until convergence, the epoch limit or an interruption; return the exit code."""
     from artifacts.logs import init_logging
@@ -272,6 +320,10 @@ def run_training(cfg: TrainerConfig, run: Run) -> int:
 
     from trainer import cpu_compat
     from trainer.dsconfig import build_ds_config, resolve_precision, write_ds_config
+    from trainer.elastic import plan_launch
+
+    # The batch split is decided (and an impossible one refused) before any start-up cost.
+    plan, _ = plan_launch(cfg, run, int(os.environ["WORLD_SIZE"]))
 
     accelerator = cpu_compat.has_accelerator()
     bf16_ok = torch.cuda.is_bf16_supported() if accelerator else cpu_compat.cpu_bf16_supported()
@@ -287,18 +339,20 @@ def run_training(cfg: TrainerConfig, run: Run) -> int:
         ds_config=ds_config,
         precision=precision,
         extra=compat.training_kwargs,
+        plan=plan,
     )
     rank, local_rank, world = args.process_index, args.local_process_index, args.world_size
     node_rank, num_nodes = node_layout(os.environ, world=world, rank=rank)
     if rank == 0:
         write_ds_config(ds_config, scratch / "ds_config.json")
         log.info(
-            "run %s: %d rank(s) on %d node(s), precision %s, ZeRO-%d, scratch %s",
+            "run %s: %d rank(s) on %d node(s), precision %s, ZeRO-%d, global batch %s, scratch %s",
             run,
             world,
             num_nodes,
             precision,
             cfg.deepspeed.zero_stage,
+            plan.describe(),
             scratch,
         )
 
@@ -338,6 +392,10 @@ def _train(
 
     data = prepare_data(cfg, run, scratch, rank=rank, local_rank=local_rank, all_ok=_all_ok)
     tokenizer = load_tokenizer(data.root)
+    resumed = agree_resume_checkpoint(run, scratch / "resume", local_rank=local_rank)
+    resume_from = None
+    if resumed is not None:
+        resume_from = _elastic_resume(run, args, resumed, rank, local_rank, node_rank, status)
     # HF Trainer seeds only after a model passed in was built: seed first, or equal seeds differ.
     from transformers import set_seed
 
@@ -352,7 +410,6 @@ def _train(
     train_ds, val_ds = BlockDataset(data.train_path), BlockDataset(data.val_path)
 
     criterion = ConvergenceCriterion(cfg.convergence.min_rel_improvement, cfg.convergence.patience)
-    resumed = agree_resume_checkpoint(run, scratch / "resume", local_rank=local_rank)
     history: list[dict[str, Any]] = []
     if resumed is not None:
         history = restore_convergence(resumed[0], criterion)
@@ -368,8 +425,17 @@ def _train(
         InterruptionWatcher(cfg.spot.endpoint, cfg.spot.poll_interval) if cfg.spot.enabled else None
     )
 
+    from trainer.elastic import elastic_metadata
+
+    layout = elastic_metadata(
+        world=args.world_size,
+        per_device=args.per_device_train_batch_size,
+        grad_accum=args.gradient_accumulation_steps,
+    )
+
     def metadata(state: Any) -> dict[str, Any]:
         return {
+            **layout,
             "converged": criterion.converged,
             "best_val_loss": criterion.best,
             "convergence": criterion.state_dict(),
@@ -402,7 +468,13 @@ def _train(
         committer.last_save_s = seconds  # the next notice's decision counts on it
         report.record_save(step, seconds)
 
-    trainer = build_trainer_class()(
+    from trainer.batching import elastic_trainer_class
+
+    trainer_cls = elastic_trainer_class(
+        args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        base=build_trainer_class(),
+    )
+    trainer = trainer_cls(
         on_saved=saved,
         model=model,
         args=args,
@@ -420,7 +492,7 @@ def _train(
             done = int(resumed[1].get("global_step", 0)) or 1
             log.info("resume: the run had already converged at step %d; publishing", done)
             trainer.args.max_steps = done  # the training loop has nothing left to do
-        trainer.train(resume_from_checkpoint=str(resumed[0]) if resumed else None)
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         if watcher is not None:
             watcher.stop()

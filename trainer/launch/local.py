@@ -96,6 +96,18 @@ def launch_local(config: Path, run: str | None, nproc: int = 2) -> int:
         raise TrainerError(f"--nproc must be >= 1, got {nproc}")
     cfg = load_config(config)  # fail fast, before starting ranks
     run = run or cfg.run.uri or default_run_uri(cfg.run.name)
+    from trainer.elastic import plan_launch
+
+    plan, facts = plan_launch(cfg, Run(run), nproc)  # a global batch it cannot hold: refused now
+    if facts is not None and facts.world_size not in (None, nproc):
+        log.info(
+            "the newest checkpoint (step %d) was written by %d rank(s); resuming on %d with "
+            "global batch %s",
+            facts.step,
+            facts.world_size,
+            nproc,
+            plan.describe(),
+        )
     cmd = launcher_command(Path(config), run, nproc, free_port())
     log.info("launching %d rank(s): run %s", nproc, run)
     proc = subprocess.Popen(cmd, env=launcher_env(), start_new_session=True)

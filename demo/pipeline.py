@@ -52,6 +52,8 @@ class DemoOptions:
     force: bool = False
     verbose: bool = False
     nproc: int = 2
+    interrupt_after_epochs: int = 3
+    """Simulate one spot interruption after this many epochs, then resume on one rank (0: none)."""
 
 
 def setup(paths: Paths, run_uri: str) -> str:
@@ -69,19 +71,40 @@ def setup(paths: Paths, run_uri: str) -> str:
 def pretrain(opts: DemoOptions, paths: Paths, run_uri: str) -> dict[str, Any]:
     """Stage 1 to convergence in a child process; the summary comes from the bucket, not the child."""
     from artifacts.manifest import committed_folders
-    from artifacts.run import Run
+    from artifacts.run import ExitCode, Run
     from trainer.config import load_config
 
     log_path = paths.logs / "pretrain.log"
     conv = load_config(paths.config).convergence
-    with child(
-        pretrain_cmd(paths.config, run_uri, opts.nproc),
-        log_path,
-        cwd=paths.root,
-        verbose=opts.verbose,
-    ) as proc:
-        follow_training(proc, run_uri, enabled=not opts.verbose, patience=conv.patience)
     run = Run(run_uri)
+    interruption: dict[str, Any] | None = None
+    noticed: list[float] = []
+
+    def spot_notice(status: dict[str, Any]) -> None:
+        # What a spot reclaim does to a node: SIGTERM (the two-minute notice) to the launcher,
+        # which asks the ranks to save, commit and exit 75.
+        epochs = len(status.get("val_loss_history") or [])
+        if opts.interrupt_after_epochs and not noticed and epochs >= opts.interrupt_after_epochs:
+            noticed.append(time.monotonic())
+            proc.send_signal(signal.SIGTERM)
+
+    with child(
+        pretrain_cmd(paths.config, run_uri, opts.nproc), log_path, cwd=paths.root,
+        verbose=opts.verbose,
+    ) as proc:  # fmt: skip
+        follow_training(
+            proc, run_uri, enabled=not opts.verbose, patience=conv.patience, on_epoch=spot_notice
+        )
+    if noticed and proc.returncode == ExitCode.INTERRUPTED:
+        stopped = run.read_status()
+        resume_log = paths.logs / "pretrain-resumed.log"
+        with child(
+            pretrain_cmd(paths.config, run_uri, 1), resume_log, cwd=paths.root,
+            verbose=opts.verbose,
+        ) as proc:  # fmt: skip
+            follow_training(proc, run_uri, enabled=not opts.verbose, patience=conv.patience)
+        log_path = resume_log
+        interruption = interruption_summary(stopped, run.read_status(), opts.nproc)
     status = run.read_status()
     if proc.returncode != 0 or status is None or not status.done:
         state = status.state if status else None
@@ -115,6 +138,26 @@ def pretrain(opts: DemoOptions, paths: Paths, run_uri: str) -> dict[str, Any]:
         "checkpoints": len(committed_folders(store.list(Run.CHECKPOINTS), Run.CHECKPOINTS)),
         "run_uri": run_uri,
         "final_uri": status.final or run.final_uri,
+        "interruption": interruption,
+    }
+
+
+def interruption_summary(stopped: Any, resumed: Any, world_before: int) -> dict[str, Any]:
+    """What the simulated spot interruption cost: the step it stopped at, where the relaunch
+    resumed (and on how many ranks), and the committed steps lost in between (goal: 0)."""
+    at_step = int(stopped.global_step) if stopped is not None else None
+    info = dict((resumed.extra.get("resumed") if resumed is not None else None) or {})
+    resumed_at = info.get("step")
+    return {
+        "at_step": at_step,
+        "at_epoch": None if stopped is None or stopped.epoch is None else round(stopped.epoch, 3),
+        "reason": stopped.reason if stopped is not None else None,
+        "notice_to_commit_s": stopped.extra.get("notice_to_commit_s") if stopped else None,
+        "from_world_size": int(info.get("from_world_size") or world_before),
+        "to_world_size": info.get("world_size"),
+        "resumed_at_step": resumed_at,
+        "steps_lost": None if at_step is None or resumed_at is None else at_step - resumed_at,
+        "note": info.get("note"),
     }
 
 
@@ -265,12 +308,21 @@ def _run_demo(opts: DemoOptions, out: TextIO) -> dict[str, Any]:
         with progress.stage(1, "setup", "keys, bucket, recipe") as note:
             note.append(setup(paths, run_uri))
         title = f"pretraining: corpus → tokenizer → tiny model, DeepSpeed ZeRO-3 on {opts.nproc} CPU ranks until converged"
+        if opts.interrupt_after_epochs:
+            title += f" (a spot interruption after epoch {opts.interrupt_after_epochs}, resumed on 1 rank)"
         with progress.stage(2, "pretrain", title) as note:
             pre = summary["pretrain"] = pretrain(opts, paths, run_uri)
             note.append(
                 f"{pre['state']} at epoch {pre['converged_epoch'] or pre['epochs']:g} (step {pre['global_step']}), "
                 f"best val loss {pre['best_val_loss']:.4f}; signed final model → {pre['final_uri']}"
             )
+            if pre.get("interruption"):
+                cut = pre["interruption"]
+                note[0] += (
+                    f"; interrupted at step {cut['at_step']} on {cut['from_world_size']} ranks, "
+                    f"resumed on {cut['to_world_size']} at step {cut['resumed_at_step']} "
+                    f"({cut['steps_lost']} steps lost)"
+                )
         with progress.stage(
             3, "download", "verified download of the final model (signature + SHA-256)"
         ) as note:

@@ -64,6 +64,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             f"{_num(pre.get('first_val_loss'))} → {_num(pre.get('best_val_loss'))} → "
             f"{_num(pre.get('final_val_loss'))}",
         ),
+        ("spot interruption", _interruption(pre.get("interruption"))),
         ("committed checkpoints kept", _num(pre.get("checkpoints"), "{}")),
         (
             "bytes verified (download)",
@@ -108,6 +109,16 @@ def _audit(audit: dict[str, Any] | None) -> str:
         f"{pct(audit.get('train_exposure'))} of training vs {pct(audit.get('heldout_exposure'))} "
         f"of held-out records reproduce {audit.get('verbatim_tokens')} tokens verbatim; "
         f"loss gap {_num(audit.get('loss_gap'))}"
+    )
+
+
+def _interruption(cut: dict[str, Any] | None) -> str:
+    if not cut:
+        return "none"
+    return (
+        f"at step {_num(cut.get('at_step'), '{}')} on {cut.get('from_world_size')} ranks → "
+        f"resumed on {_num(cut.get('to_world_size'), '{}')} at step "
+        f"{_num(cut.get('resumed_at_step'), '{}')}: {_num(cut.get('steps_lost'), '{}')} steps lost"
     )
 
 
@@ -170,7 +181,26 @@ def plot_losses(summary: dict[str, Any], path: Path) -> Path:
             ls="--",
             label=f"converged: epoch {pre['converged_epoch']:g} (step {pre.get('converged_step')})",
         )
-    ax1.set(xlabel="epoch", ylabel="loss", title="Stage 1: pretraining (ZeRO-3, 2 CPU ranks)")
+    cut = pre.get("interruption")
+    title = "Stage 1: pretraining (ZeRO-3, 2 CPU ranks)"
+    if cut and cut.get("at_epoch") is not None:
+        ax1.axvline(
+            cut["at_epoch"],
+            color="tab:brown",
+            ls=":",
+            lw=2,
+            label=(
+                f"spot interruption at step {cut.get('at_step')}: "
+                f"{cut.get('from_world_size')} → {cut.get('to_world_size')} rank(s), "
+                f"{cut.get('steps_lost')} steps lost"
+            ),
+        )
+        ax1.axvspan(cut["at_epoch"], ax1.get_xlim()[1], color="tab:brown", alpha=0.07)
+        title = (
+            f"Stage 1: pretraining (ZeRO-3, {cut.get('from_world_size')} → "
+            f"{cut.get('to_world_size')} CPU rank(s))"
+        )
+    ax1.set(xlabel="epoch", ylabel="loss", title=title)
     ax1.grid(alpha=0.3)
     if train or val:
         ax1.legend(fontsize=8)

@@ -237,8 +237,19 @@ def finetune_cmd(paths: Paths) -> list[str]:
     ]  # fmt: skip
 
 
-def follow_training(proc: subprocess.Popen, run_uri: str, *, enabled: bool, patience: int) -> None:
-    """A progress bar driven by the run's ``STATUS.json`` until the training process exits."""
+def follow_training(
+    proc: subprocess.Popen,
+    run_uri: str,
+    *,
+    enabled: bool,
+    patience: int,
+    on_epoch: Any = None,
+) -> None:
+    """A progress bar driven by the run's ``STATUS.json`` until the training process exits.
+
+    ``on_epoch(status_dict)`` is called once per new evaluation seen (the demo's spot
+    interruption is triggered from there).
+    """
     from tqdm.auto import tqdm
 
     from artifacts.run import Run
@@ -270,6 +281,8 @@ def follow_training(proc: subprocess.Popen, run_uri: str, *, enabled: bool, pati
                     refresh=False,
                 )
                 bar.update(len(history) - bar.n)
+                if on_epoch is not None:
+                    on_epoch(status)
             bar.refresh()  # the clock ticks between epochs too
     finally:
         bar.close()

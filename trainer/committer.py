@@ -42,6 +42,7 @@ from artifacts.publish import commit_parts, local_files, publish_part, upload_fi
 from artifacts.retention import cleanup_incomplete, prune_committed
 from artifacts.run import Run, now_iso, step_folder
 from artifacts.store import join_key, open_store
+from trainer.outage import StoreOutageError, retry_through_outage
 from trainer.uploaders import assign_uploads, bytes_per_rank
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ class CheckpointCommitter:
         stale_grace: float = STALE_GRACE_SECONDS,
         upload_process: bool | None = None,
         uploaders: int | None = None,
+        outage_window: float = 900.0,
     ) -> None:
         if num_nodes < 1 or not 0 <= node_rank < num_nodes:
             raise ValueError(f"node_rank {node_rank} is not in [0, num_nodes={num_nodes})")
@@ -176,6 +178,8 @@ class CheckpointCommitter:
         self.signing_key = signing_key
         self.part_timeout = part_timeout
         self.stale_grace = stale_grace
+        #: seconds a failing upload/commit keeps retrying (training goes on) before it fails
+        self.outage_window = outage_window
         self.is_head = node_rank == 0
         if upload_process is None:
             upload_process = os.environ.get(UPLOAD_PROCESS_ENV, "1") != "0"
@@ -345,6 +349,8 @@ class CheckpointCommitter:
     def _raise_pending_error(self) -> None:
         if self._error is not None:
             err = self._error
+            if isinstance(err, StoreOutageError):
+                raise err  # the trainer stops as interrupted (exit 75), not as failed
             raise CheckpointCommitError(f"checkpoint upload failed: {err}") from err
 
     def _run(self) -> None:
@@ -374,8 +380,12 @@ class CheckpointCommitter:
                     )
                 elif kind == "cleanup":
                     self._cleanup(now=self._started_at, grace=2.0)
-                else:
-                    self._commit(*job)
+                else:  # a store outage is retried for the window while training goes on
+                    retry_through_outage(
+                        lambda job=job: self._commit(*job),
+                        what=f"checkpoint {job[1]}",
+                        window=self.outage_window,
+                    )
             except BaseException as err:  # kept and re-raised by submit()/wait() in the main thread
                 log.error("checkpoint %s failed: %s", job[1] if job else kind, err)
                 with self._cond:

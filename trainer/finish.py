@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,12 +22,33 @@ log = logging.getLogger(__name__)
 
 
 class StatusWriter:
-    """Writes the run's status; a no-op on every rank but global rank 0."""
+    """Writes the run's status from global rank 0 — in the background, coalesced, best effort.
 
-    def __init__(self, run: Run, *, enabled: bool, node_count: int) -> None:
+    Why in the background: a status write is a store round trip, and during a store outage a
+    synchronous one blocked rank 0's training loop for ~50 s. :meth:`write` only records the
+    newest :class:`Status`; a thread writes the newest one it has (older ones are skipped),
+    retrying through an outage for up to ``outage_window`` seconds and then giving up on that
+    one with a warning (the next write tries again). :meth:`close` waits for the last write
+    (bounded): the launcher reads the status after the ranks exit.
+
+    Across launches the status tells the truth: until this launch has its own, the step, epoch,
+    best val loss and history of the previous status are carried forward (a relaunch no longer
+    resets them), and ``launches`` lists every launch with its world size.
+    """
+
+    def __init__(
+        self,
+        run: Run,
+        *,
+        enabled: bool,
+        node_count: int,
+        world_size: int | None = None,
+        outage_window: float = 900.0,
+    ) -> None:
         self.run = run
         self.enabled = enabled
         self.node_count = node_count
+        self.outage_window = outage_window
         self.started_at = now_iso()
         #: Functions whose fields are added to every write (e.g. the checkpoint report).
         self.providers: list[Callable[[], dict[str, Any]]] = []
@@ -34,29 +56,45 @@ class StatusWriter:
         self.previous: Status | None = None
         #: ``{"step", "from_world_size", "world_size", "note"}`` when this launch resumed.
         self.resumed: dict[str, Any] | None = None
-        if enabled:
-            previous = self.previous = run.read_status()
-            # A resumed run keeps the time the run first started.
-            if (
-                previous is not None
-                and previous.started_at
-                and previous.state
-                in (RunState.RUNNING, RunState.INTERRUPTED, RunState.FAILED, RunState.PREPARING)
-            ):
+        self._carried: dict[str, Any] = {}
+        launches: list[Any] = []
+        previous = self.previous = run.read_status() if enabled else None
+        if previous is not None:
+            # A resumed run keeps the time the run first started, its step and its history.
+            if previous.started_at and not previous.done:
                 self.started_at = previous.started_at
+            self._carried = {
+                "global_step": previous.global_step,
+                "epoch": previous.epoch,
+                "best_val_loss": previous.best_val_loss,
+                "val_loss_history": [dict(e) for e in previous.val_loss_history],
+            }
+            launches = list(previous.extra.get("launches") or [])
+        self.launches = [*launches, {"started_at": now_iso(), "world_size": world_size}]
+        self._pending: Status | None = None
+        self._busy = False
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if enabled:
+            self._thread = threading.Thread(target=self._loop, name="status-writer", daemon=True)
+            self._thread.start()
 
     def write(
         self,
         state: str | RunState,
         *,
-        global_step: int = 0,
+        global_step: int | None = None,
         epoch: float | None = None,
         best_val_loss: float | None = None,
         converged: bool = False,
         val_loss_history: list[dict[str, Any]] | None = None,
         **extra: Any,
     ) -> Status:
-        """Replace the run's status with the given fields (plus times and node count)."""
+        """Record the run's status (plus times, node count, launches); written in the background.
+
+        Fields left out keep their last known value (this launch's, else the previous status's).
+        """
         for provide in self.providers:
             extra = {**provide(), **extra}
         known = {
@@ -65,23 +103,89 @@ class StatusWriter:
             if k in extra
         }
         if self.resumed:
+            self.launches[-1]["resumed_at_step"] = self.resumed["step"]
+            self.launches[-1]["from_world_size"] = self.resumed["from_world_size"]
             extra = {"resumed": self.resumed, **extra}
+        given = {
+            "global_step": global_step,
+            "epoch": epoch,
+            "best_val_loss": best_val_loss,
+            "val_loss_history": val_loss_history,
+        }
+        for key, value in given.items():
+            if value is not None and (key != "val_loss_history" or value):
+                self._carried[key] = value
+        c = self._carried
         status = Status(
             state=RunState(state),
-            global_step=int(global_step),
-            epoch=None if epoch is None else float(epoch),
-            best_val_loss=best_val_loss,
+            global_step=int(c.get("global_step") or 0),
+            epoch=None if c.get("epoch") is None else float(c["epoch"]),
+            best_val_loss=c.get("best_val_loss"),
             converged=bool(converged),
-            val_loss_history=tuple(val_loss_history or ()),
+            val_loss_history=tuple(c.get("val_loss_history") or ()),
             started_at=self.started_at,
             updated_at=now_iso(),
             node_count=self.node_count,
-            extra=extra,
+            extra={**extra, "launches": [dict(x) for x in self.launches]},
             **known,
         )
         if self.enabled:
-            self.run.write_status(status)
+            with self._cond:
+                self._pending = status
+                self._cond.notify_all()
         return status
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the newest status is written (or given up on); False on time-out."""
+        if self._thread is None:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending is not None or self._busy:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (bounded by ``timeout``, default the outage window) and stop the thread."""
+        done = self.flush(self.outage_window if timeout is None else timeout)
+        if not done:
+            log.warning("the run's status could not be written before exit (store unreachable)")
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        from trainer.outage import StoreOutageError, retry_through_outage
+
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                if self._pending is None:
+                    return
+                status, self._pending, self._busy = self._pending, None, True
+
+            newest = [status]
+
+            def put(newest: list[Status] = newest) -> None:
+                with self._cond:  # a newer status arrived meanwhile: write that one instead
+                    if self._pending is not None:
+                        newest[0], self._pending = self._pending, None
+                self.run.write_status(newest[0])
+
+            try:
+                retry_through_outage(put, what="status", window=self.outage_window)
+            except StoreOutageError as err:  # best effort: the next write tries again
+                log.warning("status not written: %s", err)
+            except Exception as err:  # noqa: BLE001 - a status write must never stop training
+                log.warning("status not written: %s", err)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
 
 
 def loss_history(log_history: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -113,6 +217,7 @@ def publish_final(
     summary: dict[str, Any],
     signing_key: Path | None,
     is_main: bool,
+    outage_window: float = 900.0,
 ) -> str | None:
     """Every rank: gather the 16-bit weights and save; rank 0: write summary, publish ``final/``.
 
@@ -144,6 +249,14 @@ def publish_final(
         if k in summary
     }
     metadata["config"] = summary.get("config", {})
-    publish_dir(out_dir, dest, metadata=metadata, signing_key=signing_key, overwrite=True)
+    from trainer.outage import retry_through_outage
+
+    retry_through_outage(
+        lambda: publish_dir(
+            out_dir, dest, metadata=metadata, signing_key=signing_key, overwrite=True
+        ),
+        what="publish final/",
+        window=outage_window,
+    )
     log.info("published the final model to %s in %.1fs", dest, time.monotonic() - started)
     return dest

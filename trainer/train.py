@@ -221,8 +221,12 @@ def _build_step_timer() -> type:
         def __init__(self) -> None:
             self.times: list[float] = []
             self._last: float | None = None
+            #: wall clock of this launch's first optimizer step (relaunch → first step, benchmarks)
+            self.first_step_unix: float | None = None
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if self.first_step_unix is None:
+                self.first_step_unix = time.time()
             now = time.perf_counter()
             if self._last is not None:
                 self.times.append(now - self._last)
@@ -357,16 +361,27 @@ def run_training(cfg: TrainerConfig, run: Run) -> int:
         )
 
     from trainer.finish import StatusWriter
+    from trainer.outage import StoreOutageError
 
-    status = StatusWriter(run, enabled=rank == 0, node_count=num_nodes)
+    window = cfg.run.store_outage_minutes * 60
+    status = StatusWriter(
+        run, enabled=rank == 0, node_count=num_nodes, world_size=world, outage_window=window
+    )
     status.write(RunState.RUNNING, world_size=world)
     try:
         return _train(
             cfg, run, args, scratch, status, rank, local_rank, node_rank, num_nodes, started
         )
+    except StoreOutageError as err:
+        # Weather, not a bug and not the user's fault: stop as interrupted, relaunch resumes.
+        status.write(RunState.INTERRUPTED, reason=f"store outage: {err}"[:500], world_size=world)
+        log.error("%s; exit %d (relaunch the same run to resume)", err, ExitCode.INTERRUPTED)
+        return ExitCode.INTERRUPTED
     except BaseException as err:
         status.write(RunState.FAILED, reason=f"{type(err).__name__}: {err}"[:500], world_size=world)
         raise
+    finally:
+        status.close(timeout=min(window, 120.0))
 
 
 def _train(
@@ -420,6 +435,7 @@ def _train(
         num_nodes=num_nodes,
         keep_last=cfg.run.keep_last,
         signing_key=signing_key,
+        outage_window=cfg.run.store_outage_minutes * 60,
     )
     watcher = (
         InterruptionWatcher(cfg.spot.endpoint, cfg.spot.poll_interval) if cfg.spot.enabled else None
@@ -534,6 +550,7 @@ def _train(
         "world_size": args.world_size,
         "step_time": timer.summary(),
         **report.summary(),
+        "first_step_unix": timer.first_step_unix,
         "train_seconds_this_launch": round(time.monotonic() - started, 1),
         "config": cfg.raw,
     }
@@ -545,6 +562,7 @@ def _train(
         summary=summary,
         signing_key=signing_key,
         is_main=rank == 0,
+        outage_window=cfg.run.store_outage_minutes * 60,
     )
     committer.close()
     status.write(

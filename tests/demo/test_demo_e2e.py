@@ -90,6 +90,20 @@ def test_pretraining_stopped_by_the_convergence_criterion(demo_run):
 
 
 @pytest.mark.slow
+def test_one_spot_interruption_resumed_on_one_rank_loses_no_committed_step(demo_run):
+    proc, paths, summary = demo_run
+    cut = summary["pretrain"]["interruption"]
+    assert (cut["from_world_size"], cut["to_world_size"]) == (2, 1)
+    assert cut["steps_lost"] == 0 and cut["resumed_at_step"] == cut["at_step"] > 0
+    assert cut["note"] == (
+        f"resumed at step {cut['at_step']} from a checkpoint of world size 2 on world size 1"
+    )
+    status = json.loads((paths.bucket / "runs" / "demo" / "STATUS.json").read_text())
+    assert [x["world_size"] for x in status["launches"]] == [2, 1]
+    assert "| spot interruption" in proc.stdout and "0 steps lost" in proc.stdout
+
+
+@pytest.mark.slow
 def test_final_model_is_signed_verified_and_loads(demo_run, tmp_path):
     from artifacts.errors import VerificationError
     from artifacts.signing import generate_keypair

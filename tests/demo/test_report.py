@@ -160,3 +160,35 @@ def test_plot_without_fine_tune_history_still_shows_eval_before_after(tmp_path, 
     report.plot_losses(s, tmp_path / "loss.png")
     (line,) = saved[0].axes[1].get_lines()
     assert list(line.get_xdata()) == [0, 12] and list(line.get_ydata()) == [6.1, 4.3]
+
+
+def with_interruption() -> dict:
+    s = canned_summary()
+    s["pretrain"]["interruption"] = {
+        "at_step": 72,
+        "at_epoch": 3.0,
+        "from_world_size": 2,
+        "to_world_size": 1,
+        "resumed_at_step": 72,
+        "steps_lost": 0,
+    }
+    return s
+
+
+def test_table_shows_the_interruption_and_the_steps_lost():
+    rows = dict(report.summary_rows(with_interruption()))
+    assert rows["spot interruption"] == "at step 72 on 2 ranks → resumed on 1 at step 72: 0 steps lost"
+    assert dict(report.summary_rows(canned_summary()))["spot interruption"] == "none"
+
+
+def test_plot_marks_the_interruption_and_the_world_size_change(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    saved = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: saved.append(self))
+    report.plot_losses(with_interruption(), tmp_path / "loss.png")
+    pre = saved[0].axes[0]
+    (cut,) = [ln for ln in pre.get_lines() if ln.get_label().startswith("spot interruption")]
+    assert list(cut.get_xdata()) == [3.0, 3.0]
+    assert "2 → 1 rank(s)" in cut.get_label() and "0 steps lost" in cut.get_label()
+    assert "2 → 1 CPU rank(s)" in pre.get_title()

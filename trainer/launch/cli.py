@@ -105,11 +105,22 @@ def pretrain(
         from trainer.launch.local import launch_local
 
         init_logging()
-        rc = launch_local(Path(config or "configs/pretrain-tiny.toml"), run, nproc=int(nproc))
+        from artifacts.run import default_run_uri
+        from trainer.config import load_config
+        from trainer.launch.local import resume_hint
+
+        config = Path(config or "configs/pretrain-tiny.toml")
+        cfg = load_config(config)
+        run = run or cfg.run.uri or default_run_uri(cfg.run.name)  # named here for the hint
+        rc = launch_local(config, run, nproc=int(nproc))
         if rc == ExitCode.INTERRUPTED:
-            raise Exit("interrupted; rerun the same command to resume", code=int(rc))
+            raise Exit(f"interrupted; resume with: {resume_hint(config, run, nproc)}", code=int(rc))
         if rc != 0:
-            raise Exit(f"trainer failed with exit code {rc}", code=rc)
+            raise Exit(
+                f"trainer failed with exit code {rc}; resume with: "
+                f"{resume_hint(config, run, nproc)}",
+                code=rc,
+            )
         return
     from trainer.launch.run import follow, submit
 

@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from artifacts.run import ExitCode, Run, default_run_uri, verdict
+from artifacts.run import ExitCode, Run, RunState, Status, default_run_uri, now_iso, verdict
 from trainer.errors import TrainerError
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,11 @@ def launch_local(config: Path, run: str | None, nproc: int = 2) -> int:
             signal.signal(s, handler)
     status = Run(run).read_status()
     code = verdict(returncode, status)
+    resume = resume_hint(config, run, nproc)
+    if code is ExitCode.FAILED and (status is None or status.state is RunState.RUNNING):
+        # A rank died without a word (killed, OOM, segfault): the status would say "running"
+        # forever. The launcher knows better and says so; step and history are kept.
+        status = record_failure(Run(run), status, returncode)
     if code is ExitCode.OK:
         if returncode != 0:
             log.warning(
@@ -146,12 +151,43 @@ def launch_local(config: Path, run: str | None, nproc: int = 2) -> int:
             )
         log.info("run %s finished; final model under %s", run, Run(run).final_uri)
     elif code is ExitCode.INTERRUPTED:
-        log.warning("run %s was interrupted; resume with --run %s", run, run)
-    elif returncode == 0:
-        log.error(
-            "launcher exited 0 but the run's status says %r: treating it as a failure",
-            status.state if status else None,
-        )
+        log.warning("run %s was interrupted (%s); resume: %s", run, _reason(status), resume)
+    elif code is ExitCode.USER:
+        log.error("run %s: user error (see above); fix it, then: %s", run, resume)
     else:
-        log.error("run %s failed (launcher exit %d)", run, returncode)
+        log.error(
+            "run %s failed (launcher exit %d: %s); resume from its last committed checkpoint: %s",
+            run,
+            returncode,
+            _reason(status),
+            resume,
+        )
     return int(code)
+
+
+def _reason(status: Status | None) -> str:
+    return (status.reason if status is not None else None) or "no reason recorded"
+
+
+def resume_hint(config: Path | str, run: str, nproc: int) -> str:
+    """The command that resumes this run here (any ``--nproc``: the resume is elastic)."""
+    return f"invoke pretrain --local --config {config} --run {run} --nproc {nproc}"
+
+
+def record_failure(run: Run, status: Status | None, returncode: int) -> Status:
+    """Mark the run failed with the launcher's reason, keeping its step and history."""
+    reason = (
+        f"a rank was killed by signal {-returncode}"
+        if returncode < 0
+        else f"a rank exited with code {returncode} without recording why"
+    )
+    failed = (
+        status.evolve(state=RunState.FAILED, reason=reason)
+        if status is not None
+        else Status(state=RunState.FAILED, reason=reason, updated_at=now_iso())
+    )
+    try:
+        run.write_status(failed)
+    except Exception as err:  # noqa: BLE001 - the verdict stands; say why the status lags
+        log.warning("could not record the failure in the run's status: %s", err)
+    return failed

@@ -115,7 +115,10 @@ def fake_local_run(monkeypatch):
             calls.append((config, run, nproc))
             return rc
 
+        from trainer.launch import local as real
+
         mod.launch_local = launch_local
+        mod.resume_hint = real.resume_hint
         monkeypatch.setitem(sys.modules, "trainer.launch.local", mod)
         return calls
 
@@ -127,7 +130,10 @@ def test_local_interrupted_exits_75_with_the_resume_hint(fake_local_run):
     with pytest.raises(Exit) as err:
         cli.pretrain(Context(), local=True, run="runs/x", nproc=3)
     assert err.value.code == 75
-    assert "interrupted; rerun the same command to resume" in str(err.value.message)
+    assert str(err.value.message) == (
+        "interrupted; resume with: "
+        "invoke pretrain --local --config configs/pretrain-tiny.toml --run runs/x --nproc 3"
+    )
     assert calls == [(Path("configs/pretrain-tiny.toml"), "runs/x", 3)]
 
 
@@ -136,8 +142,10 @@ def test_local_success_and_failure(fake_local_run):
     cli.pretrain(Context(), local=True)  # no exit
     fake_local_run(1)
     with pytest.raises(Exit) as err:
-        cli.pretrain(Context(), local=True)
+        cli.pretrain(Context(), local=True, run="runs/y")
     assert err.value.code == 1
+    assert "resume with: invoke pretrain --local" in str(err.value.message)
+    assert "--run runs/y --nproc 2" in str(err.value.message)
 
 
 # -- the whole remote path through the real `invoke`, against moto's server ----------------------

@@ -48,6 +48,12 @@ def recipe(
     return dest
 
 
+def first_loss_after(run: Path, step: int) -> float:
+    """Training loss logged at ``step`` (the first step after the resume at ``step - 1``)."""
+    doc = json.loads((run / "final" / "loss_history.json").read_text())
+    return next(float(e["loss"]) for e in doc["train"] if e["step"] == step)
+
+
 def first_step_seconds(run: Path, launched: float) -> float:
     summary = json.loads((run / "final" / "training_summary.json").read_text())
     return float(summary["first_step_unix"]) - launched
@@ -59,7 +65,7 @@ def resume_overhead(work: Path, rounds: int) -> dict:
     base = work / "base"
     assert launch_local(recipe(work / "a.toml", max_steps=20), str(base), nproc=2) == 0
     again = recipe(work / "b.toml", max_steps=25)
-    same, changed = [], []
+    same, changed, gaps = [], [], []
     for i in range(rounds):
         for nproc, out in ((2, same), (1, changed)):
             run = work / f"run-{i}-{nproc}"
@@ -68,6 +74,9 @@ def resume_overhead(work: Path, rounds: int) -> dict:
             launched = time.time()
             assert launch_local(again, str(run), nproc=nproc) == 0
             out.append(first_step_seconds(run, launched))
+            if nproc == 1:  # loss continuity: the same step after a same-size resume
+                ref = first_loss_after(work / f"run-{i}-2", 21)
+                gaps.append(abs(first_loss_after(run, 21) - ref) / ref)
             print(
                 f"round {i + 1}: {nproc} rank(s): relaunch → first step {out[-1]:.1f} s", flush=True
             )
@@ -75,6 +84,7 @@ def resume_overhead(work: Path, rounds: int) -> dict:
         "same_world_s": same,
         "changed_world_s": changed,
         "ratio": statistics.median(changed) / statistics.median(same),
+        "first_loss_rel_gap": gaps,
     }
 
 
@@ -117,7 +127,8 @@ def main() -> None:
     print(json.dumps({"resume": over, "conversion": conv, "load_avg_1m": load}, indent=2))
     print(
         f"relaunch → first step: same world {statistics.median(over['same_world_s']):.1f} s, "
-        f"changed {statistics.median(over['changed_world_s']):.1f} s, ratio {over['ratio']:.2f}x; "
+        f"changed {statistics.median(over['changed_world_s']):.1f} s, ratio {over['ratio']:.2f}x, "
+        f"first loss after resume within {max(over['first_loss_rel_gap']):.1e} (relative); "
         f"conversion {conv['shard_bytes'] / 1e6:.0f} MB of shards in "
         f"{statistics.median(conv['seconds']):.1f} s = {conv['s_per_gb']:.1f} s/GB (load {load:.1f})"
     )

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import re
@@ -248,6 +247,8 @@ def fetch_or_convert(
     if not is_head and local_rank == 0:
         download_verified(uri, dest, force=True)
     barrier()
+    if not is_universal(dest):
+        raise ArtifactError(f"{uri}: not a universal checkpoint (no {_UNIVERSAL_TAG})")
     return dest
 
 
@@ -284,9 +285,3 @@ def adapt_rng_files(folder: Path, *, rank: int, world: int, source_world: int) -
     if want.exists() or not have.exists():
         return
     shutil.copy2(have, want)
-
-
-def read_trainer_state(folder: Path) -> dict[str, Any]:
-    """``trainer_state.json`` of an HF checkpoint folder ({} when absent)."""
-    path = Path(folder) / "trainer_state.json"
-    return json.loads(path.read_text()) if path.exists() else {}

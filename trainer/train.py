@@ -285,6 +285,7 @@ def _elastic_resume(
     written at another world size (then DeepSpeed is told to load universal; see
     :mod:`trainer.elastic`). Logs and records "resumed at step S from … world size A on B"."""
     from trainer.elastic import (
+        GLOBAL_BATCH_KEY,
         WORLD_SIZE_KEY,
         adapt_rng_files,
         enable_universal_load,
@@ -294,6 +295,14 @@ def _elastic_resume(
 
     folder, meta = resumed
     step = int(meta.get("global_step") or folder.name.rsplit("-", 1)[-1])
+    planned = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    if meta.get(GLOBAL_BATCH_KEY) and int(meta[GLOBAL_BATCH_KEY]) != planned and rank == 0:
+        log.warning(  # the newest checkpoint did not verify and an older one differs
+            "checkpoint %d was trained with global batch %s; this launch trains with %d",
+            step,
+            meta[GLOBAL_BATCH_KEY],
+            planned,
+        )
     source = int(meta.get(WORLD_SIZE_KEY) or shard_world_size(folder) or args.world_size)
     world = args.world_size
     if source != world:

@@ -32,6 +32,7 @@ from demo.runtime import (
     Progress,
     bucket,
     child,
+    child_env,
     demo_recipe,
     finetune_cmd,
     follow_training,
@@ -98,9 +99,11 @@ def pretrain(opts: DemoOptions, paths: Paths, run_uri: str) -> dict[str, Any]:
     if noticed and proc.returncode == ExitCode.INTERRUPTED:
         stopped = run.read_status()
         resume_log = paths.logs / "pretrain-resumed.log"
+        # The one rank left gets the cores both ranks had (one OMP thread per rank before).
+        threads = str(opts.nproc * int(child_env().get("OMP_NUM_THREADS") or 1))
         with child(
             pretrain_cmd(paths.config, run_uri, 1), resume_log, cwd=paths.root,
-            verbose=opts.verbose,
+            verbose=opts.verbose, env={"OMP_NUM_THREADS": threads},
         ) as proc:  # fmt: skip
             follow_training(proc, run_uri, enabled=not opts.verbose, patience=conv.patience)
         log_path = resume_log

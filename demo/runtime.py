@@ -179,7 +179,12 @@ def last_line(log_path: Path) -> str:
 
 @contextlib.contextmanager
 def child(
-    cmd: list[str], log_path: Path, *, cwd: Path, verbose: bool
+    cmd: list[str],
+    log_path: Path,
+    *,
+    cwd: Path,
+    verbose: bool,
+    env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen]:
     """Start ``cmd`` in its own process group, output to ``log_path`` (and the terminal if verbose).
 
@@ -190,7 +195,7 @@ def child(
         proc = subprocess.Popen(
             cmd,
             cwd=cwd,
-            env=child_env(),
+            env={**child_env(), **(env or {})},
             stdout=None if verbose else out,
             stderr=None if verbose else subprocess.STDOUT,
             start_new_session=True,

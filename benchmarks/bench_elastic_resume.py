@@ -39,6 +39,7 @@ def recipe(
 ) -> Path:
     text = TINY.read_text()
     text = re.sub(r"(?m)^save_steps = .*$", "save_steps = 20", text)
+    text = re.sub(r"(?m)^logging_steps = .*$", "logging_steps = 1", text)
     text = text.replace("[training]\n", f"[training]\nmax_steps = {max_steps}\n")
     if hidden:
         text = re.sub(r"(?m)^hidden_size = .*$", f"hidden_size = {hidden}", text)

@@ -72,7 +72,7 @@ _DETACHED = (
         "run": "run NAME under the stack's run prefix (default: a timestamp); with --local a folder or URI",
         "detach": "return right after submitting (the controller in the cloud runs it either way)",
         "local": "run here through the DeepSpeed launcher on CPU ranks instead of on the cluster",
-        "nproc": "ranks for --local (default 2)",
+        "nproc": "ranks for --local (default 2); a run resumes on any number of ranks (global batch held)",
         "launcher": "per-node launcher on the cluster: deepspeed (--no_ssh) or torchrun",
         "public_key": "public key to name in the printed `invoke download` command",
     }

@@ -143,6 +143,10 @@ def write_part(dest_uri: str, part: str, entries: Iterable[FileEntry]) -> None:
     )
 
 
+class MissingPartsError(ArtifactError):
+    """Another node's part never arrived (the node died or cannot upload): not store weather."""
+
+
 def commit_parts(
     dest_uri: str,
     parts: list[str],
@@ -161,7 +165,7 @@ def commit_parts(
         if not missing:
             break
         if time.monotonic() > deadline:
-            raise ArtifactError(
+            raise MissingPartsError(
                 f"{store.uri}: timed out after {timeout:.0f}s waiting for parts {', '.join(missing)}; not committed"
             )
         # Polling is the only way to learn about another node's upload through S3.

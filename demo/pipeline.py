@@ -55,7 +55,7 @@ class DemoOptions:
     interrupt_after_epochs: int = 10
     """Simulate one spot interruption after this many epochs (about mid-run: the tiny recipe
     converges after ~20), then resume on one rank (0: none). Later rather than earlier because one
-    rank on a shared 2-core box trains slower than two (see BENCHMARKS.md §6)."""
+    rank on a shared 2-core box trains slower than two (see BENCHMARKS.md §12)."""
 
 
 def setup(paths: Paths, run_uri: str) -> str:

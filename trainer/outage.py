@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from artifacts.errors import ArtifactError, VerificationError
+from artifacts.publish import MissingPartsError
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,11 @@ def is_transient(err: BaseException) -> bool:
     """Whether ``err`` can be a store outage (network, 5xx, timeouts) rather than a bug.
 
     Store errors arrive as :class:`ArtifactError` (translated botocore errors), raw botocore /
-    urllib3 errors (connection closed, read timeouts) or ``OSError``; a failed verification is
-    not weather.
+    urllib3 errors (connection closed, read timeouts) or ``OSError``; a failed verification or
+    another node's missing part (bounded by the commit's own part time-out) is not weather.
     """
-    if isinstance(err, VerificationError):
-        return False
+    if isinstance(err, VerificationError | MissingPartsError):
+        return False  # a node that never uploaded has its own retry; the head's bound is part_timeout
     if isinstance(err, ArtifactError | OSError | TimeoutError):
         return True
     module = type(err).__module__.split(".", 1)[0]

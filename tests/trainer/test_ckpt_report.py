@@ -27,6 +27,7 @@ def test_status_carries_checkpoint_numbers_and_every_interruption(tmp_path):
     earlier = {"notice": "spot terminate at T", "step": 4, "notice_to_commit_s": 0.7}
     writer = StatusWriter(run, enabled=True, node_count=1)
     writer.write(RunState.INTERRUPTED, global_step=4, interruptions=[earlier])
+    writer.close()  # status writes are in the background: the launch ends by flushing them
 
     # the next launch: carries the interruption over, adds its own numbers
     writer = StatusWriter(run, enabled=True, node_count=1)
@@ -35,6 +36,7 @@ def test_status_carries_checkpoint_numbers_and_every_interruption(tmp_path):
     report.record_save(8, 0.25)
     report.add_interruption({"notice": "SIGTERM received", "step": 8, "notice_to_commit_s": 1.2})
     writer.write(RunState.INTERRUPTED, global_step=8)
+    writer.close()
 
     status = run.read_status()
     ckpt = status.extra["checkpoints"]

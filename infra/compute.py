@@ -77,6 +77,27 @@ def network_interfaces(
     ]
 
 
+def agent_role(
+    prefix: str, description: str, tags: dict[str, str], opts: pulumi.ResourceOptions
+) -> aws.iam.Role:
+    """An EC2 role with the SSM agent's own policy (``<prefix>-role``, ``<prefix>-ssm-agent``).
+
+    Why shared: nodes and the controller start from the same trust and agent permissions; each
+    adds only its own scoped policy.
+    """
+    role = aws.iam.Role(
+        f"{prefix}-role",
+        assume_role_policy=to_json(assume_role_policy()),
+        description=description,
+        tags=tags,
+        opts=opts,
+    )
+    aws.iam.RolePolicy(
+        f"{prefix}-ssm-agent", role=role.id, policy=to_json(ssm_agent_policy()), opts=opts
+    )
+    return role
+
+
 class Compute(pulumi.ComponentResource):
     """GPU nodes in an Auto Scaling group that can reach only their bucket and SSM."""
 
@@ -109,18 +130,8 @@ class Compute(pulumi.ComponentResource):
         asg_name = group_name(cluster)
 
         # --- IAM: the SSM agent's calls, this bucket (writes under runs/ only), leaving the group.
-        role = aws.iam.Role(
-            f"{name}-node-role",
-            assume_role_policy=to_json(assume_role_policy()),
-            description=f"{cluster} GPU nodes: SSM agent + the run bucket only",
-            tags=tags,
-            opts=child,
-        )
-        aws.iam.RolePolicy(
-            f"{name}-node-ssm-agent",
-            role=role.id,
-            policy=to_json(ssm_agent_policy()),
-            opts=child,
+        role = agent_role(
+            f"{name}-node", f"{cluster} GPU nodes: SSM agent + the run bucket only", tags, child
         )
         aws.iam.RolePolicy(
             f"{name}-bucket-access",

@@ -30,10 +30,9 @@ from artifacts.node import (
     TAG_CLUSTER,
     TAG_ROLE,
 )
+from infra.compute import agent_role
 from infra.policies import (
-    assume_role_policy,
     controller_policy,
-    ssm_agent_policy,
     to_json,
 )
 from infra.userdata import Bootstrap, render_user_data
@@ -95,18 +94,11 @@ class Controller(pulumi.ComponentResource):
 
         partition = aws.get_partition_output(opts=invoke).partition
         account = aws.get_caller_identity_output(opts=invoke).account_id
-        role = aws.iam.Role(
-            f"{name}-controller-role",
-            assume_role_policy=to_json(assume_role_policy()),
-            description=f"{cluster} controller: this group, this cluster's SSM targets, the bucket",
-            tags=tags,
-            opts=child,
-        )
-        aws.iam.RolePolicy(
-            f"{name}-controller-ssm-agent",
-            role=role.id,
-            policy=to_json(ssm_agent_policy()),
-            opts=child,
+        role = agent_role(
+            f"{name}-controller",
+            f"{cluster} controller: this group, this cluster's SSM targets, the bucket",
+            tags,
+            child,
         )
         aws.iam.RolePolicy(
             f"{name}-controller-scope",

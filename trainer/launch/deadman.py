@@ -8,7 +8,9 @@ a fake clock:
   ``run.idle_timeout_minutes`` since the trainer exited (or the node booted), or at once when the
   controller's heartbeat in the bucket is that old (nobody is left to relaunch it);
 - :class:`StallWatch` — run by the controller: the global step in ``STATUS.json`` has not moved for
-  ``run.stall_timeout_minutes`` while the trainer should be training → scale the group to 0;
+  ``run.stall_timeout_minutes`` while the trainer should be training → scale the group to 0 (while
+  the status says ``preparing``, the bytes tokenized count as progress: a 1 TB preparation takes
+  hours before step 1);
 - :func:`over_budget` — run by the controller: ``run.max_hours`` of wall time or ``run.max_dollars``
   of spend reached → stop the run gracefully and scale to 0.
 """
@@ -16,6 +18,7 @@ a fake clock:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 DEFAULT_IDLE_TIMEOUT_S = 15 * 60.0
 DEFAULT_STALL_TIMEOUT_S = 60 * 60.0
@@ -67,18 +70,23 @@ class StallWatch:
     timeout_s: float = DEFAULT_STALL_TIMEOUT_S
     step: int | None = None
     since: float | None = None
+    data_bytes: int | None = None
 
     def reset(self, now: float) -> None:
         """A new launch: the trainer gets the full timeout again (data preparation, warm-up)."""
-        self.step, self.since = None, now
+        self.step, self.since, self.data_bytes = None, now, None
 
-    def observe(self, now: float, step: int | None) -> Decision:
-        """Feed the step from ``STATUS.json`` (None: not written yet); stalled → ``act``."""
+    def observe(self, now: float, step: int | None, data_bytes: int | None = None) -> Decision:
+        """Feed the step from ``STATUS.json`` (None: not written yet) and, while it says
+        ``preparing``, the bytes tokenized so far; stalled → ``act``."""
         if self.since is None:
             self.since = now
         if step is not None and step != self.step:
             self.step, self.since = step, now
             return Decision(False, f"step {step}")
+        if data_bytes is not None and data_bytes != self.data_bytes:
+            self.data_bytes, self.since = data_bytes, now
+            return Decision(False, f"preparing data: {data_bytes / 1e9:.2f} GB tokenized")
         still = now - self.since
         if still >= self.timeout_s:
             at = "no step yet" if self.step is None else f"step {self.step}"
@@ -88,6 +96,16 @@ class StallWatch:
                 f"run.stall_timeout_minutes = {self.timeout_s / 60:.0f})",
             )
         return Decision(False, f"step unchanged for {still / 60:.1f} min")
+
+
+def preparing_bytes(status: Any) -> int | None:
+    """Bytes tokenized so far when ``status`` (a :class:`~artifacts.run.Status`) says ``preparing``."""
+    from artifacts.run import RunState
+
+    if status is None or status.state is not RunState.PREPARING:
+        return None
+    prep = status.extra.get("data_prep")
+    return int(prep.get("bytes_done") or 0) if isinstance(prep, dict) else 0
 
 
 def over_budget(

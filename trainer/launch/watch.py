@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from artifacts.run import ExitCode, Status, verdict
 from trainer.launch.cost import FleetCostReport, InstanceSpan, Price, fleet_cost_report
-from trainer.launch.deadman import StallWatch, over_budget
+from trainer.launch.deadman import StallWatch, over_budget, preparing_bytes
 from trainer.launch.group import LIVE_STATES, Member, launch_nodes
 from trainer.launch.ranks import RankAssignment, assign_ranks
 
@@ -354,7 +354,11 @@ class Watcher:
         errors = 0
         while True:
             status = self._check_end()
-            stall = self.stall.observe(self.clock.now(), status.global_step if status else None)
+            stall = self.stall.observe(
+                self.clock.now(),
+                status.global_step if status else None,
+                data_bytes=preparing_bytes(status),
+            )
             if stall.act:
                 raise _End("failed", stall.reason)
             try:

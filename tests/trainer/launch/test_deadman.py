@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainer.launch.deadman import StallWatch, node_should_leave, over_budget
+from trainer.launch.deadman import StallWatch, node_should_leave, over_budget, preparing_bytes
 
 from .fakes import FakeClock
 
@@ -95,6 +95,25 @@ def test_stall_watch_counts_a_trainer_that_never_writes_a_step():
     clock.sleep(MIN)
     d = watch.observe(clock.now(), None)
     assert d.act and "no step yet" in d.reason
+
+
+def test_data_preparation_progress_is_not_a_stall():
+    """A 1 TB preparation runs for hours before step 1: bytes tokenized count as progress."""
+    from artifacts.run import RunState, Status
+
+    def preparing(done: int) -> Status:
+        return Status(state=RunState.PREPARING, extra={"data_prep": {"bytes_done": done}})
+
+    clock = FakeClock()
+    watch = StallWatch(timeout_s=10 * MIN)
+    watch.reset(clock.now())
+    for k in range(1, 30):  # 4.5 hours of preparing, moving every 9 minutes
+        clock.sleep(9 * MIN)
+        assert not watch.observe(clock.now(), 0, preparing_bytes(preparing(k * 10**9))).act
+    clock.sleep(10 * MIN)  # the preparation stops moving: a stall like any other
+    assert watch.observe(clock.now(), 0, preparing_bytes(preparing(29 * 10**9))).act
+    assert preparing_bytes(Status(state=RunState.RUNNING, extra={"data_prep": {}})) is None
+    assert preparing_bytes(None) is None
 
 
 def test_a_relaunch_resets_the_stall_timer():

@@ -242,7 +242,10 @@ class S3Store(Store):
                 for obj in page.get("Contents", []):
                     out.append(
                         ObjectInfo(
-                            obj["Key"][len(base) :], obj["Size"], obj["LastModified"].timestamp()
+                            obj["Key"][len(base) :],
+                            obj["Size"],
+                            obj["LastModified"].timestamp(),
+                            str(obj.get("ETag", "")).strip('"'),
                         )
                     )
         return out

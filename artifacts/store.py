@@ -30,6 +30,8 @@ class ObjectInfo:
     key: str
     size: int
     mtime: float
+    etag: str = ""
+    """The store's entity tag (S3 ``ETag``; empty for local files): changes whenever the object is rewritten."""
 
 
 def join_key(*parts: str) -> str:

@@ -30,11 +30,11 @@ sys.path.insert(0, str(ROOT))
 TINY = ROOT / "configs" / "pretrain-tiny.toml"
 
 
-def bare_rank(config: Path, data_dir: Path, out: Path, steps: int) -> None:
+def bare_rank(config: Path, run_dir: Path, out: Path, steps: int) -> None:
     """One rank of the baseline: stock Trainer + DeepSpeed, nothing of twostage but the setup."""
     from trainer import cpu_compat
     from trainer.config import load_config
-    from trainer.data import BlockDataset, load_tokenizer
+    from trainer.data import open_data
     from trainer.dsconfig import build_ds_config
     from trainer.model import build_model_config
     from trainer.train import _build_step_timer
@@ -62,7 +62,8 @@ def bare_rank(config: Path, data_dir: Path, out: Path, steps: int) -> None:
         disable_tqdm=True,
         **compat.training_kwargs,
     )
-    tok = load_tokenizer(data_dir)
+    data = open_data(cfg, str(run_dir), out / "scratch", global_batch=args.train_batch_size)
+    tok = data.tokenizer
     model = AutoModelForCausalLM.from_config(
         build_model_config(
             cfg.model,
@@ -75,7 +76,7 @@ def bare_rank(config: Path, data_dir: Path, out: Path, steps: int) -> None:
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=BlockDataset(data_dir / "train.npy"),
+        train_dataset=data.train,  # the shards the trainer prepared (stock sampler)
         data_collator=default_data_collator,
         callbacks=[timer],
     )
@@ -124,20 +125,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument(
-        "--bare-rank", nargs=3, metavar=("CONFIG", "DATA", "OUT"), help=argparse.SUPPRESS
+        "--bare-rank", nargs=3, metavar=("CONFIG", "RUN", "OUT"), help=argparse.SUPPRESS
     )
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
     ns = parser.parse_args()
     if ns.bare_rank:
-        config, data_dir, out = ns.bare_rank
-        bare_rank(Path(config), Path(data_dir), Path(out), ns.steps)
+        config, run_dir, out = ns.bare_rank
+        bare_rank(Path(config), Path(run_dir), Path(out), ns.steps)
         return
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
     os.environ["TWOSTAGE_SCRATCH"] = str(tmp / "scratch")
     config = bench_config(tmp, ns.steps)
     results: dict[str, list[dict]] = {"trainer": [], "bare": []}
-    data_dir: Path | None = None
+    run_dir: Path | None = None
     for r in range(ns.rounds):
         # ABBA order: a load trend over time does not favour either side. Round 0 starts with
         # the trainer, which builds the data cache the bare script then reads.
@@ -150,18 +151,18 @@ def main() -> None:
                 )
                 summary = json.loads((run / "final" / "training_summary.json").read_text())
                 results["trainer"].append({**summary["step_time"], "wall_s": wall})
-                data_dir = next((tmp / "scratch").glob("*/data"))  # the cache it built: same blocks
+                run_dir = run  # its committed token shards: the same blocks for the bare script
             else:
                 out = tmp / f"bare-{r}"
                 out.mkdir()
-                assert data_dir is not None
+                assert run_dir is not None
                 cmd = [
                     str(Path(__file__)),
                     "--steps",
                     str(ns.steps),
                     "--bare-rank",
                     str(config),
-                    str(data_dir),
+                    str(run_dir),
                     str(out),
                 ]
                 wall = launch(cmd, tmp / f"bare-{r}.log")

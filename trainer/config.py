@@ -124,7 +124,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """``[data]``: text in, packed token blocks out."""
+    """``[data]``: text in, token shards out (``trainer.prepare``), streamed as packed blocks (``trainer.stream``)."""
 
     train_files: tuple[str, ...] = ()
     """Text files: local paths (globs allowed) or store URIs of files or prefixes."""
@@ -139,7 +139,17 @@ class DataConfig:
     block_size: int = 64
     """Tokens per packed training block (the model's context length)."""
     val_fraction: float = 0.05
-    """Fraction of blocks held out for validation (at least one block)."""
+    """Fraction of documents held out for validation (chosen by a seeded hash of each document's position)."""
+    tokenizer_sample_bytes: int = 1_000_000_000
+    """Text the tokenizer is trained on: sources in a seeded order, each from its start, until this many bytes."""
+    shard_bytes: int = 128 * 1024 * 1024
+    """Target size of one token shard (``.bin``) in ``<run>/cache/data/``; small values are for tests."""
+    workers: int = 0
+    """Tokenizer processes of ``prepare-data``; 0: one per CPU core (``--workers`` overrides)."""
+    shuffle_window: int = 4
+    """Shards whose blocks are shuffled together; memory and local disk grow with it, not with the corpus."""
+    local_cache_shards: int = 8
+    """Shards kept in the node-local cache when training reads them from a remote store (least recently used evicted)."""
 
     def __post_init__(self) -> None:
         _check(
@@ -153,6 +163,27 @@ class DataConfig:
             0.0 < self.val_fraction < 0.5,
             "data.val_fraction",
             f"must be in (0, 0.5), got {self.val_fraction}",
+        )
+        _check(
+            self.tokenizer_sample_bytes >= 10_000,
+            "data.tokenizer_sample_bytes",
+            f"must be >= 10000, got {self.tokenizer_sample_bytes}",
+        )
+        _check(
+            self.shard_bytes >= 1024,
+            "data.shard_bytes",
+            f"must be >= 1024, got {self.shard_bytes}",
+        )
+        _check(self.workers >= 0, "data.workers", f"must be >= 0, got {self.workers}")
+        _check(
+            self.shuffle_window >= 1,
+            "data.shuffle_window",
+            f"must be >= 1, got {self.shuffle_window}",
+        )
+        _check(
+            self.local_cache_shards >= self.shuffle_window,
+            "data.local_cache_shards",
+            f"must be >= data.shuffle_window ({self.shuffle_window}), got {self.local_cache_shards}",
         )
         _check(
             self.generated_corpus_bytes >= 10_000,

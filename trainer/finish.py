@@ -44,6 +44,7 @@ class StatusWriter:
         node_count: int,
         world_size: int | None = None,
         outage_window: float = 900.0,
+        launch: bool = True,
     ) -> None:
         self.run = run
         self.enabled = enabled
@@ -70,7 +71,10 @@ class StatusWriter:
                 "val_loss_history": [dict(e) for e in previous.val_loss_history],
             }
             launches = list(previous.extra.get("launches") or [])
-        self.launches = [*launches, {"started_at": now_iso(), "world_size": world_size}]
+        # Data preparation writes the status too (launch=False) but is not a launch of the ranks.
+        self.launches = [*launches, {"started_at": now_iso(), "world_size": world_size}][
+            : len(launches) + int(launch)
+        ]
         self._pending: Status | None = None
         self._busy = False
         self._cond = threading.Condition()

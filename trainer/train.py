@@ -345,6 +345,21 @@ def run_training(cfg: TrainerConfig, run: Run) -> int:
     )
     compat = cpu_compat.apply(precision=precision)
     scratch = scratch_dir(cfg, run)
+    from trainer.data import ensure_prepared
+
+    # Data preparation runs before torch.distributed starts (TrainingArguments below starts it):
+    # a long preparation is never inside a collective or under its timeout.
+    env_node, env_nodes = node_layout(
+        os.environ, world=int(os.environ["WORLD_SIZE"]), rank=int(os.environ["RANK"])
+    )
+    ensure_prepared(
+        cfg,
+        run,
+        scratch,
+        node_rank=env_node,
+        num_nodes=env_nodes,
+        local_rank=int(os.environ["LOCAL_RANK"]),
+    )
     ds_config = build_ds_config(cfg, accelerator=accelerator)
     args = training_arguments(
         cfg,
@@ -408,14 +423,22 @@ def _train(
     from transformers import default_data_collator
 
     from trainer.checkpoints import CheckpointCommitter, CommitCallback, agree_resume_checkpoint
-    from trainer.data import BlockDataset, load_tokenizer, prepare_data
+    from trainer.data import open_data
     from trainer.finish import loss_history, publish_final
     from trainer.hf_trainer import build_trainer_class
     from trainer.model import build_model
     from trainer.spot import InterruptionCallback, InterruptionWatcher
+    from trainer.stream import (
+        build_position_callback,
+        check_resume_position,
+        streaming_trainer_class,
+    )
 
-    data = prepare_data(cfg, run, scratch, rank=rank, local_rank=local_rank, all_ok=_all_ok)
-    tokenizer = load_tokenizer(data.root)
+    global_batch = (
+        args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+    )
+    data = open_data(cfg, run, scratch, global_batch=global_batch)
+    tokenizer = data.tokenizer
     resumed = agree_resume_checkpoint(run, scratch / "resume", local_rank=local_rank)
     resume_from = None
     if resumed is not None:
@@ -431,12 +454,17 @@ def _train(
         eos_token_id=tokenizer.eos_token_id,
         workdir=scratch,
     )
-    train_ds, val_ds = BlockDataset(data.train_path), BlockDataset(data.val_path)
+    train_ds, val_ds = data.train, data.val
 
     criterion = ConvergenceCriterion(cfg.convergence.min_rel_improvement, cfg.convergence.patience)
     history: list[dict[str, Any]] = []
     if resumed is not None:
         history = restore_convergence(resumed[0], criterion)
+        step = int(resumed[1].get("global_step", 0))
+        check_resume_position(
+            resumed[0], data.order, data.fingerprint, step,
+            allow_batch_change=cfg.training.allow_global_batch_change,
+        )  # fmt: skip
     signing_key = Path(cfg.run.signing_key) if cfg.run.signing_key else None
     committer = CheckpointCommitter(
         run,
@@ -472,6 +500,7 @@ def _train(
     callbacks: list[Any] = [
         _build_convergence_callback()(criterion, history, status),
         TimedSaveCallback(cfg.training.save_minutes),  # and every save_minutes, whichever first
+        build_position_callback(data.order, data.fingerprint),  # before the commit callback
         CommitCallback(committer, metadata=metadata),
     ]
     interruption = None
@@ -493,13 +522,9 @@ def _train(
         committer.last_save_s = seconds  # the next notice's decision counts on it
         report.record_save(step, seconds)
 
-    from trainer.batching import elastic_trainer_class
-
-    trainer_cls = elastic_trainer_class(
-        args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
-        base=build_trainer_class(),
-    )
-    trainer = trainer_cls(
+    # The streaming sampler is the order contract (whole global batches, the same for any world
+    # size: trainer.batching's test); it replaces the map-style elastic sampler.
+    trainer = streaming_trainer_class(build_trainer_class(), data.sampler)(
         on_saved=saved,
         model=model,
         args=args,

@@ -240,10 +240,17 @@ def test_terminating_the_demo_stops_every_training_process(tmp_path):
     deadline = time.monotonic() + 300
     tree: list[psutil.Process] = []
     try:
-        # Nothing to await: the ranks write STATUS.json once they are up; poll for it.
-        while not status.exists() and proc.poll() is None and time.monotonic() < deadline:
+        # Nothing to await: the ranks write STATUS.json once they are up; poll for it. (Data
+        # preparation writes it first, in state "preparing", before any rank starts.)
+        def ranks_up() -> bool:
+            try:
+                return json.loads(status.read_text()).get("state") not in (None, "preparing")
+            except (OSError, ValueError):
+                return False
+
+        while not ranks_up() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert status.exists(), "pretraining never started"
+        assert ranks_up(), "pretraining never started"
         tree = psutil.Process(proc.pid).children(recursive=True)
         ranks = [p for p in tree if p.cmdline()[1:4] == ["-u", "-m", "trainer"]]
         assert len(ranks) == 2, [p.cmdline() for p in tree]

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from artifacts.manifest import MANIFEST_NAME
-from artifacts.run import Run
+from artifacts.run import Run, RunState
 from trainer.launch import LaunchError
 from trainer.launch.run import (
     HEARTBEAT_STALE_S,
@@ -37,6 +37,19 @@ def trend(history: list[float], last: int = 6) -> str:
     for prev, cur in zip(vals, vals[1:], strict=False):
         parts += ["↓" if cur < prev else ("↑" if cur > prev else "="), f"{cur:.4f}"]
     return " ".join(parts)
+
+
+def data_prep_line(prep: dict) -> str:
+    """Why no step has happened yet: how far data preparation is (from STATUS.json)."""
+    if prep.get("stage") == "tokenizer":
+        return "preparing data: training the tokenizer on a sample of the corpus"
+    done, total = prep.get("bytes_done", 0), prep.get("bytes_total", 0) or 1
+    eta = prep.get("eta_s")
+    return (
+        f"preparing data: {100 * done / total:.1f}% of {total / 1e9:.2f} GB, "
+        f"{prep.get('mb_per_s', 0):.1f} MB/s, {prep.get('tokens_per_s', 0):,} tokens/s, "
+        f"ETA {'?' if eta is None else f'{eta / 60:.0f} min'}"
+    )
 
 
 def run_status(ctx: Context, run_uri: str, *, now: float | None = None) -> list[str]:
@@ -63,6 +76,9 @@ def run_status(ctx: Context, run_uri: str, *, now: float | None = None) -> list[
             if status.reason:
                 lines.append(f"reason: {status.reason}")
             lines.append(f"val loss: {trend([e['val_loss'] for e in status.val_loss_history])}")
+            prep = status.extra.get("data_prep")
+            if status.state == RunState.PREPARING and isinstance(prep, dict):
+                lines.append(data_prep_line(prep))
         listing = store.list(Run.CHECKPOINTS + "/")
         ckpt = latest_committed(listing, prefix=Run.CHECKPOINTS)
         lines.append(f"last committed checkpoint: {ckpt or 'none yet'}")

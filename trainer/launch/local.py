@@ -1,5 +1,7 @@
 """Run the trainer on this machine through the DeepSpeed launcher (``invoke pretrain --local``).
 
+Data preparation (``trainer.prepare``) runs first, in this process, so a user sees its progress
+bar and a bad corpus fails before any rank starts. Then
 ``deepspeed --num_gpus N --master_port <free> --module trainer --config ... --run ...`` starts N
 ranks (on a CPU-only machine DeepSpeed's launcher starts N CPU ranks; the trainer's
 ``cpu_compat`` takes it from there). Each run gets a free port, ``OMP_NUM_THREADS=1`` per rank
@@ -108,6 +110,10 @@ def launch_local(config: Path, run: str | None, nproc: int = 2) -> int:
             nproc,
             plan.describe(),
         )
+    # Data first, here on the launcher's side with its progress bar: the ranks find it committed.
+    from trainer.prepare import run_prepare
+
+    run_prepare(config, run)
     cmd = launcher_command(Path(config), run, nproc, free_port())
     log.info("launching %d rank(s): run %s", nproc, run)
     proc = subprocess.Popen(cmd, env=launcher_env(), start_new_session=True)
@@ -138,7 +144,9 @@ def launch_local(config: Path, run: str | None, nproc: int = 2) -> int:
     status = Run(run).read_status()
     code = verdict(returncode, status)
     resume = resume_hint(config, run, nproc)
-    if code is ExitCode.FAILED and (status is None or status.state is RunState.RUNNING):
+    if code is ExitCode.FAILED and (
+        status is None or status.state in (RunState.RUNNING, RunState.PREPARING)
+    ):
         # A rank died without a word (killed, OOM, segfault): the status would say "running"
         # forever. The launcher knows better and says so; step and history are kept.
         status = record_failure(Run(run), status, returncode)

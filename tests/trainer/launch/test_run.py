@@ -156,7 +156,8 @@ def test_local_data_is_uploaded_and_the_config_points_at_it(ctx_for, tmp_path):
 def test_run_data_is_accepted_as_the_trainer_reads_it(ctx_for, tmp_path):
     """``train_files = ["run:data/"]`` (documented in configs/pretrain-p4d.toml) is read in place."""
     from artifacts.run import Run
-    from trainer.data import resolve_sources
+    from trainer.prepare import config_sources
+    from trainer.sources import fetch_local
 
     c, ctx = ctx_for(1)
     cfg = tmp_path / "recipe.toml"
@@ -177,7 +178,8 @@ def test_run_data_is_accepted_as_the_trainer_reads_it(ctx_for, tmp_path):
     from trainer.config import config_from_dict
 
     remote_cfg = config_from_dict(uploaded, source="config.toml")
-    files = resolve_sources(remote_cfg, tmp_path / "node", Run(run_uri))
+    sources = config_sources(remote_cfg, Run(run_uri), tmp_path / "node")
+    files = [fetch_local(src, tmp_path / "node" / "sources") for src in sources]
     assert [f.read_bytes() for f in files] == [b"already uploaded text\n" * 50]
 
 

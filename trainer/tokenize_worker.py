@@ -1,0 +1,218 @@
+"""One unit of ``prepare-data`` work, run in a worker process: a source range → committed token shards.
+
+A unit is a whole source, or a byte range of a large uncompressed local one. Its documents are
+tokenized with the fast tokenizer's ``encode_batch`` (the Rust core; no Python per token), each
+followed by the EOS token, and split into train/validation by a seeded hash of the document's
+byte offset (deterministic, independent of worker count and unit boundaries; no document is in
+both). Whenever a unit has gathered ``shard_tokens`` training tokens (rounded up to the end of a
+batch of documents) it writes a shard: ``train-UUUUU-PPPP.bin`` (flat little-endian uint16 or
+uint32 tokens, Megatron-style) plus the validation tokens of the same documents, uploads both,
+then a marker ``_parts/<fp>/uUUUUU-pPPPP.json`` that commits them. A relaunch starts each unit
+after its last committed marker, skipping the bytes already tokenized without decoding them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+from trainer.sources import BadInput, Doc, Source, fetch_local, iter_docs
+
+BATCH_DOCS = 1024
+BATCH_BYTES = 1 << 20
+_TOKENIZERS: dict[str, Any] = {}
+_QUEUE: Any = None
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Documents of ``source`` whose line starts in ``[start, end)`` (``end`` -1: to the end)."""
+
+    index: int
+    source: Source
+    start: int = 0
+    end: int = -1
+
+    @property
+    def nbytes(self) -> int:
+        return (self.source.size if self.end < 0 else self.end) - self.start
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs (picklable)."""
+
+    unit: Unit
+    tokenizer_json: str
+    eos: int
+    dtype: str
+    shard_tokens: int
+    seed: int
+    val_fraction: float
+    cache_uri: str
+    fp: str
+    scratch: str
+    first_part: int = 0
+    skip_to: int = 0
+
+
+def part_marker_key(fp: str, unit: int, part: int) -> str:
+    return f"_parts/{fp}/u{unit:05d}-p{part:04d}.json"
+
+
+def is_val(seed: int, identity: str, offset: int, fraction: float) -> bool:
+    """Document-level hold-out: a seeded hash of (source content identity, byte offset)."""
+    h = hashlib.blake2b(f"{seed}:{identity}:{offset}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") < fraction * 2.0**64
+
+
+def init_worker(queue: Any) -> None:
+    """Pool initializer: progress goes to the parent through ``queue``."""
+    global _QUEUE
+    _QUEUE = queue
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
+
+
+def _tokenizer(path: str) -> Any:
+    if path not in _TOKENIZERS:
+        from tokenizers import Tokenizer
+
+        _TOKENIZERS[path] = Tokenizer.from_file(path)
+    return _TOKENIZERS[path]
+
+
+def _to_array(seqs: list[list[int]], dtype: str) -> Any:
+    """One batch's token lists as one array: a shard in memory costs 2-4 bytes a token, not ~36."""
+    import numpy as np
+
+    return np.fromiter(chain.from_iterable(seqs), dtype=dtype, count=sum(map(len, seqs)))
+
+
+def _write_shard(parts: list[Any], count: int, dtype: str, path: Path) -> dict[str, Any]:
+    """Write the batches in order (no concatenated copy), hashing as they go."""
+    h = hashlib.sha256()
+    size = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        for part in parts:
+            h.update(part.data)
+            f.write(part.data)
+            size += part.nbytes
+    if size != count * (2 if dtype == "uint16" else 4):
+        raise AssertionError(f"{path}: {size} bytes for {count} tokens")
+    return {"tokens": count, "size": size, "sha256": h.hexdigest()}
+
+
+def run_job(job: Job, progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    """Tokenize one unit from ``job.skip_to``; returns the markers it committed (last one ``done``)."""
+    from artifacts.store import open_store
+
+    report = progress or (lambda b, t: _QUEUE.put((b, t)) if _QUEUE is not None else None)
+    tok = _tokenizer(job.tokenizer_json)
+    unit, src = job.unit, job.unit.source
+    store = open_store(job.cache_uri)
+    local = fetch_local(src, Path(job.scratch) / "sources")
+    out = Path(job.scratch) / "shards" / job.fp
+    eos = [job.eos]
+    markers: list[dict[str, Any]] = []
+    part = job.first_part
+    train: list[Any] = []  # numpy arrays, one per batch
+    val: list[Any] = []
+    n_train = n_val = docs = 0
+    texts: list[str] = []
+    flags: list[bool] = []
+    pending = 0
+    cursor = job.skip_to
+
+    def encode() -> None:
+        nonlocal n_train, n_val, pending
+        if not texts:
+            return
+        batch_train: list[list[int]] = []
+        batch_val: list[list[int]] = []
+        for enc, held_out in zip(
+            tok.encode_batch_fast(texts, add_special_tokens=False), flags, strict=True
+        ):
+            (batch_val if held_out else batch_train).append(enc.ids + eos)
+        added = 0
+        for batch, parts in ((batch_train, train), (batch_val, val)):
+            if batch:
+                arr = _to_array(batch, job.dtype)
+                parts.append(arr)
+                added += arr.size
+                if parts is train:
+                    n_train += arr.size
+                else:
+                    n_val += arr.size
+        report(pending, added)
+        texts.clear()
+        flags.clear()
+        pending = 0
+
+    def commit(done: bool) -> None:
+        nonlocal part, n_train, n_val, docs
+        marker: dict[str, Any] = {
+            "unit": unit.index,
+            "part": part,
+            "end_offset": cursor,
+            "docs": docs,
+            "done": done,
+            "train": None,
+            "val": None,
+        }
+        for split, toks, count in (("train", train, n_train), ("val", val, n_val)):
+            if count:
+                name = f"{job.fp}/{split}-{unit.index:05d}-{part:04d}.bin"
+                info = _write_shard(toks, count, job.dtype, out / Path(name).name)
+                entry = store.upload_file(out / Path(name).name, name)
+                if entry.sha256 != info["sha256"]:
+                    raise OSError(f"{name}: uploaded bytes differ from the shard written")
+                (out / Path(name).name).unlink()
+                marker[split] = {"path": name, **info}
+        store.put_bytes(part_marker_key(job.fp, unit.index, part), json.dumps(marker).encode())
+        markers.append(marker)
+        part += 1
+        train.clear()
+        val.clear()
+        n_train = n_val = docs = 0
+
+    end = None if unit.end < 0 else unit.end
+    # Small shards (tests) need small batches, or a shard overshoots its size by a whole batch.
+    batch_bytes = min(BATCH_BYTES, max(256, job.shard_tokens // 2))
+    for item in iter_docs(local, src, unit.start, end, skip_to=job.skip_to):
+        if not isinstance(item, Doc):
+            pending += item
+            continue
+        texts.append(item.text)
+        flags.append(is_val(job.seed, src.identity, item.offset, job.val_fraction))
+        pending += item.nbytes
+        docs += 1
+        cursor = item.offset + 1
+        if len(texts) >= BATCH_DOCS or pending >= batch_bytes:
+            encode()
+            if n_train >= job.shard_tokens:
+                commit(done=False)
+    encode()
+    report(pending, 0)
+    commit(done=True)
+    if not src.local:
+        local.unlink(missing_ok=True)  # bounded disk: a downloaded source lives for one unit
+    return markers
+
+
+def run_job_checked(job: Job) -> list[dict[str, Any]]:
+    """:func:`run_job` for a pool: bad input comes back as a message, not a pickled traceback."""
+    try:
+        return run_job(job)
+    except BadInput as err:
+        return [{"error": str(err)}]
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    return asdict(job)

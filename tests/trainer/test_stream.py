@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from test_data import make_cfg
 
 from trainer import prepare as prep
-from trainer.config import config_from_dict
 from trainer.data import open_data
 from trainer.errors import TrainerError
 from trainer.stream import (
@@ -73,18 +73,7 @@ def test_same_global_batches_with_one_and_two_ranks(epoch: int) -> None:
 
 
 def _prepared(tmp_path: Path, **data):
-    section = {
-        "generated_corpus": True,
-        "generated_corpus_bytes": 30_000,
-        "vocab_size": 300,
-        "block_size": 32,
-        "val_fraction": 0.1,
-        "shard_bytes": 4096,
-        "tokenizer_sample_bytes": 20_000,
-        "shuffle_window": 2,
-        **data,
-    }
-    cfg = config_from_dict({"data": section}, source="test.toml")
+    cfg = make_cfg(shuffle_window=2, **data)  # test_data's tiny corpus recipe
     prep.prepare(cfg, str(tmp_path / "run"), tmp_path / "w", workers=1, bar=False)
     return cfg
 

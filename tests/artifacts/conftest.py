@@ -7,18 +7,6 @@ import uuid
 import pytest
 
 
-@pytest.fixture(scope="session")
-def moto_server():
-    """moto's S3 server on loopback for the whole session (real HTTP, real boto3 transfer code)."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def _make_bucket(name: str) -> None:
     import boto3
 

@@ -22,17 +22,6 @@ from trainer.checkpoints import (
 )
 
 
-@pytest.fixture(scope="module")
-def moto_server():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture(params=["local", "moto", "moto_server"])
 def run_uri(request, tmp_path, monkeypatch):
     """A run prefix on a local folder, in-process moto, and moto's server on 127.0.0.1."""

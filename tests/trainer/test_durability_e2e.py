@@ -34,17 +34,6 @@ TOTAL_STEPS = 44  # 4 epochs x 11 steps: an epoch is whole global batches of 32 
 SAVE_STEPS = 4
 
 
-@pytest.fixture(scope="module")
-def moto_server():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def recipe(tmp_path: Path) -> Path:
     """The shipped tiny recipe with frequent saves and a 4-epoch limit (it finishes, fast)."""
     text = Path("configs/pretrain-tiny.toml").read_text()

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from fault_proxy import FaultProxy
@@ -32,17 +33,6 @@ OUTAGE_SECONDS = 60.0
 OLD_RETRY_BUDGET_SECONDS = 13.0
 
 
-@pytest.fixture(scope="module")
-def moto_server():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield (host, int(port))
-    server.stop()
-
-
 def recipe(tmp_path: Path) -> Path:
     text = (ROOT / "configs" / "pretrain-tiny.toml").read_text()
     text = re.sub(r"(?m)^save_steps = .*$", "save_steps = 20", text)
@@ -58,8 +48,9 @@ def test_a_60s_store_outage_is_survived_and_the_run_converges(
 ) -> None:
     import boto3
 
-    host, port = moto_server
-    direct = f"http://{host}:{port}"
+    direct = moto_server  # the shared server (tests/conftest.py)
+    parsed = urlsplit(direct)
+    host, port = parsed.hostname, int(parsed.port)
     bucket = f"outage-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=direct).create_bucket(Bucket=bucket)
     run = Run(f"s3://{bucket}/runs/outage")

@@ -311,11 +311,7 @@ def _fail(store: Any, fp: str, message: str, single_node: bool) -> TrainerError:
 def _wait_for(store: Any, key: str, fp: str, since: float, what: str) -> None:
     """Poll the store until ``key`` exists; a FAILED marker newer than ``since`` stops the wait."""
     while not store.exists(key):
-        for o in store.list(f"_parts/{fp}"):
-            if o.key.endswith(FAILED_MARKER) and o.mtime >= since - 5:
-                raise TrainerError(store.get_bytes(o.key).decode())
-        log.info("data: waiting for %s", what)
-        time.sleep(POLL_S)
+        _wait_for_any(store, fp, since, what)
 
 
 def _run_units(jobs: list[Job], workers: int, progress: Progress) -> list[str]:
@@ -508,6 +504,7 @@ def _build(
 
 
 def _wait_for_any(store: Any, fp: str, since: float, what: str) -> None:
+    """One poll of a wait for ``what``: raise a FAILED marker newer than ``since``, else sleep."""
     for o in store.list(f"_parts/{fp}"):
         if o.key.endswith(FAILED_MARKER) and o.mtime >= since - 5:
             raise TrainerError(store.get_bytes(o.key).decode())

@@ -40,12 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     init_logging()
     args = parse_args(argv)
     try:
-        from artifacts.run import Run, default_run_uri
+        from artifacts.run import Run
         from trainer.config import load_config
+        from trainer.env import run_uri
         from trainer.train import run_training
 
         cfg = load_config(args.config)
-        code = run_training(cfg, Run(args.run or cfg.run.uri or default_run_uri(cfg.run.name)))
+        code = run_training(cfg, Run(run_uri(cfg.run, args.run)))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -632,18 +632,18 @@ def run_prepare(
     config: str | Path, run: str | None, workers: int = 0, node_rank: int = 0, node_count: int = 1
 ) -> tuple[str, Prepared]:
     """Load the recipe, pick the run prefix and scratch folder the trainer will use, prepare."""
-    from artifacts.run import default_run_uri
     from trainer.config import load_config
-    from trainer.train import scratch_dir
+    from trainer.env import run_uri as resolve_run_uri
+    from trainer.env import scratch_dir
 
     cfg = load_config(config)
     if workers < 0:
         raise TrainerError(f"--workers must be >= 0, got {workers}")
-    run_uri = run or cfg.run.uri or default_run_uri(cfg.run.name)
+    run_uri = resolve_run_uri(cfg.run, run)
     return run_uri, prepare(
         cfg,
         Run(run_uri),
-        scratch_dir(cfg, Run(run_uri)),
+        scratch_dir(cfg.run, Run(run_uri)),
         workers=workers,
         node_rank=node_rank,
         node_count=node_count,

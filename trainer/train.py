@@ -9,7 +9,6 @@ saves and exits 75 (``trainer.spot``), and the end publishes ``final/`` with ``S
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,46 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from artifacts.node import ENV_SCRATCH
-from artifacts.ports import free_port
 from artifacts.run import ExitCode, Run, RunState
 from trainer.config import TrainerConfig
 from trainer.convergence import ConvergenceCriterion
+from trainer.env import ensure_dist_env, node_layout, scratch_dir
 
 log = logging.getLogger(__name__)
 
 CONVERGENCE_FILE = "convergence.json"
 LOSS_HISTORY_FILE = "loss_history.json"
-
-
-def ensure_dist_env() -> None:
-    """A single process started without a launcher becomes rank 0 of 1 (DeepSpeed would look for MPI)."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        os.environ.setdefault("LOCAL_RANK", "0")
-        return
-    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"})
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
-
-
-def node_layout(env: Any, *, world: int, rank: int) -> tuple[int, int]:
-    """``(node_rank, num_nodes)`` from the launcher's environment.
-
-    The DeepSpeed launcher sets ``CROSS_RANK``/``CROSS_SIZE``/``LOCAL_SIZE``; torchrun sets
-    ``GROUP_RANK``/``LOCAL_WORLD_SIZE``. Ranks are assumed node-major (both launchers do that).
-    """
-    local = int(env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or world)
-    local = max(1, local)
-    num_nodes = int(env.get("CROSS_SIZE") or max(1, world // local))
-    node_rank = int(env.get("CROSS_RANK") or env.get("GROUP_RANK") or rank // local)
-    return node_rank, num_nodes
-
-
-def scratch_dir(cfg: TrainerConfig, run: Run) -> Path:
-    """Node-local working folder of this run (checkpoints before upload, data cache)."""
-    base = cfg.run.scratch_dir or os.environ.get(ENV_SCRATCH) or "runs/.scratch"
-    tag = hashlib.sha256(run.uri.encode()).hexdigest()[:12]
-    return (Path(base).expanduser() / f"{cfg.run.name}-{tag}").absolute()
 
 
 def _all_ok(flag: bool) -> bool:
@@ -344,7 +312,7 @@ def run_training(cfg: TrainerConfig, run: Run) -> int:
         cfg.training.precision, accelerator=accelerator, bf16_supported=bf16_ok
     )
     compat = cpu_compat.apply(precision=precision)
-    scratch = scratch_dir(cfg, run)
+    scratch = scratch_dir(cfg.run, run)
     from trainer.data import ensure_prepared
 
     # Data preparation runs before torch.distributed starts (TrainingArguments below starts it):

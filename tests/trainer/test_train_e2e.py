@@ -55,7 +55,7 @@ def test_node_layout_from_the_launcher_environment(
     env: dict, world: int, rank: int, expected: tuple
 ) -> None:
     # Wrong here = every node believes it is the head and commits checkpoints missing shards.
-    from trainer.train import node_layout
+    from trainer.env import node_layout
 
     assert node_layout(env, world=world, rank=rank) == expected
 

@@ -105,13 +105,13 @@ def pretrain(
         from trainer.launch.local import launch_local
 
         init_logging()
-        from artifacts.run import default_run_uri
         from trainer.config import load_config
+        from trainer.env import run_uri
         from trainer.launch.local import resume_hint
 
         config = Path(config or "configs/pretrain-tiny.toml")
         cfg = load_config(config)
-        run = run or cfg.run.uri or default_run_uri(cfg.run.name)  # named here for the hint
+        run = run_uri(cfg.run, run)  # named here for the hint
         rc = launch_local(config, run, nproc=int(nproc))
         if rc == ExitCode.INTERRUPTED:
             raise Exit(f"interrupted; resume with: {resume_hint(config, run, nproc)}", code=int(rc))

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from artifacts.run import ExitCode, Run, RunState, Status, default_run_uri, now_iso, verdict
+from artifacts.run import ExitCode, Run, RunState, Status, now_iso, verdict
 from trainer.errors import TrainerError
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,12 @@ def launch_local(config: Path, run: str | None, nproc: int = 2) -> int:
     """
     from artifacts.ports import free_port
     from trainer.config import load_config
+    from trainer.env import run_uri
 
     if nproc < 1:
         raise TrainerError(f"--nproc must be >= 1, got {nproc}")
     cfg = load_config(config)  # fail fast, before starting ranks
-    run = run or cfg.run.uri or default_run_uri(cfg.run.name)
+    run = run_uri(cfg.run, run)
     from trainer.elastic import plan_launch
 
     plan, facts = plan_launch(cfg, Run(run), nproc)  # a global batch it cannot hold: refused now

@@ -14,10 +14,9 @@ from demo import cli as demo_cli
 from local import cli as local_cli
 from local import crypto_cli
 from trainer import cli as trainer_cli
-from trainer import data_cli
 from trainer.launch import cli as launch_cli
 
 ns = Collection()
-for _mod in (artifacts_cli, data_cli, launch_cli, trainer_cli, local_cli, crypto_cli, demo_cli):
+for _mod in (artifacts_cli, trainer_cli, launch_cli, local_cli, crypto_cli, demo_cli):
     for _task in _mod.TASKS:
         ns.add_task(_task)

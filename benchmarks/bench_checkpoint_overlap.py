@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def rank_main(argv: list[str]) -> int:
     import transformers
 
-    from trainer.checkpoints import CommitCallback
+    from trainer.loop.callbacks import CommitCallback
 
     records: list[dict] = []
 

@@ -8,7 +8,7 @@
    calling ``launch_local`` to the first optimizer step of the relaunch (the trainer records it
    in ``training_summary.json``). Ratio changed / same.
 2. **Conversion cost per GB.** A bigger GPT-2 (default 512 wide, 8 layers: ~26M parameters) trains
-   2 steps on 2 ranks and saves; ``trainer.elastic.to_universal`` converts that checkpoint
+   2 steps on 2 ranks and saves; ``trainer.checkpoint.elastic.to_universal`` converts that checkpoint
    (median of ``--rounds``). Reported: ZeRO shard bytes in, seconds, seconds per GB (the 7B
    projection: a 7B ZeRO-3 checkpoint with fp32 master weights and Adam moments is ~84 GB of
    shards; conversion is single-process, disk and ``torch.save`` bound).
@@ -90,7 +90,7 @@ def resume_overhead(work: Path, rounds: int) -> dict:
 
 
 def conversion_cost(work: Path, rounds: int, hidden: int, layers: int) -> dict:
-    from trainer.elastic import to_universal
+    from trainer.checkpoint.elastic import to_universal
     from trainer.launch.local import launch_local
 
     run = work / "big"

@@ -10,9 +10,9 @@ Everything in one run, so the ratios share the box's load (other engineers use t
 3. Baseline: one process reading the same files line by line and calling the same fast
    tokenizer's ``encode_batch_fast`` on batches of 1024 lines (its own threads off, i.e. one
    core), run before and after the prepare runs (the mean is the baseline).
-4. ``python -m trainer.prepare`` on the 200 MB corpus with 1 and with 2 workers: wall time,
+4. ``python -m trainer.data.prepare`` on the 200 MB corpus with 1 and with 2 workers: wall time,
    tokens/s, peak RSS of the parent and of the largest worker; then on 20 MB (memory ratio).
-5. The training loader (``trainer.data.open_data``; every block of one epoch through a torch
+5. The training loader (``trainer.data.loader.open_data``; every block of one epoch through a torch
    DataLoader in the global order, batch 8) on each prepared corpus: peak RSS.
 6. ``python -m trainer`` (1 rank, tiny model, block 1024) on each prepared run: seconds from
    launch to the first logged training step.
@@ -159,7 +159,7 @@ enabled = false
 
 
 def timed_prepare(config: Path, run: Path, workers: int) -> dict:
-    """``python -m trainer.prepare`` in a child: wall, tokens, and the peak RSS of its process tree.
+    """``python -m trainer.data.prepare`` in a child: wall, tokens, and the peak RSS of its process tree.
 
     The tree (parent + spawned workers) is sampled with psutil every 0.1 s: ``ru_maxrss`` of a
     child that forked and then exec'd reports the parent's size, not its own.
@@ -169,7 +169,7 @@ def timed_prepare(config: Path, run: Path, workers: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TWOSTAGE_PROGRESS": "0",
            "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip  # one thread per process, as the baseline
     before = _children_cpu()
-    cmd = [sys.executable, "-m", "trainer.prepare", "--config", str(config), "--run", str(run),
+    cmd = [sys.executable, "-m", "trainer.data.prepare", "--config", str(config), "--run", str(run),
            "--workers", str(workers)]  # fmt: skip
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -200,7 +200,7 @@ def loader_rss(config: Path, run: Path, scratch: Path) -> dict:
     code = f"""
 import json, resource, sys, time
 from trainer.config import load_config
-from trainer.data import open_data
+from trainer.data.loader import open_data
 cfg = load_config({str(config)!r})
 d = open_data(cfg, {str(run)!r}, __import__("pathlib").Path({str(scratch)!r}), global_batch=8)
 import torch

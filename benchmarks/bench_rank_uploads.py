@@ -80,7 +80,7 @@ def hash_rate() -> dict:
 
 def upload_round(run: str, ckpt: Path, warm: Path, uploaders: int, step: int) -> dict:
     from artifacts.run import Run
-    from trainer.committer import CheckpointCommitter
+    from trainer.checkpoint.committer import CheckpointCommitter
 
     c = CheckpointCommitter(Run(run), node_rank=0, num_nodes=1, keep_last=1, uploaders=uploaders)
     try:

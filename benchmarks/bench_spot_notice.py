@@ -65,7 +65,7 @@ def measure(a: argparse.Namespace, code: Path) -> dict:
     from fake_imds import FakeIMDS
 
     from artifacts.ports import free_port
-    from trainer.checkpoints import committed_steps
+    from trainer.checkpoint.resume import committed_steps
     from trainer.launch.local import launcher_command, launcher_env
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-spot-"))

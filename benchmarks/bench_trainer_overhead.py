@@ -32,12 +32,12 @@ TINY = ROOT / "configs" / "pretrain-tiny.toml"
 
 def bare_rank(config: Path, run_dir: Path, out: Path, steps: int) -> None:
     """One rank of the baseline: stock Trainer + DeepSpeed, nothing of twostage but the setup."""
-    from trainer import cpu_compat
     from trainer.config import load_config
-    from trainer.data import open_data
-    from trainer.dsconfig import build_ds_config
-    from trainer.model import build_model_config
-    from trainer.train import _build_step_timer
+    from trainer.data.loader import open_data
+    from trainer.loop import cpu_compat
+    from trainer.loop.callbacks import StepTimer
+    from trainer.loop.dsconfig import build_ds_config
+    from trainer.loop.model import build_model_config
 
     cfg = load_config(config)
     t = cfg.training
@@ -72,7 +72,7 @@ def bare_rank(config: Path, run_dir: Path, out: Path, steps: int) -> None:
             eos_token_id=tok.eos_token_id,
         )
     )
-    timer = _build_step_timer()()
+    timer = StepTimer()
     trainer = Trainer(
         model=model,
         args=args,

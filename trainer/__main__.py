@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         from artifacts.run import Run
         from trainer.config import load_config
         from trainer.env import run_uri
-        from trainer.train import run_training
+        from trainer.loop.train import run_training
 
         cfg = load_config(args.config)
         code = run_training(cfg, Run(run_uri(cfg.run, args.run)))

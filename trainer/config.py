@@ -2,7 +2,7 @@
 
 Every section is a frozen dataclass with one docstring per field. Unknown sections or keys and bad
 values are errors that name the key and the file (``TrainerError``). The DeepSpeed JSON is generated
-from this (``trainer.dsconfig``); the HF ``TrainingArguments`` too (``trainer.train``).
+from this (``trainer.loop.dsconfig``); the HF ``TrainingArguments`` too (``trainer.loop.train``).
 """
 
 from __future__ import annotations
@@ -124,12 +124,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """``[data]``: text in, token shards out (``trainer.prepare``), streamed as packed blocks (``trainer.stream``)."""
+    """``[data]``: text in, token shards out (``trainer.data.prepare``), streamed as packed blocks (``trainer.data.stream``)."""
 
     train_files: tuple[str, ...] = ()
     """Text files: local paths (globs allowed) or store URIs of files or prefixes."""
     generated_corpus: bool = False
-    """Use the deterministic generated corpus (``trainer.corpus``) instead of ``train_files``."""
+    """Use the deterministic generated corpus (``trainer.data.corpus``) instead of ``train_files``."""
     generated_corpus_bytes: int = 400_000
     """Size of the generated corpus in bytes."""
     tokenizer: str | None = None
@@ -285,7 +285,7 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class ConvergenceConfig:
-    """``[convergence]``: when validation loss has stopped improving (``trainer.convergence``)."""
+    """``[convergence]``: when validation loss has stopped improving (``artifacts.convergence``)."""
 
     min_rel_improvement: float = 0.005
     """An epoch stalls when it improves on the best val loss by less than this fraction of it."""

@@ -165,7 +165,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_the_launcher_never_imports_the_node_side_entry_modules() -> None:
-    node_side = {"trainer.__main__", "trainer.train", "trainer.finish", "trainer.local_run"}
+    node_side = {"trainer.__main__", "trainer.loop.train", "trainer.loop.publish", "trainer.status"}
     offenders = {
         path.name: sorted(_imports(path) & node_side)
         for path in (ROOT / "trainer" / "launch").glob("*.py")

@@ -123,7 +123,7 @@ def test_final_model_is_signed_verified_and_loads(demo_run, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.corpus import generate_corpus
+    from trainer.data.corpus import generate_corpus
 
     tok = AutoTokenizer.from_pretrained(paths.model, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(paths.model, local_files_only=True).eval()

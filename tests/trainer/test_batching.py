@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.batching import BatchPlan, epoch_samples, plan_batch, split_global_batch, step_samples
+from trainer.data.batching import (
+    BatchPlan,
+    plan_batch,
+    split_global_batch,
+)
+from trainer.data.stream import GlobalOrder, StreamSampler
 from trainer.errors import TrainerError
 
 
@@ -65,16 +70,60 @@ def test_split_prefers_the_largest_per_device_batch() -> None:
 
 
 def test_an_epoch_is_whole_global_batches() -> None:
-    assert epoch_samples(203, 32) == 192
-    assert epoch_samples(20, 32) == 20  # fewer than one global batch: all of it
+    assert len(GlobalOrder(BLOCKS, 42, 2, 32)) == 192
+    assert len(GlobalOrder(BLOCKS, 42, 2, 16)) == 192  # 203 blocks: the tail is left out
 
 
 # -- the sample-order contract (what a data pipeline must keep for elastic resume) -------------
 
+BLOCKS = (50, 60, 43, 50)  # blocks per shard: 203 samples
+
+
+def step_samples(
+    *, seed: int, epoch: int, plan: BatchPlan, steps: int, blocks: tuple[int, ...] = BLOCKS
+) -> list[list[int]]:
+    """Sample ids of the first ``steps`` optimizer steps of ``epoch`` under ``plan``, as the HF
+    Trainer + accelerate deal the training sampler's batches to ranks (sorted per step: the order
+    inside a step does not change the update). accelerate's real data loader, once per rank."""
+    import torch
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader
+
+    per_rank: list[list[list[int]]] = []
+    for rank in range(plan.world):
+        sampler = StreamSampler(GlobalOrder(blocks, seed, 2, plan.global_batch))
+        loader = DataLoader(
+            list(range(sum(blocks))),
+            batch_size=plan.per_device,
+            sampler=sampler,
+            collate_fn=lambda b: [int(x) for x in b],
+        )
+        prepared = prepare_data_loader(
+            loader,
+            num_processes=plan.world,
+            process_index=rank,
+            put_on_device=False,
+            use_seedable_sampler=True,
+            data_seed=seed,
+            device=torch.device("cpu"),
+        )
+        prepared.set_epoch(epoch)
+        sampler.set_epoch(epoch)  # what trainer.loop.hf's _run_epoch does
+        batches = [b for _, b in zip(range(steps * plan.grad_accum), prepared, strict=False)]
+        per_rank.append(batches)
+    out: list[list[int]] = []
+    for k in range(steps):
+        ids: list[int] = []
+        for rank in range(plan.world):
+            for batch in per_rank[rank][k * plan.grad_accum : (k + 1) * plan.grad_accum]:
+                ids.extend(batch)
+        out.append(sorted(ids))
+    return out
+
 
 @pytest.mark.parametrize("epoch", [0, 3])
 def test_every_split_of_a_global_batch_trains_the_same_samples_at_every_step(epoch: int) -> None:
-    kw = {"dataset_len": 203, "seed": 42, "epoch": epoch, "steps": 6}
+    kw = {"seed": 42, "epoch": epoch, "steps": 6}
     reference = step_samples(plan=BatchPlan(16, 1, 2), **kw)
     for other in (BatchPlan(16, 2, 1), BatchPlan(8, 1, 4), BatchPlan(4, 2, 4), BatchPlan(32, 1, 1)):
         assert step_samples(plan=other, **kw) == reference, other
@@ -83,7 +132,7 @@ def test_every_split_of_a_global_batch_trains_the_same_samples_at_every_step(epo
 
 
 def test_the_order_depends_on_seed_and_epoch() -> None:
-    kw = {"dataset_len": 203, "plan": BatchPlan(16, 1, 2), "steps": 3}
+    kw = {"plan": BatchPlan(16, 1, 2), "steps": 3}
     base = step_samples(seed=42, epoch=0, **kw)
     assert step_samples(seed=42, epoch=1, **kw) != base
     assert step_samples(seed=7, epoch=0, **kw) != base

@@ -15,11 +15,8 @@ import pytest
 from artifacts.manifest import MANIFEST_NAME, Manifest
 from artifacts.run import Run, step_folder, step_of
 from artifacts.store import open_store
-from trainer.checkpoints import (
-    CheckpointCommitError,
-    CheckpointCommitter,
-    committed_steps,
-)
+from trainer.checkpoint.committer import CheckpointCommitError, CheckpointCommitter
+from trainer.checkpoint.resume import committed_steps
 
 
 @pytest.fixture(params=["local", "moto", "moto_server"])
@@ -92,7 +89,7 @@ class SlowStore:
     """Wraps publish_part so an upload blocks until the test releases it."""
 
     def __init__(self, monkeypatch):
-        import trainer.committer as committer
+        import trainer.checkpoint.committer as committer
 
         monkeypatch.setenv("TWOSTAGE_UPLOAD_PROCESS", "0")  # the patch below is in-process
         self.release = threading.Event()
@@ -215,7 +212,7 @@ def test_already_committed_step_is_not_rewritten(tmp_path):
 
 def test_commit_callback_submits_on_local_rank_zero_only(tmp_path):
     pytest.importorskip("transformers")
-    from trainer.checkpoints import CommitCallback
+    from trainer.loop.callbacks import CommitCallback
 
     calls = []
     fake = SimpleNamespace(submit=lambda d, s, m: calls.append((d, s, m)), wait=lambda: None)
@@ -254,7 +251,7 @@ def test_single_node_skips_a_queued_checkpoint_superseded_by_a_newer_one(tmp_pat
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread niceness is Linux-only")
 def test_in_process_uploads_run_at_low_cpu_priority(tmp_path, monkeypatch):
     """Training ranks must win the CPU over a background upload (step time while uploading)."""
-    import trainer.committer as committer
+    import trainer.checkpoint.committer as committer
 
     seen = []
     uploaded = threading.Event()
@@ -314,7 +311,7 @@ def test_uploads_run_in_a_separate_low_priority_process(tmp_path):
 
 
 def test_upload_plan_gives_each_rank_its_own_uploader():
-    from trainer.uploaders import assign_uploads, bytes_per_rank, owner_rank
+    from trainer.checkpoint.uploaders import assign_uploads, bytes_per_rank, owner_rank
 
     sizes = {
         "global_step8/zero_pp_rank_0_mp_rank_00_optim_states.pt": 900,

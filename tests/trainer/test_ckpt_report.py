@@ -6,8 +6,8 @@ import time
 from types import SimpleNamespace
 
 from artifacts.run import Run, RunState
-from trainer.ckpt_report import CheckpointReport
-from trainer.finish import StatusWriter
+from trainer.checkpoint.report import CheckpointReport
+from trainer.status import StatusWriter
 
 
 def test_status_carries_checkpoint_numbers_and_every_interruption(tmp_path):

@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TWO_RANKS = textwrap.dedent(
     """
     import json, os, pathlib, sys
-    from trainer import cpu_compat
+    from trainer.loop import cpu_compat
     from trainer.config import config_from_dict
-    from trainer.dsconfig import build_ds_config
+    from trainer.loop.dsconfig import build_ds_config
     extra = {}
     if sys.argv[1] == "compat":
         extra = cpu_compat.apply(precision="fp32").training_kwargs
@@ -76,7 +76,7 @@ def test_shm_comm_op_is_not_built_on_cpu() -> None:
     code = textwrap.dedent(
         """
         import importlib
-        from trainer import cpu_compat
+        from trainer.loop import cpu_compat
         print(cpu_compat.apply(precision="fp32").applied)
         print(importlib.import_module("deepspeed.comm.torch").build_shm_op())
         """
@@ -91,19 +91,19 @@ def test_shm_comm_op_is_not_built_on_cpu() -> None:
 
 
 def test_shm_comm_op_can_be_kept_on_request() -> None:
-    code = "from trainer import cpu_compat; print(cpu_compat.disable_shm_comm_op())"
+    code = "from trainer.loop import cpu_compat; print(cpu_compat.disable_shm_comm_op())"
     out = run_py(code, env={"TWOSTAGE_CPU_SHM_COMM": "1"})
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
 @pytest.mark.skipif(
-    not __import__("trainer.cpu_compat").cpu_compat.cpu_bf16_supported(), reason="CPU has no bf16"
+    not __import__("trainer.loop.cpu_compat").loop.cpu_compat.cpu_bf16_supported(), reason="CPU has no bf16"
 )
 def test_bf16_training_arguments_accepted_on_a_bf16_cpu_only_with_the_adaptation() -> None:
     code = textwrap.dedent(
         """
         import sys
-        from trainer import cpu_compat
+        from trainer.loop import cpu_compat
         if sys.argv[1] == "compat":
             print(cpu_compat.apply(precision="bf16").applied)
         from transformers import TrainingArguments
@@ -121,7 +121,7 @@ def test_bf16_training_arguments_accepted_on_a_bf16_cpu_only_with_the_adaptation
 
 
 def test_threads_pinned_to_omp_num_threads() -> None:
-    code = "import torch; from trainer import cpu_compat; cpu_compat.set_threads(); print(torch.get_num_threads())"
+    code = "import torch; from trainer.loop import cpu_compat; cpu_compat.set_threads(); print(torch.get_num_threads())"
     assert run_py(code, env={"OMP_NUM_THREADS": "1"}).stdout.strip().splitlines()[-1] == "1"
 
 
@@ -130,7 +130,7 @@ def test_nothing_is_applied_when_an_accelerator_is_present() -> None:
         """
         import importlib, torch
         torch.cuda.is_available = lambda: True  # pretend to be a GPU node
-        from trainer import cpu_compat
+        from trainer.loop import cpu_compat
         result = cpu_compat.apply(precision="bf16")
         shm = importlib.import_module("deepspeed.comm.torch").build_shm_op
         print(result.applied, result.training_kwargs, shm.__name__)

@@ -15,11 +15,13 @@ import pytest
 from artifacts.manifest import MANIFEST_NAME, Manifest
 from artifacts.run import Run, RunState
 from artifacts.store import LocalStore, open_store
-from trainer import prepare as prep
-from trainer import tokenize_worker
 from trainer.config import config_from_dict
-from trainer.corpus import generate_corpus
-from trainer.data import CACHE_PREFIX, load_tokenizer, open_data
+from trainer.data import prepare as prep
+from trainer.data import worker as tokenize_worker
+from trainer.data.corpus import generate_corpus
+from trainer.data.loader import open_data
+from trainer.data.shards import CACHE_PREFIX
+from trainer.data.tokenizer import load_tokenizer
 from trainer.errors import TrainerError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,7 +176,7 @@ def test_an_interrupted_preparation_keeps_its_committed_shards(tmp_path: Path, m
 
 
 def test_a_changed_source_of_the_same_size_rebuilds(tmp_path: Path, monkeypatch) -> None:
-    from trainer import sources
+    from trainer.data import sources
 
     src = big_text(tmp_path, size=20_000)
     cfg = make_cfg(train_files=[str(src)])
@@ -310,7 +312,7 @@ def test_the_command_exits_2_with_one_line(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[data]\ntrain_files = ["{bad}"]\n')
     proc = subprocess.run(
-        [sys.executable, "-m", "trainer.prepare", "--config", str(cfg), "--run", str(tmp_path / "r")],
+        [sys.executable, "-m", "trainer.data.prepare", "--config", str(cfg), "--run", str(tmp_path / "r")],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert proc.returncode == 2
@@ -330,7 +332,9 @@ def test_two_nodes_take_disjoint_sources_and_commit_the_same_cache(
         (d / f"part-{k}.txt").write_text(text[k * 15_000 : (k + 1) * 15_000])
     cfg = make_cfg(train_files=[str(d)], shard_bytes=1 << 20)
     single = run(cfg, tmp_path / "one", tmp_path / "w-one")
-    monkeypatch.setattr(prep, "POLL_S", 0.05)
+    from trainer.data import shards
+
+    monkeypatch.setattr(shards, "POLL_S", 0.05)
     seen: dict[int, list[str]] = {0: [], 1: []}
     real_job = tokenize_worker.run_job
 
@@ -370,7 +374,7 @@ def test_the_other_local_ranks_wait_for_local_rank_0_and_share_its_failure(
     """Before torch.distributed exists: no collective, a node-local file tells the others."""
     import threading
 
-    from trainer import data as data_mod
+    from trainer.data import loader as data_mod
 
     monkeypatch.setattr(data_mod, "POLL_S", 0.02)
 

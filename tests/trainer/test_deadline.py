@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from fake_imds import FakeIMDS
 
-from trainer.deadline import decide_upload, parse_notice_time
-from trainer.spot import InterruptionWatcher
+from trainer.spot.deadline import decide_upload, parse_notice_time
+from trainer.spot.notice import InterruptionWatcher
 
 T0 = datetime(2026, 12, 1, 23, 30, tzinfo=UTC).timestamp()
 GB = 10**9
@@ -73,7 +73,7 @@ def _control():
 
 def _callback(**kw):
     pytest.importorskip("transformers")
-    from trainer.spot import InterruptionCallback
+    from trainer.spot.callback import InterruptionCallback
 
     w = InterruptionWatcher("off")
     submitted: set[int] = kw.pop("submitted", set())

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config import config_from_dict, load_config
-from trainer.dsconfig import (
+from trainer.loop.dsconfig import (
     build_ds_config,
     resolve_precision,
     use_deepspeed_optimizer,

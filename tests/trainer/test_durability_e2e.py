@@ -26,11 +26,11 @@ from fake_imds import FakeIMDS
 
 from artifacts.run import Run, step_folder
 from artifacts.store import open_store
-from trainer.checkpoints import committed_steps
+from trainer.checkpoint.resume import committed_steps
 
 pytestmark = pytest.mark.slow
 
-TOTAL_STEPS = 44  # 4 epochs x 11 steps: an epoch is whole global batches of 32 (trainer.batching)
+TOTAL_STEPS = 44  # 4 epochs x 11 steps: an epoch is whole global batches of 32 (trainer.data.batching)
 SAVE_STEPS = 4
 
 

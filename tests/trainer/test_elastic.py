@@ -11,7 +11,7 @@ import pytest
 from artifacts.manifest import MANIFEST_NAME
 from artifacts.publish import publish_dir
 from artifacts.run import Run
-from trainer.elastic import (
+from trainer.checkpoint.elastic import (
     adapt_rng_files,
     elastic_metadata,
     enable_universal_load,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from trainer.checkpoint.export import export_checkpoint, pick_step
 from trainer.errors import TrainerError
-from trainer.export import export_checkpoint, pick_step
 
 ROOT = Path(__file__).resolve().parents[2]
 

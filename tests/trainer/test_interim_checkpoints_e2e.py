@@ -24,8 +24,8 @@ from test_durability_e2e import Launch, wait_until
 
 from artifacts.manifest import MANIFEST_NAME, Manifest
 from artifacts.run import ExitCode, Run, RunState
-from trainer.checkpoints import committed_steps
-from trainer.hf_trainer import is_consolidated_weight
+from trainer.checkpoint.resume import committed_steps
+from trainer.loop.hf import is_consolidated_weight
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,7 +121,7 @@ def test_interim_checkpoints_hold_no_model_and_resume_exactly(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from trainer.export import export_checkpoint
+    from trainer.checkpoint.export import export_checkpoint
 
     step, out = export_checkpoint(str(run_a), tmp_path / "export")
     assert step == committed_steps(Run(str(run_a)))[-1]

@@ -11,9 +11,9 @@ import pytest
 
 from artifacts.errors import ArtifactError, VerificationError
 from artifacts.run import Run, RunState
-from trainer.committer import CheckpointCommitter
-from trainer.finish import StatusWriter
-from trainer.outage import StoreOutageError, is_transient, retry_through_outage
+from trainer.checkpoint.committer import CheckpointCommitter
+from trainer.checkpoint.outage import StoreOutageError, is_transient, retry_through_outage
+from trainer.status import StatusWriter
 
 
 class FakeClock:
@@ -83,7 +83,7 @@ def checkpoint(tmp_path: Path, step: int) -> Path:
 def test_a_failing_upload_keeps_retrying_while_submits_return_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trainer.committer as committer_mod
+    import trainer.checkpoint.committer as committer_mod
 
     real = committer_mod.publish_part
     down_until = time.monotonic() + 2.5  # longer than one backoff round
@@ -110,7 +110,7 @@ def test_a_failing_upload_keeps_retrying_while_submits_return_at_once(
 def test_past_the_window_the_committer_raises_store_outage(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trainer.committer as committer_mod
+    import trainer.checkpoint.committer as committer_mod
 
     def publish_part(*a, **k):
         raise ArtifactError("s3://b/k: cannot reach the S3 endpoint")

@@ -13,7 +13,7 @@ from artifacts.manifest import MANIFEST_NAME
 from artifacts.publish import publish_dir
 from artifacts.run import Run, step_folder
 from artifacts.store import open_store
-from trainer.checkpoints import agree_resume_checkpoint, find_resume_checkpoint
+from trainer.checkpoint.resume import agree_resume_checkpoint, find_resume_checkpoint
 
 SHARD = "global_step{s}/zero_pp_rank_0_mp_rank_00_optim_states.pt"
 
@@ -67,7 +67,7 @@ def test_corrupted_latest_falls_back_with_a_warning(run_uri, tmp_path, caplog):
     commit(run_uri, tmp_path, 20)
     key = f"checkpoints/{step_folder(20)}/{SHARD.format(s=20)}"
     open_store(run_uri).put_bytes(key, os.urandom(1024))  # same size, different bytes
-    with caplog.at_level("WARNING", logger="trainer.resume"):
+    with caplog.at_level("WARNING", logger="trainer.checkpoint.resume"):
         path, meta = find_resume_checkpoint(Run(run_uri), tmp_path / "out")
     assert meta["global_step"] == 10 and path.name == "checkpoint-10"
     assert step_folder(20) in caplog.text and "falling back" in caplog.text
@@ -80,7 +80,7 @@ def test_unreadable_manifest_falls_back(tmp_path, caplog):
     commit(run, tmp_path, 10)
     commit(run, tmp_path, 20)
     open_store(run).put_bytes(f"checkpoints/{step_folder(20)}/{MANIFEST_NAME}", b'{"format": tru')
-    with caplog.at_level("WARNING", logger="trainer.resume"):
+    with caplog.at_level("WARNING", logger="trainer.checkpoint.resume"):
         _, meta = find_resume_checkpoint(Run(run), tmp_path / "out")
     assert meta["global_step"] == 10 and "falling back" in caplog.text
 
@@ -89,7 +89,7 @@ def test_every_checkpoint_corrupted_starts_fresh_loudly(tmp_path, caplog):
     run = str(tmp_path / "run")
     commit(run, tmp_path, 10)
     open_store(run).put_bytes(f"checkpoints/{step_folder(10)}/{SHARD.format(s=10)}", b"x" * 1024)
-    with caplog.at_level("WARNING", logger="trainer.resume"):
+    with caplog.at_level("WARNING", logger="trainer.checkpoint.resume"):
         assert find_resume_checkpoint(Run(run), tmp_path / "out") is None
     assert "starting fresh" in caplog.text
 
@@ -109,12 +109,12 @@ def test_verified_local_copy_is_reused_without_download(tmp_path, monkeypatch):
     run = str(tmp_path / "run")
     commit(run, tmp_path, 20)
     find_resume_checkpoint(Run(run), tmp_path / "out")
-    import trainer.resume
+    import trainer.checkpoint.resume
 
     def no_download(*a, **kw):
         raise AssertionError("downloaded again")
 
-    monkeypatch.setattr(trainer.resume, "download_verified", no_download)
+    monkeypatch.setattr(trainer.checkpoint.resume, "download_verified", no_download)
     path, meta = find_resume_checkpoint(Run(run), tmp_path / "out")
     assert meta["global_step"] == 20 and path.name == "checkpoint-20"
 
@@ -152,7 +152,7 @@ def _agree_rank(rank: int, port: int, run: str, root: str, out) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch.distributed as dist
 
-    import trainer.resume as resume
+    import trainer.checkpoint.resume as resume
     from artifacts.errors import VerificationError
 
     if rank == 1:  # this "node" cannot verify the newest checkpoint (say, a bad download)

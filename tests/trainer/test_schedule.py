@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from trainer.checkpoint.schedule import at_risk_line, at_risk_minutes, save_due
 from trainer.config import config_from_dict, load_config
 from trainer.errors import TrainerError
-from trainer.schedule import at_risk_line, at_risk_minutes, save_due
 
 
 class FakeClock:
@@ -55,7 +55,7 @@ def _control() -> SimpleNamespace:
 
 def test_callback_fires_on_the_fake_clock_and_restarts_after_any_save():
     pytest.importorskip("transformers")
-    from trainer.schedule import TimedSaveCallback
+    from trainer.loop.callbacks import TimedSaveCallback
 
     clock = FakeClock()
     votes: list[bool] = []
@@ -80,7 +80,7 @@ def test_callback_fires_on_the_fake_clock_and_restarts_after_any_save():
 
 def test_another_rank_past_the_interval_makes_every_rank_save():
     pytest.importorskip("transformers")
-    from trainer.schedule import TimedSaveCallback
+    from trainer.loop.callbacks import TimedSaveCallback
 
     cb = TimedSaveCallback(
         30, clock=FakeClock(), agree=lambda flag: True
@@ -93,7 +93,7 @@ def test_real_trainer_loop_saves_by_time_before_save_steps(tmp_path):
     torch = pytest.importorskip("torch")
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from trainer.schedule import TimedSaveCallback
+    from trainer.loop.callbacks import TimedSaveCallback
 
     class Tiny(torch.nn.Module):
         def __init__(self) -> None:

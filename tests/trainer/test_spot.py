@@ -12,8 +12,8 @@ import pytest
 from fake_imds import FakeIMDS
 
 from artifacts.run import ExitCode
-from trainer import spot
-from trainer.spot import InterruptionWatcher
+from trainer.spot import notice as spot
+from trainer.spot.notice import InterruptionWatcher
 
 
 def wait_for(pred, timeout: float) -> bool:
@@ -92,7 +92,7 @@ def test_unreachable_endpoint_stops_polling_quietly(caplog):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     w = InterruptionWatcher(f"http://127.0.0.1:{port}", poll_interval=0.05)
-    with caplog.at_level("INFO", logger="trainer.spot"):
+    with caplog.at_level("INFO", logger="trainer.spot.notice"):
         w.start()
         w._thread.join(timeout=5)
     assert not w._thread.is_alive()
@@ -148,7 +148,7 @@ def _control():
 
 def test_callback_saves_and_stops_on_notice(monkeypatch):
     pytest.importorskip("transformers")
-    from trainer.spot import InterruptionCallback
+    from trainer.spot.callback import InterruptionCallback
 
     monkeypatch.setenv("TWOSTAGE_IMDS_ENDPOINT", "off")
     w = InterruptionWatcher()
@@ -172,7 +172,7 @@ def test_callback_saves_and_stops_on_notice(monkeypatch):
 def _gloo_rank(rank: int, world: int, port: int, notice_on: int, out: dict) -> None:
     import torch.distributed as dist
 
-    from trainer.spot import InterruptionCallback
+    from trainer.spot.callback import InterruptionCallback
 
     dist.init_process_group(
         "gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from artifacts.run import ExitCode, Run, RunState, Status
-from trainer import prepare
+from trainer.data import prepare
 from trainer.launch import local
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 from test_data import make_cfg
 
-from trainer import prepare as prep
-from trainer.data import open_data
-from trainer.errors import TrainerError
-from trainer.stream import (
+from trainer.data import prepare as prep
+from trainer.data.loader import open_data
+from trainer.data.stream import (
     POSITION_FILE,
     GlobalOrder,
     ShardIndex,
@@ -21,6 +20,7 @@ from trainer.stream import (
     check_resume_position,
     position,
 )
+from trainer.errors import TrainerError
 
 BLOCKS = (37, 41, 29, 40, 33, 12)  # uneven shards, like the last shard of each unit
 
@@ -103,7 +103,8 @@ def _train(
         default_data_collator,
     )
 
-    from trainer.stream import build_position_callback, streaming_trainer_class
+    from trainer.loop.callbacks import DataPositionCallback
+    from trainer.loop.hf import streaming_trainer_class
 
     data = open_data(cfg, str(tmp_path / "run"), tmp_path / "w", global_batch=4)
     import torch
@@ -120,7 +121,7 @@ def _train(
     )  # fmt: skip
     trainer = streaming_trainer_class(Trainer, data.sampler)(
         model=model, args=args, train_dataset=ds, data_collator=default_data_collator,
-        callbacks=[build_position_callback(data.order, data.fingerprint)],
+        callbacks=[DataPositionCallback(data.order, data.fingerprint)],
     )  # fmt: skip
     if resume:
         check_resume_position(Path(resume), data.order, data.fingerprint, save_steps)
@@ -180,7 +181,8 @@ def test_the_trainer_sets_the_sampler_epoch_itself() -> None:
     (SkipBatchSampler -> BatchSamplerShard): the streaming trainer sets it where the epoch is named."""
     from transformers import Trainer
 
-    from trainer.stream import StreamSampler, streaming_trainer_class
+    from trainer.data.stream import StreamSampler
+    from trainer.loop.hf import streaming_trainer_class
 
     assert "epoch" in inspect.signature(Trainer._run_epoch).parameters  # the hook exists in this HF
     sampler = StreamSampler(order(global_batch=8))

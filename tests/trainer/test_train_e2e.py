@@ -80,7 +80,7 @@ def test_tiny_recipe_converges_publishes_and_partitions(tmp_path: Path, monkeypa
     import tomllib
 
     from artifacts.verify import verify_dir
-    from trainer.checkpoints import committed_steps
+    from trainer.checkpoint.resume import committed_steps
     from trainer.launch.local import launch_local
 
     monkeypatch.chdir(ROOT)

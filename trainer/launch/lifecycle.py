@@ -15,6 +15,7 @@ from typing import Any
 
 from artifacts.manifest import MANIFEST_NAME
 from artifacts.run import Run, RunState
+from trainer.checkpoint.schedule import at_risk_line
 from trainer.launch import LaunchError
 from trainer.launch.run import (
     HEARTBEAT_STALE_S,
@@ -25,7 +26,6 @@ from trainer.launch.run import (
     follow,
     prices,
 )
-from trainer.schedule import at_risk_line
 
 
 def trend(history: list[float], last: int = 6) -> str:

@@ -1,6 +1,6 @@
 """Run the trainer on this machine through the DeepSpeed launcher (``invoke pretrain --local``).
 
-Data preparation (``trainer.prepare``) runs first, in this process, so a user sees its progress
+Data preparation (``trainer.data.prepare``) runs first, in this process, so a user sees its progress
 bar and a bad corpus fails before any rank starts. Then
 ``deepspeed --num_gpus N --master_port <free> --module trainer --config ... --run ...`` starts N
 ranks (on a CPU-only machine DeepSpeed's launcher starts N CPU ranks; the trainer's
@@ -99,7 +99,7 @@ def launch_local(config: Path, run: str | None, nproc: int = 2) -> int:
         raise TrainerError(f"--nproc must be >= 1, got {nproc}")
     cfg = load_config(config)  # fail fast, before starting ranks
     run = run_uri(cfg.run, run)
-    from trainer.elastic import plan_launch
+    from trainer.checkpoint.elastic import plan_launch
 
     plan, facts = plan_launch(cfg, Run(run), nproc)  # a global batch it cannot hold: refused now
     if facts is not None and facts.world_size not in (None, nproc):
@@ -112,7 +112,7 @@ def launch_local(config: Path, run: str | None, nproc: int = 2) -> int:
             plan.describe(),
         )
     # Data first, here on the launcher's side with its progress bar: the ranks find it committed.
-    from trainer.prepare import run_prepare
+    from trainer.data.prepare import run_prepare
 
     run_prepare(config, run)
     cmd = launcher_command(Path(config), run, nproc, free_port())

@@ -8,7 +8,7 @@ checkpointing into our resume path:
 1. :func:`newest_checkpoint_facts` reads only the newest committed ``MANIFEST.json`` (no
    download): its step, the world size that wrote it (counted from the ZeRO shard files it
    lists) and its batch split. The launcher and every rank use it before any start-up cost,
-   to plan the batch (:mod:`trainer.batching`) and refuse early.
+   to plan the batch (:mod:`trainer.data.batching`) and refuse early.
 2. After the ranks agree on a checkpoint written at another world size, the head node converts
    it once with ``deepspeed.checkpoint.ds_to_universal`` (:func:`to_universal`) into a complete
    HF checkpoint folder whose ``global_step<N>_universal/`` holds per-parameter fp32 weights and
@@ -39,7 +39,7 @@ from artifacts.errors import ArtifactError
 from artifacts.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, committed_folders
 from artifacts.run import Run, step_folder, step_of
 from artifacts.store import open_store
-from trainer.resume import committed_steps
+from trainer.checkpoint.resume import committed_steps
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +108,11 @@ def plan_launch(cfg: Any, run: Run, world: int) -> tuple[Any, CheckpointFacts | 
     """``(BatchPlan, facts of the newest checkpoint)`` for a launch of ``world`` ranks.
 
     Raises :class:`~trainer.errors.TrainerError` when the checkpoint's global batch cannot be
-    held on ``world`` ranks (see :func:`trainer.batching.plan_batch`). Cheap (one listing, one
+    held on ``world`` ranks (see :func:`trainer.data.batching.plan_batch`). Cheap (one listing, one
     manifest read): the launcher calls it before starting any rank, every rank before its
     model is built.
     """
-    from trainer.batching import plan_batch
+    from trainer.data.batching import plan_batch
 
     facts = newest_checkpoint_facts(run)
     plan = plan_batch(

@@ -213,33 +213,6 @@ class StreamSampler:
         return self.order.iter_epoch(self.epoch)
 
 
-def streaming_trainer_class(base: type, sampler: StreamSampler) -> type:
-    """``base`` (HF ``Trainer``) whose training sampler is ``sampler`` (the global order)."""
-
-    import inspect
-
-    run_epoch = getattr(base, "_run_epoch", None)
-    if run_epoch is None or "epoch" not in inspect.signature(run_epoch).parameters:
-        raise TrainerError(
-            f"{base.__module__}.{base.__name__} has no _run_epoch(epoch=...): the streaming sampler "
-            "needs transformers >= 5.24 (pip install 'transformers>=5.24,<6')"
-        )
-
-    class StreamingTrainer(base):  # type: ignore[misc, valid-type]
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            return sampler
-
-        def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
-            # accelerate's set_epoch does not reach a sampler behind skip_first_batches
-            # (SkipBatchSampler -> BatchSamplerShard -> BatchSampler): a mid-epoch resume would
-            # replay epoch 0's order. The epoch is set here, where the Trainer names it.
-            epoch = inspect.signature(run_epoch).bind(self, *args, **kwargs).arguments["epoch"]
-            sampler.set_epoch(epoch)
-            return super()._run_epoch(*args, **kwargs)
-
-    return StreamingTrainer
-
-
 def position(global_step: int, order: GlobalOrder, fingerprint: str) -> dict[str, Any]:
     """Where the data stream is after ``global_step`` optimizer steps."""
     steps_per_epoch = max(1, len(order) // order.global_batch)
@@ -295,18 +268,3 @@ def check_resume_position(
         "resume: data stream continues at epoch %d sample %d (global batch %d)",
         now["epoch"], now["sample_in_epoch"], now["global_batch"],
     )  # fmt: skip
-
-
-def build_position_callback(order: GlobalOrder, fingerprint: str) -> Any:
-    """An HF callback writing ``data_position.json`` into every checkpoint (global rank 0)."""
-    from transformers import TrainerCallback
-
-    class DataPositionCallback(TrainerCallback):
-        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-            if state.is_world_process_zero:
-                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                doc = position(state.global_step, order, fingerprint)
-                (folder / POSITION_FILE).write_text(json.dumps(doc, indent=2) + "\n")
-            return control
-
-    return DataPositionCallback()

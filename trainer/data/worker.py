@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.sources import BadInput, Doc, Source, fetch_local, iter_docs
+from trainer.data.sources import BadInput, Doc, Source, fetch_local, iter_docs
 
 BATCH_DOCS = 1024
 BATCH_BYTES = 1 << 20

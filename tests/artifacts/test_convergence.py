@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from trainer.convergence import ConvergenceCriterion
+from artifacts.convergence import ConvergenceCriterion
 
 
 def feed(criterion: ConvergenceCriterion, losses: list[float]) -> list[bool]:
@@ -107,7 +107,7 @@ def test_bad_thresholds_are_rejected(kwargs: dict) -> None:
 
 
 def test_module_does_not_import_torch() -> None:
-    code = "import sys, trainer.convergence; print('torch' in sys.modules)"
+    code = "import sys, artifacts.convergence; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -1,6 +1,14 @@
-"""The HF ``Trainer`` as stage 1 uses it: interim checkpoints without a gathered model, timed saves.
+"""The HF ``Trainer`` as stage 1 uses it — every subclass and every private HF API in one place.
 
-Why a subclass (the only one): under ZeRO-3, ``Trainer._save_checkpoint`` first calls
+Two private methods are overridden, and they are what pins ``transformers>=5.24``:
+
+* ``_save_checkpoint`` (timing) and ``save_model`` (no gathered model in interim checkpoints),
+  below;
+* ``_run_epoch`` and ``_get_train_sampler``: the training sampler is the data stream's global
+  order (:class:`trainer.data.stream.StreamSampler`), and its epoch is set where the Trainer
+  names it.
+
+Why no gathered model in interim checkpoints: under ZeRO-3, ``Trainer._save_checkpoint`` first calls
 ``save_model``, which gathers every parameter into one 16-bit copy on rank 0 and writes it
 (``stage3_gather_16bit_weights_on_model_save``), then writes the ZeRO shards. For a 7B model
 that is 14 GB written by one rank on top of the 98 GB of shards, and 7–14 s inside a spot
@@ -8,7 +16,7 @@ notice, for weights nobody reads: a resume restores from the shards (the fp32 ma
 inside the optimizer shards). So periodic and interruption checkpoints are the shards plus the
 trainer state (config, tokenizer, scheduler, RNG, ``trainer_state.json``); the consolidated
 model is written for ``final/`` only (``save_model`` called directly, as
-:func:`trainer.finish.publish_final` does) or on request from a checkpoint
+:func:`trainer.loop.publish.publish_final` does) or on request from a checkpoint
 (``invoke export-checkpoint``, DeepSpeed's ``zero_to_fp32``).
 
 The subclass also times every checkpoint save (``save_seconds``), which the spot-notice
@@ -23,15 +31,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from trainer.errors import TrainerError
+
 log = logging.getLogger(__name__)
 
-#: Weight files a consolidated model would add to a checkpoint folder (none in interim ones).
 CONSOLIDATED_WEIGHT_NAMES = (
     "model.safetensors",
     "model.safetensors.index.json",
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+"""Weight files a consolidated model would add to a checkpoint folder (none in interim ones)."""
 
 
 def is_consolidated_weight(relpath: str) -> bool:
@@ -98,3 +108,30 @@ def build_trainer_class() -> type:
 
     StageOneTrainer.__qualname__ = "StageOneTrainer"
     return StageOneTrainer
+
+
+def streaming_trainer_class(base: type, sampler: Any) -> type:
+    """``base`` (HF ``Trainer``) whose training sampler is ``sampler`` (the global order)."""
+
+    import inspect
+
+    run_epoch = getattr(base, "_run_epoch", None)
+    if run_epoch is None or "epoch" not in inspect.signature(run_epoch).parameters:
+        raise TrainerError(
+            f"{base.__module__}.{base.__name__} has no _run_epoch(epoch=...): the streaming sampler "
+            "needs transformers >= 5.24 (pip install 'transformers>=5.24,<6')"
+        )
+
+    class StreamingTrainer(base):  # type: ignore[misc, valid-type]
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            return sampler
+
+        def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+            # accelerate's set_epoch does not reach a sampler behind skip_first_batches
+            # (SkipBatchSampler -> BatchSamplerShard -> BatchSampler): a mid-epoch resume would
+            # replay epoch 0's order. The epoch is set here, where the Trainer names it.
+            epoch = inspect.signature(run_epoch).bind(self, *args, **kwargs).arguments["epoch"]
+            sampler.set_epoch(epoch)
+            return super()._run_epoch(*args, **kwargs)
+
+    return StreamingTrainer

@@ -5,7 +5,7 @@ the HF integration fills them from ``TrainingArguments`` and the two can never d
 
 * ``stage3_gather_16bit_weights_on_model_save`` stays on so that ``final/`` is a normal HF folder
   (16-bit weights gathered by ``Trainer.save_model``). Periodic and interruption checkpoints do
-  not gather (``trainer.hf_trainer``): they are the ZeRO shards + trainer state, and
+  not gather (``trainer.loop.hf``): they are the ZeRO shards + trainer state, and
   ``invoke export-checkpoint`` consolidates one on request with
   ``python -m deepspeed.utils.zero_to_fp32 CKPT OUT`` (GPT-2's tied embeddings included,
   DeepSpeed 0.19.8), which reproduces ``final/``'s weights exactly.

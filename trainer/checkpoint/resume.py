@@ -20,6 +20,7 @@ from artifacts.manifest import MANIFEST_NAME, Manifest, committed_folders
 from artifacts.run import Run, step_of
 from artifacts.store import open_store
 from artifacts.verify import verify_dir
+from trainer.dist import min_across_ranks
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,8 @@ def agree_resume_checkpoint(
                 run, dest_root, public_key=public_key, max_step=max_step
             )
             mine = none if result is None else _step_of(result[0])
-        agreed = _all_reduce_min(mine)
-        disagree = _all_reduce_min(0 if mine in (agreed, not_a_downloader) else -1) < 0
+        agreed = min_across_ranks(mine)
+        disagree = min_across_ranks(0 if mine in (agreed, not_a_downloader) else -1) < 0
         if agreed == none:
             return None
         if not disagree:
@@ -140,15 +141,3 @@ def agree_resume_checkpoint(
 
 def _step_of(path: Path) -> int:
     return int(path.name.rsplit("-", 1)[-1])
-
-
-def _all_reduce_min(value: int) -> int:
-    import torch
-    import torch.distributed as dist
-
-    device = "cpu"
-    if dist.get_backend() == "nccl":
-        device = f"cuda:{torch.cuda.current_device()}"
-    t = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return int(t.item())

@@ -1,6 +1,6 @@
 """Consolidated weights from a committed checkpoint, on request (``invoke export-checkpoint``).
 
-Interim checkpoints hold no gathered model (``trainer.hf_trainer``): writing 14 GB from one rank
+Interim checkpoints hold no gathered model (``trainer.loop.hf``): writing 14 GB from one rank
 at every save of a 7B run, and inside a spot notice, buys nothing a resume needs. When someone
 does want the weights of step N (to evaluate it, to fine-tune from it), this turns the ZeRO
 shards into one HF folder: the checkpoint is downloaded and verified against its manifest,
@@ -111,7 +111,7 @@ def export_checkpoint(
     """
     from artifacts.download import download_verified
     from artifacts.run import Run
-    from trainer.resume import committed_steps
+    from trainer.checkpoint.resume import committed_steps
 
     out = Path(out).absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:

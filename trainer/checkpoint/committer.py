@@ -7,7 +7,7 @@ Protocol for one checkpoint of global step S, destination ``<run>/checkpoints/st
    with hard links (instant; the Trainer may rotate the original away while it uploads) and
    queued; training goes on;
 3. the node's background thread hands the files to its upload processes, one per local rank
-   (each rank's shards in their own process, :func:`trainer.uploaders.assign_uploads`, each
+   (each rank's shards in their own process, :func:`trainer.checkpoint.uploaders.assign_uploads`, each
    file hashed while it streams) and, once every one of them has finished, writes
    ``_parts/node-<rank>.json`` listing all of them (:func:`artifacts.publish.write_part`); if
    an uploader dies, no part record is written;
@@ -42,8 +42,8 @@ from artifacts.publish import commit_parts, local_files, publish_part, upload_fi
 from artifacts.retention import cleanup_incomplete, prune_committed
 from artifacts.run import Run, now_iso, step_folder
 from artifacts.store import join_key, open_store
-from trainer.outage import StoreOutageError, retry_through_outage
-from trainer.uploaders import assign_uploads, bytes_per_rank
+from trainer.checkpoint.outage import StoreOutageError, retry_through_outage
+from trainer.checkpoint.uploaders import assign_uploads, bytes_per_rank
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class CheckpointCommitter:
             self.throughput_bps = nbytes / seconds
 
     def estimate(self) -> dict[str, Any]:
-        """This node's numbers for the notice decision (:func:`trainer.deadline.decide_upload`).
+        """This node's numbers for the notice decision (:func:`trainer.spot.deadline.decide_upload`).
 
         The next checkpoint is as big as the last one uploaded, moves at the throughput that one
         reached and takes as long to save as the last save did (``last_save_s``, set by the

@@ -1,10 +1,10 @@
 """The trainer's side of the data: make sure the shard cache exists (before any collective), then stream it.
 
 ``ensure_prepared`` runs on every rank *before* ``torch.distributed`` starts: each node's local
-rank 0 prepares that node's share of the sources (:mod:`trainer.prepare`; a no-op when the
+rank 0 prepares that node's share of the sources (:mod:`trainer.data.prepare`; a no-op when the
 committed cache matches; node 0 commits the manifest once every node's shards are in), the other
 local ranks wait for it on a node-local file (no collective, so no ``ddp_timeout``). ``open_data`` then gives the tokenizer (downloaded and
-checked against the manifest), the train/validation datasets (:mod:`trainer.stream`) and the
+checked against the manifest), the train/validation datasets (:mod:`trainer.data.stream`) and the
 sampler with the global order.
 """
 
@@ -20,54 +20,12 @@ from typing import Any
 
 from artifacts.run import Run
 from trainer.config import TrainerConfig
+from trainer.data.prepare import prepare
+from trainer.data.shards import POLL_S, check_size
+from trainer.data.tokenizer import load_tokenizer
 from trainer.errors import TrainerError
-from trainer.prepare import CACHE_PREFIX, EOS_TOKEN, POLL_S, check_size, prepare
-
-__all__ = [
-    "CACHE_PREFIX",
-    "EOS_TOKEN",
-    "StreamData",
-    "ensure_prepared",
-    "load_tokenizer",
-    "open_data",
-]
 
 log = logging.getLogger(__name__)
-
-
-def load_tokenizer(folder: str | Path) -> Any:
-    """An HF tokenizer from a local folder (no hub)."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise TrainerError(f"cannot load tokenizer from {folder}: {err}") from None
-
-
-def local_folder(spec: str, workdir: Path, name: str) -> Path:
-    """A local folder for ``spec``: itself, or a verified/plain download of a store URI."""
-    if "://" not in spec:
-        path = Path(spec)
-        if not path.is_dir():
-            raise TrainerError(f"data.tokenizer {spec}: no such folder")
-        return path
-    from artifacts.manifest import MANIFEST_NAME
-    from artifacts.store import open_store
-
-    dest = workdir / name
-    store = open_store(spec)
-    if store.exists(MANIFEST_NAME):
-        from artifacts.download import download_verified
-
-        download_verified(spec, dest, force=True)
-    else:
-        objects = store.list()
-        if not objects:
-            raise TrainerError(f"data.tokenizer {spec}: nothing there")
-        for obj in objects:
-            store.download_file(obj.key, dest / obj.key)
-    return dest
 
 
 def ensure_prepared(
@@ -134,7 +92,7 @@ def open_data(
     """Tokenizer + streamed datasets over the committed cache (every rank; reads only the manifest)."""
     from artifacts.manifest import MANIFEST_NAME, Manifest
     from artifacts.store import open_store
-    from trainer.stream import GlobalOrder, ShardDataset, ShardIndex, StreamSampler
+    from trainer.data.stream import GlobalOrder, ShardDataset, ShardIndex, StreamSampler
 
     cache_uri = (Run(run) if isinstance(run, str) else run).cache_data_uri
     store = open_store(cache_uri)

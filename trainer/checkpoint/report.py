@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from trainer.schedule import at_risk_line
+from trainer.checkpoint.schedule import at_risk_line
 
 #: Checkpoints listed in the status (the newest ones; the summary lists all).
 RECENT = 5

@@ -113,14 +113,14 @@ def test_memory_limit_in_the_config_caps_the_budget(tiny_dir):
 
 
 def test_finetune_refuses_before_decrypting_or_loading(tmp_path, tiny_dir, monkeypatch):
-    from local import finetune
+    from local import finetune, tokens
 
     cipher, key = encrypted_dataset(tmp_path, n=4)
 
     def must_not_run(*_a, **_k):
         raise AssertionError("data was decrypted although the run cannot fit")
 
-    monkeypatch.setattr(finetune, "tokenize_records", must_not_run)
+    monkeypatch.setattr(tokens, "tokenize_records", must_not_run)
     out = tmp_path / "out"
     with pytest.raises(LocalError, match="not enough memory"):
         finetune.run_finetune(

@@ -22,7 +22,8 @@ from artifacts.manifest import (
 )
 from artifacts.progress import byte_progress
 from artifacts.signing import load_private_key, sign
-from artifacts.store import Store, join_key, open_store
+from artifacts.store import open_store
+from artifacts.store_api import Store, join_key
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from artifacts.store import Store
+    from artifacts.store_api import Store
 
 
 class ExitCode(IntEnum):

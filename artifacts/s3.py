@@ -16,7 +16,7 @@ from pathlib import Path
 from artifacts.errors import ArtifactError
 from artifacts.hashing import HashingReader, HashingWriter
 from artifacts.manifest import FileEntry
-from artifacts.store import ObjectInfo, Progress, Store, _progress_cb, join_key
+from artifacts.store_api import ObjectInfo, Progress, Store, join_key, progress_callback
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MiB = 1024 * 1024
@@ -174,7 +174,7 @@ class S3Store(Store):
             raise ArtifactError(f"{local_path}: no such file") from None
         with (
             f,
-            _progress_cb(progress, size, f"upload {local_path.name}") as cb,
+            progress_callback(progress, size, f"upload {local_path.name}") as cb,
             aws_errors(f"{self.uri}/{key}"),
         ):
             reader = HashingReader(f, cb)
@@ -199,7 +199,7 @@ class S3Store(Store):
                 size = head["ContentLength"]
             with (
                 open(local_path, "wb") as f,
-                _progress_cb(progress, size, f"download {key.rsplit('/', 1)[-1]}") as cb,
+                progress_callback(progress, size, f"download {key.rsplit('/', 1)[-1]}") as cb,
             ):
                 writer = HashingWriter(f, cb)
                 self.client.download_fileobj(

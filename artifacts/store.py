@@ -1,4 +1,5 @@
-"""One small store interface over local folders and S3, selected by URI.
+"""The stores by URI: :class:`LocalStore` (folders) and :func:`open_store`, which picks it or
+``artifacts.s3.S3Store``; the interface itself is :mod:`artifacts.store_api`.
 
 Why one interface: checkpoints, datasets and published models move between a laptop, a local
 disk and S3 (or any S3-compatible endpoint via ``AWS_ENDPOINT_URL``); the rest of the code must
@@ -10,85 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from artifacts.errors import ArtifactError
 from artifacts.hashing import copy_and_hash
 from artifacts.manifest import FileEntry, check_relpath
-from artifacts.progress import byte_progress
-
-Progress = bool | Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """One object of a recursive listing; ``key`` is relative to the store's root."""
-
-    key: str
-    size: int
-    mtime: float
-    etag: str = ""
-    """The store's entity tag (S3 ``ETag``; empty for local files): changes whenever the object is rewritten."""
-
-
-def join_key(*parts: str) -> str:
-    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
-
-
-class Store(ABC):
-    """A tree of bytes addressed by '/'-separated keys under a root URI."""
-
-    uri: str
-
-    @abstractmethod
-    def child(self, rel: str) -> Store:
-        """The store rooted at ``rel`` below this one."""
-
-    @abstractmethod
-    def upload_file(self, local_path: Path, key: str, *, progress: Progress = False) -> FileEntry:
-        """Upload a local file, hashing it while it streams."""
-
-    @abstractmethod
-    def download_file(self, key: str, local_path: Path, *, progress: Progress = False) -> FileEntry:
-        """Download to a local file, hashing while the bytes stream."""
-
-    @abstractmethod
-    def put_bytes(self, key: str, data: bytes) -> None: ...
-
-    @abstractmethod
-    def get_bytes(self, key: str) -> bytes:
-        """The object's bytes; :class:`ArtifactError` naming the key if it does not exist."""
-
-    @abstractmethod
-    def exists(self, key: str) -> bool: ...
-
-    @abstractmethod
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        """Every object below ``prefix`` (recursive)."""
-
-    @abstractmethod
-    def delete(self, keys: list[str]) -> None: ...
-
-    def delete_prefix(self, prefix: str) -> None:
-        self.delete([o.key for o in self.list(prefix)])
-
-    def child_uri(self, rel: str) -> str:
-        return self.uri.rstrip("/") + "/" + rel.strip("/") if rel.strip("/") else self.uri
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.uri!r})"
-
-
-def _progress_cb(progress: Progress, size: int, desc: str):
-    """Normalise ``progress`` (bool or callback) into a context manager yielding a callback."""
-    if callable(progress):
-        from contextlib import nullcontext
-
-        return nullcontext(progress)
-    return byte_progress(size, desc, enabled=bool(progress))
+from artifacts.store_api import ObjectInfo, Progress, Store, progress_callback
 
 
 class LocalStore(Store):
@@ -122,7 +51,7 @@ class LocalStore(Store):
         try:
             size = local_path.stat().st_size
             with (
-                _progress_cb(progress, size, f"upload {local_path.name}") as cb,
+                progress_callback(progress, size, f"upload {local_path.name}") as cb,
                 open(local_path, "rb") as src,
             ):
                 self._atomic_write(
@@ -140,7 +69,7 @@ class LocalStore(Store):
             size = src_path.stat().st_size
             local_path.parent.mkdir(parents=True, exist_ok=True)
             with (
-                _progress_cb(progress, size, f"download {src_path.name}") as cb,
+                progress_callback(progress, size, f"download {src_path.name}") as cb,
                 open(src_path, "rb") as src,
                 open(local_path, "wb") as dst,
             ):

@@ -1,6 +1,6 @@
 """Packed vs padded batches in the QLoRA fine-tune, same run (target: >= 1.5x tokens/s on CPU).
 
-The real stage-2 pieces: a tiny Llama loaded through ``local.finetune.load_qlora_model`` (4-bit
+The real stage-2 pieces: a tiny Llama loaded through ``local.model.load_qlora_model`` (4-bit
 NF4 + LoRA, gradient checkpointing), ``local.batching.collate`` with ``packed`` False/True, and
 the training step of ``local.training`` (forward, backward, clip, AdamW), in three modes over the
 same records: ``padded`` (batch = 8 records, right-padded), ``flattened`` (the same 8-record
@@ -44,9 +44,9 @@ def main() -> int:
     import qlora_helpers as h
     import torch
 
-    from local import finetune
     from local.batching import collate, non_pad_fraction, packing_works
     from local.config import load_config
+    from local.model import load_qlora_model
     from local.records import Example
 
     torch.set_num_threads(1)
@@ -55,7 +55,7 @@ def main() -> int:
     cfg = dataclasses.replace(
         load_config(h.TINY_CONFIG), batch_size=args.batch, max_seq_len=args.max_len
     )
-    model = finetune.load_qlora_model(model_dir, cfg, "cpu", "float32", ["q_proj", "v_proj"])
+    model = load_qlora_model(model_dir, cfg, "cpu", "float32", ["q_proj", "v_proj"])
     assert packing_works(model, "cpu", 300)
     rng = random.Random(0)
     examples = []

@@ -2,4 +2,33 @@
 
 Kept import-light on purpose: ``invoke --list`` imports the cli modules, so nothing heavy
 (torch, transformers, boto3) may be imported here.
+
+Modules (a run goes cli → finetune → checks → tokens → model/training → audit → release):
+
+- ``cli``: the ``finetune`` and ``export-held`` tasks (thin: flags in, summary out).
+- ``crypto_cli``: the ``keygen``, ``encrypt``, ``rekey``, ``inspect-data`` tasks.
+- ``config``: the fine-tune recipe, a frozen dataclass loaded from TOML.
+- ``job``: a run's typed inputs (``Job``) and its ``FinetuneResult``, as JSON for the pipe.
+- ``finetune``: ``run_finetune`` — argument checks, key, isolation — and the run's steps in order.
+- ``checks``: steps 2–3, everything checked before anything heavy is loaded.
+- ``preflight``: will the run fit this device (memory estimate, device, position limit)?
+- ``shape``: a model's shape from ``config.json`` on the meta device; LoRA target mapping.
+- ``tokens``: step 4, the encrypted dataset decrypted into token ids, split train/held-out.
+- ``records``: records → token ids and labels (loss masks, chat template, truncation).
+- ``dataset``: records from an encrypted JSON Lines file, decrypted in memory only.
+- ``model``: compute dtype and the 4-bit NF4 base with LoRA.
+- ``batching``: padded or packed batches.
+- ``training``: the training loop (masked loss, eval, early stop, encrypted checkpoints).
+- ``checkpoint``: encrypted, resumable checkpoints, never plaintext on disk.
+- ``audit``: the privacy audit (how much of the training data the adapter reproduces).
+- ``exposure``: what must not leave the box, known before training.
+- ``scan``: the forbidden items and a precise search for them in an export.
+- ``release``: step 7, the export's metadata, then export or hold.
+- ``export``: only what may leave, checked, with a manifest, published by one rename.
+- ``held``: a refused export kept encrypted with the dataset key.
+- ``airgap``: the HF offline switches and the in-process network guard.
+- ``netns``: runs a ``module:function`` in a fresh network namespace (the kernel air gap).
+- ``crypto``: the encrypted-stream format (chunked AES-256-GCM, STREAM).
+- ``keys``: local key files and optional AWS KMS envelope encryption.
+- ``errors``: ``LocalError``, the package's user-facing error.
 """

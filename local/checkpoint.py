@@ -107,3 +107,9 @@ class Checkpointer:
             p.unlink()
         if self.dir.is_dir() and not any(self.dir.iterdir()):
             shutil.rmtree(self.dir)
+
+
+def drop_checkpoints(out: Path) -> None:
+    """Delete every checkpoint of the run exporting to ``out`` (a run that tried to reach the
+    network is not one to resume)."""
+    Checkpointer(out, b"", "").clear()

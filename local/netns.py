@@ -1,4 +1,4 @@
-"""The kernel air gap: run the air-gapped part of a fine-tune in a fresh network namespace.
+"""The kernel air gap: run a function in a child in a fresh network namespace.
 
 ``unshare -rn`` (a new user + network namespace; works as root, or where unprivileged user
 namespaces are enabled) gives the child only a loopback interface: every outbound connect from
@@ -6,16 +6,17 @@ it — subprocesses (``curl``, ``python -c``, ``os.system``), spawn/forkserver c
 ``_socket`` calls — fails with "Network is unreachable" at once, and DNS fails. The in-process
 guard (``local.airgap``) still runs inside, for messages that name the code that tried.
 
-The parent loads the key (KMS unwrap needs the network) and hands the run's arguments and the
-key to the child over a pipe (never a file); the child sends back the result or the one-line
-error over another pipe. The log says which isolation is active:
+Generic: the child runs a function named ``module:function`` (it takes and returns plain JSON
+data) and knows nothing else of the caller. The request, which may carry a secret (the
+fine-tune's key, loaded by the parent because a KMS unwrap needs the network), goes to the child
+over a pipe (never a file); the child sends back the result or the one-line error of a
+:class:`~artifacts.errors.UserError` over another pipe. The log says which isolation is active:
 ``air gap: network namespace (kernel) + in-process guard`` or ``air gap: in-process guard only``.
 ``--airgap-strict`` refuses to run without the namespace.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -23,7 +24,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from local.errors import LocalError
@@ -72,44 +72,23 @@ def choose(*, strict: bool, allowed: bool = True) -> str:
     return GUARD
 
 
-def _encode(args: dict[str, Any]) -> bytes:
-    doc = {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items() if k != "cfg"}
-    doc["key"] = args["key"].hex()
-    doc["cfg"] = dataclasses.asdict(args["cfg"])
-    return json.dumps(doc).encode()
-
-
-def _decode(blob: bytes) -> dict[str, Any]:
-    from local.config import FinetuneConfig
-
-    doc = json.loads(blob)
-    for k in ("model_dir", "data", "key_file", "out", "public_key"):
-        if doc.get(k) is not None:
-            doc[k] = Path(doc[k])
-    doc["key"] = bytes.fromhex(doc["key"])
-    cfg = doc.pop("cfg")
-    cfg["target_modules"] = tuple(cfg["target_modules"])
-    doc["cfg"] = FinetuneConfig(**cfg)
-    return doc
-
-
-def run_in_namespace(args: dict[str, Any]) -> Any:
-    """Run ``local.finetune._run(**args)`` in a child in a fresh network namespace."""
-    from local.finetune import FinetuneResult
-
+def run_in_namespace(target: str, request: dict[str, Any]) -> Any:
+    """``target(request)`` (``target`` is ``"module:function"``) run in a child in a fresh
+    network namespace, inside the offline switches; its return value, or its one-line user
+    error raised here as a :class:`LocalError`."""
     cmd = _command()
     assert cmd is not None
     read_fd, write_fd = os.pipe()
     env = {**os.environ, _RESULT_FD_ENV: str(write_fd)}
     proc = subprocess.Popen(
-        [*cmd, sys.executable, "-m", "local.netns"],
+        [*cmd, sys.executable, "-m", "local.netns", target],
         stdin=subprocess.PIPE,
         env=env,
         pass_fds=(write_fd,),
     )
     os.close(write_fd)
     try:
-        proc.stdin.write(_encode(args))  # type: ignore[union-attr]
+        proc.stdin.write(json.dumps(request).encode())  # type: ignore[union-attr]
         proc.stdin.close()  # type: ignore[union-attr]
         with os.fdopen(read_fd, "rb") as f:
             reply = f.read()
@@ -125,12 +104,13 @@ def run_in_namespace(args: dict[str, Any]) -> Any:
     doc = json.loads(reply)
     if "error" in doc:
         raise LocalError(doc["error"])
-    doc["export_path"] = Path(doc["export_path"])
-    return FinetuneResult(**doc)
+    return doc["result"]
 
 
-def _child() -> int:
-    """Entry point inside the namespace: read the arguments, run, reply."""
+def _child(target: str) -> int:
+    """Entry point inside the namespace: read the request, run ``target``, reply."""
+    import importlib
+
     from artifacts.errors import UserError
     from artifacts.logs import init_logging
     from local.airgap import enable_offline_env
@@ -139,22 +119,19 @@ def _child() -> int:
     init_logging()
     log.info("air gap: running in network namespace %s", os.readlink("/proc/self/ns/net"))
     out = os.fdopen(int(os.environ.pop(_RESULT_FD_ENV)), "wb")
-    args = _decode(sys.stdin.buffer.read())
-    from local import finetune
-
+    request = json.loads(sys.stdin.buffer.read())
+    module, _, name = target.partition(":")
+    function = getattr(importlib.import_module(module), name)
     try:
-        with finetune._guard(True, args["out"]):
-            result = finetune._run(**args, isolation=NAMESPACE)
+        result = function(request)
     except UserError as err:  # LocalError, VerificationError, …: one line for the parent
         out.write(json.dumps({"error": str(err)}).encode())
         out.close()
         return 2
-    doc = dataclasses.asdict(result)
-    doc["export_path"] = str(doc["export_path"])
-    out.write(json.dumps(doc).encode())
+    out.write(json.dumps({"result": result}).encode())
     out.close()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_child())
+    sys.exit(_child(sys.argv[1]))

@@ -12,7 +12,7 @@ from artifacts.manifest import (
     incomplete_folders,
     latest_committed,
 )
-from artifacts.store import ObjectInfo
+from artifacts.store_api import ObjectInfo
 
 SHA = "a" * 64
 

@@ -16,7 +16,7 @@ import pytest
 import qlora_helpers as h
 
 from artifacts.errors import VerificationError
-from local import airgap, finetune
+from local import airgap, finetune, tokens
 from local.config import load_config
 from local.errors import LocalError
 
@@ -72,7 +72,7 @@ def airgapped_run(tiny):
     """One `--airgapped` fine-tune, watched: network audit, guard state, logs and output."""
     tmp, model, cipher, key = tiny
     seen: dict[str, object] = {}
-    real_tokenize, real_train = finetune.tokenize_records, finetune.train_model
+    real_tokenize, real_train = tokens.tokenize_records, finetune.train_model
 
     def tokenize(*a, **k):
         seen["guard_while_decrypting"] = airgap.active()
@@ -91,7 +91,7 @@ def airgapped_run(tiny):
     root.setLevel(logging.INFO)
     started = h.now()
     out = tmp / "export"
-    finetune.tokenize_records, finetune.train_model = tokenize, train
+    tokens.tokenize_records, finetune.train_model = tokenize, train
     audit = network_audit()
     audit.attempts.clear()
     audit.enabled = True
@@ -108,7 +108,7 @@ def airgapped_run(tiny):
             )
     finally:
         audit.enabled = False
-        finetune.tokenize_records, finetune.train_model = real_tokenize, real_train
+        tokens.tokenize_records, finetune.train_model = real_tokenize, real_train
         root.removeHandler(handler)
         root.setLevel(old_level)
     return {
@@ -139,17 +139,6 @@ def test_the_network_audit_sees_what_reaches_the_os():
 
 
 # --- pure pieces ------------------------------------------------------------------------------
-
-
-def test_eval_slice_is_held_out_and_seeded():
-    examples = [[i] for i in range(20)]
-    train, evals = finetune.split_eval(examples, 0.2, 100, seed=0)
-    assert len(evals) == 4 and len(train) == 16
-    assert not {tuple(e) for e in evals} & {tuple(t) for t in train}
-    assert finetune.split_eval(examples, 0.2, 100, seed=0) == (train, evals)
-    assert len(finetune.split_eval(examples, 0.5, 3, seed=0)[1]) == 3
-    with pytest.raises(LocalError, match="at least 2"):
-        finetune.split_eval([[1]], 0.2, 10, seed=0)
 
 
 def test_padding_is_masked_out_of_the_loss():
@@ -240,7 +229,7 @@ def test_4bit_nf4_base_stays_frozen_and_the_adapter_reloads_exactly(tiny, tmp_pa
     lora_b = q_proj.lora_B["default"].weight.detach().clone()
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    examples, _ = finetune.tokenize_records(h.records(40), tok, cfg)
+    examples, _ = tokens.tokenize_records(h.records(40), tok, cfg)
     stats = finetune.train_model(
         model,
         examples[:32],
@@ -298,7 +287,7 @@ def test_gpt2_fused_attention_gets_the_adapter_on_c_attn(tmp_path):
     assert isinstance(c_attn.base_layer, bnb.nn.Linear4bit)
     assert c_attn.base_layer.weight.quant_state.quant_type == "nf4"
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    examples, _ = finetune.tokenize_records(h.records(24), tok, cfg)
+    examples, _ = tokens.tokenize_records(h.records(24), tok, cfg)
     stats = finetune.train_model(
         model,
         examples[:20],
@@ -318,7 +307,7 @@ def test_gpt2_fused_attention_gets_the_adapter_on_c_attn(tmp_path):
 
 def test_blocked_network_attempt_aborts_the_run_even_if_swallowed(tiny, monkeypatch):
     tmp, model, cipher, key = tiny
-    real = finetune.tokenize_records
+    real = tokens.tokenize_records
 
     def phone_home(*a, **k):
         try:
@@ -327,7 +316,7 @@ def test_blocked_network_attempt_aborts_the_run_even_if_swallowed(tiny, monkeypa
             pass
         return real(*a, **k)
 
-    monkeypatch.setattr(finetune, "tokenize_records", phone_home)
+    monkeypatch.setattr(tokens, "tokenize_records", phone_home)
     out = tmp / "never"
     with pytest.raises(LocalError) as info:
         finetune.run_finetune(

@@ -11,7 +11,7 @@ import pytest
 import qlora_helpers as h
 
 from artifacts.verify import verify_dir
-from local import export, finetune, held
+from local import export, finetune, held, tokens
 from local.config import load_config
 from local.errors import LocalError
 
@@ -76,7 +76,7 @@ def test_a_leaking_base_file_is_refused_in_preflight_not_after_training(
     doc = json.loads(cfg_path.read_text())
     doc["comment"] = "made for data key " + key_id(load_key(key)).hex()
     cfg_path.write_text(json.dumps(doc))
-    monkeypatch.setattr(finetune, "tokenize_records", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(tokens, "tokenize_records", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(
         LocalError, match="preflight: the base model's tokenizer_config.json .* key ID"
     ):

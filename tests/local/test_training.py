@@ -61,19 +61,19 @@ def test_early_stop_needs_evaluations():
 def setup(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from local import finetune
+    from local import tokens
 
     model_dir = h.build_tiny_llama(tmp_path_factory.mktemp("m"))
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     cfg = load_config(h.TINY_CONFIG)
-    examples, _ = finetune.tokenize_records(h.records(40), tok, cfg)
+    examples, _ = tokens.tokenize_records(h.records(40), tok, cfg)
     return model_dir, cfg, examples
 
 
 def _model(model_dir, cfg):
-    from local import finetune
+    from local.model import load_qlora_model
 
-    return finetune.load_qlora_model(model_dir, cfg, "cpu", "float32", ["q_proj", "v_proj"])
+    return load_qlora_model(model_dir, cfg, "cpu", "float32", ["q_proj", "v_proj"])
 
 
 @pytest.mark.slow

@@ -41,7 +41,8 @@ from artifacts.manifest import MANIFEST_NAME, PARTS_DIR
 from artifacts.publish import commit_parts, local_files, publish_part, upload_files, write_part
 from artifacts.retention import cleanup_incomplete, prune_committed
 from artifacts.run import Run, now_iso, step_folder
-from artifacts.store import join_key, open_store
+from artifacts.store import open_store
+from artifacts.store_api import join_key
 from trainer.checkpoint.outage import StoreOutageError, retry_through_outage
 from trainer.checkpoint.uploaders import assign_uploads, bytes_per_rank
 

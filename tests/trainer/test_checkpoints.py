@@ -287,10 +287,10 @@ def test_uploads_run_in_a_separate_low_priority_process(tmp_path):
     assert c.upload_process
     c.submit(make_checkpoint(tmp_path / "out", 1, size=64), 1, {})
     deadline = time.monotonic() + 60
-    while not (c._pool is not None and c._pool._processes):  # spawned by the committer thread
+    while not c._pool.pids():  # spawned by the committer thread
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    pids = list(c._pool._processes)
+    pids = c._pool.pids()
     assert os.getpid() not in pids
     # while training runs: niceness 19 (set by the worker's initializer, right after it starts)
     while not all(os.getpriority(os.PRIO_PROCESS, pid) == 19 for pid in pids):

@@ -33,34 +33,32 @@ import shutil
 import threading
 import time
 from collections import deque
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from artifacts.manifest import MANIFEST_NAME, PARTS_DIR
-from artifacts.publish import commit_parts, local_files, publish_part, upload_files, write_part
+from artifacts.publish import commit_parts, publish_part, write_part
 from artifacts.retention import cleanup_incomplete, prune_committed
 from artifacts.run import Run, now_iso, step_folder
 from artifacts.store import open_store
 from artifacts.store_api import join_key
 from trainer.checkpoint.outage import StoreOutageError, retry_through_outage
-from trainer.checkpoint.uploaders import assign_uploads, bytes_per_rank
+from trainer.checkpoint.upload_pool import (
+    CheckpointCommitError,
+    UploadPool,
+    lower_thread_priority,
+)
+from trainer.checkpoint.uploaders import bytes_per_rank
 
 log = logging.getLogger(__name__)
 
 STAGING_DIR = ".commit-staging"
 #: An incomplete folder whose newest object is older than this is a dead upload, not a slow one.
 STALE_GRACE_SECONDS = 3600.0
-#: Niceness of the upload threads: a busy CPU runs the training ranks first.
-UPLOAD_NICENESS = 19
 #: ``0`` uploads in a thread of the training process instead of a separate upload process.
 UPLOAD_PROCESS_ENV = "TWOSTAGE_UPLOAD_PROCESS"
 #: Number of upload processes per node; default: one per local rank (``LOCAL_WORLD_SIZE``).
 UPLOADERS_ENV = "TWOSTAGE_UPLOADERS"
-
-
-class CheckpointCommitError(RuntimeError):
-    """A checkpoint could not be uploaded or committed (raised by submit/wait, not swallowed)."""
 
 
 def snapshot(local_dir: Path, dest: Path) -> None:
@@ -79,70 +77,6 @@ def snapshot(local_dir: Path, dest: Path) -> None:
             shutil.copy2(src, dst)
 
     shutil.copytree(local_dir, dest, copy_function=link_or_copy)
-
-
-_URGENT: Any = None  # in the upload process: the committer's "training has stopped" event
-_BASE_NICENESS = 0
-
-
-def _upload_worker_init(urgent: Any, base: int) -> None:
-    """The upload process: deaf to SIGTERM/SIGINT, dies with its parent.
-
-    SIGTERM is what the launcher sends every process of the tree on a spot notice; the parent
-    rank turns it into "save and commit", so the uploader must not die of it. If the parent is
-    killed outright, the uploader goes too (Linux ``PR_SET_PDEATHSIG``).
-    """
-    import signal
-
-    global _URGENT, _BASE_NICENESS
-    _URGENT, _BASE_NICENESS = urgent, base
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _set_own_niceness(value: int) -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, value)  # this thread; threads it starts inherit it
-    except (AttributeError, OSError):
-        pass
-
-
-def _upload_job(src: Path, dest: str, files: list[str]) -> list[Any]:
-    """One uploader's share of a part (one rank's files): low priority unless training stopped.
-
-    Every file is hashed while it streams (``Store.upload_file``); the entries go back to the
-    committer thread, which writes the node's part record once every uploader is done.
-    """
-    _set_own_niceness(UPLOAD_NICENESS)
-    if _URGENT is not None and _URGENT.is_set():  # set before expedite() renices: no lost update
-        _set_own_niceness(_BASE_NICENESS)
-    return upload_files(open_store(dest), src, files)
-
-
-def _base_niceness() -> int:
-    """The training process's own niceness (its main thread's: tid == pid)."""
-    try:
-        return os.getpriority(os.PRIO_PROCESS, os.getpid())
-    except (AttributeError, OSError):
-        return 0
-
-
-def _lower_thread_priority() -> None:
-    """Give this thread (and the upload threads it starts) a lower CPU priority than training.
-
-    Linux niceness is per thread and inherited by threads created later, so boto3's transfer
-    threads inherit it too. Where that is not possible it is only logged: uploads still work.
-    """
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPLOAD_NICENESS)
-    except (AttributeError, OSError) as err:
-        log.debug("could not lower the upload thread's priority: %s", err)
 
 
 class CheckpointCommitter:
@@ -196,9 +130,7 @@ class CheckpointCommitter:
             raise ValueError(f"uploaders must be >= 1, got {uploaders}")
         #: upload processes on this node (one per local rank by default)
         self.uploaders = uploaders
-        self._pool: Any = None
-        self._urgent = False
-        self._urgent_event: Any = None
+        self._pool = UploadPool(uploaders, node_rank=node_rank)
         self._tid: int | None = None
         #: step -> seconds from submit to commit (head) or to part uploaded (other nodes)
         self.durations: dict[int, float] = {}
@@ -283,30 +215,7 @@ class CheckpointCommitter:
         priority needs root (or CAP_SYS_NICE), which the nodes' launch via SSM has; otherwise
         uploads carry on at low priority (logged once).
         """
-        if self._urgent:
-            return
-        self._urgent = True
-        if self._urgent_event is not None:
-            self._urgent_event.set()
-        base = _base_niceness()
-        targets = [self._tid] if self._tid else []
-        for pid in list(self._pool._processes) if self._pool else []:
-            try:  # niceness is per thread on Linux: every thread of the uploader
-                targets += [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-            except OSError:
-                targets.append(pid)
-        for target in targets:
-            try:
-                os.setpriority(os.PRIO_PROCESS, target, base)
-            except ProcessLookupError:
-                continue  # a transfer thread that just finished
-            except (OSError, AttributeError) as err:
-                log.info(
-                    "cannot raise the upload priority (%s); it continues at niceness %d",
-                    err,
-                    UPLOAD_NICENESS,
-                )
-                return
+        self._pool.expedite(committer_tid=self._tid)
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until every submitted checkpoint is committed; re-raise a background failure.
@@ -332,9 +241,7 @@ class CheckpointCommitter:
         finally:
             # The uploader goes first: it dies with the thread that spawned it (PR_SET_PDEATHSIG
             # follows the parent *thread*), which is the committer thread.
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+            self._pool.shutdown()
             with self._cond:
                 self._closed = True
                 self._cond.notify_all()
@@ -356,8 +263,8 @@ class CheckpointCommitter:
 
     def _run(self) -> None:
         self._tid = threading.get_native_id()
-        if not self._urgent:
-            _lower_thread_priority()
+        if not self._pool.urgent:
+            lower_thread_priority()
         while True:
             with self._cond:
                 while not self._jobs and not self._closed:
@@ -402,34 +309,7 @@ class CheckpointCommitter:
     def _publish_part(self, src: Path, dest: str, part: str, files: list[str] | None) -> list[Any]:
         if not self.upload_process:
             return publish_part(src, dest, part, files=files)
-        if self._pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            ctx = multiprocessing.get_context("spawn")
-            self._urgent_event = ctx.Event()
-            if self._urgent:
-                self._urgent_event.set()
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.uploaders,
-                mp_context=ctx,
-                initializer=_upload_worker_init,
-                initargs=(self._urgent_event, _base_niceness()),
-            )
-        names = sorted(files) if files is not None else local_files(src)
-        sizes = {name: (src / name).stat().st_size for name in names}
-        groups = assign_uploads(sizes, self.uploaders)
-        futures = [self._pool.submit(_upload_job, src, dest, group) for group in groups]
-        try:
-            entries = [e for f in futures for e in f.result()]
-        except BrokenProcessPool as err:
-            # An uploader died (killed, out of memory): its files may be half-written, so this
-            # node writes no part record and the checkpoint is never committed.
-            self._pool = None
-            raise CheckpointCommitError(
-                f"an upload process of node {self.node_rank} died mid-upload ({err}); "
-                "checkpoint not committed"
-            ) from err
+        entries = self._pool.upload(src, dest, files)
         write_part(dest, part, entries)
         return entries
 

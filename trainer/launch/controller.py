@@ -29,8 +29,9 @@ from artifacts.node import (
 from artifacts.run import Run, RunState, Status
 from trainer.launch.control import ControllerState, ControlPlane, RunRequest
 from trainer.launch.cost import Price
+from trainer.launch.ports import Capacity, Clock, CommandRunner
 from trainer.launch.ranks import make_spec, node_scripts, stop_script
-from trainer.launch.watch import Capacity, Clock, CommandRunner, Outcome, Watcher, WatchPolicy
+from trainer.launch.watch import Outcome, Watcher, WatchPolicy
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
     from artifacts.store import open_store
     from trainer.launch.cost import price_for
     from trainer.launch.group import Group
-    from trainer.launch.run import SystemClock
+    from trainer.launch.ports import SystemClock
     from trainer.launch.ssm import SsmRunner
 
     init_logging()

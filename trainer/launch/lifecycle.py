@@ -16,11 +16,11 @@ from typing import Any
 from artifacts.manifest import MANIFEST_NAME
 from artifacts.run import Run, RunState
 from trainer.launch import LaunchError
+from trainer.launch.ports import SystemClock
 from trainer.launch.run import (
     HEARTBEAT_STALE_S,
     STOP_KEY,
     Context,
-    SystemClock,
     aws_errors,
     follow,
     prices,

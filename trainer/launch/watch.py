@@ -20,9 +20,9 @@ One :class:`Watcher` takes a run from "submitted" to "nodes at 0":
      size (grow back);
 4. **end**: desired capacity 0 (AWS terminates every node), wait until none is left, cost report.
 
-The ports (command runner, capacity, run view, clock) are protocols so tests drive every path with
-fakes or moto and a fake clock; the real ones are SSM (:mod:`.ssm`), the Auto Scaling group
-(:mod:`.group`) and :class:`artifacts.run.Run`. Nothing here launches or terminates an instance.
+The ports (command runner, capacity, run view, clock: :mod:`.ports`) are protocols so tests drive
+every path with fakes or moto and a fake clock; the real ones are SSM (:mod:`.ssm`), the Auto
+Scaling group (:mod:`.group`) and :class:`artifacts.run.Run`. Nothing here launches or terminates an instance.
 """
 
 from __future__ import annotations
@@ -30,62 +30,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from artifacts.run import ExitCode, Status, verdict
 from trainer.launch.cost import FleetCostReport, InstanceSpan, Price, fleet_cost_report
 from trainer.launch.deadman import StallWatch, over_budget, preparing_bytes
-from trainer.launch.group import LIVE_STATES, Member, launch_nodes
+from trainer.launch.group import launch_nodes
+from trainer.launch.ports import (
+    LIVE_STATES,
+    RESUMABLE_COMMAND,
+    TERMINAL_COMMAND,
+    Capacity,
+    Clock,
+    CommandRunner,
+    Invocation,
+    Member,
+    RunView,
+)
 from trainer.launch.ranks import RankAssignment, assign_ranks
 
 log = logging.getLogger(__name__)
-
-TERMINAL_COMMAND = frozenset(
-    {"Success", "Failed", "Cancelled", "TimedOut", "Undeliverable", "Terminated",
-     "DeliveryTimedOut", "ExecutionTimedOut"}
-)  # fmt: skip
-RESUMABLE_COMMAND = frozenset({"Cancelled", "TimedOut", "DeliveryTimedOut", "ExecutionTimedOut"})
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """One node's command as SSM reports it; ``exit_code`` is None until it ends."""
-
-    status: str
-    exit_code: int | None = None
-
-
-class CommandRunner(Protocol):
-    def send(self, instance_id: str, script: str, *, comment: str) -> str:
-        """Run ``script`` on that instance; return the command id."""
-
-    def poll(self, command_id: str, instance_id: str) -> Invocation: ...
-
-    def cancel(self, command_id: str) -> None: ...
-
-
-class Capacity(Protocol):
-    def members(self) -> list[Member]:
-        """Every instance the group launched, live and ended."""
-
-    def desired(self) -> int: ...
-
-    def set_desired(self, capacity: int) -> None: ...
-
-
-class RunView(Protocol):
-    """What the watcher reads of the run (:class:`artifacts.run.Run` is the real one)."""
-
-    def read_status(self) -> Status | None: ...
-
-    def stop_requested(self) -> bool: ...
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-    def sleep(self, seconds: float) -> None: ...
-
 
 @dataclass(frozen=True)
 class WatchPolicy:

@@ -7,8 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from artifacts.run import RunState, Status
-from trainer.launch.group import Member
-from trainer.launch.watch import Invocation
+from trainer.launch.ports import Invocation, Member
 
 CLUSTER = "ts-test"
 RUN = "s3://ts-bucket/runs/r1"

@@ -226,7 +226,7 @@ def stop(proc: subprocess.Popen) -> None:
 def pretrain_cmd(config: Path, run_uri: str, nproc: int) -> list[str]:
     """``launch_local`` in a fresh interpreter (its exit code is the run's)."""
     code = (
-        "import sys; from pathlib import Path; from trainer.launch.local import launch_local; "
+        "import sys; from pathlib import Path; from trainer.launch.single_node import launch_local; "
         "sys.exit(launch_local(Path(sys.argv[1]), sys.argv[2], nproc=int(sys.argv[3])))"
     )
     return [sys.executable, "-c", code, str(config), run_uri, str(nproc)]

@@ -3,6 +3,7 @@
 Import-light on purpose (`invoke --list` imports the cli module): boto3 and friends are imported
 inside the functions that use them. Modules, one concern each:
 
+- :mod:`.ports`      the supervision loop's ports: Invocation, Member, protocols, SystemClock.
 - :mod:`.outputs`    stack outputs (`pulumi stack output --json` or a JSON file), validated.
 - :mod:`.ranks`      pure: node ranks, rendezvous, EFA/NCCL env, the per-node shell script.
 - :mod:`.group`      the nodes' Auto Scaling group (members, desired capacity); pure per-launch ranks.
@@ -14,7 +15,8 @@ inside the functions that use them. Modules, one concern each:
 - :mod:`.controller` the service on the controller instance (``python -m``).
 - :mod:`.node_agent` the dead-man service on every node (``python -m``).
 - :mod:`.upload`     run config + local data to the run prefix.
-- :mod:`.run`        `invoke pretrain`: submit and follow.
+- :mod:`.submit`     `invoke pretrain`: submit and follow (AWS errors, last run, prices).
+- :mod:`.single_node` `invoke pretrain --local`: the DeepSpeed launcher on this machine.
 - :mod:`.lifecycle`  `invoke status`, `logs`, `stop`.
 - :mod:`.cli`        the invoke tasks.
 """

@@ -222,7 +222,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
     group = Group(session.client("autoscaling"), ec2, ssm, name=info.group)
 
     def prices() -> tuple[dict[str, Price], Price]:
-        from trainer.launch.run import spot_history
+        from trainer.launch.submit import spot_history
 
         az = info.availability_zone
         history = spot_history(ec2, info.instance_types, az) if info.spot else []

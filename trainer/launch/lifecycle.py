@@ -17,7 +17,7 @@ from artifacts.manifest import MANIFEST_NAME
 from artifacts.run import Run, RunState
 from trainer.launch import LaunchError
 from trainer.launch.ports import SystemClock
-from trainer.launch.run import (
+from trainer.launch.submit import (
     HEARTBEAT_STALE_S,
     STOP_KEY,
     Context,

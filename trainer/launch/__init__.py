@@ -5,7 +5,8 @@ inside the functions that use them. Modules, one concern each:
 
 - :mod:`.ports`      the supervision loop's ports: Invocation, Member, protocols, SystemClock.
 - :mod:`.outputs`    stack outputs (`pulumi stack output --json` or a JSON file), validated.
-- :mod:`.ranks`      pure: node ranks, rendezvous, EFA/NCCL env, the per-node shell script.
+- :mod:`.ranks`      pure: node ranks, rendezvous, the shared launch spec, EFA/NCCL env.
+- :mod:`.node_script` pure: the bash each node runs for a launch, and the stop signal.
 - :mod:`.group`      the nodes' Auto Scaling group (members, desired capacity); pure per-launch ranks.
 - :mod:`.cost`       pure: spot price, node-hours, dollars per instance type, price sources.
 - :mod:`.deadman`    pure: idle node, stalled run, max hours/dollars decisions.

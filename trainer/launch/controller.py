@@ -29,8 +29,9 @@ from artifacts.node import (
 from artifacts.run import Run, RunState, Status
 from trainer.launch.control import ControllerState, ControlPlane, RunRequest
 from trainer.launch.cost import Price
+from trainer.launch.node_script import node_scripts, stop_script
 from trainer.launch.ports import Capacity, Clock, CommandRunner
-from trainer.launch.ranks import make_spec, node_scripts, stop_script
+from trainer.launch.ranks import make_spec
 from trainer.launch.watch import Outcome, Watcher, WatchPolicy
 
 log = logging.getLogger(__name__)

@@ -30,9 +30,10 @@ from artifacts.run import Run, RunState, Status
 from trainer.launch.control import ControllerState, ControlPlane, RunRequest
 from trainer.launch.cost import Price
 from trainer.launch.node_script import node_scripts, stop_script
+from trainer.launch.policy import Outcome, WatchPolicy
 from trainer.launch.ports import Capacity, Clock, CommandRunner
 from trainer.launch.ranks import make_spec
-from trainer.launch.watch import Outcome, Watcher, WatchPolicy
+from trainer.launch.watch import Watcher
 
 log = logging.getLogger(__name__)
 

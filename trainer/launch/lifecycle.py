@@ -56,7 +56,7 @@ def run_status(ctx: Context, run_uri: str, *, now: float | None = None) -> list[
     """What `invoke status` prints."""
     from artifacts.manifest import latest_committed
     from trainer.launch.cost import fleet_cost_report
-    from trainer.launch.watch import spans_of
+    from trainer.launch.fleet import spans_of
 
     now = SystemClock().now() if now is None else now
     lines = [f"run: {run_uri}"]

@@ -127,7 +127,7 @@ def main() -> int:
     a = p.parse_args()
 
     from artifacts.ports import free_port
-    from trainer.launch.local import launcher_env
+    from trainer.launch.single_node import launcher_env
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-overlap-"))
     env = launcher_env(

@@ -61,7 +61,7 @@ def first_step_seconds(run: Path, launched: float) -> float:
 
 
 def resume_overhead(work: Path, rounds: int) -> dict:
-    from trainer.launch.local import launch_local
+    from trainer.launch.single_node import launch_local
 
     base = work / "base"
     assert launch_local(recipe(work / "a.toml", max_steps=20), str(base), nproc=2) == 0
@@ -91,7 +91,7 @@ def resume_overhead(work: Path, rounds: int) -> dict:
 
 def conversion_cost(work: Path, rounds: int, hidden: int, layers: int) -> dict:
     from trainer.checkpoint.elastic import to_universal
-    from trainer.launch.local import launch_local
+    from trainer.launch.single_node import launch_local
 
     run = work / "big"
     os.environ["TWOSTAGE_SCRATCH"] = str(work / "scratch-big")

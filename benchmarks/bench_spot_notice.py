@@ -66,7 +66,7 @@ def measure(a: argparse.Namespace, code: Path) -> dict:
 
     from artifacts.ports import free_port
     from trainer.checkpoint.resume import committed_steps
-    from trainer.launch.local import launcher_command, launcher_env
+    from trainer.launch.single_node import launcher_command, launcher_env
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-spot-"))
     env = launcher_env({**os.environ, "TWOSTAGE_SCRATCH": str(tmp / "scratch")})

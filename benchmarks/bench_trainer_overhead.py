@@ -98,7 +98,7 @@ def bench_config(tmp: Path, steps: int) -> Path:
 
 def launch(cmd_tail: list[str], log: Path) -> float:
     from artifacts.ports import free_port
-    from trainer.launch.local import launcher_env
+    from trainer.launch.single_node import launcher_env
 
     cmd = [
         sys.executable,

@@ -6,7 +6,7 @@ for the bucket. The two training stages run as child processes with their logs i
 ``<workdir>/logs/``, so the terminal shows one line per stage and a progress bar, not two ranks of
 DeepSpeed chatter:
 
-* pretraining: ``trainer.launch.local.launch_local`` (2 CPU ranks, ZeRO-3) in a child process; the
+* pretraining: ``trainer.launch.single_node.launch_local`` (2 CPU ranks, ZeRO-3) in a child process; the
   progress bar follows the run's ``STATUS.json`` in the bucket, as an operator would;
 * fine-tune: ``invoke finetune --airgapped`` as a subprocess — the very command the README gives.
   A separate process also keeps the air-gap guard (it patches ``socket``) and the HF offline

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from artifacts.errors import UserError
+from trainer.launch.single_node import launcher_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRETRAIN_CONFIG = REPO_ROOT / "configs" / "pretrain-tiny.toml"
@@ -157,15 +158,6 @@ def bucket(paths: Paths, s3: bool) -> Iterator[str]:
 # Child processes
 
 
-def child_env() -> dict[str, str]:
-    """Environment for the training children: one thread per rank (2 ranks share 2 cores)."""
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def last_line(log_path: Path) -> str:
     """The last non-empty line of a log (what a person reads first when a stage failed)."""
     try:
@@ -195,7 +187,7 @@ def child(
         proc = subprocess.Popen(
             cmd,
             cwd=cwd,
-            env={**child_env(), **(env or {})},
+            env={**launcher_env(), **(env or {})},  # one thread per rank: 2 ranks share 2 cores
             stdout=None if verbose else out,
             stderr=None if verbose else subprocess.STDOUT,
             start_new_session=True,
@@ -226,7 +218,7 @@ def stop(proc: subprocess.Popen) -> None:
 def pretrain_cmd(config: Path, run_uri: str, nproc: int) -> list[str]:
     """``launch_local`` in a fresh interpreter (its exit code is the run's)."""
     code = (
-        "import sys; from pathlib import Path; from trainer.launch.local import launch_local; "
+        "import sys; from pathlib import Path; from trainer.launch.single_node import launch_local; "
         "sys.exit(launch_local(Path(sys.argv[1]), sys.argv[2], nproc=int(sys.argv[3])))"
     )
     return [sys.executable, "-c", code, str(config), run_uri, str(nproc)]

@@ -147,7 +147,7 @@ def test_entry_point_reports_a_bad_config_in_one_line_with_exit_2(tmp_path: Path
 
 
 def test_package_import_is_light() -> None:
-    code = "import sys, trainer, trainer.config, trainer.launch.local, artifacts.run; print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))"
+    code = "import sys, trainer, trainer.config, trainer.launch.single_node, artifacts.run; print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )

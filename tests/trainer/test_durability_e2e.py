@@ -51,7 +51,7 @@ class Launch:
 
     def __init__(self, config: Path, run: str, log: Path, env: dict[str, str]) -> None:
         from artifacts.ports import free_port
-        from trainer.launch.local import launcher_command, launcher_env
+        from trainer.launch.single_node import launcher_command, launcher_env
 
         self.log = log
         self.out = open(log, "wb")  # noqa: SIM115 - closed in wait()

@@ -68,7 +68,7 @@ def test_shard_world_size_counts_ranks_of_a_local_folder(tmp_path: Path) -> None
 def test_the_launcher_refuses_an_impossible_global_batch_before_starting_ranks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trainer.launch import local
+    from trainer.launch import single_node
 
     run = Run(str(tmp_path / "run"))
     commit(run, tmp_path, 10, 2, elastic_metadata(world=2, per_device=16, grad_accum=1))
@@ -78,7 +78,7 @@ def test_the_launcher_refuses_an_impossible_global_batch_before_starting_ranks(
 
     monkeypatch.setattr(subprocess, "Popen", no_launch)
     with pytest.raises(TrainerError, match=r"global batch of 32, which cannot be held on 3 rank"):
-        local.launch_local(ROOT / "configs" / "pretrain-tiny.toml", run.uri, nproc=3)
+        single_node.launch_local(ROOT / "configs" / "pretrain-tiny.toml", run.uri, nproc=3)
 
 
 def test_the_cli_prints_the_refusal_in_one_line_with_exit_2(tmp_path: Path) -> None:

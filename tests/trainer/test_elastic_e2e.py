@@ -19,7 +19,7 @@ import pytest
 from artifacts.run import ExitCode, Run
 from artifacts.verify import verify_dir
 from trainer.checkpoint.elastic import universal_uri
-from trainer.launch.local import launch_local
+from trainer.launch.single_node import launch_local
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ from artifacts.download import download_verified
 from artifacts.manifest import MANIFEST_NAME, committed_folders
 from artifacts.run import ExitCode, Run
 from artifacts.store import open_store
-from trainer.launch.local import launch_local
+from trainer.launch.single_node import launch_local
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import pytest
 
 from artifacts.run import ExitCode, Run, RunState, Status
 from trainer.data import prepare
-from trainer.launch import local
+from trainer.launch import single_node
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "pretrain-tiny.toml"
@@ -41,8 +41,8 @@ def test_a_dead_rank_reads_failed_with_the_reason_and_the_resume_command(
     )
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: DeadLauncher(rc))
     monkeypatch.setattr(prepare, "run_prepare", lambda *a, **k: None)  # the cache is there
-    with caplog.at_level(logging.INFO, logger="trainer.launch.local"):
-        code = local.launch_local(TINY, run.uri, nproc=2)
+    with caplog.at_level(logging.INFO, logger="trainer.launch.single_node"):
+        code = single_node.launch_local(TINY, run.uri, nproc=2)
     assert code == ExitCode.FAILED
     status = run.read_status()
     assert status.state is RunState.FAILED and reason in status.reason
@@ -57,8 +57,8 @@ def test_an_interrupted_run_is_not_rewritten(tmp_path: Path, monkeypatch, caplog
     run.write_status(Status(state=RunState.INTERRUPTED, global_step=8, reason="store outage: x"))
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: DeadLauncher(75))
     monkeypatch.setattr(prepare, "run_prepare", lambda *a, **k: None)
-    with caplog.at_level(logging.INFO, logger="trainer.launch.local"):
-        assert local.launch_local(TINY, run.uri, nproc=1) == ExitCode.INTERRUPTED
+    with caplog.at_level(logging.INFO, logger="trainer.launch.single_node"):
+        assert single_node.launch_local(TINY, run.uri, nproc=1) == ExitCode.INTERRUPTED
     assert run.read_status().reason == "store outage: x"
     assert "store outage: x" in caplog.records[-1].getMessage()
     assert "--nproc 1" in caplog.records[-1].getMessage()
@@ -70,6 +70,6 @@ def test_a_rank_dead_while_preparing_data_reads_failed(tmp_path: Path, monkeypat
     run.write_status(Status(state=RunState.PREPARING, extra={"data_prep": {"bytes_done": 5}}))
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: DeadLauncher(-9))
     monkeypatch.setattr(prepare, "run_prepare", lambda *a, **k: None)
-    assert local.launch_local(TINY, run.uri, nproc=1) == ExitCode.FAILED
+    assert single_node.launch_local(TINY, run.uri, nproc=1) == ExitCode.FAILED
     status = run.read_status()
     assert status.state is RunState.FAILED and "signal 9" in status.reason

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from artifacts.run import ExitCode, Run, step_folder
-from trainer.launch.local import launcher_command, launcher_env
+from trainer.launch.single_node import launcher_command, launcher_env
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "pretrain-tiny.toml"
@@ -81,7 +81,7 @@ def test_tiny_recipe_converges_publishes_and_partitions(tmp_path: Path, monkeypa
 
     from artifacts.verify import verify_dir
     from trainer.checkpoint.resume import committed_steps
-    from trainer.launch.local import launch_local
+    from trainer.launch.single_node import launch_local
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("TWOSTAGE_SCRATCH", str(tmp_path / "scratch"))

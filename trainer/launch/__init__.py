@@ -3,18 +3,24 @@
 Import-light on purpose (`invoke --list` imports the cli module): boto3 and friends are imported
 inside the functions that use them. Modules, one concern each:
 
+- :mod:`.ports`      the supervision loop's ports: Invocation, Member, protocols, SystemClock.
 - :mod:`.outputs`    stack outputs (`pulumi stack output --json` or a JSON file), validated.
-- :mod:`.ranks`      pure: node ranks, rendezvous, EFA/NCCL env, the per-node shell script.
+- :mod:`.ranks`      pure: node ranks, rendezvous, the shared launch spec, EFA/NCCL env.
+- :mod:`.node_script` pure: the bash each node runs for a launch, and the stop signal.
 - :mod:`.group`      the nodes' Auto Scaling group (members, desired capacity); pure per-launch ranks.
 - :mod:`.cost`       pure: spot price, node-hours, dollars per instance type, price sources.
 - :mod:`.deadman`    pure: idle node, stalled run, max hours/dollars decisions.
 - :mod:`.ssm`        thin SSM Run Command adapter (instance targets, output to the bucket).
+- :mod:`.policy`     the supervision policy (timings, bounds) and its Outcome; pure.
+- :mod:`.attempt`    one launch attempt: its commands, their verdict, stopping them.
+- :mod:`.fleet`      the group's members seen over a run: cost spans, scale to 0 and drain.
 - :mod:`.watch`      the supervision state machine over injected ports.
 - :mod:`.control`    the control objects in the bucket (request, heartbeat, controller state).
 - :mod:`.controller` the service on the controller instance (``python -m``).
 - :mod:`.node_agent` the dead-man service on every node (``python -m``).
 - :mod:`.upload`     run config + local data to the run prefix.
-- :mod:`.run`        `invoke pretrain`: submit and follow.
+- :mod:`.submit`     `invoke pretrain`: submit and follow (AWS errors, last run, prices).
+- :mod:`.single_node` `invoke pretrain --local`: the DeepSpeed launcher on this machine.
 - :mod:`.lifecycle`  `invoke status`, `logs`, `stop`.
 - :mod:`.cli`        the invoke tasks.
 """

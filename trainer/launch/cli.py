@@ -1,6 +1,6 @@
 """Invoke tasks for stage 1 on the cluster: pretrain, status, logs, stop.
 
-Thin: parse flags, call :mod:`trainer.launch.run`, print what the user reads. Every lifecycle
+Thin: parse flags, call :mod:`trainer.launch.submit`, print what the user reads. Every lifecycle
 task finds the cluster through ``--outputs FILE`` (JSON of ``pulumi stack output --json``) or
 ``--stack NAME`` (default: the selected Pulumi stack), and the run through ``--run NAME`` or the
 last launched run remembered in ``.twostage/last-run``.
@@ -26,7 +26,7 @@ _WHERE = {
 def _context(stack: str | None, outputs: str | None):
     from artifacts.logs import init_logging
     from trainer.launch.outputs import load_outputs
-    from trainer.launch.run import Context, aws_errors
+    from trainer.launch.submit import Context, aws_errors
 
     init_logging()
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
@@ -102,12 +102,12 @@ def pretrain(
     if local:
         from artifacts.logs import init_logging
         from artifacts.run import ExitCode
-        from trainer.launch.local import launch_local
+        from trainer.launch.single_node import launch_local
 
         init_logging()
         from trainer.config import load_config
         from trainer.env import run_uri
-        from trainer.launch.local import resume_hint
+        from trainer.launch.single_node import resume_hint
 
         config = Path(config or "configs/pretrain-tiny.toml")
         cfg = load_config(config)
@@ -122,7 +122,7 @@ def pretrain(
                 code=rc,
             )
         return
-    from trainer.launch.run import follow, submit
+    from trainer.launch.submit import follow, submit
 
     ctx = _context(stack, outputs)
     request = submit(
@@ -160,7 +160,7 @@ def _index(value: str) -> int:
 def status(c, stack=None, outputs=None, run=None):
     """Run state (STATUS.json), checkpoint, val-loss trend, controller phase, nodes, cost so far."""
     from trainer.launch.lifecycle import run_status
-    from trainer.launch.run import pick_run
+    from trainer.launch.submit import pick_run
 
     ctx = _context(stack, outputs)
     for line in run_status(ctx, pick_run(ctx.outputs, run)):
@@ -179,7 +179,7 @@ def status(c, stack=None, outputs=None, run=None):
 def logs(c, stack=None, outputs=None, run=None, node=None, follow=False):
     """Output of the latest launch command on each node (the copy SSM writes to <run>/logs/)."""
     from trainer.launch.lifecycle import launch_done, node_logs
-    from trainer.launch.run import pick_run
+    from trainer.launch.submit import pick_run
 
     ctx = _context(stack, outputs)
     run_uri = pick_run(ctx.outputs, run)
@@ -207,7 +207,7 @@ def logs(c, stack=None, outputs=None, run=None, node=None, follow=False):
 def stop(c, stack=None, outputs=None, run=None, timeout=900):
     """Graceful stop: the controller SIGTERMs the trainer (it commits), then scales the nodes to 0."""
     from trainer.launch.lifecycle import stop_run
-    from trainer.launch.run import pick_run
+    from trainer.launch.submit import pick_run
 
     ctx = _context(stack, outputs)
     run_uri = pick_run(ctx.outputs, run)

@@ -85,7 +85,7 @@ class ControllerState:
     attempt: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
     outcome: dict[str, Any] | None = None
-    """:meth:`trainer.launch.watch.Outcome.to_dict` once ``phase`` is ``done``."""
+    """:meth:`trainer.launch.policy.Outcome.to_dict` once ``phase`` is ``done``."""
     commands: dict[str, list[str]] = field(default_factory=dict)
     """rank → [command id, instance id] of the latest launch (``invoke logs`` reads them)."""
 

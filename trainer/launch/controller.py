@@ -29,8 +29,11 @@ from artifacts.node import (
 from artifacts.run import Run, RunState, Status
 from trainer.launch.control import ControllerState, ControlPlane, RunRequest
 from trainer.launch.cost import Price
-from trainer.launch.ranks import make_spec, node_scripts, stop_script
-from trainer.launch.watch import Capacity, Clock, CommandRunner, Outcome, Watcher, WatchPolicy
+from trainer.launch.node_script import node_scripts, stop_script
+from trainer.launch.policy import Outcome, WatchPolicy
+from trainer.launch.ports import Capacity, Clock, CommandRunner
+from trainer.launch.ranks import make_spec
+from trainer.launch.watch import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +213,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
     from artifacts.store import open_store
     from trainer.launch.cost import price_for
     from trainer.launch.group import Group
-    from trainer.launch.run import SystemClock
+    from trainer.launch.ports import SystemClock
     from trainer.launch.ssm import SsmRunner
 
     init_logging()
@@ -221,7 +224,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
     group = Group(session.client("autoscaling"), ec2, ssm, name=info.group)
 
     def prices() -> tuple[dict[str, Price], Price]:
-        from trainer.launch.run import spot_history
+        from trainer.launch.submit import spot_history
 
         az = info.availability_zone
         history = spot_history(ec2, info.instance_types, az) if info.spot else []

@@ -14,44 +14,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from artifacts.node import GROUP_TAG
+from trainer.launch import LaunchError
 from trainer.launch.cost import transition_time
+from trainer.launch.ports import LIVE_STATES, Member
 from trainer.launch.ranks import Node
 
 log = logging.getLogger(__name__)
-
-LIVE_STATES = frozenset({"pending", "running"})
-ENDED_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
-
-
-@dataclass(frozen=True)
-class Member:
-    """One instance launched by the group, as EC2 and Auto Scaling report it."""
-
-    instance_id: str
-    private_ip: str
-    instance_type: str
-    state: str
-    """EC2 state: pending | running | shutting-down | terminated | ..."""
-    lifecycle: str
-    """Auto Scaling lifecycle: InService | Pending | Terminating | ... ('' once it left)."""
-    launch_time: float
-    end_time: float | None = None
-    ssm_online: bool | None = None
-    """None: unknown (no SSM inventory available)."""
-
-    @property
-    def usable(self) -> bool:
-        """InService and running, with an address: a launch may use it."""
-        return (
-            self.lifecycle == "InService"
-            and self.state == "running"
-            and bool(self.private_ip)
-            and self.ssm_online is not False
-        )
 
 
 def launch_nodes(members: Sequence[Member], wanted: int) -> list[Node]:
@@ -68,8 +39,6 @@ class Group:
         self.name = name
 
     def _group(self) -> dict[str, Any]:
-        from trainer.launch import LaunchError
-
         groups = self.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[self.name])[
             "AutoScalingGroups"
         ]

@@ -17,11 +17,11 @@ from artifacts.manifest import MANIFEST_NAME
 from artifacts.run import Run, RunState
 from trainer.checkpoint.schedule import at_risk_line
 from trainer.launch import LaunchError
-from trainer.launch.run import (
+from trainer.launch.ports import SystemClock
+from trainer.launch.submit import (
     HEARTBEAT_STALE_S,
     STOP_KEY,
     Context,
-    SystemClock,
     aws_errors,
     follow,
     prices,
@@ -56,7 +56,7 @@ def run_status(ctx: Context, run_uri: str, *, now: float | None = None) -> list[
     """What `invoke status` prints."""
     from artifacts.manifest import latest_committed
     from trainer.launch.cost import fleet_cost_report
-    from trainer.launch.watch import spans_of
+    from trainer.launch.fleet import spans_of
 
     now = SystemClock().now() if now is None else now
     lines = [f"run: {run_uri}"]

@@ -131,7 +131,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
     from artifacts.logs import init_logging
     from artifacts.store import open_store
     from trainer.launch.control import ControlPlane
-    from trainer.launch.run import SystemClock
+    from trainer.launch.ports import SystemClock
 
     init_logging()
     env = os.environ if env is None else env

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from artifacts.node import ROLE_NODE, TAG_CLUSTER, TAG_ROLE
-from trainer.launch.watch import TERMINAL_COMMAND, Invocation
+from trainer.launch.ports import TERMINAL_COMMAND, Invocation
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def send_command_args(
 
 
 class SsmRunner:
-    """The real :class:`trainer.launch.watch.CommandRunner`."""
+    """The real :class:`trainer.launch.ports.CommandRunner`."""
 
     def __init__(self, client: Any, *, cluster: str, run_uri: str) -> None:
         self.client = client

@@ -20,142 +20,35 @@ One :class:`Watcher` takes a run from "submitted" to "nodes at 0":
      size (grow back);
 4. **end**: desired capacity 0 (AWS terminates every node), wait until none is left, cost report.
 
-The ports (command runner, capacity, run view, clock) are protocols so tests drive every path with
-fakes or moto and a fake clock; the real ones are SSM (:mod:`.ssm`), the Auto Scaling group
-(:mod:`.group`) and :class:`artifacts.run.Run`. Nothing here launches or terminates an instance.
+The ports (command runner, capacity, run view, clock: :mod:`.ports`) are protocols so tests drive
+every path with fakes or moto and a fake clock; the real ones are SSM (:mod:`.ssm`), the Auto
+Scaling group (:mod:`.group`) and :class:`artifacts.run.Run`. Nothing here launches or terminates an instance.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from artifacts.run import ExitCode, Status, verdict
-from trainer.launch.cost import FleetCostReport, InstanceSpan, Price, fleet_cost_report
+from artifacts.run import Status
+from trainer.launch.attempt import Attempt, stop_commands
+from trainer.launch.cost import FleetCostReport, Price
 from trainer.launch.deadman import StallWatch, over_budget, preparing_bytes
-from trainer.launch.group import LIVE_STATES, Member, launch_nodes
+from trainer.launch.fleet import Fleet
+from trainer.launch.group import launch_nodes
+from trainer.launch.policy import Outcome, WatchPolicy, download_command, end_message
+from trainer.launch.ports import (
+    LIVE_STATES,
+    TERMINAL_COMMAND,
+    Capacity,
+    Clock,
+    CommandRunner,
+    RunView,
+)
 from trainer.launch.ranks import RankAssignment, assign_ranks
 
 log = logging.getLogger(__name__)
-
-TERMINAL_COMMAND = frozenset(
-    {"Success", "Failed", "Cancelled", "TimedOut", "Undeliverable", "Terminated",
-     "DeliveryTimedOut", "ExecutionTimedOut"}
-)  # fmt: skip
-RESUMABLE_COMMAND = frozenset({"Cancelled", "TimedOut", "DeliveryTimedOut", "ExecutionTimedOut"})
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """One node's command as SSM reports it; ``exit_code`` is None until it ends."""
-
-    status: str
-    exit_code: int | None = None
-
-
-class CommandRunner(Protocol):
-    def send(self, instance_id: str, script: str, *, comment: str) -> str:
-        """Run ``script`` on that instance; return the command id."""
-
-    def poll(self, command_id: str, instance_id: str) -> Invocation: ...
-
-    def cancel(self, command_id: str) -> None: ...
-
-
-class Capacity(Protocol):
-    def members(self) -> list[Member]:
-        """Every instance the group launched, live and ended."""
-
-    def desired(self) -> int: ...
-
-    def set_desired(self, capacity: int) -> None: ...
-
-
-class RunView(Protocol):
-    """What the watcher reads of the run (:class:`artifacts.run.Run` is the real one)."""
-
-    def read_status(self) -> Status | None: ...
-
-    def stop_requested(self) -> bool: ...
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-    def sleep(self, seconds: float) -> None: ...
-
-
-@dataclass(frozen=True)
-class WatchPolicy:
-    """Timings and bounds of the supervision loop (seconds)."""
-
-    poll_s: float = 60.0
-    max_failures: int = 3
-    """Consecutive failed attempts (exit code not 0/75) before giving up."""
-    max_restarts: int = 50
-    """Relaunches of any kind (spot interruptions included) before giving up."""
-    backoff_base_s: float = 60.0
-    backoff_max_s: float = 1800.0
-    settle_s: float = 150.0
-    """After exit 75: a spot reclaim follows its notice within two minutes."""
-    stop_grace_s: float = 600.0
-    """Survivors get this long to commit and exit after SIGTERM before their command is cancelled."""
-    min_nodes: int | None = None
-    """``run.min_nodes``: the fewest nodes to go on with; None: every node."""
-    capacity_wait_s: float = 600.0
-    """How long to wait for the full node count before going on with fewer (keep it below the
-    nodes' idle timeout, or idle nodes leave while we wait)."""
-    capacity_timeout_s: float = 6 * 3600.0
-    """Give up when not even ``min_nodes`` are InService for this long."""
-    stall_timeout_s: float = 3600.0
-    max_hours: float | None = None
-    max_dollars: float | None = None
-    drain_timeout_s: float = 900.0
-    """After scaling to 0: how long to wait until no instance is left."""
-    max_poll_errors: int = 10
-
-    def backoff(self, failures: int) -> float:
-        """Exponential backoff after the n-th consecutive failure (n ≥ 1), capped."""
-        return min(self.backoff_base_s * 2 ** max(failures - 1, 0), self.backoff_max_s)
-
-
-@dataclass
-class Outcome:
-    """How the run ended; ``lines()`` is what the user reads."""
-
-    state: str
-    """converged | finished | stopped | failed."""
-    message: str
-    attempts: int
-    cost: FleetCostReport | None = None
-    download_command: str | None = None
-    left_running: list[str] = field(default_factory=list)
-    """Instances still live when the drain timed out (should be empty)."""
-
-    def lines(self) -> list[str]:
-        out = [self.message]
-        if self.left_running:
-            out.append(f"warning: still running after scale-to-0: {', '.join(self.left_running)}")
-        else:
-            out.append("nodes: desired capacity 0, no instance left running")
-        if self.cost is not None:
-            out += self.cost.lines()
-        if self.download_command:
-            out.append(f"stage 2: {self.download_command}")
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "message": self.message,
-            "attempts": self.attempts,
-            "cost": None if self.cost is None else self.cost.to_dict(),
-            "download_command": self.download_command,
-            "left_running": list(self.left_running),
-        }
-
 
 class _End(Exception):
     """Internal: the run is over (``state``), for ``reason``."""
@@ -163,18 +56,6 @@ class _End(Exception):
     def __init__(self, state: str, reason: str) -> None:
         super().__init__(reason)
         self.state, self.reason = state, reason
-
-
-def download_command(run_uri: str, public_key: str | None = None) -> str:
-    """The exact stage-2 command for the published model."""
-    cmd = f"invoke download --src {run_uri.rstrip('/')}/final --dest ./model"
-    return cmd + (f" --public-key {public_key}" if public_key else "")
-
-
-@dataclass
-class _Attempt:
-    commands: dict[int, tuple[str, str]]  # rank -> (command id, instance id)
-    results: dict[int, Invocation] = field(default_factory=dict)
 
 
 class Watcher:
@@ -209,9 +90,8 @@ class Watcher:
         self.attempts = 0
         self.started = clock.now()
         self.stall = StallWatch(self.policy.stall_timeout_s)
-        self._attempt: _Attempt | None = None
-        self._members: dict[str, Member] = {}
-        self._seen_end: dict[str, float] = {}
+        self.fleet = Fleet(capacity, clock)
+        self._attempt: Attempt | None = None
 
     # -- public ------------------------------------------------------------------------------
     def supervise(
@@ -273,15 +153,6 @@ class Watcher:
             self._emit(phase, {**detail, "in_s": round(left)})
             self.clock.sleep(min(self.policy.poll_s, left))
 
-    def _observe(self) -> list[Member]:
-        members = self.capacity.members()
-        now = self.clock.now()
-        for m in members:
-            self._members[m.instance_id] = m
-            if m.state not in LIVE_STATES and m.end_time is None:
-                self._seen_end.setdefault(m.instance_id, now)
-        return members
-
     def _check_end(self) -> Status | None:
         """Raise :class:`_End` when the run is done, stopped or over a cap; else the status."""
         status = self.run.read_status()
@@ -306,7 +177,7 @@ class Watcher:
         start = self.clock.now()
         while True:
             self._check_end()
-            members = self._observe()
+            members = self.fleet.observe()
             nodes = launch_nodes(members, self.wanted)
             waited = self.clock.now() - start
             if len(nodes) >= self.wanted:
@@ -337,7 +208,7 @@ class Watcher:
                 a.instance_id, scripts[a.node_index], comment=f"twostage launch {self.attempts}"
             )
             commands[a.node_index] = (cid, a.instance_id)
-        self._attempt = _Attempt(commands)
+        self._attempt = Attempt(commands)
         self.stall.reset(self.clock.now())
         nodes = [a.instance_id for a in assignments]
         self._emit(
@@ -380,25 +251,11 @@ class Watcher:
     def _check_attempt(self) -> tuple[str, str] | None:
         attempt = self._attempt
         assert attempt is not None
-        members = {m.instance_id: m for m in self._observe()}
-        for rank, (cid, iid) in sorted(attempt.commands.items()):
-            m = members.get(iid)
-            if m is None or m.state not in LIVE_STATES or m.lifecycle.startswith("Terminat"):
-                state = m.state if m else "gone"
-                return "lost", f"node {rank} ({iid}) is {state}"
-            if rank not in attempt.results:
-                inv = self.runner.poll(cid, iid)
-                if inv.status in TERMINAL_COMMAND:
-                    attempt.results[rank] = inv
-        results = attempt.results
-        for rank, inv in sorted(results.items()):
-            code = verdict(inv.exit_code, None) if inv.exit_code is not None else None
-            if code is ExitCode.INTERRUPTED or inv.status in RESUMABLE_COMMAND:
-                return "interrupted", f"node {rank} exited {inv.exit_code} ({inv.status}): resume"
-        for rank, inv in sorted(results.items()):
-            if inv.exit_code != ExitCode.OK or inv.status != "Success":
-                return "failed", f"node {rank} failed with exit code {inv.exit_code} ({inv.status})"
-        if len(results) == len(attempt.commands):
+        members = {m.instance_id: m for m in self.fleet.observe()}
+        ended = attempt.check(self.runner, members)
+        if ended is not None:
+            return ended
+        if attempt.all_ended:
             st = self.run.read_status()
             return (
                 "failed",
@@ -416,37 +273,17 @@ class Watcher:
         attempt = self._attempt
         if attempt is None:
             return {}
-        live = {m.instance_id for m in self._observe() if m.state in LIVE_STATES}
-        return {
-            r: (cid, iid)
-            for r, (cid, iid) in attempt.commands.items()
-            if r not in attempt.results and iid in live
-        }
-
-    def _signal_and_wait(self, running: dict[int, tuple[str, str]]) -> None:
-        """SIGTERM (they commit and exit 75); cancel what outlives the grace."""
-        for _, iid in running.values():
-            self.runner.send(iid, self.stop_script, comment="twostage stop")
-        deadline = self.clock.now() + self.policy.stop_grace_s
-        while running and self.clock.now() < deadline:
-            self._emit("stopping", {"waiting_for": len(running)})
-            self.clock.sleep(min(self.policy.poll_s, 30.0))
-            for r, (cid, iid) in list(running.items()):
-                if self.runner.poll(cid, iid).status in TERMINAL_COMMAND:
-                    del running[r]
-        for r, (cid, _) in running.items():
-            log.warning(
-                "node %d did not exit within %.0f s: cancelling", r, self.policy.stop_grace_s
-            )
-            self.runner.cancel(cid)
+        return attempt.running(
+            {m.instance_id for m in self.fleet.observe() if m.state in LIVE_STATES}
+        )
 
     def _resume(self, commands: dict[int, tuple[str, str]], attempts: int) -> bool:
         """Take over a launch that still runs (a restarted controller); False if it does not."""
-        live = {m.instance_id for m in self._observe() if m.state == "running"}
+        live = {m.instance_id for m in self.fleet.observe() if m.state == "running"}
         for cid, iid in commands.values():
             if iid not in live or self.runner.poll(cid, iid).status in TERMINAL_COMMAND:
                 return False
-        self._attempt = _Attempt(commands)
+        self._attempt = Attempt(commands)
         self.attempts = attempts
         self.stall.reset(self.clock.now())
         log.info("resumed following attempt %d on %d node(s)", attempts, len(commands))
@@ -454,11 +291,20 @@ class Watcher:
         return True
 
     def _stop_survivors(self) -> None:
-        self._signal_and_wait(self._running_commands())
+        """SIGTERM the trainers still running (they commit and exit 75); cancel what outlives it."""
+        stop_commands(
+            self.runner,
+            self._running_commands(),
+            stop_script=self.stop_script,
+            clock=self.clock,
+            grace_s=self.policy.stop_grace_s,
+            poll_s=self.policy.poll_s,
+            on_wait=lambda n: self._emit("stopping", {"waiting_for": n}),
+        )
 
     def _stop_strays(self) -> None:
         """A controller restarted mid-run: whatever trainer still runs commits and exits."""
-        live = [m for m in self._observe() if m.state == "running"]
+        live = [m for m in self.fleet.observe() if m.state == "running"]
         for m in live:
             self.runner.send(m.instance_id, self.stop_script, comment="twostage stop (adopt)")
         if live:
@@ -467,19 +313,9 @@ class Watcher:
     # -- the end -------------------------------------------------------------------------------
     def cost_report(self) -> FleetCostReport:
         """Node-hours and dollars since the run started, per instance type (controller included)."""
-        now = self.clock.now()
-        spans = []
-        for m in self._members.values():
-            end = m.end_time if m.end_time is not None else self._seen_end.get(m.instance_id)
-            if end is not None and end <= self.started:
-                continue  # ended before this run
-            spans.append(
-                InstanceSpan(m.instance_id, max(m.launch_time, self.started), end, m.instance_type)
-            )
-        ctl = None
-        if self.controller is not None:
-            ctl = (self.controller[0], (now - self.started) / 3600.0, self.controller[1])
-        return fleet_cost_report(spans, now=now, prices=self.prices, controller=ctl)
+        return self.fleet.cost_report(
+            started=self.started, prices=self.prices, controller=self.controller
+        )
 
     def _end(self, state: str, reason: str) -> Outcome:
         done = state in ("converged", "finished")
@@ -489,50 +325,17 @@ class Watcher:
             except Exception as err:  # noqa: BLE001 - scaling to 0 below must happen regardless
                 log.warning("could not stop the trainers gracefully: %s", err)
         self._emit("scaling-to-zero", {"why": reason})
-        left = self._drain()
-        if done:
-            message = f"{reason}; model at {self.run_uri.rstrip('/')}/final"
-        elif state == "stopped":
-            message = (
-                f"{reason}: the trainer committed a checkpoint; `invoke pretrain` with the same "
-                "--run resumes it"
-            )
-        else:
-            message = (
-                f"gave up: {reason}. Committed checkpoints stay in {self.run_uri}; see "
-                "`invoke logs`, fix the cause, then `invoke pretrain` with the same --run resumes"
-            )
+        left = self.fleet.drain(
+            retries=self.policy.max_poll_errors,
+            poll_s=self.policy.poll_s,
+            timeout_s=self.policy.drain_timeout_s,
+            on_wait=lambda left: self._emit("scaling-to-zero", {"left": left}),
+        )
         return Outcome(
             state=state,
-            message=message,
+            message=end_message(state, reason, self.run_uri),
             attempts=self.attempts,
             cost=self.cost_report(),
             download_command=download_command(self.run_uri, self.public_key) if done else None,
             left_running=left,
         )
-
-    def _drain(self) -> list[str]:
-        """Desired capacity 0, then wait until AWS has terminated every node."""
-        for tries in range(self.policy.max_poll_errors):
-            try:
-                self.capacity.set_desired(0)
-                break
-            except Exception as err:  # noqa: BLE001 - retried: this is what stops the billing
-                log.warning("scale to 0 failed (%d): %s", tries + 1, err)
-                self.clock.sleep(self.policy.poll_s)
-        deadline = self.clock.now() + self.policy.drain_timeout_s
-        while True:
-            live = [m.instance_id for m in self._observe() if m.state in LIVE_STATES]
-            if not live or self.clock.now() >= deadline:
-                return live
-            self._emit("scaling-to-zero", {"left": len(live)})
-            self.clock.sleep(min(self.policy.poll_s, 30.0))
-
-
-def spans_of(members: Sequence[Member], since: float) -> list[InstanceSpan]:
-    """Cost spans of the members that lived after ``since`` (for `invoke status`)."""
-    return [
-        InstanceSpan(m.instance_id, max(m.launch_time, since), m.end_time, m.instance_type)
-        for m in members
-        if m.end_time is None or m.end_time > since
-    ]

@@ -7,12 +7,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from artifacts.run import RunState, Status
-from trainer.launch.group import Member
-from trainer.launch.watch import Invocation
+from trainer.launch.ports import Invocation, Member
+from trainer.launch.ranks import Node
 
 CLUSTER = "ts-test"
 RUN = "s3://ts-bucket/runs/r1"
 
+
+
+def nodes(n: int) -> list[Node]:
+    """``n`` running nodes, indices 0..n-1, distinct instance ids and IPs (10.0.0.10 up)."""
+    return [Node(i, f"i-{i}", f"10.0.0.{10 + i}") for i in range(n)]
 
 def outputs_dict(n: int = 2, **over: Any) -> dict[str, Any]:
     """A valid `pulumi stack output --json` object for an n-node cluster."""

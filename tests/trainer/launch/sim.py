@@ -21,7 +21,8 @@ from trainer.launch.controller import ClusterInfo, Controller
 from trainer.launch.cost import Price
 from trainer.launch.group import Group
 from trainer.launch.node_agent import NodeAgent, leave_group
-from trainer.launch.watch import Invocation, WatchPolicy
+from trainer.launch.policy import WatchPolicy
+from trainer.launch.ports import Invocation
 
 from .conftest import live_instances
 from .fakes import FakeClock

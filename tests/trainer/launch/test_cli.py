@@ -109,17 +109,17 @@ def fake_local_run(monkeypatch):
     calls = []
 
     def install(rc: int):
-        mod = types.ModuleType("trainer.launch.local")
+        mod = types.ModuleType("trainer.launch.single_node")
 
         def launch_local(config, run, nproc=2):
             calls.append((config, run, nproc))
             return rc
 
-        from trainer.launch import local as real
+        from trainer.launch import single_node as real
 
         mod.launch_local = launch_local
         mod.resume_hint = real.resume_hint
-        monkeypatch.setitem(sys.modules, "trainer.launch.local", mod)
+        monkeypatch.setitem(sys.modules, "trainer.launch.single_node", mod)
         return calls
 
     return install
@@ -225,12 +225,12 @@ def test_pretrain_detach_then_status_and_stop_through_invoke(moto_cluster, tmp_p
 
 def test_logs_follow_prints_only_new_output_until_the_run_is_done(monkeypatch, capsys):
     import trainer.launch.lifecycle as lifecycle
-    import trainer.launch.run as run_mod
+    import trainer.launch.submit as submit_mod
 
     texts = iter(["step 1\n", "step 1\nstep 2\n", "step 1\nstep 2\ndone\n"])
     polls = iter([False, False, True])
     monkeypatch.setattr(cli, "_context", lambda stack, outputs: types.SimpleNamespace(outputs=None))
-    monkeypatch.setattr(run_mod, "pick_run", lambda o, run: "s3://b/runs/r")
+    monkeypatch.setattr(submit_mod, "pick_run", lambda o, run: "s3://b/runs/r")
     monkeypatch.setattr(lifecycle, "node_logs", lambda ctx, uri, rank: {1: next(texts)})
     monkeypatch.setattr(lifecycle, "launch_done", lambda ctx, uri: next(polls))
     monkeypatch.setattr(cli.time, "sleep", lambda s: None)
@@ -242,24 +242,24 @@ def test_logs_follow_prints_only_new_output_until_the_run_is_done(monkeypatch, c
 
 def test_logs_node_must_be_a_rank(monkeypatch):
     monkeypatch.setattr(cli, "_context", lambda stack, outputs: types.SimpleNamespace(outputs=None))
-    monkeypatch.setattr("trainer.launch.run.pick_run", lambda o, run: "s3://b/runs/r")
+    monkeypatch.setattr("trainer.launch.submit.pick_run", lambda o, run: "s3://b/runs/r")
     with pytest.raises(Exit) as err:
         cli.logs(Context(), outputs="o.json", node="first")
     assert err.value.code == 2 and "--node first: give a node rank" in str(err.value.message)
 
 
 def test_ctrl_c_while_following_says_the_run_goes_on(monkeypatch):
-    import trainer.launch.run as run_mod
+    import trainer.launch.submit as submit_mod
 
     monkeypatch.setattr(cli, "_context", lambda stack, outputs: types.SimpleNamespace(outputs=None))
     monkeypatch.setattr(
-        run_mod, "submit", lambda ctx, **kw: types.SimpleNamespace(request_id="r", run_uri="u")
+        submit_mod, "submit", lambda ctx, **kw: types.SimpleNamespace(request_id="r", run_uri="u")
     )
 
     def interrupted(ctx, request_id):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_mod, "follow", interrupted)
+    monkeypatch.setattr(submit_mod, "follow", interrupted)
     with pytest.raises(Exit) as err:
         cli.pretrain(Context(), outputs="o.json")
     assert err.value.code == 130 and "the run goes on in the cloud" in str(err.value.message)

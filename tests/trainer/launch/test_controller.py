@@ -12,7 +12,7 @@ from trainer.launch.control import ControllerState, ControlPlane, RunRequest
 from trainer.launch.controller import ClusterInfo, Controller, policy_for
 from trainer.launch.cost import Price
 from trainer.launch.node_agent import LocalLaunches, NodeAgent
-from trainer.launch.watch import WatchPolicy
+from trainer.launch.policy import WatchPolicy
 
 from .fakes import FakeClock, FakeGroup, FakeRun, FakeRunner
 

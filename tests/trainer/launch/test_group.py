@@ -7,7 +7,8 @@ import uuid
 import boto3
 import pytest
 
-from trainer.launch.group import Group, Member, launch_nodes
+from trainer.launch.group import Group, launch_nodes
+from trainer.launch.ports import Member
 from trainer.launch.ranks import assign_ranks
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from artifacts.run import Run, RunState
 from trainer.launch.outputs import load_outputs
-from trainer.launch.run import Context, submit
+from trainer.launch.submit import Context, submit
 
 from .sim import MIN, ControllerKilled, World
 

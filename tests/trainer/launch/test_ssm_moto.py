@@ -9,6 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from trainer.launch.group import Group
+from trainer.launch.ports import Invocation
 from trainer.launch.ssm import (
     SsmRunner,
     cluster_targets,
@@ -16,7 +17,6 @@ from trainer.launch.ssm import (
     shell_commands,
     ssm_online,
 )
-from trainer.launch.watch import Invocation
 
 
 def ssm():

@@ -7,8 +7,11 @@ import re
 import pytest
 
 from trainer.launch.cost import Price
-from trainer.launch.ranks import make_spec, node_scripts, stop_script
-from trainer.launch.watch import Invocation, Watcher, WatchPolicy
+from trainer.launch.node_script import node_scripts, stop_script
+from trainer.launch.policy import WatchPolicy
+from trainer.launch.ports import Invocation
+from trainer.launch.ranks import make_spec
+from trainer.launch.watch import Watcher
 
 from .fakes import RUN, FakeClock, FakeGroup, FakeRun, FakeRunner
 

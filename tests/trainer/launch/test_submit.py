@@ -17,7 +17,7 @@ from trainer.launch.control import ControllerState, ControlPlane
 from trainer.launch.group import Group
 from trainer.launch.lifecycle import node_logs, run_status, stop_run, trend
 from trainer.launch.outputs import load_outputs
-from trainer.launch.run import (
+from trainer.launch.submit import (
     STOP_KEY,
     Context,
     LastRun,

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from typing import Any
 from artifacts.run import Run
 from trainer.launch import LaunchError
 from trainer.launch.outputs import StackOutputs
+from trainer.launch.ports import SystemClock
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,6 @@ def aws_errors() -> Iterator[None]:
         if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException"):
             raise LaunchError(f"AWS denied {err.operation_name}: {msg}") from None
         raise LaunchError(f"AWS {err.operation_name} failed: {code}: {msg}") from None
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
 
 
 # -- run naming and local state --------------------------------------------------------------

@@ -86,7 +86,7 @@ def upload_round(run: str, ckpt: Path, warm: Path, uploaders: int, step: int) ->
     try:
         c.submit(warm, step, {})  # spawns the upload processes, as the first periodic save does
         c.wait()
-        pids = list(c._pool._processes) if c._pool is not None else []
+        pids = c._pool.pids()
         cpu_before = sum(_cpu_seconds(pid) for pid in pids)
         started = time.monotonic()
         c.submit(ckpt, step + 1, {})

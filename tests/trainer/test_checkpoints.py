@@ -379,7 +379,7 @@ def test_an_uploader_killed_mid_upload_means_no_part_and_no_manifest(tmp_path):
 
 def _process_reading(c: CheckpointCommitter, name: str) -> int | None:
     """The upload process that has a file named like ``name`` open, if any."""
-    for pid in list(c._pool._processes) if c._pool is not None else []:
+    for pid in c._pool.pids():
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
             if any(name in os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds):

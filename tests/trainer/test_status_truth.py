@@ -40,7 +40,7 @@ def test_a_dead_rank_reads_failed_with_the_reason_and_the_resume_command(
         Status(state=RunState.RUNNING, global_step=40, val_loss_history=history, world_size=2)
     )
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: DeadLauncher(rc))
-    monkeypatch.setattr(prepare, "run_prepare", lambda *a, **k: None)  # the cache is there
+    monkeypatch.setattr(prepare, "prepare_run", lambda *a, **k: None)  # the cache is there
     with caplog.at_level(logging.INFO, logger="trainer.launch.single_node"):
         code = single_node.launch_local(TINY, run.uri, nproc=2)
     assert code == ExitCode.FAILED
@@ -56,7 +56,7 @@ def test_an_interrupted_run_is_not_rewritten(tmp_path: Path, monkeypatch, caplog
     run = Run(str(tmp_path / "run"))
     run.write_status(Status(state=RunState.INTERRUPTED, global_step=8, reason="store outage: x"))
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: DeadLauncher(75))
-    monkeypatch.setattr(prepare, "run_prepare", lambda *a, **k: None)
+    monkeypatch.setattr(prepare, "prepare_run", lambda *a, **k: None)
     with caplog.at_level(logging.INFO, logger="trainer.launch.single_node"):
         assert single_node.launch_local(TINY, run.uri, nproc=1) == ExitCode.INTERRUPTED
     assert run.read_status().reason == "store outage: x"
@@ -69,7 +69,7 @@ def test_a_rank_dead_while_preparing_data_reads_failed(tmp_path: Path, monkeypat
     run = Run(str(tmp_path / "run"))
     run.write_status(Status(state=RunState.PREPARING, extra={"data_prep": {"bytes_done": 5}}))
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: DeadLauncher(-9))
-    monkeypatch.setattr(prepare, "run_prepare", lambda *a, **k: None)
+    monkeypatch.setattr(prepare, "prepare_run", lambda *a, **k: None)
     assert single_node.launch_local(TINY, run.uri, nproc=1) == ExitCode.FAILED
     status = run.read_status()
     assert status.state is RunState.FAILED and "signal 9" in status.reason

@@ -347,12 +347,19 @@ def main(argv: list[str] | None = None) -> int:
 def run_prepare(
     config: str | Path, run: str | None, workers: int = 0, node_rank: int = 0, node_count: int = 1
 ) -> tuple[str, Prepared]:
-    """Load the recipe, pick the run prefix and scratch folder the trainer will use, prepare."""
+    """Load the recipe, then :func:`prepare_run`."""
     from trainer.config import load_config
+
+    return prepare_run(load_config(config), run, workers, node_rank, node_count)
+
+
+def prepare_run(
+    cfg: TrainerConfig, run: str | None, workers: int = 0, node_rank: int = 0, node_count: int = 1
+) -> tuple[str, Prepared]:
+    """Pick the run prefix and scratch folder the trainer will use, and prepare there."""
     from trainer.env import run_uri as resolve_run_uri
     from trainer.env import scratch_dir
 
-    cfg = load_config(config)
     if workers < 0:
         raise TrainerError(f"--workers must be >= 0, got {workers}")
     run_uri = resolve_run_uri(cfg.run, run)

@@ -112,7 +112,7 @@ def pretrain(
         config = Path(config or "configs/pretrain-tiny.toml")
         cfg = load_config(config)
         run = run_uri(cfg.run, run)  # named here for the hint
-        rc = launch_local(config, run, nproc=int(nproc))
+        rc = launch_local(config, run, nproc=int(nproc), cfg=cfg)
         if rc == ExitCode.INTERRUPTED:
             raise Exit(f"interrupted; resume with: {resume_hint(config, run, nproc)}", code=int(rc))
         if rc != 0:

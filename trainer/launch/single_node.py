@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from artifacts.run import ExitCode, Run, RunState, Status, now_iso, verdict
+from trainer.config import TrainerConfig
 from trainer.errors import TrainerError
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,12 @@ def _signal_group(pid: int, signum: int) -> None:
         pass
 
 
-def launch_local(config: Path, run: str | None, nproc: int = 2) -> int:
+def launch_local(
+    config: Path, run: str | None, nproc: int = 2, *, cfg: TrainerConfig | None = None
+) -> int:
     """Train ``config`` with ``nproc`` local ranks into ``run`` (default ``runs/<name>-<time>``).
+
+    ``cfg``: the recipe already loaded from ``config`` (the caller's copy; parsed here otherwise).
 
     Returns the :func:`~artifacts.run.verdict`: OK (converged or epoch limit), INTERRUPTED
     (relaunch with the same ``run`` to resume), USER (user error) or FAILED.
@@ -97,7 +102,7 @@ def launch_local(config: Path, run: str | None, nproc: int = 2) -> int:
 
     if nproc < 1:
         raise TrainerError(f"--nproc must be >= 1, got {nproc}")
-    cfg = load_config(config)  # fail fast, before starting ranks
+    cfg = cfg or load_config(config)  # fail fast, before starting ranks
     run = run_uri(cfg.run, run)
     from trainer.checkpoint.elastic import plan_launch
 
@@ -112,9 +117,9 @@ def launch_local(config: Path, run: str | None, nproc: int = 2) -> int:
             plan.describe(),
         )
     # Data first, here on the launcher's side with its progress bar: the ranks find it committed.
-    from trainer.data.prepare import run_prepare
+    from trainer.data.prepare import prepare_run
 
-    run_prepare(config, run)
+    prepare_run(cfg, run)
     cmd = launcher_command(Path(config), run, nproc, free_port())
     log.info("launching %d rank(s): run %s", nproc, run)
     proc = subprocess.Popen(cmd, env=launcher_env(), start_new_session=True)

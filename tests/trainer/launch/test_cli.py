@@ -111,7 +111,7 @@ def fake_local_run(monkeypatch):
     def install(rc: int):
         mod = types.ModuleType("trainer.launch.single_node")
 
-        def launch_local(config, run, nproc=2):
+        def launch_local(config, run, nproc=2, cfg=None):
             calls.append((config, run, nproc))
             return rc
 

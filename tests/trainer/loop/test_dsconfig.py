@@ -14,7 +14,7 @@ from trainer.loop.dsconfig import (
     write_ds_config,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def cfg(**deepspeed):

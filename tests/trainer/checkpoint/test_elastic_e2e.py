@@ -23,7 +23,7 @@ from trainer.launch.single_node import launch_local
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SAVE = 10  # a checkpoint every 10 steps; each leg of a chain trains 10 steps
 
 

@@ -28,7 +28,7 @@ from trainer.launch.single_node import launch_local
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 OUTAGE_SECONDS = 60.0
 OLD_RETRY_BUDGET_SECONDS = 13.0
 

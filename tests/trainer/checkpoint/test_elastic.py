@@ -23,7 +23,7 @@ from trainer.checkpoint.elastic import (
 )
 from trainer.errors import TrainerError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def fake_checkpoint(folder: Path, step: int, world: int) -> Path:

@@ -11,7 +11,7 @@ import pytest
 from trainer.checkpoint.export import export_checkpoint, pick_step
 from trainer.errors import TrainerError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_pick_step():

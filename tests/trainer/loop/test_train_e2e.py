@@ -16,7 +16,7 @@ import pytest
 from artifacts.run import ExitCode, Run, step_folder
 from trainer.launch.single_node import launcher_command, launcher_env
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TINY = ROOT / "configs" / "pretrain-tiny.toml"
 
 

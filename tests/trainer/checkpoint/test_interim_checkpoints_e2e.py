@@ -28,7 +28,7 @@ from trainer.checkpoint.resume import committed_steps
 from trainer.loop.hf import is_consolidated_weight
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def recipe(tmp_path: Path) -> Path:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_data import make_cfg
+from test_prepare import make_cfg
 
 from trainer.data import prepare as prep
 from trainer.data.loader import open_data

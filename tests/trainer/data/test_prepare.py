@@ -24,7 +24,7 @@ from trainer.data.shards import CACHE_PREFIX
 from trainer.data.tokenizer import load_tokenizer
 from trainer.errors import TrainerError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def make_cfg(**data):

@@ -58,7 +58,7 @@ def bare_rank(config: Path, run_dir: Path, out: Path, steps: int) -> None:
         report_to="none",
         seed=cfg.run.seed,
         data_seed=cfg.run.seed,
-        deepspeed=build_ds_config(cfg, accelerator=False),
+        deepspeed=build_ds_config(cfg.deepspeed, accelerator=False),
         disable_tqdm=True,
         **compat.training_kwargs,
     )

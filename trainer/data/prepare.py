@@ -34,6 +34,8 @@ from typing import Any
 
 from artifacts.run import Run
 from trainer.config import TrainerConfig
+from trainer.data.config import DataConfig
+from trainer.data.pool import run_units
 from trainer.data.progress import Progress, record_status, status_writer
 from trainer.data.shards import (
     FORMAT,
@@ -68,12 +70,12 @@ class Prepared:
     reused: bool
 
 
-def fingerprint(cfg: TrainerConfig, sources: list[Source], tokenizer_identity: str) -> str:
+def fingerprint(data: DataConfig, seed: int, sources: list[Source], tokenizer_identity: str) -> str:
     """What the shards depend on: content identities and the settings that change tokens or splits."""
-    d = cfg.data
+    d = data
     payload = {
         "format": FORMAT,
-        "seed": cfg.run.seed,
+        "seed": seed,
         "val_fraction": d.val_fraction,
         "vocab_size": d.vocab_size,
         "tokenizer": tokenizer_identity,
@@ -107,60 +109,6 @@ def plan_units(
     return [u for i, u in all_units(sources, shard_bytes) if i % node_count == node_rank]
 
 
-def _run_units(jobs: list[Job], workers: int, progress: Progress) -> list[str]:
-    """Run the jobs (in-process for one worker, else a spawn pool); returns bad-input messages."""
-    from trainer.data.worker import init_worker, run_job, run_job_checked
-
-    errors: list[str] = []
-    if workers <= 1 or len(jobs) <= 1:
-        from trainer.data.sources import BadInput
-
-        for job in jobs:
-            try:
-                run_job(job, progress.advance)
-            except BadInput as err:
-                errors.append(str(err))
-                break
-        return errors
-    import multiprocessing as mp
-    import queue as queue_mod
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    ctx = mp.get_context("spawn")  # no fork of a process whose tokenizer threads already ran
-    q = ctx.Queue()
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=init_worker, initargs=(q,)
-    ) as pool:
-        pending = {pool.submit(run_job_checked, job) for job in jobs}
-        try:
-            while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    result = fut.result()
-                    if result and "error" in result[0]:
-                        errors.append(result[0]["error"])
-                while True:
-                    try:
-                        progress.advance(*q.get_nowait())
-                    except queue_mod.Empty:
-                        break
-                if errors:
-                    _stop(pool)
-                    break
-        except BaseException:
-            _stop(pool)  # Ctrl-C: committed shards stay, the unit in flight is redone next time
-            raise
-    return errors
-
-
-def _stop(pool: Any) -> None:
-    """Cancel queued units and end the running ones now (a big unit could run for minutes)."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())  # no public API for this
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in procs:
-        proc.terminate()
-
-
 def prepare(
     cfg: TrainerConfig,
     run: Run | str,
@@ -178,8 +126,8 @@ def prepare(
     run = Run(run) if isinstance(run, str) else run
     if not 0 <= node_rank < node_count:
         raise TrainerError(f"--node-rank {node_rank} must be in [0, --node-count {node_count})")
-    sources = config_sources(cfg, run, scratch)
-    fp = fingerprint(cfg, sources, tokenizer_identity(cfg.data, scratch))[:16]
+    sources = config_sources(cfg.data, cfg.source, run, scratch)
+    fp = fingerprint(cfg.data, cfg.run.seed, sources, tokenizer_identity(cfg.data, scratch))[:16]
     cache_uri = run.cache_data_uri
     store = open_store(cache_uri)
     existing = committed_metadata(store)
@@ -263,7 +211,7 @@ def _build(
     )  # fmt: skip
     progress = Progress(redo_bytes, writer, bar=bar)
     try:
-        errors = _run_units(jobs, n_workers, progress)
+        errors = run_units(jobs, n_workers, progress)
     finally:
         progress.close()
     if errors:
@@ -296,23 +244,24 @@ def _build(
     return Prepared(cache_uri, fp, meta, reused=False)
 
 
-def config_sources(cfg: TrainerConfig, run: Run | None, scratch: Path) -> list[Source]:
-    """The recipe's sources; the generated corpus is written once into ``scratch``."""
-    if cfg.data.generated_corpus:
+def config_sources(data: DataConfig, source: str, run: Run | None, scratch: Path) -> list[Source]:
+    """The recipe's sources (``source``: the recipe file, for relative paths and messages); the
+    generated corpus is written once into ``scratch``."""
+    if data.generated_corpus:
         from trainer.data.corpus import write_corpus
 
-        path = scratch / "sources" / f"generated-{cfg.data.generated_corpus_bytes}.txt"
+        path = scratch / "sources" / f"generated-{data.generated_corpus_bytes}.txt"
         if not path.exists():
-            write_corpus(path, cfg.data.generated_corpus_bytes)
+            write_corpus(path, data.generated_corpus_bytes)
         files: tuple[str, ...] = (str(path),)
     else:
-        files = cfg.data.train_files
-    base = Path(cfg.source).parent if cfg.source else Path.cwd()
+        files = data.train_files
+    base = Path(source).parent if source else Path.cwd()
     return resolve_sources(
         files,
         base=base,
         run=run,
-        where=cfg.source or "data",
+        where=source or "data",
         hash_cache=scratch / "source-hashes.json",
     )
 

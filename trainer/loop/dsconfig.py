@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainer.config import TrainerConfig
+from trainer.loop.config import DeepSpeedConfig
 
 
 def resolve_precision(requested: str, *, accelerator: bool, bf16_supported: bool) -> str:
@@ -36,16 +36,15 @@ def resolve_precision(requested: str, *, accelerator: bool, bf16_supported: bool
     return requested
 
 
-def use_deepspeed_optimizer(cfg: TrainerConfig, *, accelerator: bool) -> bool:
+def use_deepspeed_optimizer(ds: DeepSpeedConfig, *, accelerator: bool) -> bool:
     """Whether the JSON carries an ``optimizer`` block (DeepSpeed's fused AdamW)."""
-    if cfg.deepspeed.optimizer == "auto":
+    if ds.optimizer == "auto":
         return accelerator
-    return cfg.deepspeed.optimizer == "deepspeed"
+    return ds.optimizer == "deepspeed"
 
 
-def build_ds_config(cfg: TrainerConfig, *, accelerator: bool) -> dict[str, Any]:
-    """The DeepSpeed config dict for ``TrainingArguments(deepspeed=...)``."""
-    ds = cfg.deepspeed
+def build_ds_config(ds: DeepSpeedConfig, *, accelerator: bool) -> dict[str, Any]:
+    """The DeepSpeed config dict for ``TrainingArguments(deepspeed=...)`` (``[deepspeed]``)."""
     zero: dict[str, Any] = {
         "stage": ds.zero_stage,
         "overlap_comm": ds.overlap_comm,
@@ -89,7 +88,7 @@ def build_ds_config(cfg: TrainerConfig, *, accelerator: bool) -> dict[str, Any]:
         "steps_per_print": 1_000_000_000,
         "wall_clock_breakdown": False,
     }
-    if use_deepspeed_optimizer(cfg, accelerator=accelerator):
+    if use_deepspeed_optimizer(ds, accelerator=accelerator):
         config["optimizer"] = {
             "type": "AdamW",
             "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"},

@@ -144,7 +144,7 @@ def setup(cfg: TrainerConfig, run: Run) -> RunContext:
         num_nodes=env_nodes,
         local_rank=int(os.environ["LOCAL_RANK"]),
     )
-    ds_config = build_ds_config(cfg, accelerator=accelerator)
+    ds_config = build_ds_config(cfg.deepspeed, accelerator=accelerator)
     args = training_arguments(
         cfg,
         output_dir=scratch / "output",

@@ -117,7 +117,7 @@ def test_same_shards_for_any_number_of_workers_and_a_second_run_reuses(
     cfg = make_cfg(train_files=[str(src)])
     one = run(cfg, tmp_path / "r1", tmp_path / "w1", workers=1)
     two = run(cfg, tmp_path / "r2", tmp_path / "w2", workers=2)
-    assert len(prep.all_units(prep.config_sources(cfg, "", tmp_path / "w1"), 4096)) >= 3
+    assert len(prep.all_units(prep.config_sources(cfg.data, cfg.source, "", tmp_path / "w1"), 4096)) >= 3
     shas = lambda r: [(f.path, f.sha256) for f in manifest(r).files]  # noqa: E731
     assert shas(tmp_path / "r1") == shas(tmp_path / "r2") and one.fingerprint == two.fingerprint
 

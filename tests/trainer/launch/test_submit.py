@@ -178,7 +178,7 @@ def test_run_data_is_accepted_as_the_trainer_reads_it(ctx_for, tmp_path):
     from trainer.config import config_from_dict
 
     remote_cfg = config_from_dict(uploaded, source="config.toml")
-    sources = config_sources(remote_cfg, Run(run_uri), tmp_path / "node")
+    sources = config_sources(remote_cfg.data, remote_cfg.source, Run(run_uri), tmp_path / "node")
     files = [fetch_local(src, tmp_path / "node" / "sources") for src in sources]
     assert [f.read_bytes() for f in files] == [b"already uploaded text\n" * 50]
 

@@ -25,7 +25,7 @@ TWO_RANKS = textwrap.dedent(
     if sys.argv[1] == "compat":
         extra = cpu_compat.apply(precision="fp32").training_kwargs
     from transformers import TrainingArguments
-    ds = build_ds_config(config_from_dict({"data": {"generated_corpus": True}}), accelerator=False)
+    ds = build_ds_config(config_from_dict({"data": {"generated_corpus": True}}).deepspeed, accelerator=False)
     args = TrainingArguments(output_dir=sys.argv[2], deepspeed=ds, report_to="none", **extra)
     # One file per rank: lines two ranks print into one shared pipe can interleave mid-line.
     result = {"rank": args.process_index, "world": args.world_size}

@@ -22,7 +22,7 @@ def cfg(**deepspeed):
 
 
 def test_tiny_recipe_partitions_every_parameter_and_gathers_16bit_on_save() -> None:
-    ds = build_ds_config(load_config(ROOT / "configs/pretrain-tiny.toml"), accelerator=False)
+    ds = build_ds_config(load_config(ROOT / "configs/pretrain-tiny.toml").deepspeed, accelerator=False)
     zero = ds["zero_optimization"]
     assert zero["stage"] == 3
     assert zero["stage3_param_persistence_threshold"] == 0
@@ -30,11 +30,11 @@ def test_tiny_recipe_partitions_every_parameter_and_gathers_16bit_on_save() -> N
 
 
 def test_cpu_config_has_no_optimizer_block_so_no_fused_adam_compile() -> None:
-    assert "optimizer" not in build_ds_config(cfg(), accelerator=False)
+    assert "optimizer" not in build_ds_config(cfg().deepspeed, accelerator=False)
 
 
 def test_gpu_config_uses_deepspeed_adamw_with_auto_hyperparameters() -> None:
-    ds = build_ds_config(cfg(), accelerator=True)
+    ds = build_ds_config(cfg().deepspeed, accelerator=True)
     assert ds["optimizer"]["type"] == "AdamW"
     assert set(ds["optimizer"]["params"].values()) == {"auto"}
 
@@ -49,11 +49,11 @@ def test_gpu_config_uses_deepspeed_adamw_with_auto_hyperparameters() -> None:
     ],
 )
 def test_optimizer_choice(choice: str, accel: bool, expected: bool) -> None:
-    assert use_deepspeed_optimizer(cfg(optimizer=choice), accelerator=accel) is expected
+    assert use_deepspeed_optimizer(cfg(optimizer=choice).deepspeed, accelerator=accel) is expected
 
 
 def test_batch_and_precision_values_are_auto_so_trainer_args_decide() -> None:
-    ds = build_ds_config(cfg(), accelerator=True)
+    ds = build_ds_config(cfg().deepspeed, accelerator=True)
     for key in (
         "train_micro_batch_size_per_gpu",
         "train_batch_size",
@@ -66,7 +66,7 @@ def test_batch_and_precision_values_are_auto_so_trainer_args_decide() -> None:
 
 def test_default_persistence_threshold_is_deepspeed_auto() -> None:
     assert (
-        build_ds_config(cfg(), accelerator=True)["zero_optimization"][
+        build_ds_config(cfg().deepspeed, accelerator=True)["zero_optimization"][
             "stage3_param_persistence_threshold"
         ]
         == "auto"
@@ -74,12 +74,12 @@ def test_default_persistence_threshold_is_deepspeed_auto() -> None:
 
 
 def test_zero2_has_no_stage3_keys_and_offload_is_generated() -> None:
-    z2 = build_ds_config(cfg(zero_stage=2, offload_optimizer=True), accelerator=True)[
+    z2 = build_ds_config(cfg(zero_stage=2, offload_optimizer=True).deepspeed, accelerator=True)[
         "zero_optimization"
     ]
     assert z2["stage"] == 2 and not any(k.startswith("stage3") for k in z2)
     assert z2["offload_optimizer"]["device"] == "cpu"
-    z3 = build_ds_config(cfg(offload_param=True), accelerator=False)["zero_optimization"]
+    z3 = build_ds_config(cfg(offload_param=True).deepspeed, accelerator=False)["zero_optimization"]
     assert z3["offload_param"] == {"device": "cpu", "pin_memory": False}
 
 
@@ -101,5 +101,5 @@ def test_precision_from_hardware(requested: str, accel: bool, bf16: bool, expect
 def test_written_json_round_trips(tmp_path: Path) -> None:
     import json
 
-    ds = build_ds_config(cfg(), accelerator=False)
+    ds = build_ds_config(cfg().deepspeed, accelerator=False)
     assert json.loads(write_ds_config(ds, tmp_path / "x" / "ds.json").read_text()) == ds

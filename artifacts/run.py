@@ -60,6 +60,8 @@ class RunState(StrEnum):
     """The ``state`` field of ``STATUS.json``."""
 
     PREPARING = "preparing"
+    PREPARED = "prepared"
+    """``prepare-data`` committed the data cache; no rank has recorded a start since."""
     RUNNING = "running"
     INTERRUPTED = "interrupted"
     CONVERGED = "converged"
@@ -70,6 +72,13 @@ class RunState(StrEnum):
     def done(self) -> bool:
         """The run ended well: ``final/`` is published and nothing needs relaunching."""
         return self in (RunState.CONVERGED, RunState.FINISHED)
+
+    @property
+    def live(self) -> bool:
+        """No launch's ending is recorded (preparing, prepared, running): when the ranks exit
+        without writing one, whoever sees the exit next records
+        it (:func:`artifacts.ending.settle`)."""
+        return self in (RunState.PREPARING, RunState.PREPARED, RunState.RUNNING)
 
 
 def now_iso() -> str:

@@ -169,8 +169,8 @@ class StatusWriter:
             self._cond.notify_all()
         if not done or left is not None:
             log.warning("the run's status could not be written before exit (store unreachable)")
-            if left is not None:
-                hand_over(left)
+        if self.enabled:
+            hand_over(left)  # None: everything was written; an older hand-over is withdrawn
 
     def _loop(self) -> None:
         from trainer.checkpoint.outage import StoreOutageError, retry_through_outage
@@ -224,8 +224,9 @@ class _Abandoned(RuntimeError):
     """Internal: the writer was closed while a write was being retried (not a store error)."""
 
 
-def hand_over(status: Status) -> None:
-    """Leave ``status`` in the launcher's fallback file (``$TWOSTAGE_STATUS_FALLBACK``), if any.
+def hand_over(status: Status | None) -> None:
+    """Leave ``status`` in the launcher's fallback file (``$TWOSTAGE_STATUS_FALLBACK``), if any;
+    ``None`` removes what an earlier writer of this process left there.
 
     Why a local file: when the store is down at exit, only the process that started the ranks
     (on this machine) can still learn why they stopped; it records the status once it can.
@@ -234,6 +235,10 @@ def hand_over(status: Status) -> None:
     if not path:
         return
     try:
+        if status is None:
+            if os.path.exists(path):
+                os.remove(path)
+            return
         tmp = f"{path}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(status.to_json())

@@ -111,7 +111,11 @@ def test_exit_75_with_nothing_handed_over_still_reads_interrupted(
 
 
 FAKE_RANK = """
-import os, pathlib, time
+import os, pathlib, signal, sys, time
+def save_and_leave(signum, frame):  # like the trainer: SIGTERM -> save, commit, exit 75
+    time.sleep(0.5)
+    sys.exit(75)
+signal.signal(signal.SIGTERM, save_and_leave)
 pathlib.Path(os.environ["FAKE_RANK_DIR"], f"rank-{os.environ['RANK']}.pid").write_text(str(os.getpid()))
 time.sleep(300)
 """

@@ -103,15 +103,17 @@ def record_ending(run: RunView, kind: str, detail: str) -> Status | None:
     A rank killed by a signal, a node that failed before its trainer wrote anything, or a
     trainer whose last status write failed in a store outage leaves ``running`` (or
     ``preparing``) behind; the controller saw the exit and says so. A status that already
-    records an ending (the trainers' own words) is kept. Returns what was written.
+    records an ending (the trainers' own words) is kept, and so is a status that cannot be read
+    (none yet, or the store is down: a fresh one would drop step and history). Returns what was
+    written.
     """
     if kind not in ("interrupted", "failed"):
         return None  # lost nodes and grow-backs: the survivors commit and record it themselves
     status = run.read_status()
-    if status is not None and not status.state.live:
+    if status is None or not status.state.live:
         return None
     state = RunState.INTERRUPTED if kind == "interrupted" else RunState.FAILED
-    settled = (status or Status(state=state)).evolve(state=state, reason=detail)
+    settled = status.evolve(state=state, reason=detail)
     try:
         run.write_status(settled)
     except Exception as err:  # noqa: BLE001 - supervision goes on; the next attempt rewrites it

@@ -254,7 +254,6 @@ def record_ending(
     from trainer.checkpoint.outage import retry_through_outage
 
     window = min(cfg.run.store_outage_minutes * 60, 120.0)
-    status = run.read_status()
     unwritten = None
     if handover is not None and handover.is_file():
         try:
@@ -263,16 +262,26 @@ def record_ending(
             log.warning("the ranks' status hand-over %s is unreadable: %s", handover, err)
     if handover is not None:
         shutil.rmtree(handover.parent, ignore_errors=True)
-    settled = settle(status, returncode, who=who, unwritten=unwritten)
-    if settled is None:
-        return status
+
+    def record() -> Status | None:
+        # exists() raises while the store is down (retried): an unreachable status is never
+        # mistaken for a missing one and overwritten without its step and history.
+        current = run.read_status() if run.store.exists(Run.STATUS) else None
+        settled = settle(current, returncode, who=who, unwritten=unwritten)
+        if settled is not None:
+            run.write_status(settled)
+        return settled or current
+
     try:
-        retry_through_outage(
-            lambda: run.write_status(settled), what="the run's final status", window=window
-        )
+        return retry_through_outage(record, what="the run's final status", window=window)
     except Exception as err:  # noqa: BLE001 - the verdict stands; say why the status lags
-        log.warning("could not record %s in the run's status: %s", settled.state, err)
-    return settled
+        settled = settle(None, returncode, who=who, unwritten=unwritten)
+        log.warning(
+            "could not record the run's ending (%s) in its status: %s",
+            settled.state if settled else "none needed",
+            err,
+        )
+        return settled
 
 
 def resume_hint(config: Path | str, run: str, nproc: int) -> str:

@@ -216,7 +216,7 @@ def test_a_half_deleted_old_checkpoint_is_removed_by_a_retry(tmp_path, monkeypat
 
     run = str(tmp_path / "run")
     fault = FailingDelete(step_folder(40), times=1)
-    monkeypatch.setattr(LocalStore, "delete_prefix", fault)
+    monkeypatch.setattr(LocalStore, "delete_prefix", lambda self, prefix: fault(self, prefix))
     steps = (40, 50, 60, 70) if later_commit else (40, 50)
     with CheckpointCommitter(Run(run), node_rank=0, num_nodes=1, keep_last=1) as c:
         for step in steps:

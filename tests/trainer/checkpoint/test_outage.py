@@ -203,7 +203,7 @@ def test_an_interruption_outlasting_the_window_is_still_written_before_exit(
     "running" behind: the retry that gave up dropped the "interrupted" written meanwhile."""
     run = Run(str(tmp_path / "run"))
     store = DownStore()
-    monkeypatch.setattr(Run, "write_status", store)
+    monkeypatch.setattr(Run, "write_status", lambda self, status: store(self, status))
     w = StatusWriter(run, enabled=True, node_count=1, world_size=2, outage_window=0.3)
     w.write(RunState.RUNNING, global_step=40)
     w.write(RunState.INTERRUPTED, global_step=40, reason="store outage: checkpoint 40")
@@ -223,7 +223,7 @@ def test_a_status_the_store_never_took_is_handed_to_the_launcher(
 
     run = Run(str(tmp_path / "run"))
     store = DownStore()
-    monkeypatch.setattr(Run, "write_status", store)
+    monkeypatch.setattr(Run, "write_status", lambda self, status: store(self, status))
     handover = tmp_path / "handover.json"
     monkeypatch.setenv(STATUS_FALLBACK_ENV, str(handover))
     w = StatusWriter(run, enabled=True, node_count=1, world_size=2, outage_window=0.2)

@@ -37,6 +37,8 @@ from enum import IntEnum, StrEnum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from artifacts.exits import describe_exit, exit_signal
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from artifacts.store_api import Store
 
@@ -338,8 +340,10 @@ def _cli(argv: list[str]) -> int:
         )
     code = verdict(rc, status)
     state = status.state if status else "unknown"
+    why = f" ({describe_exit(rc)})" if exit_signal(rc) else ""
     print(
-        f"twostage: launcher exited {rc}, run state {state}: verdict {code.name.lower()} ({int(code)})"
+        f"twostage: launcher exited {rc}{why}, run state {state}: "
+        f"verdict {code.name.lower()} ({int(code)})"
     )
     return int(code)
 

@@ -13,6 +13,8 @@ Modules:
 - ``verify``: offline verification of a downloaded artifact folder.
 - ``retention``: keep the newest K committed artifacts, drop stale half-uploads.
 - ``run``: the run protocol (layout, status, exit codes, verdict).
+- ``exits``: the launchers' exit codes for a child killed by a signal, in words.
+- ``ending``: how a run ended when it could not say (launchers' signal conventions, ``settle``).
 - ``convergence``: convergence on validation loss, a pure decision.
 - ``config``: the typed config loader every config of the project goes through.
 - ``node``: facts about a training node shared by infra/ and trainer/launch/.

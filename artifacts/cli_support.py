@@ -6,6 +6,8 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from invoke import Task
+
 from artifacts.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -30,3 +32,21 @@ def user_errors(fn: F) -> F:
             raise Exit("interrupted", code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+
+class LetterShortFlags(Task):
+    """invoke's ``Task``, whose automatic short flags are letters only (``@task(klass=...)``).
+
+    Why: invoke takes each name's first character not yet taken; for ``max-exposure`` after
+    ``model``, ``airgapped`` and ``max-steps`` that is the dash, and ``--help`` showed
+    ``--=STRING`` (a flag nobody can type). Here the dash is skipped: the next free letter.
+    """
+
+    def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
+        opts = super().arg_opts(name, default, taken_names)
+        names = opts["names"]
+        if len(names) == 2 and not names[1].isalnum():
+            free = [ch for ch in names[0] if ch.isalnum() and ch not in taken_names]
+            opts["names"] = [names[0], *free[:1]]
+        return opts

@@ -37,6 +37,8 @@ from enum import IntEnum, StrEnum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from artifacts.exits import describe_exit, exit_signal
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from artifacts.store_api import Store
 
@@ -60,6 +62,8 @@ class RunState(StrEnum):
     """The ``state`` field of ``STATUS.json``."""
 
     PREPARING = "preparing"
+    PREPARED = "prepared"
+    """``prepare-data`` committed the data cache; no rank has recorded a start since."""
     RUNNING = "running"
     INTERRUPTED = "interrupted"
     CONVERGED = "converged"
@@ -70,6 +74,13 @@ class RunState(StrEnum):
     def done(self) -> bool:
         """The run ended well: ``final/`` is published and nothing needs relaunching."""
         return self in (RunState.CONVERGED, RunState.FINISHED)
+
+    @property
+    def live(self) -> bool:
+        """No launch's ending is recorded (preparing, prepared, running): when the ranks exit
+        without writing one, whoever sees the exit next records
+        it (:func:`artifacts.ending.settle`)."""
+        return self in (RunState.PREPARING, RunState.PREPARED, RunState.RUNNING)
 
 
 def now_iso() -> str:
@@ -329,8 +340,10 @@ def _cli(argv: list[str]) -> int:
         )
     code = verdict(rc, status)
     state = status.state if status else "unknown"
+    why = f" ({describe_exit(rc)})" if exit_signal(rc) else ""
     print(
-        f"twostage: launcher exited {rc}, run state {state}: verdict {code.name.lower()} ({int(code)})"
+        f"twostage: launcher exited {rc}{why}, run state {state}: "
+        f"verdict {code.name.lower()} ({int(code)})"
     )
     return int(code)
 

@@ -11,14 +11,17 @@ from pathlib import Path
 
 from invoke import task
 
-from artifacts.cli_support import user_errors
+from artifacts.cli_support import LetterShortFlags, user_errors
 from local.errors import LocalError
 
 
 @task(
+    klass=LetterShortFlags,
     help={
         "model": "Model folder from `invoke download` (HF causal LM + MANIFEST.json).",
-        "data": "Encrypted JSON Lines dataset (`invoke encrypt`); decrypted in memory only.",
+        "data": 'Encrypted JSON Lines dataset (`invoke encrypt`) of `{"text"}`, '
+        '`{"prompt", "response"}` or `{"messages": [{"role", "content"}, ...]}` records; '
+        "decrypted in memory only.",
         "key_file": "The dataset's 256-bit key file (or KMS-wrapped key, unwrapped before going offline).",
         "out": "New folder for the export (adapter, tokenizer, manifest); must not exist.",
         "airgapped": "Set every HF offline switch and block all non-loopback network access for the run.",
@@ -54,7 +57,8 @@ def finetune(
     """QLoRA fine-tune (4-bit NF4 base + LoRA) on an encrypted dataset; export only the adapter.
 
     :param model: verified model folder; re-hashed against MANIFEST.json unless --no-verify.
-    :param data: encrypted dataset (`{"text": ...}` or `{"prompt": ..., "response": ...}` lines).
+    :param data: encrypted dataset (`{"text": ...}`, `{"prompt": ..., "response": ...}` or
+        `{"messages": [{"role": ..., "content": ...}, ...]}` lines).
     :param key_file: key for --data.
     :param out: export folder, written via a temporary sibling and one rename.
     :param airgapped: run with the network cut off; any attempt aborts the run.

@@ -8,11 +8,13 @@ The status schema, its states and where it lives belong to the run protocol
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from artifacts.ending import STATUS_FALLBACK_ENV
 from artifacts.run import Run, RunState, Status, now_iso
 
 log = logging.getLogger(__name__)
@@ -24,9 +26,9 @@ class StatusWriter:
     Why in the background: a status write is a store round trip, and during a store outage a
     synchronous one blocked rank 0's training loop for ~50 s. :meth:`write` only records the
     newest :class:`Status`; a thread writes the newest one it has (older ones are skipped),
-    retrying through an outage for up to ``outage_window`` seconds and then giving up on that
-    one with a warning (the next write tries again). :meth:`close` waits for the last write
-    (bounded): the launcher reads the status after the ranks exit.
+    retrying through an outage until it lands (a warning every ``outage_window`` seconds).
+    :meth:`close` waits for the last write (bounded): the launcher reads the status after the
+    ranks exit, and gets the one the store would not take through a local file.
 
     Across launches the status tells the truth: until this launch has its own, the step, epoch,
     best val loss and history of the previous status are carried forward (a relaunch no longer
@@ -73,6 +75,10 @@ class StatusWriter:
             : len(launches) + int(launch)
         ]
         self._pending: Status | None = None
+        #: the status being written, and the newest one the store did not take (kept for close)
+        self._writing: Status | None = None
+        self._unwritten: Status | None = None
+        self._abandoned = False
         self._busy = False
         self._cond = threading.Condition()
         self._closed = False
@@ -150,13 +156,21 @@ class StatusWriter:
         return True
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush (bounded by ``timeout``, default the outage window) and stop the thread."""
+        """Flush (bounded by ``timeout``, default the outage window) and stop the thread.
+
+        A status the store did not take by then is abandoned — a late write must never land
+        over a newer writer's — and handed to the launcher through the local file
+        ``$TWOSTAGE_STATUS_FALLBACK`` when it set one (:func:`artifacts.ending.settle`).
+        """
         done = self.flush(self.outage_window if timeout is None else timeout)
-        if not done:
-            log.warning("the run's status could not be written before exit (store unreachable)")
         with self._cond:
-            self._closed = True
+            left = self._pending or self._writing or self._unwritten
+            self._closed = self._abandoned = True
             self._cond.notify_all()
+        if not done or left is not None:
+            log.warning("the run's status could not be written before exit (store unreachable)")
+        if self.enabled:
+            hand_over(left)  # None: everything was written; an older hand-over is withdrawn
 
     def _loop(self) -> None:
         from trainer.checkpoint.outage import StoreOutageError, retry_through_outage
@@ -165,7 +179,7 @@ class StatusWriter:
             with self._cond:
                 while self._pending is None and not self._closed:
                     self._cond.wait()
-                if self._pending is None:
+                if self._pending is None or self._abandoned:
                     return
                 status, self._pending, self._busy = self._pending, None, True
 
@@ -173,20 +187,64 @@ class StatusWriter:
 
             def put(newest: list[Status] = newest) -> None:
                 with self._cond:  # a newer status arrived meanwhile: write that one instead
+                    if self._abandoned:
+                        raise _Abandoned("the writer was closed")
                     if self._pending is not None:
                         newest[0], self._pending = self._pending, None
+                    self._writing = newest[0]
                 self.run.write_status(newest[0])
+                with self._cond:
+                    self._writing = self._unwritten = None
 
             try:
                 retry_through_outage(put, what="status", window=self.outage_window)
-            except StoreOutageError as err:  # best effort: the next write tries again
-                log.warning("status not written: %s", err)
+            except _Abandoned:
+                return
+            except StoreOutageError as err:
+                # Retried until it lands or close() gives up: the newest status is the one that
+                # tells the truth at exit (an outage that outlasts the window ends the run, and
+                # its "interrupted" must not be dropped with the write that failed before it).
+                log.warning("status not written yet: %s", err)
+                with self._cond:
+                    self._unwritten = newest[0]
+                    if self._pending is None:
+                        self._pending = newest[0]
             except Exception as err:  # noqa: BLE001 - a status write must never stop training
                 log.warning("status not written: %s", err)
+                with self._cond:
+                    self._unwritten = newest[0]
             finally:
                 with self._cond:
+                    self._writing = None
                     self._busy = False
                     self._cond.notify_all()
+
+
+class _Abandoned(RuntimeError):
+    """Internal: the writer was closed while a write was being retried (not a store error)."""
+
+
+def hand_over(status: Status | None) -> None:
+    """Leave ``status`` in the launcher's fallback file (``$TWOSTAGE_STATUS_FALLBACK``), if any;
+    ``None`` removes what an earlier writer of this process left there.
+
+    Why a local file: when the store is down at exit, only the process that started the ranks
+    (on this machine) can still learn why they stopped; it records the status once it can.
+    """
+    path = os.environ.get(STATUS_FALLBACK_ENV)
+    if not path:
+        return
+    try:
+        if status is None:
+            if os.path.exists(path):
+                os.remove(path)
+            return
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(status.to_json())
+        os.replace(tmp, path)
+    except OSError as err:
+        log.warning("could not hand the status to the launcher (%s): %s", path, err)
 
 
 def loss_history(log_history: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

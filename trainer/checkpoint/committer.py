@@ -38,7 +38,7 @@ from typing import Any
 
 from artifacts.manifest import MANIFEST_NAME, PARTS_DIR
 from artifacts.publish import commit_parts, publish_part, write_part
-from artifacts.retention import cleanup_incomplete, prune_committed
+from artifacts.retention import Retention
 from artifacts.run import Run, now_iso, step_folder
 from artifacts.store import open_store
 from artifacts.store_api import join_key
@@ -143,6 +143,8 @@ class CheckpointCommitter:
         self.throughput_bps: float | None = None
         #: seconds the last local save took (set by the trainer; the notice decision uses it)
         self.last_save_s: float | None = None
+        #: keep_last, stale half-uploads, and half-deleted old checkpoints (retried)
+        self.retention = Retention(self.checkpoints_uri, keep_last, stale_grace)
         self._jobs: deque[Any] = deque()
         self._submitted: set[int] = set()
         self._pending = 0
@@ -235,9 +237,15 @@ class CheckpointCommitter:
         self._raise_pending_error()
 
     def close(self) -> None:
-        """Wait for pending commits, then stop the thread."""
+        """Wait for pending commits (and a last try at half-deleted old ones), then stop."""
         try:
             self.wait()
+            if self.is_head and self.retention.leftovers:
+                with self._cond:
+                    self._jobs.append(("tidy", None))
+                    self._pending += 1
+                    self._cond.notify_all()
+                self.wait()
         finally:
             # The uploader goes first: it dies with the thread that spawned it (PR_SET_PDEATHSIG
             # follows the parent *thread*), which is the committer thread.
@@ -287,7 +295,9 @@ class CheckpointCommitter:
                         job[1],
                     )
                 elif kind == "cleanup":
-                    self._cleanup(now=self._started_at, grace=2.0)
+                    self.retention.cleanup(now=self._started_at, grace=2.0)
+                elif kind == "tidy":
+                    self.retention.tidy()
                 else:  # a store outage is retried for the window while training goes on
                     retry_through_outage(
                         lambda job=job: self._commit(*job),
@@ -312,13 +322,6 @@ class CheckpointCommitter:
         entries = self._pool.upload(src, dest, files)
         write_part(dest, part, entries)
         return entries
-
-    def _cleanup(self, *, now: float | None, grace: float) -> None:
-        removed = cleanup_incomplete(self.checkpoints_uri, grace, now=now)
-        if removed:
-            log.info(
-                "removed %d incomplete checkpoint folder(s): %s", len(removed), ", ".join(removed)
-            )
 
     def _commit(
         self, staged: Path | None, step: int, metadata: dict[str, Any], submitted: float
@@ -368,5 +371,4 @@ class CheckpointCommitter:
             manifest.total_bytes / 1e6,
             self.durations[step],
         )
-        prune_committed(self.checkpoints_uri, self.keep_last)
-        self._cleanup(now=None, grace=self.stale_grace)
+        self.retention.tidy()

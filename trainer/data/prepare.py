@@ -36,7 +36,14 @@ from artifacts.run import Run
 from trainer.config import TrainerConfig
 from trainer.data.config import DataConfig
 from trainer.data.pool import run_units
-from trainer.data.progress import Progress, record_status, status_writer
+from trainer.data.progress import (
+    Progress,
+    record_prepared,
+    record_status,
+    record_stopped,
+    sigterm_as_interrupt,
+    status_writer,
+)
 from trainer.data.shards import (
     FORMAT,
     TOKENIZER_MARKER,
@@ -141,6 +148,10 @@ def prepare(
             cfg, run, scratch, sources, fp, store, existing, writer,
             workers=workers, node_rank=node_rank, node_count=node_count, bar=bar, since=since,
         )  # fmt: skip
+    except BaseException as err:  # every ending leaves a final state, then goes on as it was
+        if writer is not None:
+            record_stopped(writer, err)
+        raise
     finally:
         if writer is not None:
             writer.close(timeout=60)
@@ -236,7 +247,7 @@ def _build(
     meta["tokenizer"] = f"{fp}/tokenizer"
     store.put_bytes(MANIFEST_NAME, Manifest(files=entries, metadata=meta).to_json())
     if writer is not None:
-        record_status(writer, {**progress.snapshot(), "stage": "committed"})
+        record_prepared(writer, progress.snapshot())
     log.info(
         "data: committed %s: %d train / %d val tokens in %d+%d shards",
         cache_uri, meta["train_tokens"], meta["val_tokens"], len(meta["train"]), len(meta["val"]),
@@ -312,14 +323,15 @@ def prepare_run(
     if workers < 0:
         raise TrainerError(f"--workers must be >= 0, got {workers}")
     run_uri = resolve_run_uri(cfg.run, run)
-    return run_uri, prepare(
-        cfg,
-        Run(run_uri),
-        scratch_dir(cfg.run, Run(run_uri)),
-        workers=workers,
-        node_rank=node_rank,
-        node_count=node_count,
-    )
+    with sigterm_as_interrupt():
+        return run_uri, prepare(
+            cfg,
+            Run(run_uri),
+            scratch_dir(cfg.run, Run(run_uri)),
+            workers=workers,
+            node_rank=node_rank,
+            node_count=node_count,
+        )
 
 
 if __name__ == "__main__":

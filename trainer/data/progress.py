@@ -1,10 +1,16 @@
 """Progress of ``prepare-data``: a bar on a terminal, a log line every 30 s, and the run's
-``STATUS.json`` (state ``preparing``, with ``data_prep``) every 10 s from node 0."""
+``STATUS.json`` (state ``preparing``, with ``data_prep``) every 10 s from node 0 — and the state
+every ending of preparation leaves: ``prepared``, ``failed`` (bad input, with its one line) or
+``interrupted``."""
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from artifacts.run import Run, RunState
@@ -24,6 +30,43 @@ def status_writer(run: Run, node_count: int) -> Any:
 def record_status(writer: Any, progress: dict[str, Any]) -> None:
     """The run's status says it is preparing data and how far (what `invoke status` shows)."""
     writer.write(RunState.PREPARING, data_prep=progress)
+
+
+def record_prepared(writer: Any, progress: dict[str, Any]) -> None:
+    """The cache is committed: preparation's own final state (a launch then writes ``running``)."""
+    writer.write(RunState.PREPARED, data_prep={**progress, "stage": "committed"})
+
+
+def record_stopped(writer: Any, err: BaseException) -> None:
+    """Preparation ended without a cache: say how, so no status says ``preparing`` forever."""
+    from artifacts.errors import UserError
+
+    if isinstance(err, KeyboardInterrupt | SystemExit):
+        state = RunState.INTERRUPTED
+        reason = "data preparation was interrupted; run it again to continue (finished shards are kept)"
+    elif isinstance(err, UserError):
+        state, reason = RunState.FAILED, f"data preparation refused the input: {err}"
+    else:
+        state, reason = RunState.FAILED, f"data preparation failed: {type(err).__name__}: {err}"
+    writer.write(state, reason=reason[:500])
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends ``prepare-data`` like Ctrl-C does, so its ``interrupted`` state is recorded
+    (the default action would kill the process with ``preparing`` left behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Progress:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from artifacts.run import ExitCode, verdict
+from artifacts.run import ExitCode, RunState, Status, verdict
 from trainer.launch.ports import (
     LIVE_STATES,
     RESUMABLE_COMMAND,
@@ -21,6 +21,7 @@ from trainer.launch.ports import (
     CommandRunner,
     Invocation,
     Member,
+    RunView,
 )
 
 log = logging.getLogger("trainer.launch.watch")  # the watcher's log lines, as before
@@ -94,3 +95,28 @@ def stop_commands(
     for r, (cid, _) in running.items():
         log.warning("node %d did not exit within %.0f s: cancelling", r, grace_s)
         runner.cancel(cid)
+
+
+def record_ending(run: RunView, kind: str, detail: str) -> Status | None:
+    """Record how an attempt ended when its trainers could not (the status still claims a live run).
+
+    A rank killed by a signal, a node that failed before its trainer wrote anything, or a
+    trainer whose last status write failed in a store outage leaves ``running`` (or
+    ``preparing``) behind; the controller saw the exit and says so. A status that already
+    records an ending (the trainers' own words) is kept, and so is a status that cannot be read
+    (none yet, or the store is down: a fresh one would drop step and history). Returns what was
+    written.
+    """
+    if kind not in ("interrupted", "failed"):
+        return None  # lost nodes and grow-backs: the survivors commit and record it themselves
+    status = run.read_status()
+    if status is None or not status.state.live:
+        return None
+    state = RunState.INTERRUPTED if kind == "interrupted" else RunState.FAILED
+    settled = status.evolve(state=state, reason=detail)
+    try:
+        run.write_status(settled)
+    except Exception as err:  # noqa: BLE001 - supervision goes on; the next attempt rewrites it
+        log.warning("could not record the attempt's ending in the run's status: %s", err)
+        return None
+    return settled

@@ -77,9 +77,11 @@ class Capacity(Protocol):
 
 
 class RunView(Protocol):
-    """What the watcher reads of the run (:class:`artifacts.run.Run` is the real one)."""
+    """What the watcher reads of the run, and the ending it records (:class:`artifacts.run.Run`)."""
 
     def read_status(self) -> Status | None: ...
+
+    def write_status(self, status: Status) -> None: ...
 
     def stop_requested(self) -> bool: ...
 

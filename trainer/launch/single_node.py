@@ -8,7 +8,10 @@ ranks (on a CPU-only machine DeepSpeed's launcher starts N CPU ranks; the traine
 unless set, and its own process group so Ctrl-C / SIGTERM reach every rank (which then save and
 exit :data:`~artifacts.run.ExitCode.INTERRUPTED`). Success is judged by the run protocol's
 :func:`~artifacts.run.verdict` over the exit code and the run's status: in rare runs a rank aborts
-at interpreter shutdown after everything was committed.
+at interpreter shutdown after everything was committed. An ending the ranks could not record (a
+rank killed by a signal, a status write lost to a store outage) is recorded here
+(:func:`record_ending`): it names the rank that ended first (:class:`RankWatch`) and the signal
+behind DeepSpeed's ``256 − N`` exit code.
 
 Laptop side: imports the trainer's config loader (to fail fast) and the run protocol, never the
 node-side training stack.
@@ -18,12 +21,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from artifacts.run import ExitCode, Run, RunState, Status, now_iso, verdict
+from artifacts.ending import STATUS_FALLBACK_ENV, settle
+from artifacts.run import ExitCode, Run, Status, verdict
 from trainer.config import TrainerConfig
 from trainer.errors import TrainerError
 
@@ -122,7 +128,9 @@ def launch_local(
     prepare_run(cfg, run)
     cmd = launcher_command(Path(config), run, nproc, free_port())
     log.info("launching %d rank(s): run %s", nproc, run)
-    proc = subprocess.Popen(cmd, env=launcher_env(), start_new_session=True)
+    handover = Path(tempfile.mkdtemp(prefix="twostage-status-")) / Run.STATUS
+    env = {**launcher_env(), STATUS_FALLBACK_ENV: str(handover)}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
 
     signalled = []
 
@@ -142,20 +150,20 @@ def launch_local(
                 log.debug("could not signal %s: %s", rank_proc, err)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    ranks = RankWatch(proc.pid)
     try:
-        returncode = proc.wait()
+        while True:
+            try:
+                returncode = proc.wait(timeout=RankWatch.POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                ranks.poll()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    status = Run(run).read_status()
+    status = record_ending(Run(run), returncode, who=ranks.who(), handover=handover, cfg=cfg)
     code = verdict(returncode, status)
     resume = resume_hint(config, run, nproc)
-    if code is ExitCode.FAILED and (
-        status is None or status.state in (RunState.RUNNING, RunState.PREPARING)
-    ):
-        # A rank died without a word (killed, OOM, segfault): the status would say "running"
-        # forever. The launcher knows better and says so; step and history are kept.
-        status = record_failure(Run(run), status, returncode)
     if code is ExitCode.OK:
         if returncode != 0:
             log.warning(
@@ -183,25 +191,99 @@ def _reason(status: Status | None) -> str:
     return (status.reason if status is not None else None) or "no reason recorded"
 
 
+class RankWatch:
+    """Which rank ended first — DeepSpeed's launcher only reports an exit code.
+
+    The ranks are the launcher's grandchildren (``runner`` → ``launch`` → ranks, each with its
+    ``RANK`` in its environment); polled every :attr:`POLL_S` while the launcher runs. The rank
+    that vanishes first is the one whose exit ended the launch: the launcher notices a dead rank
+    within its own 1 s poll and only then terminates the others.
+    """
+
+    POLL_S = 0.2
+
+    def __init__(self, launcher_pid: int) -> None:
+        self.launcher_pid = launcher_pid
+        self.seen: dict[int, int] = {}  # pid -> rank
+        self.first_gone: list[int] = []
+
+    def poll(self) -> None:
+        import psutil
+
+        live: set[int] = set()
+        try:
+            launchers = psutil.Process(self.launcher_pid).children()
+        except psutil.Error:
+            return
+        for launcher in launchers:
+            try:
+                procs = launcher.children()
+            except psutil.Error:
+                continue
+            for p in procs:
+                live.add(p.pid)
+                if p.pid not in self.seen:
+                    try:
+                        rank = p.environ().get("RANK")
+                    except psutil.Error:
+                        continue
+                    if rank is not None and rank.isdigit():
+                        self.seen[p.pid] = int(rank)
+        if not self.first_gone:
+            self.first_gone = sorted(r for pid, r in self.seen.items() if pid not in live)
+
+    def who(self) -> str:
+        """``rank 1`` when one rank ended first, else ``a rank``."""
+        if len(self.first_gone) == 1:
+            return f"rank {self.first_gone[0]}"
+        if self.first_gone:
+            return "one of ranks " + ", ".join(map(str, self.first_gone))
+        return "a rank"
+
+
+def record_ending(
+    run: Run, returncode: int, *, who: str, handover: Path | None, cfg: TrainerConfig
+) -> Status | None:
+    """The run's status after the launcher exited, recording the ending the ranks could not.
+
+    A rank killed without a word (``kill -9``, the OOM killer) or a trainer whose last status
+    write failed (store outage) leaves a status that claims a live run; the launcher records
+    :func:`artifacts.ending.settle`'s status (the ranks' own, handed over in a local file, when
+    they left one), retried through a short outage. Step and history are kept.
+    """
+    from trainer.checkpoint.outage import retry_through_outage
+
+    window = min(cfg.run.store_outage_minutes * 60, 120.0)
+    unwritten = None
+    if handover is not None and handover.is_file():
+        try:
+            unwritten = Status.from_json(handover.read_text(encoding="utf-8"))
+        except ValueError as err:
+            log.warning("the ranks' status hand-over %s is unreadable: %s", handover, err)
+    if handover is not None:
+        shutil.rmtree(handover.parent, ignore_errors=True)
+
+    def record() -> Status | None:
+        # exists() raises while the store is down (retried): an unreachable status is never
+        # mistaken for a missing one and overwritten without its step and history.
+        current = run.read_status() if run.store.exists(Run.STATUS) else None
+        settled = settle(current, returncode, who=who, unwritten=unwritten)
+        if settled is not None:
+            run.write_status(settled)
+        return settled or current
+
+    try:
+        return retry_through_outage(record, what="the run's final status", window=window)
+    except Exception as err:  # noqa: BLE001 - the verdict stands; say why the status lags
+        settled = settle(None, returncode, who=who, unwritten=unwritten)
+        log.warning(
+            "could not record the run's ending (%s) in its status: %s",
+            settled.state if settled else "none needed",
+            err,
+        )
+        return settled
+
+
 def resume_hint(config: Path | str, run: str, nproc: int) -> str:
     """The command that resumes this run here (any ``--nproc``: the resume is elastic)."""
     return f"invoke pretrain --local --config {config} --run {run} --nproc {nproc}"
-
-
-def record_failure(run: Run, status: Status | None, returncode: int) -> Status:
-    """Mark the run failed with the launcher's reason, keeping its step and history."""
-    reason = (
-        f"a rank was killed by signal {-returncode}"
-        if returncode < 0
-        else f"a rank exited with code {returncode} without recording why"
-    )
-    failed = (
-        status.evolve(state=RunState.FAILED, reason=reason)
-        if status is not None
-        else Status(state=RunState.FAILED, reason=reason, updated_at=now_iso())
-    )
-    try:
-        run.write_status(failed)
-    except Exception as err:  # noqa: BLE001 - the verdict stands; say why the status lags
-        log.warning("could not record the failure in the run's status: %s", err)
-    return failed

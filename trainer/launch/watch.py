@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from artifacts.run import Status
-from trainer.launch.attempt import Attempt, stop_commands
+from trainer.launch.attempt import Attempt, record_ending, stop_commands
 from trainer.launch.cost import FleetCostReport, Price
 from trainer.launch.deadman import StallWatch, over_budget, preparing_bytes
 from trainer.launch.fleet import Fleet
@@ -124,6 +124,7 @@ class Watcher:
                 resumed = False
                 kind, detail = self._follow()
                 self._check_end()  # the trainer may write its status just before it exits
+                record_ending(self.run, kind, f"attempt {self.attempts}: {detail}")
                 failures = failures + 1 if kind == "failed" else 0
                 restarts += 1
                 log.warning("attempt %d ended: %s", self.attempts, detail)

@@ -185,6 +185,52 @@ def test_keep_last_k(run_uri, tmp_path):
     assert not any(step_folder(10) in o.key for o in listing)  # files gone, not only the manifest
 
 
+class FailingDelete:
+    """The store's removal of one pruned folder fails ``times`` times (an injected S3 error)."""
+
+    def __init__(self, folder: str, times: int) -> None:
+        from artifacts.store import LocalStore
+
+        self.real = LocalStore.delete_prefix
+        self.folder, self.left = folder, times
+
+    def __call__(self, store, prefix: str, *a, **k):
+        from artifacts.errors import ArtifactError
+
+        if prefix.rstrip("/").endswith(self.folder) and self.left > 0:
+            self.left -= 1
+            raise ArtifactError(f"{store.uri}/{prefix}: delete failed: 503 Slow Down")
+        return self.real(store, prefix, *a, **k)
+
+
+def leftover_files(run: str, step: int) -> list[str]:
+    return [o.key for o in open_store(run).list(f"checkpoints/{step_folder(step)}")]
+
+
+@pytest.mark.parametrize("later_commit", [True, False])
+def test_a_half_deleted_old_checkpoint_is_removed_by_a_retry(tmp_path, monkeypatch, later_commit):
+    """Measured: after an outage the store kept checkpoints/step-40/ files without a manifest
+    (the prune's delete failed); nothing removed it until an hour-old cleanup. The known-stale
+    folder is retried at the next commit, and when the committer closes."""
+    from artifacts.store import LocalStore
+
+    run = str(tmp_path / "run")
+    fault = FailingDelete(step_folder(40), times=1)
+    monkeypatch.setattr(LocalStore, "delete_prefix", lambda self, prefix: fault(self, prefix))
+    steps = (40, 50, 60, 70) if later_commit else (40, 50)
+    with CheckpointCommitter(Run(run), node_rank=0, num_nodes=1, keep_last=1) as c:
+        for step in steps:
+            c.submit(make_checkpoint(tmp_path / "out", step, size=64), step, {})
+            c.wait()  # each commit goes through (the prune's failure is not the commit's)
+            if step == 50:
+                assert fault.left == 0 and leftover_files(run, 40)  # the injected failure hit
+                assert not open_store(run).exists(f"checkpoints/{step_folder(40)}/{MANIFEST_NAME}")
+        if later_commit:
+            assert leftover_files(run, 40) == []  # retried by the next commit, not in an hour
+    assert leftover_files(run, 40) == []
+    assert committed_steps(Run(run)) == [steps[-1]]
+
+
 def test_stale_incomplete_folder_of_a_killed_run_is_removed(tmp_path):
     """A half-upload (no manifest) from before this launch must not linger or be reused."""
     run = str(tmp_path / "run")

@@ -173,3 +173,65 @@ def test_step_and_history_survive_a_relaunch(tmp_path: Path) -> None:
     assert status.state == "running" and status.global_step == 40
     assert [dict(e) for e in status.val_loss_history] == history
     assert [x["world_size"] for x in status.extra["launches"]] == [2, 1]
+
+
+class DownStore:
+    """The run's status writes fail like an unreachable S3 endpoint while ``down`` is set."""
+
+    def __init__(self) -> None:
+        self.down = threading.Event()
+        self.down.set()
+        self.real = Run.write_status
+
+    def __call__(self, run: Run, status) -> None:
+        if self.down.is_set():
+            raise ArtifactError(f"{run.uri}/STATUS.json: cannot reach the S3 endpoint")
+        self.real(run, status)
+
+
+def _await_log(caplog, words: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(words in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, f"no log line with {words!r}"
+        time.sleep(0.02)
+
+
+def test_an_interruption_outlasting_the_window_is_still_written_before_exit(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """Measured: an outage past the window (80 s, window 1 min; back 10 s before the exit) left
+    "running" behind: the retry that gave up dropped the "interrupted" written meanwhile."""
+    run = Run(str(tmp_path / "run"))
+    store = DownStore()
+    monkeypatch.setattr(Run, "write_status", lambda self, status: store(self, status))
+    w = StatusWriter(run, enabled=True, node_count=1, world_size=2, outage_window=0.3)
+    w.write(RunState.RUNNING, global_step=40)
+    w.write(RunState.INTERRUPTED, global_step=40, reason="store outage: checkpoint 40")
+    _await_log(caplog, "status not written")  # one retry window is over
+    store.down.clear()  # the store is back before the process exits
+    w.close(timeout=20)
+    status = run.read_status()
+    assert status is not None and status.state is RunState.INTERRUPTED
+    assert status.reason == "store outage: checkpoint 40" and status.global_step == 40
+
+
+def test_a_status_the_store_never_took_is_handed_to_the_launcher(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from artifacts.ending import STATUS_FALLBACK_ENV
+    from artifacts.run import Status
+
+    run = Run(str(tmp_path / "run"))
+    store = DownStore()
+    monkeypatch.setattr(Run, "write_status", lambda self, status: store(self, status))
+    handover = tmp_path / "handover.json"
+    monkeypatch.setenv(STATUS_FALLBACK_ENV, str(handover))
+    w = StatusWriter(run, enabled=True, node_count=1, world_size=2, outage_window=0.2)
+    w.write(RunState.INTERRUPTED, global_step=40, reason="store outage: checkpoint 40")
+    w.close(timeout=0.5)  # the store is still down at exit
+    left = Status.from_json(handover.read_text())
+    assert left.state is RunState.INTERRUPTED and left.reason == "store outage: checkpoint 40"
+    w._thread.join(timeout=20)  # the writer gave up: a late write never lands over a newer one
+    assert not w._thread.is_alive()
+    store.down.clear()
+    assert run.read_status() is None

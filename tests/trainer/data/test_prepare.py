@@ -102,7 +102,7 @@ def test_shards_are_committed_hashed_and_manifest_is_last(tmp_path: Path) -> Non
     assert len(val) >= 5 and len(train) > 5 * len(val)
     assert not set(train) & set(val)  # held out at document level, no overlap
     status = Run(str(r)).read_status()
-    assert status.state == RunState.PREPARING and status.extra["data_prep"]["tokens"] > 0
+    assert status.state == RunState.PREPARED and status.extra["data_prep"]["tokens"] > 0
     assert status.extra["launches"] == []  # preparing is not a launch of the ranks
     from trainer.launch.lifecycle import data_prep_line
 
@@ -146,6 +146,8 @@ def test_an_interrupted_preparation_keeps_its_committed_shards(tmp_path: Path, m
     monkeypatch.setattr(LocalStore, "upload_file", flaky)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "run", tmp_path / "w")
+    stopped = Run(str(tmp_path / "run")).read_status()
+    assert stopped.state is RunState.INTERRUPTED and "interrupted" in stopped.reason
     cache = tmp_path / "run" / CACHE_PREFIX
     assert not (cache / MANIFEST_NAME).exists()  # nothing committed as a whole
     markers = sorted((cache / "_parts" / reference.fingerprint).glob("u*.json"))
@@ -171,6 +173,9 @@ def test_an_interrupted_preparation_keeps_its_committed_shards(tmp_path: Path, m
         if name in committed:
             assert (cache / reference.fingerprint / name).stat().st_mtime_ns == mtime
     assert done.fingerprint == reference.fingerprint
+    finished = Run(str(tmp_path / "run")).read_status()
+    assert finished.state is RunState.PREPARED and finished.reason is None
+    assert finished.extra["data_prep"]["stage"] == "committed"
     shas = lambda r: [(f.path, f.sha256) for f in manifest(r).files]  # noqa: E731
     assert shas(tmp_path / "run") == shas(tmp_path / "ref")  # same result as an uninterrupted run
 
@@ -294,6 +299,18 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path: Path, name, content, ma
     cache = r / CACHE_PREFIX
     assert not (cache / MANIFEST_NAME).exists()
     assert not list(cache.glob("*/*.bin")) if cache.exists() else True  # nothing half-committed
+
+
+def test_a_bad_record_leaves_a_failed_status_naming_file_and_line(tmp_path: Path) -> None:
+    """Any ending of preparation leaves a final state: never "preparing" forever."""
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b'{"text": "one"}\n' * 50 + b'{"body": "two"}\n')
+    r = tmp_path / "run"
+    with pytest.raises(TrainerError, match=r'r.jsonl:51: record has no "text"'):
+        run(make_cfg(train_files=[str(path)], shard_bytes=1 << 20), r, tmp_path / "w")
+    status = Run(str(r)).read_status()
+    assert status is not None and status.state is RunState.FAILED
+    assert 'r.jsonl:51: record has no "text"' in status.reason
 
 
 def test_missing_files_and_empty_folders_are_user_errors(tmp_path: Path) -> None:

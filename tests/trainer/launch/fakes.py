@@ -204,6 +204,9 @@ class FakeRun:
     def read_status(self) -> Status | None:
         return self.status
 
+    def write_status(self, status: Status) -> None:
+        self.status = status
+
     def stop_requested(self) -> bool:
         return self.stop
 

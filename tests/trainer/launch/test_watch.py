@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from artifacts.run import RunState, Status
+from trainer.launch.attempt import record_ending
 from trainer.launch.cost import Price
 from trainer.launch.node_script import node_scripts, stop_script
 from trainer.launch.policy import WatchPolicy
@@ -311,3 +313,30 @@ def test_running_short_asks_the_group_again_when_an_idle_node_left():
 
     assert watcher.supervise().state == "converged"
     assert [len(runner.attempt(k)) for k in range(1, watcher.attempts + 1)] == [2, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("code", "state", "words"),
+    [(1, "failed", "node 0 failed with exit code 1"), (75, "interrupted", "node 0 exited 75")],
+)
+def test_an_attempt_whose_trainer_could_not_record_its_ending_is_recorded(code, state, words):
+    """A killed rank (or a status write lost to a store outage) leaves "running": the controller
+    saw the exit and records it; step and history stay."""
+    watcher, clock, group, runner, run, _events = make(n=2)
+    run.at_step(40)
+    seen = []
+    at(clock, 600, lambda: runner.finish("i-0000", code))
+    at(clock, 700, lambda: seen.append(run.status))  # between the attempts
+    at(clock, 5000, run.converge)
+
+    assert watcher.supervise().state == "converged"
+
+    (between,) = seen
+    assert between.state == state and between.global_step == 40
+    assert between.reason.startswith("attempt 1: ") and words in between.reason
+
+
+def test_a_recorded_ending_is_not_rewritten_by_the_controller():
+    run = FakeRun(Status(state=RunState.INTERRUPTED, reason="spot interruption notice"))
+    assert record_ending(run, "interrupted", "attempt 1: node 0 exited 75") is None
+    assert run.status.reason == "spot interruption notice"

@@ -1,0 +1,72 @@
+"""How a run ended when it could not say: the launchers' signal conventions and what gets recorded."""
+
+from __future__ import annotations
+
+import pytest
+
+from artifacts.ending import describe_exit, exit_signal, settle
+from artifacts.run import ExitCode, RunState, Status
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [
+        (-9, "rank 1 was killed by signal 9 (SIGKILL)"),
+        (247, "rank 1 was killed by signal 9 (SIGKILL; DeepSpeed's launcher exits 256 − 9 = 247)"),
+        (241, "rank 1 was killed by signal 15 (SIGTERM; DeepSpeed's launcher exits 256 − 15 = 241)"),
+        (137, "rank 1 was killed by signal 9 (SIGKILL; the shell's 128 + 9 = 137)"),
+        (134, "rank 1 was killed by signal 6 (SIGABRT; the shell's 128 + 6 = 134)"),
+        (1, "rank 1 exited with code 1 without recording why"),
+    ],
+)
+def test_a_launchers_exit_code_names_the_signal(code: int, words: str) -> None:
+    assert describe_exit(code, who="rank 1") == words
+
+
+@pytest.mark.parametrize("code", [0, 1, 2, 3, 75, 100, None])
+def test_plain_codes_are_not_signals(code) -> None:
+    assert exit_signal(code) is None
+
+
+def test_a_dead_rank_over_a_running_status_is_failed_keeping_step_and_history() -> None:
+    history = ({"step": 10, "epoch": 1.0, "val_loss": 3.0},)
+    running = Status(state=RunState.RUNNING, global_step=40, val_loss_history=history)
+    failed = settle(running, 247, who="rank 1")
+    assert failed.state is RunState.FAILED
+    assert failed.reason.startswith("rank 1 was killed by signal 9 (SIGKILL")
+    assert failed.global_step == 40 and failed.val_loss_history == history
+
+
+def test_exit_75_without_a_recorded_interruption_is_interrupted() -> None:
+    settled = settle(Status(state=RunState.RUNNING, global_step=8), ExitCode.INTERRUPTED)
+    assert settled.state is RunState.INTERRUPTED and "store unreachable?" in settled.reason
+
+
+def test_the_ranks_own_unwritten_words_win() -> None:
+    """The status the trainer could not put in the store (outage) is recorded as it is."""
+    own = Status(state=RunState.INTERRUPTED, global_step=9, reason="store outage: checkpoint 8")
+    settled = settle(Status(state=RunState.RUNNING, global_step=8), 75, unwritten=own)
+    assert settled.reason == "store outage: checkpoint 8" and settled.global_step == 9
+
+
+@pytest.mark.parametrize(
+    "state", [RunState.INTERRUPTED, RunState.FAILED, RunState.CONVERGED, RunState.FINISHED]
+)
+def test_a_recorded_ending_stands(state: RunState) -> None:
+    assert settle(Status(state=state, reason="its own words"), 247) is None
+
+
+@pytest.mark.parametrize(
+    ("code", "state", "words"),
+    [
+        (2, RunState.FAILED, "user error"),
+        (3, RunState.FAILED, "could not start the trainer"),
+        (0, RunState.FAILED, "never marked done"),
+        (-11, RunState.FAILED, "signal 11 (SIGSEGV)"),
+    ],
+)
+def test_every_other_ending_of_a_live_status(code, state, words) -> None:
+    for live in (RunState.PREPARING, RunState.PREPARED, RunState.RUNNING):
+        settled = settle(Status(state=live), code)
+        assert settled.state is state and words in settled.reason
+    assert settle(None, code).state is state  # no status at all

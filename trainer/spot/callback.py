@@ -63,6 +63,8 @@ class InterruptionCallback(TrainerCallback):
         self.deadline: float | None = None
         #: Whether this callback asked for the interruption checkpoint to be saved.
         self.save = False
+        #: The last completed step was already saved when the notice came (nothing to save).
+        self.saved_before = False
         self.notice_to_commit_s: float | None = None
 
     def _interrupt(self, state: Any, control: Any, *, mid_step: bool) -> Any:
@@ -86,9 +88,12 @@ class InterruptionCallback(TrainerCallback):
                 reason="another node cannot finish its upload before the deadline; "
                 "relying on the last committed checkpoint",
             )
-        saved = self.committer is not None and getattr(
-            self.committer, "has_submitted", lambda step: False
-        )(state.global_step)
+        # Only a node's local rank 0 submits, so only it knows the step is already saved: every
+        # rank must take its answer, or one rank saves (a collective) while the others stop.
+        saved = any_rank_true(
+            self.committer is not None
+            and getattr(self.committer, "has_submitted", lambda step: False)(state.global_step)
+        )
         save = upload
         if upload and mid_step and (saved or state.global_step == 0):
             # The last completed step is already saved (its upload may be reading those very
@@ -97,6 +102,7 @@ class InterruptionCallback(TrainerCallback):
             save = False
         self.decision = decision
         self.save = save
+        self.saved_before = saved
         control.should_save = save
         control.should_training_stop = True
         if self.committer is not None and hasattr(self.committer, "expedite"):
@@ -134,7 +140,9 @@ class InterruptionCallback(TrainerCallback):
             "deadline": iso(self.deadline),
             "step": self.interrupted_at_step,
             "between_micro_batches": self.mid_step,
-            "saved": self.save,
+            # the interruption's step is in a checkpoint: saved now, or just before the notice
+            "saved": self.save or (self.saved_before and bool(self.decision and self.decision.upload)),
+            "saved_before_notice": self.saved_before,
             "decision": None if self.decision is None else self.decision.to_dict(),
             "notice_to_commit_s": self.notice_to_commit_s,
             **extra,

@@ -297,13 +297,13 @@ def test_workdir_policy(tmp_path):
         prepare_workdir(tmp_path / "file")
 
 
-def test_recipe_names_the_signing_key_and_stays_valid(tmp_path):
+def test_recipe_holds_no_signing_key_and_stays_valid(tmp_path):
     from trainer.config import load_config
 
     paths = Paths(prepare_workdir(tmp_path / "w"))
     cfg = load_config(demo_recipe(paths, "file:///x/runs/demo"))
     tiny = load_config(REPO_ROOT / "configs" / "pretrain-tiny.toml")
-    assert cfg.run.signing_key == str(paths.signing_key)
+    assert cfg.run.signing_key is None  # the owner signs afterwards; ranks never hold the key
     assert cfg.run.scratch_dir == str(paths.scratch) and cfg.run.uri == "file:///x/runs/demo"
     assert (cfg.model, cfg.data, cfg.training, cfg.convergence, cfg.deepspeed) == (
         tiny.model,

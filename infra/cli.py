@@ -16,8 +16,9 @@ DEFAULT_WHEELHOUSE = "build/wheelhouse"
 def lock_node(c):
     """Re-resolve infra/requirements-node.in into the hash-locked infra/requirements-node.lock.
 
-    Resolved with uv for the DLAMI's platform (linux x86_64, CPython 3.12), torch left out (the
-    DLAMI's CUDA build is used). Commit the lock; then rebuild the wheelhouse.
+    Resolved with uv for the DLAMI's platform (linux x86_64; CPython >= 3.11, so the pinned
+    versions have wheels for the DLAMI's 3.12), torch left out (the DLAMI's CUDA build is used).
+    Commit the lock; then rebuild the wheelhouse.
     """
     from infra.wheelhouse import refresh_lock
 

@@ -3,7 +3,7 @@
 Nodes never ask a package index. ``infra/requirements-node.in`` lists the node's direct
 dependencies (the project's ranges, minus torch, which the DLAMI provides with its CUDA build,
 and minus the stage-2-only packages); ``invoke lock-node`` resolves it with uv for the DLAMI's
-platform (linux x86_64, CPython 3.12) into ``infra/requirements-node.lock`` with every file's
+platform (linux x86_64, CPython >= 3.11) into ``infra/requirements-node.lock`` with every file's
 SHA-256; ``invoke wheelhouse`` downloads exactly those files (hash-checked), builds the packages
 that publish only an sdist into pure-Python wheels (:data:`BUILD_FROM_SDIST`), and writes
 ``requirements.txt`` naming each wheel with *its* SHA-256. ``pulumi up`` packs that folder into a
@@ -35,8 +35,12 @@ LOCK_FILE = HERE / "requirements-node.lock"
 #: The file in a built wheelhouse that names every wheel with its hash.
 REQUIREMENTS = "requirements.txt"
 WHEELHOUSE_KEY = "bootstrap/wheelhouse.tar"
-#: The DLAMI's interpreter (PyTorch DLAMI on Ubuntu 24.04: CPython 3.12, x86_64).
+#: The DLAMI's interpreter (PyTorch DLAMI on Ubuntu 24.04: CPython 3.12, x86_64): the wheels'.
 NODE_PYTHON_VERSION = "3.12"
+#: The lock is resolved for the project's floor (``requires-python >= 3.11``), so the same pinned
+#: versions have wheels for the nodes' 3.12 and install on a 3.11 dev machine or CI too (where
+#: the offline install is tested). numpy 2.5, for one, dropped 3.11.
+LOCK_PYTHON_VERSION = "3.11"
 NODE_PLATFORM = "x86_64-manylinux_2_28"
 _PIP_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 #: Packages that publish only an sdist: downloaded by hash, built here into a wheel.
@@ -61,7 +65,7 @@ def lock_command(out: Path = LOCK_FILE, overrides: Path | None = None) -> list[s
         "--python-platform",
         NODE_PLATFORM,
         "--python-version",
-        NODE_PYTHON_VERSION,
+        LOCK_PYTHON_VERSION,
         "--no-header",
         "--quiet",
         "-o",

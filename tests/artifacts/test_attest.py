@@ -60,3 +60,40 @@ def test_an_unfinished_run_or_a_bad_key_is_a_one_line_error(tmp_path, finished_r
     (tmp_path / "junk").write_text("x")
     with pytest.raises(ArtifactError, match="not an unencrypted PEM private key"):
         sign_run(str(finished_run), tmp_path / "junk")
+
+
+def test_an_sse_kms_bucket_signs_and_downloads_like_any_other(sample_dir, tmp_path, monkeypatch):
+    """The stack's bucket encrypts with a customer-managed KMS key by default: the owner's sign
+    and stage 2's verified download work on it unchanged (S3 decrypts for a caller with the key)."""
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        key = boto3.client("kms").create_key(Description="run bucket")["KeyMetadata"]["Arn"]
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="twostage-kms")
+        s3.put_bucket_encryption(
+            Bucket="twostage-kms",
+            ServerSideEncryptionConfiguration={
+                "Rules": [
+                    {
+                        "ApplyServerSideEncryptionByDefault": {
+                            "SSEAlgorithm": "aws:kms",
+                            "KMSMasterKeyID": key,
+                        },
+                        "BucketKeyEnabled": True,
+                    }
+                ]
+            },
+        )
+        run = "s3://twostage-kms/runs/r1"
+        publish_dir(sample_dir, f"{run}/final")
+        head = s3.head_object(Bucket="twostage-kms", Key="runs/r1/final/MANIFEST.json")
+        assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == key
+        priv, pub = generate_keypair(tmp_path / "owner")
+        sign_run(run, priv)
+        got = download_verified(f"{run}/final", tmp_path / "model", public_key=pub)
+        assert (tmp_path / "model" / "sub" / "weights.bin").stat().st_size == got.by_path()[
+            "sub/weights.bin"
+        ].size

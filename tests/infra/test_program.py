@@ -441,6 +441,23 @@ def test_interface_endpoints_for_every_api_the_machines_call(default_stack: Stac
         assert e["subnetIds"] == [default_stack.outputs["subnet_id"]]
 
 
+def test_every_aws_api_the_cloud_side_code_calls_has_an_endpoint():
+    """A boto3 client added to the nodes' or the controller's code without its endpoint would
+    hang at the first call on a machine with no route out."""
+    import re
+
+    from infra.egress import INTERFACE_SERVICES
+
+    sources = [*(ROOT / "trainer").rglob("*.py"), *(ROOT / "artifacts").rglob("*.py")]
+    called = {
+        m
+        for path in sources
+        for m in re.findall(r"""client\(\s*["']([a-z0-9-]+)["']""", path.read_text())
+    }
+    assert {"autoscaling", "ec2", "ssm", "s3"} <= called  # the scan sees the real calls
+    assert called - {"s3"} <= set(INTERFACE_SERVICES)
+
+
 def test_the_s3_endpoint_reaches_only_the_run_bucket(default_stack: StackRun):
     (policy,) = default_stack.of_type("aws:ec2/vpcEndpointPolicy:VpcEndpointPolicy")
     s3 = next(

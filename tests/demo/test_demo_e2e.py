@@ -116,6 +116,9 @@ def test_final_model_is_signed_verified_and_loads(demo_run, tmp_path):
     assert manifest.metadata["converged"] is True
     published = paths.bucket / "runs" / "demo" / "final"
     assert verify_dir(published, public_key=paths.public_key).to_json() == manifest.to_json()
+    # Signed afterwards by the owner (`invoke sign`): the ranks' recipe never named a key.
+    assert (published / "MANIFEST.json.sig").read_text().startswith("ed25519 ")
+    assert "signing_key" not in paths.config.read_text()
     _, other = generate_keypair(tmp_path / "other.key")
     with pytest.raises(VerificationError, match="bad signature"):
         verify_dir(paths.model, public_key=other)

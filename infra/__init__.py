@@ -10,5 +10,6 @@ the engine.
 - ``egress``: what the machines may reach (interface endpoints, the S3 endpoint's policy, the
   bucket's ``aws:SourceVpce`` rule, the KMS key policy) and the endpoint-vs-NAT cost.
 - ``wheelhouse``: the nodes' hash-locked lock file and wheelhouse (build, pack, pin).
+- ``run_document``: the project's SSM Command document, the only one the controller may send.
 - ``cli``: ``invoke lock-node``, ``invoke wheelhouse``.
 """

@@ -29,12 +29,14 @@ from artifacts.node import (
     ROLE_CONTROLLER,
     TAG_CLUSTER,
     TAG_ROLE,
+    run_document_name,
 )
 from infra.compute import agent_role, bucket_key_policy
 from infra.policies import (
     controller_policy,
     to_json,
 )
+from infra.run_document import run_document
 from infra.userdata import Bootstrap, render_user_data
 
 
@@ -121,6 +123,16 @@ class Controller(pulumi.ComponentResource):
             opts=child,
         )
         bucket_key_policy(f"{name}-controller-bucket-key", role, key_arn, region, child)
+        # The one Run Command document the controller may send (typed, base64 script).
+        aws.ssm.Document(
+            f"{name}-run-document",
+            name=run_document_name(cluster),
+            document_type="Command",
+            document_format="JSON",
+            content=to_json(run_document()),
+            tags=tags,
+            opts=child,
+        )
         profile = aws.iam.InstanceProfile(
             f"{name}-controller-profile", role=role.name, tags=tags, opts=child
         )

@@ -23,11 +23,14 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from artifacts.node import BOOTSTRAP_PREFIX, CONTROL_PREFIX, RUNS_PREFIX, TAG_CLUSTER
+from artifacts.node import (
+    BOOTSTRAP_PREFIX,
+    CONTROL_PREFIX,
+    RUNS_PREFIX,
+    TAG_CLUSTER,
+    run_document_name,
+)
 from infra.errors import InfraError
-
-#: The Run Command document the launcher and the controller use.
-RUN_SHELL_DOCUMENT = "AWS-RunShellScript"
 
 #: The tag Auto Scaling puts on every instance it launches (``aws:`` tags cannot be set by users).
 GROUP_TAG = "aws:autoscaling:groupName"
@@ -269,7 +272,10 @@ def controller_policy(
                 "Sid": "RunCommandDocument",
                 "Effect": "Allow",
                 "Action": ["ssm:SendCommand"],
-                "Resource": [f"arn:{partition}:ssm:{region}::document/{RUN_SHELL_DOCUMENT}"],
+                # The project's own document (infra/run_document.py), never AWS-RunShellScript.
+                "Resource": [
+                    f"arn:{partition}:ssm:{region}:{account}:document/{run_document_name(cluster)}"
+                ],
             },
             {
                 "Sid": "CancelOwnCommands",

@@ -130,11 +130,14 @@ def test_controller_scales_only_this_group_and_commands_only_this_cluster():
         {"ssm:resourceTag/twostage:cluster": "twostage-dev"},
     )
     assert allowed(
-        CONTROLLER, "ssm:SendCommand", "arn:aws:ssm:us-east-1::document/AWS-RunShellScript"
+        CONTROLLER,
+        "ssm:SendCommand",
+        "arn:aws:ssm:us-east-1:123456789012:document/twostage-dev-run-script",
     )
-    assert not allowed(
-        CONTROLLER, "ssm:SendCommand", "arn:aws:ssm:us-east-1::document/AWS-RunPowerShellScript"
-    )
+    for other in ("AWS-RunShellScript", "AWS-RunPowerShellScript"):
+        assert not allowed(
+            CONTROLLER, "ssm:SendCommand", f"arn:aws:ssm:us-east-1::document/{other}"
+        )
     assert allowed(CONTROLLER, "s3:PutObject", f"{ARN}/control/heartbeat.json")
     assert allowed(CONTROLLER, "s3:PutObject", f"{ARN}/runs/exp1/STATUS.json")
     assert not allowed(CONTROLLER, "s3:PutObject", f"{ARN}/bootstrap/twostage-src.zip")

@@ -689,8 +689,13 @@ def test_controller_role_is_scoped_to_this_cluster(default_stack: StackRun):
         "StringEquals": {"ssm:resourceTag/aws:autoscaling:groupName": "twostage-test-nodes"}
     }
     assert statements["RunCommandDocument"]["Resource"] == [
-        "arn:aws:ssm:us-east-1::document/AWS-RunShellScript"
+        "arn:aws:ssm:us-east-1:123456789012:document/twostage-test-run-script"
     ]
+    doc = default_stack.one("aws:ssm/document:Document").inputs
+    assert doc["name"] == "twostage-test-run-script" and doc["documentType"] == "Command"
+    params = json.loads(doc["content"])["parameters"]
+    assert set(params) == {"script", "executionTimeout"}
+    assert all(p["type"] == "String" and p["allowedPattern"] for p in params.values())
     every_action = {a for s in statements.values() for a in s["Action"]}
     assert "kms:Sign" not in json.dumps(docs)
     assert not {"ec2:RunInstances", "ec2:TerminateInstances", "iam:PassRole"} & every_action

@@ -107,4 +107,36 @@ def verify(c, dir, public_key=None):
     )
 
 
-TASKS = [signing_keygen, publish, download, verify]
+@task(
+    help={
+        "run": "The run's URI (s3://bucket/runs/NAME or a local folder); its final/ is signed",
+        "signing_key": "Ed25519 private key (from `invoke signing-keygen`), kept on this machine",
+        "overwrite": "Replace a signature already there",
+    }
+)
+@user_errors
+def sign(c, run, signing_key, overwrite=False):
+    """Sign a finished run's published model on this machine (the key never goes to the cloud).
+
+    Checks that <run>/final/MANIFEST.json is committed and that the stored files are exactly its
+    listing (names and sizes), prints what you are vouching for, then writes
+    final/MANIFEST.json.sig (`ed25519 <base64>`). Stage 2 checks it with
+    `invoke download --public-key KEY.pub`.
+
+    :param run: the run URI; its final/ folder is signed.
+    :param signing_key: Ed25519 private key from `invoke signing-keygen`.
+    :param overwrite: replace an existing signature (one made with another key).
+    """
+    from artifacts.attest import sign_run
+
+    m = sign_run(run, Path(signing_key), overwrite=overwrite)
+    meta = ", ".join(
+        f"{k} {m.metadata[k]}" for k in ("global_step", "val_loss", "converged") if k in m.metadata
+    )
+    print(
+        f"signed {run.rstrip('/')}/final/MANIFEST.json: {len(m.files)} files "
+        f"({m.total_bytes / 1e6:.1f} MB){'; ' + meta if meta else ''}"
+    )
+
+
+TASKS = [signing_keygen, publish, sign, download, verify]

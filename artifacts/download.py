@@ -11,7 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from artifacts.errors import ArtifactError, VerificationError
-from artifacts.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, is_listed_name
+from artifacts.manifest import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    Manifest,
+    check_listing,
+    is_listed_name,
+)
 from artifacts.progress import byte_progress
 from artifacts.signing import load_public_key, verify_signature
 from artifacts.store import open_store
@@ -69,19 +75,7 @@ def download_verified(
         verify_signature(manifest_bytes, sig, public_key, what=f"{store.uri}/{MANIFEST_NAME}")
     manifest = Manifest.from_json(manifest_bytes, source=f"{store.uri}/{MANIFEST_NAME}")
     remote = {o.key: o.size for o in store.list() if is_listed_name(o.key)}
-    listed = manifest.by_path()
-    for key in sorted(remote):
-        if key not in listed:
-            raise VerificationError(f"{key}: unexpected file not listed in the manifest")
-    for entry in manifest.files:
-        if entry.path not in remote:
-            raise VerificationError(
-                f"{entry.path}: missing from {store.uri} (listed in the manifest)"
-            )
-        if remote[entry.path] != entry.size:
-            raise VerificationError(
-                f"{entry.path}: size mismatch (manifest {entry.size} bytes, stored {remote[entry.path]})"
-            )
+    check_listing(manifest, remote, store.uri)
 
     # Parents we create are removed again on failure: nothing is left behind.
     created: list[Path] = []

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from artifacts.errors import ArtifactError
+from artifacts.errors import ArtifactError, VerificationError
 
 MANIFEST_NAME = "MANIFEST.json"
 SIGNATURE_NAME = "MANIFEST.json.sig"
@@ -112,6 +112,25 @@ class Manifest:
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
+
+
+def check_listing(manifest: Manifest, stored: dict[str, int], where: str) -> None:
+    """Raise :class:`VerificationError` unless ``stored`` ({key: size}) is exactly the listing.
+
+    The cheap check before any byte moves (download) or before a manifest is signed: no
+    unlisted file, none missing, every size as listed.
+    """
+    listed = manifest.by_path()
+    for key in sorted(stored):
+        if key not in listed:
+            raise VerificationError(f"{key}: unexpected file not listed in the manifest")
+    for entry in manifest.files:
+        if entry.path not in stored:
+            raise VerificationError(f"{entry.path}: missing from {where} (listed in the manifest)")
+        if stored[entry.path] != entry.size:
+            raise VerificationError(
+                f"{entry.path}: size mismatch (manifest {entry.size} bytes, stored {stored[entry.path]})"
+            )
 
 
 def is_listed_name(relpath: str) -> bool:

@@ -77,6 +77,12 @@ def group_name(cluster: str) -> str:
     return f"{cluster}-nodes"
 
 
+def run_document_name(cluster: str) -> str:
+    """The project's SSM Command document the controller launches with (the only one it may
+    send): fixed by the cluster name, so IAM (``infra``) and the sender (``trainer.launch``) agree."""
+    return f"{cluster}-run-script"
+
+
 # -- local state of a node's launches (written by the launch script, read by the node agent) -------
 AGENT_DIR = "/run/twostage"
 

@@ -1,4 +1,10 @@
-"""Ed25519 signatures of manifests: origin checks on an air-gapped box with only a public key."""
+"""Ed25519 signatures of manifests: origin checks on an air-gapped box with only a public key.
+
+The signature file (``MANIFEST.json.sig``) is one line: the key type, a space, the base64
+signature (``ed25519 AAAA…``). A bare base64 line (older files) is read as Ed25519. The private
+key never goes near a machine that runs training code: the owner signs a finished run on their
+own machine with ``invoke sign --run URI --signing-key K`` (see :mod:`artifacts.attest`).
+"""
 
 from __future__ import annotations
 
@@ -81,9 +87,33 @@ def load_public_key(path: Path):
     return key
 
 
+#: The key type written in the signature file; the only one this build signs and verifies.
+KEY_TYPE = "ed25519"
+
+
 def sign(data: bytes, private_key: Path) -> bytes:
-    """Detached signature of ``data`` as base64 text (one line)."""
-    return base64.b64encode(load_private_key(private_key).sign(data)) + b"\n"
+    """Detached signature of ``data``: ``ed25519 <base64>`` (one line)."""
+    raw = load_private_key(private_key).sign(data)
+    return KEY_TYPE.encode() + b" " + base64.b64encode(raw) + b"\n"
+
+
+def parse_signature(sig: bytes, *, what: str = "MANIFEST.json") -> bytes:
+    """The raw signature bytes from a signature file; its key type must be one we verify."""
+    parts = sig.strip().split()
+    if len(parts) == 2:
+        key_type, b64 = parts[0].decode("ascii", "replace"), parts[1]
+        if key_type != KEY_TYPE:
+            raise VerificationError(
+                f"{what}: signature of key type {key_type!r}; this build verifies {KEY_TYPE} only"
+            )
+    elif len(parts) == 1:
+        b64 = parts[0]  # an older file: bare base64 Ed25519
+    else:
+        raise VerificationError(f"{what}: malformed signature file")
+    try:
+        return base64.b64decode(b64, validate=True)
+    except ValueError:
+        raise VerificationError(f"{what}: malformed signature file (not base64)") from None
 
 
 def verify_signature(
@@ -94,9 +124,8 @@ def verify_signature(
 
     key = load_public_key(public_key)
     try:
-        raw = base64.b64decode(sig.strip(), validate=True)
-        key.verify(raw, data)
-    except (InvalidSignature, ValueError):
+        key.verify(parse_signature(sig, what=what), data)
+    except InvalidSignature:
         raise VerificationError(
             f"{what}: bad signature (tampered manifest, or signed with another key)"
         ) from None

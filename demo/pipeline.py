@@ -163,10 +163,13 @@ def interruption_summary(stopped: Any, resumed: Any, world_before: int) -> dict[
     }
 
 
-def download(paths: Paths, final_uri: str) -> dict[str, Any]:
-    """``invoke download --public-key``: signature, then every byte verified before DEST appears."""
+def download(paths: Paths, run_uri: str, final_uri: str) -> dict[str, Any]:
+    """The owner's ``invoke sign`` (their key, their machine: the training ranks never had it),
+    then ``invoke download --public-key``: signature, then every byte verified before DEST appears."""
+    from artifacts.attest import sign_run
     from artifacts.download import download_verified
 
+    sign_run(run_uri, paths.signing_key)
     manifest = download_verified(final_uri, paths.model, public_key=paths.public_key, progress=True)
     return {
         "source": final_uri,
@@ -316,7 +319,7 @@ def _run_demo(opts: DemoOptions, out: TextIO) -> dict[str, Any]:
             pre = summary["pretrain"] = pretrain(opts, paths, run_uri)
             note.append(
                 f"{pre['state']} at epoch {pre['converged_epoch'] or pre['epochs']:g} (step {pre['global_step']}), "
-                f"best val loss {pre['best_val_loss']:.4f}; signed final model → {pre['final_uri']}"
+                f"best val loss {pre['best_val_loss']:.4f}; final model (unsigned) → {pre['final_uri']}"
             )
             if pre.get("interruption"):
                 cut = pre["interruption"]
@@ -326,9 +329,9 @@ def _run_demo(opts: DemoOptions, out: TextIO) -> dict[str, Any]:
                     f"({cut['steps_lost']} steps lost)"
                 )
         with progress.stage(
-            3, "download", "verified download of the final model (signature + SHA-256)"
+            3, "download", "owner signs the finished run (invoke sign), verified download (signature + SHA-256)"
         ) as note:
-            dl = summary["download"] = download(paths, pre["final_uri"])
+            dl = summary["download"] = download(paths, run_uri, pre["final_uri"])
             pre["train_history"] = train_history(paths.model)
             note.append(
                 f"{dl['files']} files, {dl['bytes_verified']:,} bytes verified, signature ok → {paths.model}"

@@ -87,7 +87,11 @@ def write_toml(doc: dict[str, Any], path: Path) -> Path:
 
 
 def demo_recipe(paths: Paths, run_uri: str) -> Path:
-    """The tiny pretraining recipe, plus this run's signing key, scratch folder and run URI."""
+    """The tiny pretraining recipe, plus this run's scratch folder and run URI.
+
+    No signing key in the recipe: the machines that train never hold one; the owner signs the
+    finished run afterwards (:func:`demo.pipeline.download`, ``invoke sign``).
+    """
     from trainer.config import load_config
 
     if not PRETRAIN_CONFIG.is_file():
@@ -100,7 +104,6 @@ def demo_recipe(paths: Paths, run_uri: str) -> Path:
         name=RUN_NAME,
         uri=run_uri,
         scratch_dir=str(paths.scratch),
-        signing_key=str(paths.signing_key),
     )
     write_toml(raw, paths.config)
     load_config(paths.config)  # the written file must validate like any user's recipe

@@ -4,5 +4,12 @@
 the typed stack config (:mod:`infra.config`), wires one component per concern
 (:mod:`infra.network`, :mod:`infra.storage`, :mod:`infra.compute`) and exports the stack outputs
 other tools read. Policy documents and node user data are pure functions
-(:mod:`infra.policies`, :mod:`infra.userdata`) so they are tested without the engine.
+(:mod:`infra.policies`, :mod:`infra.egress`, :mod:`infra.userdata`) so they are tested without
+the engine.
+
+- ``egress``: what the machines may reach (interface endpoints, the S3 endpoint's policy, the
+  bucket's ``aws:SourceVpce`` rule, the KMS key policy) and the endpoint-vs-NAT cost.
+- ``wheelhouse``: the nodes' hash-locked lock file and wheelhouse (build, pack, pin).
+- ``run_document``: the project's SSM Command document, the only one the controller may send.
+- ``cli``: ``invoke lock-node``, ``invoke wheelhouse``.
 """

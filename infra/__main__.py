@@ -22,6 +22,7 @@ from infra.config import load_config, require_pinned_ami  # noqa: E402
 from infra.controller import Controller, ControllerArgs  # noqa: E402
 from infra.network import Network, NetworkArgs  # noqa: E402
 from infra.storage import Storage, StorageArgs  # noqa: E402
+from infra.wheelhouse import pack_wheelhouse  # noqa: E402
 
 
 def main() -> dict[str, pulumi.Input]:
@@ -30,7 +31,18 @@ def main() -> dict[str, pulumi.Input]:
     ami = require_pinned_ami(cfg)
     region = aws.get_region_output().region
     name = cfg.cluster_name
-    bundle, digest = (None, None) if cfg.repo_url else build_bundle(repo_root())
+    bundle, digest = (None, None) if cfg.repo_url else build_bundle(
+        repo_root(), allow_dirty=cfg.allow_dirty
+    )
+    # Refuses (naming `invoke wheelhouse`) before any resource when it was never built.
+    wheels, wheels_digest = pack_wheelhouse(
+        Path(cfg.wheelhouse) if cfg.wheelhouse else repo_root() / "build" / "wheelhouse"
+    )
+    if cfg.allow_internet_egress:
+        pulumi.log.warn(
+            "twostage:allowInternetEgress is true: nodes and the controller get a NAT gateway and "
+            "HTTPS to anywhere; a compromised dependency running as root can send data out"
+        )
 
     network = Network(
         name,
@@ -41,6 +53,7 @@ def main() -> dict[str, pulumi.Input]:
             vpc_id=cfg.vpc_id,
             subnet_id=cfg.subnet_id,
             admin_cidr=cfg.admin_cidr,
+            allow_internet_egress=cfg.allow_internet_egress,
         ),
         region=region,
     )
@@ -52,6 +65,8 @@ def main() -> dict[str, pulumi.Input]:
             noncurrent_retention_days=cfg.checkpoint_retention_days,
             force_destroy=cfg.bucket_force_destroy,
         ),
+        region=region,
+        s3_endpoint_id=network.s3_endpoint_id,
     )
     compute = Compute(
         name,
@@ -69,11 +84,14 @@ def main() -> dict[str, pulumi.Input]:
             repo_ref=cfg.repo_ref,
             source_bundle=bundle,
             source_sha256=digest,
+            wheelhouse=wheels,
+            wheelhouse_sha256=wheels_digest,
         ),
         subnet_id=network.subnet_id,
         security_group_id=network.security_group_id,
         bucket_name=storage.bucket_name,
         bucket_arn=storage.bucket_arn,
+        key_arn=storage.key_arn,
         run_prefix=storage.run_prefix,
         region=region,
     )
@@ -90,15 +108,18 @@ def main() -> dict[str, pulumi.Input]:
             repo_url=cfg.repo_url,
             repo_ref=cfg.repo_ref,
             source_sha256=digest,
+            wheelhouse_sha256=wheels_digest,
         ),
         subnet_id=network.subnet_id,
         security_group_id=network.controller_security_group_id,
         bucket_name=storage.bucket_name,
         bucket_arn=storage.bucket_arn,
+        key_arn=storage.key_arn,
         run_prefix=storage.run_prefix,
         region=region,
         group_arn=compute.group_arn,
         source_uri=compute.source_uri,
+        wheelhouse_uri=compute.wheelhouse_uri,
         availability_zone=network.availability_zone,
         depends_on=[compute],
     )

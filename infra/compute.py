@@ -19,6 +19,7 @@ import pulumi_aws as aws
 
 from artifacts.node import ROLE_NODE, TAG_CLUSTER, group_name, node_tags
 from infra.bundle import BUNDLE_KEY
+from infra.egress import kms_use_statement
 from infra.policies import (
     assume_role_policy,
     bucket_access_policy,
@@ -28,6 +29,7 @@ from infra.policies import (
     to_json,
 )
 from infra.userdata import Bootstrap, render_user_data
+from infra.wheelhouse import WHEELHOUSE_KEY
 
 SPOT_ALLOCATION = "price-capacity-optimized"
 
@@ -45,11 +47,15 @@ class ComputeArgs:
     efa_interfaces: int | None = None
     key_name: str | None = None
     repo_url: str | None = None
-    repo_ref: str = "main"
+    repo_ref: str | None = None
     source_bundle: Path | None = None
     """Zipped checkout to upload when ``repo_url`` is None."""
     source_sha256: str | None = None
     """Its SHA-256, checked by every machine before it unpacks the bundle."""
+    wheelhouse: Path | None = None
+    """The packed wheelhouse (:func:`infra.wheelhouse.pack_wheelhouse`), uploaded beside it."""
+    wheelhouse_sha256: str = ""
+    """Its SHA-256, checked by every machine before it installs anything."""
 
 
 def network_interfaces(
@@ -98,6 +104,24 @@ def agent_role(
     return role
 
 
+def bucket_key_policy(
+    name: str,
+    role: aws.iam.Role,
+    key_arn: pulumi.Input[str],
+    region: pulumi.Input[str],
+    opts: pulumi.ResourceOptions,
+) -> aws.iam.RolePolicy:
+    """The role may use the bucket's KMS key, only through S3 (SSE-KMS reads and writes)."""
+    return aws.iam.RolePolicy(
+        name,
+        role=role.id,
+        policy=pulumi.Output.all(key_arn, region).apply(
+            lambda v: to_json({"Version": "2012-10-17", "Statement": [kms_use_statement(*v)]})
+        ),
+        opts=opts,
+    )
+
+
 class Compute(pulumi.ComponentResource):
     """GPU nodes in an Auto Scaling group that can reach only their bucket and SSM."""
 
@@ -108,6 +132,7 @@ class Compute(pulumi.ComponentResource):
     launch_template_id: pulumi.Output[str]
     role_name: pulumi.Output[str]
     source_uri: pulumi.Output[str | None]
+    wheelhouse_uri: pulumi.Output[str]
 
     def __init__(
         self,
@@ -118,6 +143,7 @@ class Compute(pulumi.ComponentResource):
         security_group_id: pulumi.Input[str],
         bucket_name: pulumi.Input[str],
         bucket_arn: pulumi.Input[str],
+        key_arn: pulumi.Input[str],
         run_prefix: pulumi.Input[str],
         region: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
@@ -141,6 +167,7 @@ class Compute(pulumi.ComponentResource):
             ),
             opts=child,
         )
+        bucket_key_policy(f"{name}-node-bucket-key", role, key_arn, region, child)
         profile = aws.iam.InstanceProfile(
             f"{name}-node-profile", role=role.name, tags=tags, opts=child
         )
@@ -178,6 +205,23 @@ class Compute(pulumi.ComponentResource):
             )
             depends.append(bundle)
         self.source_uri = source_uri
+        if args.wheelhouse is None:
+            raise ValueError("the packed wheelhouse is required")
+        depends.append(
+            aws.s3.BucketObjectv2(
+                f"{name}-wheelhouse",
+                bucket=bucket_name,
+                key=WHEELHOUSE_KEY,
+                source=pulumi.FileAsset(str(args.wheelhouse)),
+                content_type="application/x-tar",
+                checksum_algorithm="SHA256",
+                tags=tags,
+                opts=child,
+            )
+        )
+        self.wheelhouse_uri = pulumi.Output.from_input(bucket_name).apply(
+            lambda b: f"s3://{b}/{WHEELHOUSE_KEY}"
+        )
 
         user_data = pulumi.Output.all(bucket_name, run_prefix, region, source_uri).apply(
             lambda v: base64.b64encode(
@@ -193,6 +237,8 @@ class Compute(pulumi.ComponentResource):
                         repo_ref=args.repo_ref,
                         source_uri=v[3],
                         source_sha256=args.source_sha256,
+                        wheelhouse_uri=f"s3://{v[0]}/{WHEELHOUSE_KEY}",
+                        wheelhouse_sha256=args.wheelhouse_sha256,
                     )
                 ).encode()
             ).decode()

@@ -35,13 +35,17 @@ _AMI_TYPE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 _SSM_PARAM = re.compile(r"^/[A-Za-z0-9_.\-/]+$")
 _VPC = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _SUBNET = re.compile(r"^subnet-[0-9a-f]{8,17}$")
-_GIT_REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$")
+_GIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 _REPO_URL = re.compile(r"^https://[A-Za-z0-9.-]+(:\d+)?/[A-Za-z0-9._~/-]+$")
 _KEY_NAME = re.compile(r"^[A-Za-z0-9 ._:/()#,@\[\]+=&;{}!$*-]{1,255}$")
 
 
-def _key(lo: int | None = None, hi: int | None = None, pattern: re.Pattern[str] | None = None,
-         what: str = "") -> dict[str, object]:
+def _key(
+    lo: int | None = None,
+    hi: int | None = None,
+    pattern: re.Pattern[str] | None = None,
+    what: str = "",
+) -> dict[str, object]:
     """Field metadata the shared loader checks (:mod:`artifacts.config`)."""
     meta: dict[str, object] = {}
     if lo is not None:
@@ -61,7 +65,9 @@ class StackConfig:
     span fields are in ``__post_init__``.
     """
 
-    cluster_name: str = field(metadata=_key(pattern=_CLUSTER, what="2-32 chars of a-z, 0-9 and '-'"))
+    cluster_name: str = field(
+        metadata=_key(pattern=_CLUSTER, what="2-32 chars of a-z, 0-9 and '-'")
+    )
     """Names every resource and the ``twostage:cluster`` tag. Default ``twostage-<stack>``."""
     node_count: int = field(default=1, metadata=_key(1, MAX_NODES))
     """Number of GPU nodes (1..64); node 0 is the head node."""
@@ -120,10 +126,11 @@ class StackConfig:
         default=None, metadata=_key(pattern=_REPO_URL, what="an https:// git URL")
     )
     """HTTPS git URL the nodes clone; unset uploads this checkout's source to the bucket instead."""
-    repo_ref: str = field(
-        default="main", metadata=_key(pattern=_GIT_REF, what="a branch, tag or commit")
+    repo_ref: str | None = field(
+        default=None, metadata=_key(pattern=_GIT_SHA, what="a full 40-hex commit SHA")
     )
-    """Branch, tag or commit the nodes check out when ``repoUrl`` is set."""
+    """The commit the nodes check out when ``repoUrl`` is set: a full SHA, never a branch (a
+    replacement node on day 3 must run what its peers run)."""
     efa_interfaces: int | None = field(default=None, metadata=_key(0, 32))
     """EFA interfaces per node; unset uses the instance type's maximum (4 on p4d.24xlarge)."""
     instance_types: tuple[str, ...] = ()
@@ -133,6 +140,13 @@ class StackConfig:
         default="t3.small", metadata=_key(pattern=_INSTANCE_TYPE, what="an EC2 instance type")
     )
     """On-demand instance type of the controller that supervises runs in the cloud (no GPU)."""
+    allow_internet_egress: bool = False
+    """Opt-in: a NAT gateway and HTTPS to anywhere for nodes and controller (the older layout).
+    Off: no route to the internet; S3 and the AWS APIs through VPC endpoints only."""
+    allow_dirty: bool = False
+    """Let ``pulumi up`` bundle uncommitted changes to tracked files (recorded in ``BUNDLE.json``)."""
+    wheelhouse: str = ""
+    """Folder of the hash-locked wheelhouse (``invoke wheelhouse``); empty: ``build/wheelhouse``."""
 
     def __post_init__(self) -> None:
         if self.spot_max_price is not None:
@@ -177,6 +191,18 @@ class StackConfig:
             )
             object.__setattr__(self, "instance_types", types)
             object.__setattr__(self, "instance_type", types[0])
+        if self.repo_url is not None:
+            check(
+                self.repo_ref is not None,
+                "repoRef",
+                "repoUrl needs the full commit SHA the nodes run (git rev-parse HEAD)",
+            )
+            check(
+                self.allow_internet_egress,
+                "repoUrl",
+                "nodes without internet egress cannot clone; leave repoUrl empty (the bundle is "
+                "this checkout's commit) or set twostage:allowInternetEgress true",
+            )
         # Raises InfraError naming twostage:efaInterfaces when a type cannot take that many.
         efa_interfaces_for(self.allowed_instance_types, self.efa_interfaces)
 
@@ -222,7 +248,9 @@ def _admin_cidr(raw: str) -> str:
             "adminCidr", f"must be a CIDR such as 203.0.113.7/32, got {raw!r}"
         ) from None
     if net.prefixlen == 0:
-        raise ConfigValueError("adminCidr", f"{net} opens SSH to the whole internet; use your own /32")
+        raise ConfigValueError(
+            "adminCidr", f"{net} opens SSH to the whole internet; use your own /32"
+        )
     widest = 8 if net.version == 4 else 32
     if net.prefixlen < widest:
         raise ConfigValueError(

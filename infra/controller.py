@@ -29,12 +29,14 @@ from artifacts.node import (
     ROLE_CONTROLLER,
     TAG_CLUSTER,
     TAG_ROLE,
+    run_document_name,
 )
-from infra.compute import agent_role
+from infra.compute import agent_role, bucket_key_policy
 from infra.policies import (
     controller_policy,
     to_json,
 )
+from infra.run_document import run_document
 from infra.userdata import Bootstrap, render_user_data
 
 
@@ -48,8 +50,9 @@ class ControllerArgs:
     node_instance_types: tuple[str, ...]
     spot: bool
     repo_url: str | None = None
-    repo_ref: str = "main"
+    repo_ref: str | None = None
     source_sha256: str | None = None
+    wheelhouse_sha256: str = ""
 
 
 def controller_env(args: ControllerArgs, availability_zone: str) -> tuple[tuple[str, str], ...]:
@@ -78,10 +81,12 @@ class Controller(pulumi.ComponentResource):
         security_group_id: pulumi.Input[str],
         bucket_name: pulumi.Input[str],
         bucket_arn: pulumi.Input[str],
+        key_arn: pulumi.Input[str],
         run_prefix: pulumi.Input[str],
         region: pulumi.Input[str],
         group_arn: pulumi.Input[str],
         source_uri: pulumi.Input[str | None],
+        wheelhouse_uri: pulumi.Input[str],
         availability_zone: pulumi.Input[str],
         depends_on: list[pulumi.Resource] | None = None,
         opts: pulumi.ResourceOptions | None = None,
@@ -117,12 +122,23 @@ class Controller(pulumi.ComponentResource):
             ),
             opts=child,
         )
+        bucket_key_policy(f"{name}-controller-bucket-key", role, key_arn, region, child)
+        # The one Run Command document the controller may send (typed, base64 script).
+        aws.ssm.Document(
+            f"{name}-run-document",
+            name=run_document_name(cluster),
+            document_type="Command",
+            document_format="JSON",
+            content=to_json(run_document()),
+            tags=tags,
+            opts=child,
+        )
         profile = aws.iam.InstanceProfile(
             f"{name}-controller-profile", role=role.name, tags=tags, opts=child
         )
 
         user_data = pulumi.Output.all(
-            bucket_name, run_prefix, region, source_uri, availability_zone
+            bucket_name, run_prefix, region, source_uri, availability_zone, wheelhouse_uri
         ).apply(
             lambda v: render_user_data(
                 Bootstrap(
@@ -136,6 +152,8 @@ class Controller(pulumi.ComponentResource):
                     repo_ref=args.repo_ref,
                     source_uri=v[3],
                     source_sha256=args.source_sha256,
+                    wheelhouse_uri=v[5],
+                    wheelhouse_sha256=args.wheelhouse_sha256,
                     extra_env=controller_env(args, v[4]),
                 )
             )

@@ -12,7 +12,9 @@ Who may do what (the security model, see docs/provision.md "IAM"):
   the controller's ``control/`` objects are read-only to them, with an explicit deny), and
   terminating themselves out of their own Auto Scaling group (the dead-man switch);
 - **the controller** may describe, scale *this* group (ARN + cluster tag), send Run Command
-  documents to instances tagged with *this* cluster, and read/write the bucket.
+  documents to the instances *this group* launched (the ``aws:autoscaling:groupName`` tag, which
+  only Auto Scaling can set: a user who may tag instances cannot put one in reach), and
+  read/write the bucket.
 """
 
 from __future__ import annotations
@@ -21,11 +23,17 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from artifacts.node import BOOTSTRAP_PREFIX, CONTROL_PREFIX, RUNS_PREFIX, TAG_CLUSTER
+from artifacts.node import (
+    BOOTSTRAP_PREFIX,
+    CONTROL_PREFIX,
+    RUNS_PREFIX,
+    TAG_CLUSTER,
+    run_document_name,
+)
 from infra.errors import InfraError
 
-#: The Run Command document the launcher and the controller use.
-RUN_SHELL_DOCUMENT = "AWS-RunShellScript"
+#: The tag Auto Scaling puts on every instance it launches (``aws:`` tags cannot be set by users).
+GROUP_TAG = "aws:autoscaling:groupName"
 
 #: What the SSM agent calls: ``AmazonSSMManagedInstanceCore`` minus ``ssm:GetParameter(s)``.
 SSM_AGENT_ACTIONS = (
@@ -256,13 +264,18 @@ def controller_policy(
                 "Effect": "Allow",
                 "Action": ["ssm:SendCommand"],
                 "Resource": [f"arn:{partition}:ec2:{region}:{account}:instance/*"],
-                "Condition": {"StringEquals": {f"ssm:resourceTag/{TAG_CLUSTER}": cluster}},
+                "Condition": {
+                    "StringEquals": {f"ssm:resourceTag/{GROUP_TAG}": _group_name(group_arn)}
+                },
             },
             {
                 "Sid": "RunCommandDocument",
                 "Effect": "Allow",
                 "Action": ["ssm:SendCommand"],
-                "Resource": [f"arn:{partition}:ssm:{region}::document/{RUN_SHELL_DOCUMENT}"],
+                # The project's own document (infra/run_document.py), never AWS-RunShellScript.
+                "Resource": [
+                    f"arn:{partition}:ssm:{region}:{account}:document/{run_document_name(cluster)}"
+                ],
             },
             {
                 "Sid": "CancelOwnCommands",
@@ -338,3 +351,7 @@ def _check_group_arn(group_arn: str) -> None:
         or group_arn.endswith("/*")
     ):
         raise ValueError(f"not a single Auto Scaling group ARN: {group_arn!r}")
+
+
+def _group_name(group_arn: str) -> str:
+    return group_arn.rsplit("autoScalingGroupName/", 1)[1]

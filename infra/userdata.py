@@ -5,8 +5,10 @@ launch template of the Auto Scaling group, so it names no node index: ranks are 
 launch from the group's InService instances). The script writes the machine's environment first
 (so SSM commands can read it even if the install fails), records the instance id from IMDSv2,
 prepares local scratch, makes sure the SSM agent runs, fetches the project (the source bundle,
-**verified against the SHA-256 that ``pulumi up`` computed**, or a git ref), installs it into
-``/opt/twostage`` with a venv on the DLAMI's own PyTorch, and starts the machine's service:
+**verified against the SHA-256 that ``pulumi up`` computed**, or a pinned git commit) and the
+hash-locked wheelhouse (**verified the same way**), installs the wheelhouse with
+``pip install --no-index --require-hashes --no-deps`` into a venv on the DLAMI's own PyTorch —
+no package index is ever asked — and starts the machine's service:
 
 - a node runs ``python -m trainer.launch.node_agent``, the dead-man switch that takes the node out
   of its group when nothing uses it (see docs/operations.md);
@@ -59,6 +61,9 @@ SERVICES = {
     ROLE_CONTROLLER: ("trainer.launch.controller", "twostage-controller"),
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_GIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+#: Where the verified wheelhouse is unpacked on a machine.
+WHEELHOUSE_DIR = "/opt/twostage-wheelhouse"
 # Values go into an env file read both by systemd and by `source`; keep them shell-inert.
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9._:/@+=,-]*$")
 
@@ -77,17 +82,28 @@ class Bootstrap:
     """The nodes' Auto Scaling group (a node leaves it; the controller scales it)."""
     repo_url: str | None = None
     """Git HTTPS URL to clone; when None the source bundle at ``source_uri`` is used."""
-    repo_ref: str = "main"
+    repo_ref: str | None = None
+    """The full commit SHA to check out (git mode never follows a branch)."""
     source_uri: str | None = None
     """``s3://bucket/key`` of the zipped checkout uploaded by ``pulumi up``."""
     source_sha256: str | None = None
     """SHA-256 of that zip: a bundle that does not match is never unpacked."""
+    wheelhouse_uri: str = ""
+    """``s3://bucket/key`` of the wheelhouse tar (wheels + requirements.txt with their hashes)."""
+    wheelhouse_sha256: str = ""
+    """Its SHA-256: a wheelhouse that does not match is never installed."""
     extra_env: tuple[tuple[str, str], ...] = ()
     """More ``KEY=value`` lines (the controller's node count, types, prices)."""
 
     def __post_init__(self) -> None:
         if self.role not in SERVICES:
             raise ValueError(f"unknown role {self.role!r}")
+        if not self.wheelhouse_uri.startswith("s3://"):
+            raise ValueError("the wheelhouse needs an s3:// URI")
+        if not _SHA256.match(self.wheelhouse_sha256):
+            raise ValueError("the wheelhouse needs its sha256 (64 lowercase hex digits)")
+        if self.repo_url and not (self.repo_ref and _GIT_SHA.match(self.repo_ref)):
+            raise ValueError("git mode needs a full 40-hex commit SHA, never a branch")
 
     def env(self) -> dict[str, str]:
         """The ``/etc/twostage/node.env`` contents (contract keys first)."""
@@ -123,23 +139,37 @@ if [ ! -d {PROJECT_DIR}/.git ]; then
   git -C {PROJECT_DIR} remote add origin {url}
 fi
 git -C {PROJECT_DIR} fetch --depth 1 origin {ref}
-git -C {PROJECT_DIR} checkout --force FETCH_HEAD"""
+git -C {PROJECT_DIR} checkout --force {ref}
+test "$(git -C {PROJECT_DIR} rev-parse HEAD)" = {ref}"""
     if not boot.source_uri or not boot.source_uri.startswith("s3://"):
         raise ValueError("either repo_url or an s3:// source_uri is required")
     if not boot.source_sha256 or not _SHA256.match(boot.source_sha256):
         raise ValueError("the source bundle needs its sha256 (64 lowercase hex digits)")
-    bucket, _, key = boot.source_uri[len("s3://") :].partition("/")
-    # boto3 ships in the DLAMI's PyTorch env; the role may read this bucket but never write
-    # bootstrap/. The hash pins the bundle to what `pulumi up` uploaded.
+    return _fetch_verified(boot.source_uri, boot.source_sha256, "source bundle", "zip", PROJECT_DIR)
+
+
+def _fetch_verified(uri: str, sha256: str, what: str, kind: str, dest: str) -> str:
+    """Python (boto3 from the DLAMI) that downloads ``uri``, checks its hash, unpacks to ``dest``.
+
+    The role may read this bucket but never write ``bootstrap/``; the hash pins the object to
+    what ``pulumi up`` uploaded.
+    """
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    opener = (
+        "zipfile.ZipFile(io.BytesIO(body)).extractall"
+        if kind == "zip"
+        else "tarfile.open(fileobj=io.BytesIO(body)).extractall"
+    )
+    safe = ", filter='data'" if kind == "tar" else ""  # no links or absolute paths out of dest
     return f"""\
-mkdir -p {PROJECT_DIR}
+mkdir -p {dest}
 {DLAMI_PYTHON} - <<'PY'
-import hashlib, io, sys, zipfile, boto3
+import hashlib, io, sys, tarfile, zipfile, boto3
 body = boto3.client("s3").get_object(Bucket={bucket!r}, Key={key!r})["Body"].read()
 digest = hashlib.sha256(body).hexdigest()
-if digest != {boot.source_sha256!r}:
-    sys.exit(f"source bundle sha256 {{digest}} != {boot.source_sha256} (expected): refusing to run it")
-zipfile.ZipFile(io.BytesIO(body)).extractall({PROJECT_DIR!r})
+if digest != {sha256!r}:
+    sys.exit(f"{what} sha256 {{digest}} != {sha256} (expected): refusing to run it")
+{opener}({dest!r}{safe})
 PY"""
 
 
@@ -215,7 +245,12 @@ done
 if [ ! -x {VENV_PYTHON} ]; then
   {DLAMI_PYTHON} -m venv --system-site-packages {PROJECT_DIR}/.venv
 fi
-{VENV_PYTHON} -m pip install --no-input --quiet -e {PROJECT_DIR}
+{_fetch_verified(boot.wheelhouse_uri, boot.wheelhouse_sha256, "wheelhouse", "tar", WHEELHOUSE_DIR)}
+# Exactly the locked wheels, by hash, from the verified wheelhouse: no index, no resolution.
+{VENV_PYTHON} -m pip install --no-input --quiet --no-index --find-links {WHEELHOUSE_DIR} \\
+  --require-hashes --no-deps -r {WHEELHOUSE_DIR}/requirements.txt
+{VENV_PYTHON} -m pip install --no-input --quiet --no-index --no-deps --no-build-isolation \\
+  -e {PROJECT_DIR}
 {VENV_PYTHON} -c "import importlib.metadata as m; print('twostage', m.version('twostage'))"
 
 # 5. The {boot.role}'s service.

@@ -36,7 +36,9 @@ class RunConfig:
     keep_last: int = 3
     """Committed checkpoints kept in the run prefix (older ones are pruned after each commit)."""
     signing_key: str | None = None
-    """Ed25519 private key (PEM path) that signs the published ``final/`` manifest; None: unsigned."""
+    """Ed25519 private key (PEM path) that signs the published ``final/`` manifest; None: unsigned.
+    Local runs on the owner's own machine only: ``invoke pretrain`` to the cluster refuses it (no
+    machine that runs training code holds a long-lived key); sign with ``invoke sign`` instead."""
     min_nodes: int | None = None
     """Cluster runs: the fewest nodes to go on with when spot capacity is short (after a capacity
     wait; the run grows back when nodes return). None: every node of the cluster."""

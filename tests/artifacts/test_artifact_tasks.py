@@ -65,3 +65,19 @@ def test_user_errors_are_one_line_exit_2(tmp_path, sample_dir):
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, r.stderr)
         assert "Traceback" not in r.stderr
     assert not (tmp_path / "d").exists() and not (tmp_path / "x").exists()
+
+
+def test_sign_a_finished_run_then_download_checks_it(tmp_path, sample_dir):
+    key = tmp_path / "owner.key"
+    assert inv("signing-keygen", "--out", str(key)).returncode == 0
+    run = tmp_path / "bucket" / "runs" / "r1"
+    r = inv("sign", "--run", str(run), "--signing-key", str(key))
+    assert r.returncode == 2 and "the run has not finished" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert inv("publish", "--src", str(sample_dir), "--dest", str(run / "final")).returncode == 0
+    r = inv("sign", "--run", str(run), "--signing-key", str(key))
+    assert r.returncode == 0, r.stderr
+    assert f"signed {run}/final/MANIFEST.json" in r.stdout
+    r = inv("download", "--src", str(run / "final"), "--dest", str(tmp_path / "m"),
+            "--public-key", f"{key}.pub")  # fmt: skip
+    assert r.returncode == 0 and "signature ok" in r.stdout, r.stderr

@@ -29,8 +29,22 @@ def test_sign_verify_tamper_and_wrong_key(tmp_path):
         verify_signature(b"manifesT", sig, pub)
     with pytest.raises(VerificationError, match="bad signature"):
         verify_signature(b"manifest", sig, other)
-    with pytest.raises(VerificationError, match="bad signature"):
+    with pytest.raises(VerificationError, match="signature"):
         verify_signature(b"manifest", b"not base64!!", pub)
+
+
+def test_the_signature_file_names_its_key_type_and_older_files_still_verify(tmp_path):
+    import base64
+
+    priv, pub = generate_keypair(tmp_path / "k")
+    sig = sign(b"manifest", priv)
+    key_type, b64 = sig.decode().split()
+    assert key_type == "ed25519" and sig.endswith(b"\n")
+    verify_signature(b"manifest", b64.encode() + b"\n", pub)  # a bare base64 line (older files)
+    with pytest.raises(
+        VerificationError, match="key type 'ecdsa-p256'; this build verifies ed25519"
+    ):
+        verify_signature(b"manifest", b"ecdsa-p256 " + base64.b64encode(b"x" * 64), pub)
 
 
 def test_unreadable_or_wrong_keys_are_user_errors(tmp_path):

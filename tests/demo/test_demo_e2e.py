@@ -116,6 +116,9 @@ def test_final_model_is_signed_verified_and_loads(demo_run, tmp_path):
     assert manifest.metadata["converged"] is True
     published = paths.bucket / "runs" / "demo" / "final"
     assert verify_dir(published, public_key=paths.public_key).to_json() == manifest.to_json()
+    # Signed afterwards by the owner (`invoke sign`): the ranks' recipe never named a key.
+    assert (published / "MANIFEST.json.sig").read_text().startswith("ed25519 ")
+    assert "signing_key" not in paths.config.read_text()
     _, other = generate_keypair(tmp_path / "other.key")
     with pytest.raises(VerificationError, match="bad signature"):
         verify_dir(paths.model, public_key=other)
@@ -297,13 +300,13 @@ def test_workdir_policy(tmp_path):
         prepare_workdir(tmp_path / "file")
 
 
-def test_recipe_names_the_signing_key_and_stays_valid(tmp_path):
+def test_recipe_holds_no_signing_key_and_stays_valid(tmp_path):
     from trainer.config import load_config
 
     paths = Paths(prepare_workdir(tmp_path / "w"))
     cfg = load_config(demo_recipe(paths, "file:///x/runs/demo"))
     tiny = load_config(REPO_ROOT / "configs" / "pretrain-tiny.toml")
-    assert cfg.run.signing_key == str(paths.signing_key)
+    assert cfg.run.signing_key is None  # the owner signs afterwards; ranks never hold the key
     assert cfg.run.scratch_dir == str(paths.scratch) and cfg.run.uri == "file:///x/runs/demo"
     assert (cfg.model, cfg.data, cfg.training, cfg.convergence, cfg.deepspeed) == (
         tiny.model,

@@ -7,17 +7,38 @@ would pass vacuously. Each resource registration is recorded so tests assert on 
 
 from __future__ import annotations
 
+import tempfile
+import zipfile
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pulumi
+
+from infra.wheelhouse import write_requirements
 
 FAKE_AMI = "ami-0123456789abcdef0"
 FAKE_BUCKET = "twostage-20261123abcdef"
 OFFERED_AZS = ["us-east-1d", "us-east-1a"]
 ACCOUNT = "123456789012"
-#: Every test stack pins this AMI unless the test says otherwise (``amiId=None`` unsets it).
-PINNED = {"amiId": FAKE_AMI}
+S3_PREFIX_LIST = "pl-63a5400a"
+VPC_CIDR_EXISTING = "172.31.0.0/16"
+
+
+@cache
+def tiny_wheelhouse() -> str:
+    """A built wheelhouse of one small wheel (the real one is ~80 MB; its test is in test_wheelhouse)."""
+    folder = Path(tempfile.mkdtemp(prefix="twostage-wheelhouse-"))
+    with zipfile.ZipFile(folder / "tiny-1.0-py3-none-any.whl", "w") as whl:
+        whl.writestr("tiny/__init__.py", "")
+    write_requirements(folder)
+    return str(folder)
+
+
+#: Every test stack pins this AMI (``amiId=None`` unsets it) and points at a built wheelhouse.
+#: ``allowDirty``: the tests run on working trees with edits; test_bundle tests the refusal.
+PINNED = {"amiId": FAKE_AMI, "wheelhouse": tiny_wheelhouse(), "allowDirty": "true"}
 
 
 @dataclass
@@ -65,6 +86,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
         elif args.typ == "aws:ec2/instance:Instance":
             self._ips += 1
             state["privateIp"] = f"10.42.16.{self._ips}"
+        elif args.typ == "aws:ec2/vpcEndpoint:VpcEndpoint":
+            rid = f"vpce-{args.name}"
+        elif args.typ == "aws:kms/key:Key":
+            state["arn"] = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{args.name}"
+            state["keyId"] = args.name
         elif args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
             state["latestVersion"] = 1
         elif args.typ == "aws:autoscaling/group:Group":
@@ -95,6 +121,10 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 "availabilityZone": "us-east-1c",
                 "vpcId": "vpc-0abc1234",
             }
+        if token == "aws:ec2/getPrefixList:getPrefixList":
+            return {"id": S3_PREFIX_LIST, "name": args.args["name"], "cidrBlocks": []}
+        if token == "aws:ec2/getVpc:getVpc":
+            return {"id": args.args["id"], "cidrBlock": VPC_CIDR_EXISTING}
         raise AssertionError(f"unmocked invoke {token}")
 
 

@@ -1,13 +1,36 @@
-"""Source bundle uploaded for the nodes: right files, nothing else, byte-reproducible."""
+"""Source bundle uploaded for the nodes: a commit's tracked files, nothing else, byte-reproducible."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from infra.bundle import build_bundle, bundle_files, repo_root
+from infra.errors import InfraError
+
+
+def _git(root: Path, *args: str) -> str:
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(root),
+    }
+    return subprocess.run(
+        ["git", "-C", str(root), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout
+
+
+def _commit_all(root: Path) -> str:
+    _git(root, "add", "-A")
+    _git(root, "commit", "-q", "-m", "snapshot")
+    return _git(root, "rev-parse", "HEAD").strip()
 
 
 def _fake_checkout(root: Path) -> Path:
@@ -26,6 +49,9 @@ def _fake_checkout(root: Path) -> Path:
     (root / "runs" / "ckpt.bin").write_bytes(b"\0")
     (root / "configs").mkdir()
     (root / "configs" / "pretrain-p4d.toml").write_text("[train]\n")
+    (root / ".gitignore").write_text(".venv/\n__pycache__/\nruns/\n")
+    _git(root, "init", "-q")
+    _commit_all(root)
     return root
 
 
@@ -46,8 +72,40 @@ def test_bundle_is_reproducible_and_unzips_to_the_sources(tmp_path):
     assert first.read_bytes() == second.read_bytes()
     with zipfile.ZipFile(first) as zf:
         assert zf.read("tasks.py") == b"ns = None\n"
+        info = json.loads(zf.read("BUNDLE.json"))
+    assert info["commit"] == _git(root, "rev-parse", "HEAD").strip() and info["dirty"] is False
     (root / "tasks.py").write_text("ns = 1\n")
+    _commit_all(root)
     assert build_bundle(root, tmp_path / "c.zip")[1] != digest1
+
+
+def test_untracked_files_never_go_in(tmp_path):
+    root = _fake_checkout(tmp_path / "src")
+    (root / "trainer" / ".env").write_text("AWS_SECRET_ACCESS_KEY=x\n")
+    (root / "infra" / "signing.key").write_text("PRIVATE\n")
+    files = bundle_files(root)
+    assert "trainer/.env" not in files and "infra/signing.key" not in files
+    path, _ = build_bundle(root, tmp_path / "a.zip")
+    with zipfile.ZipFile(path) as zf:
+        assert not [n for n in zf.namelist() if n.endswith((".env", ".key"))]
+
+
+def test_a_dirty_tree_is_refused_unless_allowed_and_then_recorded(tmp_path):
+    root = _fake_checkout(tmp_path / "src")
+    (root / "tasks.py").write_text("ns = 'edited'\n")
+    with pytest.raises(InfraError, match="twostage:allowDirty: 1 uncommitted change.*tasks.py"):
+        build_bundle(root, tmp_path / "a.zip")
+    path, _ = build_bundle(root, tmp_path / "a.zip", allow_dirty=True)
+    with zipfile.ZipFile(path) as zf:
+        info = json.loads(zf.read("BUNDLE.json"))
+        assert zf.read("tasks.py") == b"ns = 'edited'\n"
+    assert info["dirty"] is True and info["changed"] == ["tasks.py"]
+
+
+def test_a_folder_outside_git_is_refused(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    with pytest.raises(InfraError, match="not a git checkout"):
+        build_bundle(tmp_path)
 
 
 def test_bundle_refuses_a_folder_that_is_not_the_project(tmp_path):

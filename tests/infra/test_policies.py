@@ -72,7 +72,7 @@ CONTROLLER = [
 ]
 INSTANCE = "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"
 MINE = {
-    "ssm:resourceTag/twostage:cluster": "twostage-dev",
+    "ssm:resourceTag/aws:autoscaling:groupName": "twostage-dev-nodes",
     "aws:ResourceTag/twostage:cluster": "twostage-dev",
 }
 
@@ -117,14 +117,27 @@ def test_controller_scales_only_this_group_and_commands_only_this_cluster():
     )
     assert allowed(CONTROLLER, "ssm:SendCommand", INSTANCE, MINE)
     assert not allowed(
-        CONTROLLER, "ssm:SendCommand", INSTANCE, {"ssm:resourceTag/twostage:cluster": "other"}
+        CONTROLLER,
+        "ssm:SendCommand",
+        INSTANCE,
+        {"ssm:resourceTag/aws:autoscaling:groupName": "someone-elses"},
+    )
+    # A user who may tag instances can set twostage:cluster, never an aws: tag: not enough.
+    assert not allowed(
+        CONTROLLER,
+        "ssm:SendCommand",
+        INSTANCE,
+        {"ssm:resourceTag/twostage:cluster": "twostage-dev"},
     )
     assert allowed(
-        CONTROLLER, "ssm:SendCommand", "arn:aws:ssm:us-east-1::document/AWS-RunShellScript"
+        CONTROLLER,
+        "ssm:SendCommand",
+        "arn:aws:ssm:us-east-1:123456789012:document/twostage-dev-run-script",
     )
-    assert not allowed(
-        CONTROLLER, "ssm:SendCommand", "arn:aws:ssm:us-east-1::document/AWS-RunPowerShellScript"
-    )
+    for other in ("AWS-RunShellScript", "AWS-RunPowerShellScript"):
+        assert not allowed(
+            CONTROLLER, "ssm:SendCommand", f"arn:aws:ssm:us-east-1::document/{other}"
+        )
     assert allowed(CONTROLLER, "s3:PutObject", f"{ARN}/control/heartbeat.json")
     assert allowed(CONTROLLER, "s3:PutObject", f"{ARN}/runs/exp1/STATUS.json")
     assert not allowed(CONTROLLER, "s3:PutObject", f"{ARN}/bootstrap/twostage-src.zip")

@@ -10,7 +10,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from infra_mocks import FAKE_AMI, FAKE_BUCKET, RecordingMocks, StackRun, run_stack
+from infra_mocks import (
+    FAKE_AMI,
+    FAKE_BUCKET,
+    PINNED,
+    S3_PREFIX_LIST,
+    VPC_CIDR_EXISTING,
+    RecordingMocks,
+    StackRun,
+    run_stack,
+)
 from sdk_types import check_resource
 
 from infra.bundle import build_bundle, repo_root
@@ -45,6 +54,9 @@ INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 SG = "aws:ec2/securityGroup:SecurityGroup"
 WORLD = {ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")}
+ENDPOINT = "aws:ec2/vpcEndpoint:VpcEndpoint"
+GIT_URL = "https://github.com/example/twostage.git"
+GIT_SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +95,9 @@ def test_every_input_has_the_sdk_type():
         {"nodeCount": 4, "spot": "false"},
         {"vpcId": "vpc-0abc1234", "subnetId": "subnet-0abc1234"},
         {"adminCidr": "203.0.113.7/32", "keyName": "me"},
-        {"repoUrl": "https://github.com/example/twostage.git"},
+        {"repoUrl": GIT_URL, "repoRef": GIT_SHA, "allowInternetEgress": "true"},
+        {"allowInternetEgress": "true"},
+        {"vpcId": "vpc-0abc1234", "subnetId": "subnet-0abc1234", "allowInternetEgress": "true"},
         {"instanceTypes": "p4d.24xlarge,p4de.24xlarge,p5.48xlarge", "spotMaxPrice": "20"},
     ):
         run = run_stack(config)
@@ -238,10 +252,10 @@ def test_node_user_data_points_at_this_stacks_bucket_and_checks_the_bundle_hash(
     assert "TWOSTAGE_GROUP=twostage-test-nodes\n" in user_data
     assert "AWS_DEFAULT_REGION=us-east-1\n" in user_data
     assert "TWOSTAGE_NODE_INDEX" not in user_data  # ranks come from the group, per launch
-    bundle = default_stack.one("aws:s3/bucketObjectv2:BucketObjectv2")
-    assert bundle.inputs["key"] == "bootstrap/twostage-src.zip"
+    keys = [o.inputs["key"] for o in default_stack.of_type("aws:s3/bucketObjectv2:BucketObjectv2")]
+    assert sorted(keys) == ["bootstrap/twostage-src.zip", "bootstrap/wheelhouse.tar"]
     assert "bootstrap/twostage-src.zip" in user_data
-    digest = build_bundle(repo_root(), Path(tempfile.mkdtemp()) / "b.zip")[1]
+    digest = build_bundle(repo_root(), Path(tempfile.mkdtemp()) / "b.zip", allow_dirty=True)[1]
     assert f"if digest != {digest!r}:" in user_data  # never unpacked unless it matches
     assert "trainer.launch.node_agent" in user_data
     controller = default_stack.one(INSTANCE).inputs["userData"]
@@ -250,12 +264,54 @@ def test_node_user_data_points_at_this_stacks_bucket_and_checks_the_bundle_hash(
     assert "TWOSTAGE_AVAILABILITY_ZONE=us-east-1a\n" in controller
 
 
-def test_repo_url_clones_instead_of_uploading():
-    run = run_stack({"repoUrl": "https://github.com/example/twostage.git", "repoRef": "v1.2"})
-    assert not run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+def test_repo_url_clones_a_pinned_commit_instead_of_uploading():
+    run = run_stack({"repoUrl": GIT_URL, "repoRef": GIT_SHA, "allowInternetEgress": "true"})
+    keys = [o.inputs["key"] for o in run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")]
+    assert keys == ["bootstrap/wheelhouse.tar"]  # no source bundle; the wheels still come locked
     user_data = _user_data(run)
-    assert "https://github.com/example/twostage.git" in user_data
-    assert "fetch --depth 1 origin v1.2" in user_data
+    assert GIT_URL in user_data
+    assert f"fetch --depth 1 origin {GIT_SHA}" in user_data
+    assert f'test "$(git -C /opt/twostage rev-parse HEAD)" = {GIT_SHA}' in user_data
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"repoUrl": GIT_URL, "allowInternetEgress": "true"}, "twostage:repoRef"),
+        (
+            {"repoUrl": GIT_URL, "repoRef": "main", "allowInternetEgress": "true"},
+            "twostage:repoRef",
+        ),
+        ({"repoUrl": GIT_URL, "repoRef": GIT_SHA}, "twostage:repoUrl"),
+    ],
+)
+def test_git_mode_needs_a_commit_sha_and_a_way_out(config, key):
+    with pytest.raises(InfraError, match=key):
+        run_stack(config)
+
+
+def test_user_data_installs_the_pinned_wheelhouse_without_an_index(default_stack: StackRun):
+    from infra.wheelhouse import pack_wheelhouse
+
+    digest = pack_wheelhouse(Path(PINNED["wheelhouse"]))[1]
+    objects = {
+        o.inputs["key"]: o for o in default_stack.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+    }
+    assert objects["bootstrap/wheelhouse.tar"].inputs["checksumAlgorithm"] == "SHA256"
+    for user_data in (_user_data(default_stack), default_stack.one(INSTANCE).inputs["userData"]):
+        assert f"if digest != {digest!r}:" in user_data
+        assert "--no-index --find-links /opt/twostage-wheelhouse" in user_data
+        assert (
+            "--require-hashes --no-deps -r /opt/twostage-wheelhouse/requirements.txt" in user_data
+        )
+        assert "--no-index --no-deps --no-build-isolation" in user_data
+        assert "index-url" not in user_data and "pypi" not in user_data.lower()
+        assert all("--no-index" in line for line in user_data.splitlines() if "pip install" in line)
+
+
+def test_an_unbuilt_wheelhouse_stops_the_plan_with_the_build_command(tmp_path):
+    with pytest.raises(InfraError, match="twostage:wheelhouse: .*`invoke wheelhouse"):
+        run_stack({"wheelhouse": str(tmp_path)})
 
 
 # --- network -----------------------------------------------------------------------------------
@@ -286,7 +342,8 @@ def test_no_ingress_open_to_the_world(config):
 
 
 def test_only_ingress_is_from_the_group_itself_without_admin_cidr(default_stack: StackRun):
-    (rule,) = default_stack.of_type(INGRESS)
+    # (The endpoints' own security group takes HTTPS from the cluster: tested below.)
+    (rule,) = [r for r in default_stack.of_type(INGRESS) if "endpoints" not in r.name]
     sg_id = default_stack.outputs["security_group_id"]
     assert rule.inputs["referencedSecurityGroupId"] == sg_id
     assert rule.inputs["securityGroupId"] == sg_id
@@ -303,30 +360,163 @@ def test_ssh_only_from_admin_cidr_when_configured():
     assert run.one(LT).inputs["keyName"] == "me"
 
 
-def test_egress_to_the_world_is_https_only(default_stack: StackRun):
-    world = [r for r in default_stack.of_type(EGRESS) if _world_open(r)]
-    assert world, "nodes need HTTPS out for SSM and the install"
+def _routes_to_the_world(run: StackRun) -> list:
+    routes = [
+        r
+        for rt in run.of_type("aws:ec2/routeTable:RouteTable")
+        for r in rt.inputs.get("routes") or []
+    ]
+    routes += [r.inputs for r in run.of_type("aws:ec2/route:Route")]
+    return [
+        r
+        for r in routes
+        if ipaddress.ip_network(
+            r.get("cidrBlock")
+            or r.get("ipv6CidrBlock")
+            or r.get("destinationCidrBlock")
+            or "10.0.0.0/8"
+        )
+        in WORLD
+        or r.get("ipv6CidrBlock") == "::/0"
+    ]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"nodeCount": 4},
+        {"adminCidr": "203.0.113.7/32"},
+        {"vpcId": "vpc-0abc1234", "subnetId": "subnet-0abc1234"},
+    ],
+)
+def test_no_route_or_rule_to_the_internet_by_default(config):
+    run = run_stack(config)
+    assert not [r.name for r in run.of_type(EGRESS) if _world_open(r)]
+    assert not [r.name for r in run.of_type(INGRESS) if _world_open(r)]
+    assert _routes_to_the_world(run) == []
+    for typ in ("natGateway:NatGateway", "internetGateway:InternetGateway", "eip:Eip"):
+        assert not run.of_type(f"aws:ec2/{typ}"), typ
+    assert _inline_rules(run, "egress") == []
+
+
+def test_machines_reach_s3_and_the_endpoints_on_443_only(default_stack: StackRun):
+    endpoint_sg = next(s for s in default_stack.of_type(SG) if "endpoints" in s.name)
+    sgs = {f"securitygroup-{s.name}": s.name for s in default_stack.of_type(SG)}
+    for who in ("nodes", "controller"):
+        sg_id = next(i for i, n in sgs.items() if n.endswith(f"-{who}-sg"))
+        rules = [
+            r.inputs for r in default_stack.of_type(EGRESS) if r.inputs["securityGroupId"] == sg_id
+        ]
+        outside = [r for r in rules if r.get("referencedSecurityGroupId") != sg_id]
+        assert {(r["ipProtocol"], r["fromPort"], r["toPort"]) for r in outside} == {
+            ("tcp", 443, 443)
+        }
+        targets = {r.get("prefixListId") or r.get("referencedSecurityGroupId") for r in outside}
+        assert targets == {S3_PREFIX_LIST, f"securitygroup-{endpoint_sg.name}"}, who
+    # The endpoints accept HTTPS from the cluster's two security groups and nothing else.
+    ingress = [r.inputs for r in default_stack.of_type(INGRESS) if "endpoints" in r.name]
+    assert {r["referencedSecurityGroupId"] for r in ingress} == {
+        default_stack.outputs["security_group_id"],
+        next(i for i, n in sgs.items() if n.endswith("-controller-sg")),
+    }
+    assert {(r["fromPort"], r["toPort"]) for r in ingress} == {(443, 443)}
+
+
+def test_interface_endpoints_for_every_api_the_machines_call(default_stack: StackRun):
+    interfaces = [
+        e.inputs
+        for e in default_stack.of_type(ENDPOINT)
+        if e.inputs["vpcEndpointType"] == "Interface"
+    ]
+    assert {e["serviceName"].rsplit(".", 1)[1] for e in interfaces} == {
+        "ssm",
+        "ssmmessages",
+        "ec2messages",
+        "autoscaling",
+        "ec2",
+    }
+    for e in interfaces:
+        assert e["privateDnsEnabled"] is True
+        assert e["subnetIds"] == [default_stack.outputs["subnet_id"]]
+
+
+def test_every_aws_api_the_cloud_side_code_calls_has_an_endpoint():
+    """A boto3 client added to the nodes' or the controller's code without its endpoint would
+    hang at the first call on a machine with no route out."""
+    import re
+
+    from infra.egress import INTERFACE_SERVICES
+
+    sources = [*(ROOT / "trainer").rglob("*.py"), *(ROOT / "artifacts").rglob("*.py")]
+    called = {
+        m
+        for path in sources
+        for m in re.findall(r"""client\(\s*["']([a-z0-9-]+)["']""", path.read_text())
+    }
+    assert {"autoscaling", "ec2", "ssm", "s3"} <= called  # the scan sees the real calls
+    assert called - {"s3"} <= set(INTERFACE_SERVICES)
+
+
+def test_the_s3_endpoint_reaches_only_the_run_bucket(default_stack: StackRun):
+    (policy,) = default_stack.of_type("aws:ec2/vpcEndpointPolicy:VpcEndpointPolicy")
+    s3 = next(
+        e for e in default_stack.of_type(ENDPOINT) if e.inputs["vpcEndpointType"] == "Gateway"
+    )
+    assert policy.inputs["vpcEndpointId"] == f"vpce-{s3.name}"
+    doc = json.loads(policy.inputs["policy"])
+    resources = {r for st in doc["Statement"] for r in st["Resource"]}
+    assert resources == {f"arn:aws:s3:::{FAKE_BUCKET}", f"arn:aws:s3:::{FAKE_BUCKET}/*"}
+    assert all(st["Effect"] == "Allow" and "s3:*" not in st["Action"] for st in doc["Statement"])
+
+
+def test_cluster_credentials_are_refused_outside_the_vpc_endpoint(default_stack: StackRun):
+    policy = json.loads(default_stack.one("aws:s3/bucketPolicy:BucketPolicy").inputs["policy"])
+    (deny,) = [s for s in policy["Statement"] if "aws:SourceVpce" in json.dumps(s)]
+    s3 = next(
+        e for e in default_stack.of_type(ENDPOINT) if e.inputs["vpcEndpointType"] == "Gateway"
+    )
+    assert deny["Effect"] == "Deny" and deny["Action"] == "s3:*"
+    assert deny["Condition"] == {
+        "StringEquals": {"aws:PrincipalTag/twostage:cluster": "twostage-test"},
+        "StringNotEquals": {"aws:SourceVpce": f"vpce-{s3.name}"},
+    }
+    # The roles carry the tag the condition keys on.
+    for role in default_stack.of_type("aws:iam/role:Role"):
+        assert role.inputs["tags"]["twostage:cluster"] == "twostage-test"
+
+
+def test_allow_internet_egress_keeps_the_nat_and_https_anywhere():
+    run = run_stack({"allowInternetEgress": "true"})
+    world = [r for r in run.of_type(EGRESS) if _world_open(r)]
+    assert len(world) == 2  # nodes and controller
     for rule in world:
         assert (rule.inputs["ipProtocol"], rule.inputs["fromPort"], rule.inputs["toPort"]) == (
             "tcp",
             443,
             443,
         )
-    assert _inline_rules(default_stack, "egress") == []
+    assert run.one("aws:ec2/natGateway:NatGateway")
+    private_rt = next(
+        r for r in run.of_type("aws:ec2/routeTable:RouteTable") if "private" in r.name
+    )
+    assert private_rt.inputs["routes"][0]["natGatewayId"].startswith("natgateway-")
+    assert not [e for e in run.of_type(ENDPOINT) if e.inputs["vpcEndpointType"] == "Interface"]
 
 
 def test_created_network_keeps_nodes_private_and_s3_on_the_gateway_endpoint(default_stack):
     subnets = default_stack.of_type("aws:ec2/subnet:Subnet")
     assert all(s.inputs.get("mapPublicIpOnLaunch") is False for s in subnets)
     assert all(s.inputs["availabilityZone"] == "us-east-1a" for s in subnets)
-    endpoint = default_stack.one("aws:ec2/vpcEndpoint:VpcEndpoint")
+    (endpoint,) = [
+        e for e in default_stack.of_type(ENDPOINT) if e.inputs["vpcEndpointType"] == "Gateway"
+    ]
     assert endpoint.inputs["serviceName"] == "com.amazonaws.us-east-1.s3"
-    assert endpoint.inputs["vpcEndpointType"] == "Gateway"
     private_rt = next(
         r for r in default_stack.of_type("aws:ec2/routeTable:RouteTable") if "private" in r.name
     )
     assert endpoint.inputs["routeTableIds"] == [f"routetable-{private_rt.name}"]
-    assert private_rt.inputs["routes"][0]["natGatewayId"].startswith("natgateway-")
+    assert not private_rt.inputs.get("routes")
     default_sg = default_stack.one("aws:ec2/defaultSecurityGroup:DefaultSecurityGroup")
     assert not default_sg.inputs.get("ingress") and not default_sg.inputs.get("egress")
 
@@ -339,6 +529,11 @@ def test_existing_network_creates_only_the_security_groups():
     assert run.outputs["availability_zone"] == "us-east-1c"
     assert run.one(ASG).inputs["vpcZoneIdentifiers"] == ["subnet-0abc1234"]
     assert run.one(INSTANCE).inputs["subnetId"] == "subnet-0abc1234"
+    # No endpoints of ours there: HTTPS to the VPC's own CIDR (its endpoints) and S3 only.
+    assert not run.of_type(ENDPOINT)
+    cidrs = {r.inputs.get("cidrIpv4") for r in run.of_type(EGRESS)} - {None}
+    assert cidrs == {VPC_CIDR_EXISTING}
+    assert "aws:SourceVpce" not in run.one("aws:s3/bucketPolicy:BucketPolicy").inputs["policy"]
 
 
 def test_a_subnet_outside_the_configured_vpc_stops_the_plan():
@@ -351,8 +546,8 @@ def test_controller_has_no_ingress_and_https_egress_only(default_stack: StackRun
     controller_sg = next(s for s in default_stack.of_type(SG) if "controller" in s.name)
     sg_id = f"securitygroup-{controller_sg.name}"
     assert not [r for r in default_stack.of_type(INGRESS) if r.inputs["securityGroupId"] == sg_id]
-    (egress,) = [r for r in default_stack.of_type(EGRESS) if r.inputs["securityGroupId"] == sg_id]
-    assert (egress.inputs["fromPort"], egress.inputs["toPort"]) == (443, 443)
+    egress = [r for r in default_stack.of_type(EGRESS) if r.inputs["securityGroupId"] == sg_id]
+    assert {(r.inputs["fromPort"], r.inputs["toPort"]) for r in egress} == {(443, 443)}
     controller = default_stack.one(INSTANCE).inputs
     assert controller["vpcSecurityGroupIds"] == [sg_id]
     assert controller["instanceType"] == "t3.small"
@@ -374,8 +569,12 @@ def test_bucket_encrypted_versioned_private(default_stack: StackRun):
     sse = default_stack.one(
         "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
     )
-    algo = sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"]
-    assert algo in ("AES256", "aws:kms")
+    (rule,) = sse.inputs["rules"]
+    assert rule["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "aws:kms"
+    key = default_stack.one("aws:kms/key:Key")
+    assert rule["applyServerSideEncryptionByDefault"]["kmsMasterKeyId"].endswith(f"key/{key.name}")
+    assert rule["bucketKeyEnabled"] is True  # hundreds of PUT/s without a KMS call each
+    assert key.inputs["enableKeyRotation"] is True
     versioning = default_stack.one("aws:s3/bucketVersioning:BucketVersioning")
     assert versioning.inputs["versioningConfiguration"]["status"] == "Enabled"
     block = default_stack.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
@@ -454,7 +653,7 @@ def test_node_role_has_no_managed_policy_and_no_parameter_store(default_stack: S
     # No AmazonSSMManagedInstanceCore (it grants ssm:GetParameter* on *): inline policies only.
     assert not default_stack.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
     docs = _role_policies(default_stack, "twostage-test-node-role")
-    assert len(docs) == 3  # SSM agent, bucket, leave the group
+    assert len(docs) == 4  # SSM agent, bucket, the bucket's key, leave the group
     statements = [s for d in docs for s in d["Statement"]]
     denies = [a for s in statements if s["Effect"] == "Deny" for a in s["Action"]]
     assert {"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"} <= set(denies)
@@ -487,12 +686,18 @@ def test_controller_role_is_scoped_to_this_cluster(default_stack: StackRun):
     send = statements["RunCommandOnThisCluster"]
     assert send["Resource"] == ["arn:aws:ec2:us-east-1:123456789012:instance/*"]
     assert send["Condition"] == {
-        "StringEquals": {"ssm:resourceTag/twostage:cluster": "twostage-test"}
+        "StringEquals": {"ssm:resourceTag/aws:autoscaling:groupName": "twostage-test-nodes"}
     }
     assert statements["RunCommandDocument"]["Resource"] == [
-        "arn:aws:ssm:us-east-1::document/AWS-RunShellScript"
+        "arn:aws:ssm:us-east-1:123456789012:document/twostage-test-run-script"
     ]
+    doc = default_stack.one("aws:ssm/document:Document").inputs
+    assert doc["name"] == "twostage-test-run-script" and doc["documentType"] == "Command"
+    params = json.loads(doc["content"])["parameters"]
+    assert set(params) == {"script", "executionTimeout"}
+    assert all(p["type"] == "String" and p["allowedPattern"] for p in params.values())
     every_action = {a for s in statements.values() for a in s["Action"]}
+    assert "kms:Sign" not in json.dumps(docs)
     assert not {"ec2:RunInstances", "ec2:TerminateInstances", "iam:PassRole"} & every_action
     profile = next(
         p
@@ -500,6 +705,30 @@ def test_controller_role_is_scoped_to_this_cluster(default_stack: StackRun):
         if "controller" in p.name
     )
     assert default_stack.one(INSTANCE).inputs["iamInstanceProfile"] == profile.name
+
+
+def test_the_bucket_key_is_usable_only_through_s3_and_nobody_can_sign(default_stack: StackRun):
+    key = default_stack.one("aws:kms/key:Key")
+    assert key.inputs["keyUsage"] == "ENCRYPT_DECRYPT"  # kms:Sign does not exist for it
+    policy = json.loads(key.inputs["policy"])
+    (deny,) = [s for s in policy["Statement"] if s["Effect"] == "Deny"]
+    assert deny["Condition"] == {
+        "StringEquals": {"aws:PrincipalTag/twostage:cluster": "twostage-test"},
+        "StringNotEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"},
+    }
+    for role in ("twostage-test-node-role", "twostage-test-controller-role"):
+        docs = _role_policies(default_stack, role)
+        assert "kms:Sign" not in json.dumps(docs)
+        (use,) = [s for d in docs for s in d["Statement"] if s.get("Sid") == "BucketKeyViaS3"]
+        assert use["Resource"] == [f"arn:aws:kms:us-east-1:123456789012:key/{key.name}"]
+        assert use["Condition"]["StringEquals"]["kms:ViaService"] == "s3.us-east-1.amazonaws.com"
+    every = json.dumps(
+        [
+            json.loads(p.inputs["policy"])
+            for p in default_stack.of_type("aws:iam/rolePolicy:RolePolicy")
+        ]
+    )
+    assert "kms:Sign" not in every and '"kms:*"' not in every
 
 
 # --- config errors stop the plan -----------------------------------------------------------------
@@ -544,7 +773,9 @@ def test_running_infra_main_as_pulumi_does_exports_the_contract_outputs(monkeypa
     exported: dict[str, object] = {}
     monkeypatch.setattr(pulumi, "export", lambda k, v: exported.__setitem__(k, v))
     pulumi.runtime.set_mocks(RecordingMocks(), project="twostage", stack="test", preview=False)
-    pulumi.runtime.set_all_config({"aws:region": "us-east-1", "twostage:amiId": FAKE_AMI})
+    pulumi.runtime.set_all_config(
+        {"aws:region": "us-east-1", **{f"twostage:{k}": v for k, v in PINNED.items()}}
+    )
 
     @pulumi.runtime.test
     def _program():

@@ -22,6 +22,12 @@ from infra.userdata import (
 )
 
 SHA = "ab" * 32
+WHEELS_SHA = "ef" * 32
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+WHEELS = {
+    "wheelhouse_uri": "s3://twostage-abc/bootstrap/wheelhouse.tar",
+    "wheelhouse_sha256": WHEELS_SHA,
+}
 BOOT = Bootstrap(
     role="node",
     cluster="twostage-dev",
@@ -31,6 +37,7 @@ BOOT = Bootstrap(
     group_name="twostage-dev-nodes",
     source_uri="s3://twostage-abc/bootstrap/twostage-src.zip",
     source_sha256=SHA,
+    **WHEELS,
 )
 GIT = Bootstrap(
     role="controller",
@@ -40,7 +47,8 @@ GIT = Bootstrap(
     region="eu-west-1",
     group_name="twostage-dev-nodes",
     repo_url="https://github.com/example/twostage.git",
-    repo_ref="release/1.0",
+    repo_ref=COMMIT,
+    **WHEELS,
     extra_env=(
         ("TWOSTAGE_NODE_COUNT", "4"),
         ("TWOSTAGE_INSTANCE_TYPES", "p4d.24xlarge,p5.48xlarge"),
@@ -75,11 +83,21 @@ def test_user_data_writes_the_env_file_and_instance_id_before_installing():
     assert "amazon-ssm-agent" in script and "enable --now" in script
 
 
-def test_install_reuses_the_dlami_torch():
+def test_install_reuses_the_dlami_torch_and_asks_no_index():
     script = render_user_data(BOOT)
     assert f"{DLAMI_PYTHON} -m venv --system-site-packages /opt/twostage/.venv" in script
-    assert f"{VENV_PYTHON} -m pip install --no-input --quiet -e /opt/twostage" in script
-    assert "pip install torch" not in script
+    pip_lines = [line for line in script.splitlines() if "-m pip install" in line]
+    assert len(pip_lines) == 2 and all("--no-index" in line for line in pip_lines)
+    flat = " ".join(script.replace("\\\n", " ").split())
+    assert (
+        f"{VENV_PYTHON} -m pip install --no-input --quiet --no-index --find-links "
+        "/opt/twostage-wheelhouse --require-hashes --no-deps -r "
+        "/opt/twostage-wheelhouse/requirements.txt"
+    ) in flat
+    assert "--no-deps --no-build-isolation -e /opt/twostage" in flat
+    assert "pip install torch" not in script and "index-url" not in script
+    # The wheelhouse is fetched and hash-checked before anything is installed.
+    assert script.index(f"if digest != {WHEELS_SHA!r}") < script.index(pip_lines[0])
 
 
 def _bundle_check_program(script: str) -> str:
@@ -126,16 +144,51 @@ def test_the_bundle_is_unpacked_only_when_its_hash_matches(tmp_path, monkeypatch
         assert not (tmp_path / "pyproject.toml").exists()
 
 
+def test_the_wheelhouse_is_unpacked_only_when_its_hash_matches(tmp_path, monkeypatch):
+    import sys
+    import tarfile
+    import types
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("requirements.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"x\n\n"))
+    body = buf.getvalue()
+    for sha, ok in ((hashlib.sha256(body).hexdigest(), True), ("cd" * 32, False)):
+        script = render_user_data(Bootstrap(**{**BOOT.__dict__, "wheelhouse_sha256": sha}))
+        program = script.split(f"{DLAMI_PYTHON} - <<'PY'\n")[2].split("\nPY", 1)[0]
+        program = program.replace("'/opt/twostage-wheelhouse'", repr(str(tmp_path)))
+        fake = types.ModuleType("boto3")
+        fake.client = lambda name: _FakeS3(body)  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "boto3", fake)
+        if ok:
+            exec(compile(program, "user-data", "exec"), {})
+            assert (tmp_path / "requirements.txt").read_bytes() == b"x\n\n"
+        else:
+            (tmp_path / "requirements.txt").unlink()
+            with pytest.raises(SystemExit, match="wheelhouse sha256 .* refusing to run it"):
+                exec(compile(program, "user-data", "exec"), {})
+            assert not (tmp_path / "requirements.txt").exists()
+
+
+def test_a_wheelhouse_without_its_hash_is_refused():
+    with pytest.raises(ValueError, match="wheelhouse needs its sha256"):
+        Bootstrap(**{**BOOT.__dict__, "wheelhouse_sha256": ""})
+
+
 def test_a_bundle_without_its_hash_is_refused():
     with pytest.raises(ValueError, match="sha256"):
         render_user_data(Bootstrap(**{**BOOT.__dict__, "source_sha256": None}))
 
 
-def test_git_source_fetches_the_ref():
+def test_git_source_fetches_a_pinned_commit_never_a_branch():
     script = render_user_data(GIT)
     assert "remote add origin https://github.com/example/twostage.git" in script
-    assert "fetch --depth 1 origin release/1.0" in script
-    assert "checkout --force FETCH_HEAD" in script
+    assert f"fetch --depth 1 origin {COMMIT}" in script
+    assert f"checkout --force {COMMIT}" in script
+    with pytest.raises(ValueError, match="40-hex commit SHA"):
+        Bootstrap(**{**GIT.__dict__, "repo_ref": "main"})
     assert "AWS_DEFAULT_REGION=eu-west-1\n" in script
 
 
@@ -157,7 +210,9 @@ def test_a_node_whose_bootstrap_fails_leaves_its_group():
 
 def test_a_source_is_required():
     with pytest.raises(ValueError, match="source"):
-        render_user_data(Bootstrap("node", "c", "b", "s3://b/runs", "us-east-1", "c-nodes"))
+        render_user_data(
+            Bootstrap("node", "c", "b", "s3://b/runs", "us-east-1", "c-nodes", **WHEELS)
+        )
 
 
 def test_shell_metacharacters_never_reach_the_env_file():

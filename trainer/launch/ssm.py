@@ -3,25 +3,25 @@
 A launch command targets one instance id: ranks are assigned per launch attempt from the group's
 InService instances (:mod:`trainer.launch.group`), so the instance *is* the rank for that attempt.
 Stopping every node targets the tags ``twostage:cluster`` + ``twostage:role=node``. The
-controller's role may only send to instances tagged with its cluster (an IAM condition). The
-script is written to a temporary file and run with bash (``AWS-RunShellScript`` would run the
-lines with ``sh``, and a script fed on stdin could be eaten by a child reading stdin).
+controller's role may only send to instances its group launched (the ``aws:autoscaling:groupName``
+tag, an IAM condition) and only the project's document ``<cluster>-run-script`` (``pulumi up``
+creates it, see ``infra/run_document.py``), whose one typed ``script`` parameter is the script
+base64-encoded; the document runs it from a temporary file with bash, stdin closed.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import Any
 
-from artifacts.node import ROLE_NODE, TAG_CLUSTER, TAG_ROLE
+from artifacts.node import ROLE_NODE, TAG_CLUSTER, TAG_ROLE, run_document_name
 from trainer.launch.ports import TERMINAL_COMMAND, Invocation
 
 log = logging.getLogger(__name__)
 
-DOCUMENT = "AWS-RunShellScript"
 MAX_EXECUTION_TIMEOUT_S = 172800
 """SSM's ceiling (48 h): a longer run is cut there and the watcher relaunches it (it resumes)."""
-_EOF = "TWOSTAGE_SCRIPT_EOF"
 
 
 def cluster_targets(cluster: str) -> list[dict[str, Any]]:
@@ -32,19 +32,9 @@ def cluster_targets(cluster: str) -> list[dict[str, Any]]:
     ]
 
 
-def shell_commands(script: str) -> list[str]:
-    """``AWS-RunShellScript`` lines that write ``script`` to a temp file and run it with bash."""
-    if _EOF in script:
-        raise ValueError("script contains the heredoc terminator")
-    return [
-        "f=$(mktemp /tmp/twostage-XXXXXX.sh)",
-        f"cat > \"$f\" <<'{_EOF}'",
-        *script.rstrip("\n").split("\n"),
-        _EOF,
-        'bash "$f" </dev/null; rc=$?',
-        'rm -f "$f"',
-        'exit "$rc"',
-    ]
+def encode_script(script: str) -> str:
+    """The document's ``script`` parameter: the script as base64 (nothing for a shell to parse)."""
+    return base64.b64encode(script.encode("utf-8")).decode("ascii")
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -62,16 +52,17 @@ def send_command_args(
     script: str,
     run_uri: str,
     comment: str,
+    document: str,
     execution_timeout_s: int = MAX_EXECUTION_TIMEOUT_S,
 ) -> dict[str, Any]:
     """The ``send_command`` keyword arguments (pure; output goes to ``<run>/logs/``)."""
     if (targets is None) == (instance_ids is None):
         raise ValueError("give exactly one of targets and instance_ids")
     args: dict[str, Any] = {
-        "DocumentName": DOCUMENT,
+        "DocumentName": document,
         **({"Targets": targets} if targets is not None else {"InstanceIds": instance_ids}),
         "Parameters": {
-            "commands": shell_commands(script),
+            "script": [encode_script(script)],
             "executionTimeout": [str(min(execution_timeout_s, MAX_EXECUTION_TIMEOUT_S))],
         },
         "Comment": comment[:100],
@@ -91,6 +82,7 @@ class SsmRunner:
         self.client = client
         self.cluster = cluster
         self.run_uri = run_uri
+        self.document = run_document_name(cluster)
 
     def send(self, instance_id: str, script: str, *, comment: str) -> str:
         resp = self.client.send_command(
@@ -99,6 +91,7 @@ class SsmRunner:
                 script=script,
                 run_uri=self.run_uri,
                 comment=comment,
+                document=self.document,
             )
         )
         cid = resp["Command"]["CommandId"]
@@ -113,6 +106,7 @@ class SsmRunner:
                 script=script,
                 run_uri=self.run_uri,
                 comment=comment,
+                document=self.document,
             )
         )
         return resp["Command"]["CommandId"]

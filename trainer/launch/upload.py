@@ -76,6 +76,12 @@ def check_run_refs(patterns: list[str], run: Run) -> None:
 def upload_run_config(config: Path, run: Run) -> dict[str, Any]:
     """Upload local data to the run's ``data/`` and its config (pointing at it) to ``config.toml``."""
     raw = validate_config(config)
+    if raw.get("run", {}).get("signing_key"):
+        # A node runs third-party code as root: it must never hold a long-lived signing key.
+        raise LaunchError(
+            f"{config}: run.signing_key sends a private key to the nodes; remove it and sign the "
+            "finished run on your machine with `invoke sign --run URI --signing-key KEY`"
+        )
     data = dict(raw.get("data", {}))
     patterns = list(data.get("train_files", []))
     check_run_refs(patterns, run)
@@ -97,8 +103,6 @@ def upload_run_config(config: Path, run: Run) -> dict[str, Any]:
         raise LaunchError(
             f"model.init_from {init} is a local folder: upload it and use its s3:// URI"
         )
-    if raw.get("run", {}).get("signing_key"):
-        log.warning("run.signing_key must exist at that path on every node")
     remote_raw = {**raw, "data": data, "run": {**raw.get("run", {}), "uri": run.uri}}
     text = dump_toml(remote_raw, header=f"run config for {run.uri}\ngenerated from {config}")
     store.put_bytes(Run.CONFIG, text.encode("utf-8"))

@@ -13,8 +13,8 @@ from trainer.launch.ports import Invocation
 from trainer.launch.ssm import (
     SsmRunner,
     cluster_targets,
+    encode_script,
     send_command_args,
-    shell_commands,
     ssm_online,
 )
 
@@ -37,11 +37,15 @@ def test_launch_command_targets_one_instance_and_logs_to_the_run(cluster):
 
     cmd = ssm().list_commands(CommandId=cid)["Commands"][0]
     assert iid in cmd["InstanceIds"]  # (moto lists every instance of the region here: its bug)
-    args = send_command_args(instance_ids=[iid], script="true\n", run_uri=run, comment="c")
+    args = send_command_args(
+        instance_ids=[iid], script="true\n", run_uri=run, comment="c", document="d"
+    )
     assert args["InstanceIds"] == [iid] and "Targets" not in args
+    # The project's document (the only one the controller's role may send), never a shell one.
+    assert cmd["DocumentName"] == f"{c['name']}-run-script"
     assert cmd["OutputS3BucketName"] == c["outputs"]["bucket"]
     assert cmd["OutputS3KeyPrefix"] == "runs/r1/logs"
-    assert "echo hello" in cmd["Parameters"]["commands"]
+    assert cmd["Parameters"]["script"] == [encode_script("#!/bin/bash\necho hello\n")]
     assert cmd["Parameters"]["executionTimeout"] == ["172800"]
     # moto reports the happy path: the invocation succeeded with exit 0.
     assert runner.poll(cid, iid) == Invocation("Success", 0)
@@ -79,11 +83,21 @@ def test_ssm_registration_check_falls_back_when_unavailable(cluster):
 
 
 @pytest.mark.parametrize("code", [0, 75])
-def test_shell_wrapper_runs_the_script_with_bash_and_keeps_its_exit_code(code):
+def test_the_document_runs_the_script_with_bash_and_keeps_its_exit_code(code):
+    """The project document's own lines (``sh``, as SSM's aws:runShellScript), its ``script``
+    parameter interpolated as SSM does: the script runs under bash and its exit code comes back."""
+    import re
+
+    from infra.run_document import BASE64_PATTERN, run_document
+
+    doc = run_document()
     script = f"#!/bin/bash\nset -uo pipefail\necho \"literal $HOME 'q'\" >/dev/null\nexit {code}\n"
-    proc = subprocess.run(
-        ["sh", "-c", "\n".join(shell_commands(script))], capture_output=True, timeout=30
-    )
+    value = encode_script(script)
+    assert re.match(doc["parameters"]["script"]["allowedPattern"], value)
+    assert not re.match(BASE64_PATTERN, "x'; reboot; '")  # nothing a shell would parse
+    lines = doc["mainSteps"][0]["inputs"]["runCommand"]
+    program = "\n".join(lines).replace("{{ script }}", value)
+    proc = subprocess.run(["sh", "-c", program], capture_output=True, timeout=30)
     assert proc.returncode == code, proc.stderr
 
 

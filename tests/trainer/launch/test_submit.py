@@ -192,6 +192,17 @@ def test_invalid_config_is_refused_before_anything_is_uploaded(ctx_for, tmp_path
     assert open_store(f"s3://{c['outputs']['bucket']}/runs/bad").list() == []
 
 
+def test_a_signing_key_never_goes_to_the_nodes(ctx_for, tmp_path):
+    c, ctx = ctx_for(1)
+    keyed = tmp_path / "keyed.toml"
+    keyed.write_text(
+        TINY.read_text().replace("[run]", '[run]\nsigning_key = "/home/me/signing.key"', 1)
+    )
+    with pytest.raises(UserError, match="run.signing_key .*`invoke sign --run URI --signing-key"):
+        pretrain_remote(ctx, config=keyed, run="keyed", state_path=tmp_path / "s")
+    assert open_store(f"s3://{c['outputs']['bucket']}/runs/keyed").list() == []
+
+
 def test_missing_bucket_is_a_user_error(ctx_for, tmp_path):
     c, ctx = ctx_for(1, bucket=False)
     with pytest.raises(UserError, match="bucket"):

@@ -196,7 +196,9 @@ class Plan:
             f"{self.per_node_gb:.1f} GB per node",
             f"step: {self.step_s:.1f} s ({self.micro_batch_s:.2f} s per micro-batch)",
             f"spot notice -> commit: {self.notice_to_commit_s:.0f} s (of 120 s)",
-            f"node lost -> training again: {self.recovery_s / 60:.1f} min",
+            f"node lost -> training again: {self.recovery_s / 60:.1f} min once the nodes are "
+            "InService (detect, relaunch, fetch this node's share, engine start, first step; "
+            "benchmarks/project_recovery.py adds the replacement's wait)",
             f"cost: {usd} ({self.price_source}), {per_b} per 1B tokens",
         ]
 

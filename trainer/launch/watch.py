@@ -2,9 +2,9 @@
 
 One :class:`Watcher` takes a run from "submitted" to "nodes at 0":
 
-1. **capacity**: set the group's desired capacity to the run's node count and wait until that
-   many instances are InService; after ``capacity_wait_s`` go on with fewer, down to
-   ``min_nodes`` (elastic resume: the trainer keeps the global batch), give up after
+1. **capacity**: set the desired capacity to the run's node count and wait until that many are
+   InService, or go on with fewer (down to ``min_nodes``) when that is cheaper than waiting
+   (:func:`~trainer.launch.recovery.wait_or_continue`, logged with its numbers); give up after
    ``capacity_timeout_s``;
 2. **launch**: ranks from the group's InService instances (:func:`~trainer.launch.group.launch_nodes`),
    one SSM command per instance;
@@ -14,8 +14,10 @@ One :class:`Watcher` takes a run from "submitted" to "nodes at 0":
    - ``run.max_hours`` / ``run.max_dollars`` reached, or the global step has not moved for
      ``run.stall_timeout_minutes`` → stop gracefully, end (failed, with the reason);
    - an instance of the attempt is gone (spot reclaim: the group replaces it) → SIGTERM the
-     survivors, back to 1; exit 75 / SSM time-outs → wait ``settle_s``, back to 1; any other exit
-     → backoff, back to 1 (give up after ``max_failures`` in a row or ``max_restarts``);
+     survivors, back to 1; exit 75 / SSM time-outs → wait for the notice's reclaim
+     (:func:`~trainer.launch.recovery.settle_after_exit`), back to 1; any other exit → backoff,
+     back to 1 (give up after the same failure twice without progress, ``max_failures`` in a
+     row or ``max_restarts``);
    - running on fewer nodes than wanted and the group has them again → stop, relaunch at full
      size (grow back);
 4. **end**: desired capacity 0 (AWS terminates every node), wait until none is left, cost report.

@@ -32,7 +32,11 @@ from artifacts.errors import ArtifactError, VerificationError
 from artifacts.manifest import MANIFEST_NAME, FileEntry, Manifest, committed_folders
 from artifacts.run import Run, step_of
 from artifacts.store import open_store
-from trainer.checkpoint.elastic import WORLD_SIZE_KEY, facts_from_manifest
+from trainer.checkpoint.elastic import (
+    WORLD_SIZE_KEY,
+    facts_from_manifest,
+    universal_before_collective,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,8 @@ class FetchReport:
     downloaded_bytes: int = 0
     reused_bytes: int = 0
     seconds: float = 0.0
+    universal: str | None = None
+    """The converted (universal) folder, at another world size."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,11 +136,13 @@ def fetch_share(
     local_dirs: tuple[Path, ...] = (),
     max_step: int | None = None,
     workers: int = DEFAULT_WORKERS,
+    resized_ranks: set[int] | None = None,
 ) -> tuple[Path, dict[str, Any], FetchReport] | None:
     """Fetch this node's share of the newest committed checkpoint that verifies; None if none.
 
     ``ranks``: this node's global ranks (used when the checkpoint was written at ``world``
-    ranks; otherwise every file is fetched). ``local_dirs``: other folders that may hold the
+    ranks; otherwise ``resized_ranks``: None = every file, for the node that converts; an empty
+    set = only the shared files, for nodes that load the converted form). ``local_dirs``: other folders that may hold the
     step's files (the trainer's own ``output/checkpoint-<step>``). A file whose bytes do not
     match the manifest fails that checkpoint (the previous one is tried); network errors
     propagate (a relaunch retries rather than going back further than it must).
@@ -153,7 +161,8 @@ def fetch_share(
                 raise VerificationError(str(err)) from None
             facts = facts_from_manifest(step, manifest)
             same_world = facts.world_size == world
-            report = _fetch_files(open_store(src), manifest, dest, ranks if same_world else None,
+            report = _fetch_files(open_store(src), manifest, dest,
+                                  ranks if same_world else resized_ranks,
                                   [dest, *(Path(d) / f"checkpoint-{step}" for d in local_dirs)],
                                   workers)  # fmt: skip
         except VerificationError as err:
@@ -166,7 +175,8 @@ def fetch_share(
             "resume: step %d, this node's share %.2f GB of %.2f GB (ranks %s): downloaded "
             "%.2f GB, re-used %.2f GB local, in %.1f s",
             step, report.share_bytes / 1e9, report.total_bytes / 1e9,
-            "all" if report.ranks is None else f"{min(report.ranks)}-{max(report.ranks)}",
+            "all" if report.ranks is None else
+            (f"{min(report.ranks)}-{max(report.ranks)}" if report.ranks else "none: shared files"),
             report.downloaded_bytes / 1e9, report.reused_bytes / 1e9, report.seconds,
         )  # fmt: skip
         meta = dict(manifest.metadata)
@@ -240,7 +250,13 @@ def prefetch_resume(
             found = fetch_share(
                 run, scratch / "resume", world=world,
                 ranks=node_ranks(node_rank, num_nodes, world), local_dirs=(scratch / "output",),
+                resized_ranks=None if node_rank == 0 else set(),
             )  # fmt: skip
+            if found is not None and int(found[1].get(WORLD_SIZE_KEY) or world) != world:
+                # Another world size: the head converts, every node loads the universal form.
+                found[2].universal = str(universal_before_collective(
+                    run, found[0], found[2].step, is_head=node_rank == 0, timeout_s=timeout_s,
+                ))  # fmt: skip
         except BaseException as err:
             _write(ready, {"error": f"resume fetch failed: {err!r}"})
             raise

@@ -235,7 +235,12 @@ def _adapt_world_size(ctx: RunContext, resumed: Resumed) -> Path:
         )
     source = int(meta.get(WORLD_SIZE_KEY) or shard_world_size(folder) or ctx.world)
     world = ctx.world
-    if source != world:
+    prefetched = ctx.prefetched.get("report") or {}
+    if source != world and prefetched.get("universal") and prefetched.get("step") == step:
+        folder = Path(prefetched["universal"])  # converted before the collective
+        enable_universal_load(args.hf_deepspeed_config.config)
+        adapt_rng_files(folder, rank=ctx.rank, world=world, source_world=source)
+    elif source != world:
         folder = fetch_or_convert(
             ctx.run,
             folder,

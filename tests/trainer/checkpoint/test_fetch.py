@@ -137,3 +137,39 @@ def test_nothing_committed_means_start_fresh(tmp_path):
     run = Run(str(tmp_path / "store" / "run"))
     doc = prefetch_resume(run, tmp_path / "s", world=2, node_rank=0, num_nodes=1, local_rank=0)
     assert doc == {"step": -1}
+
+
+def test_at_another_world_size_a_non_head_node_fetches_shared_files_and_the_heads_universal_form(
+    tmp_path, monkeypatch
+):
+    """Before the collective: node 1 of a resized run downloads only the shared files of the
+    original, waits (its own bound) for the head's committed universal form, then fetches it."""
+    from artifacts.run import Run as _Run
+    from trainer.checkpoint.elastic import universal_uri
+
+    run = _Run(str(tmp_path / "store" / "run"))
+    commit(run, save(tmp_path / "saved", 50), 50)  # written by 4 ranks; resumed on 2 nodes × 1
+    universal = tmp_path / "converted"
+    (universal / "global_step50_universal").mkdir(parents=True)
+    (universal / "global_step50_universal" / "mp_rank_00_model_states.pt").write_bytes(b"u")
+    (universal / "latest_universal").write_text("global_step50_universal")
+    scratch = tmp_path / "node1"
+    waited: list[float] = []
+
+    def head_commits_later(seconds: float) -> None:  # the head converts meanwhile
+        waited.append(seconds)
+        if len(waited) == 2:
+            publish_dir(universal, universal_uri(run, 50), metadata={"global_step": 50})
+
+    import trainer.checkpoint.elastic as elastic
+    import trainer.checkpoint.fetch as fetch
+
+    real = elastic.universal_before_collective
+    monkeypatch.setattr(fetch, "universal_before_collective",
+                        lambda *a, **kw: real(*a, **kw, sleep=head_commits_later, poll_s=5.0))
+    doc = prefetch_resume(run, scratch, world=2, node_rank=1, num_nodes=2, local_rank=0)
+    report = doc["report"]
+    assert report["ranks"] == [] and report["downloaded_bytes"] < 2000  # no rank's shards
+    assert waited == [5.0, 5.0]
+    assert Path(report["universal"]).name == "checkpoint-50.universal"
+    assert (Path(report["universal"]) / "latest_universal").exists()

@@ -43,6 +43,12 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from artifacts.store_api import Store
 
 
+#: ``Status.reason`` of an exit 75 after a spot notice / a stop request (SIGTERM without a notice):
+#: the controller reads them (a notice: the node goes at its deadline; neither is a fault).
+NOTICE_REASON = "spot interruption notice"
+STOP_REASON = "stop requested"
+
+
 class ExitCode(IntEnum):
     """Exit codes of the trainer, the per-node script and ``invoke pretrain`` (documented contract)."""
 

@@ -42,6 +42,7 @@ from artifacts.retention import Retention
 from artifacts.run import Run, now_iso, step_folder
 from artifacts.store import open_store
 from artifacts.store_api import join_key
+from trainer.checkpoint.inflight import InFlight, folder_bytes
 from trainer.checkpoint.outage import StoreOutageError, retry_through_outage
 from trainer.checkpoint.upload_pool import (
     CheckpointCommitError,
@@ -147,6 +148,7 @@ class CheckpointCommitter:
         self.retention = Retention(self.checkpoints_uri, keep_last, stale_grace)
         self._jobs: deque[Any] = deque()
         self._submitted: set[int] = set()
+        self._inflight = InFlight()
         self._pending = 0
         self._error: BaseException | None = None
         self._cond = threading.Condition()
@@ -179,6 +181,7 @@ class CheckpointCommitter:
             snapshot(local_dir, staged)
         else:
             log.info("checkpoint %d: nothing written on node %d; empty part", step, self.node_rank)
+        self._inflight.add(step, folder_bytes(staged))
         with self._cond:
             self._submitted.add(step)
             self._pending += 1
@@ -203,7 +206,29 @@ class CheckpointCommitter:
             "checkpoint_bytes": last["bytes"] if last else None,
             "throughput_bps": self.throughput_bps,
             "save_s": self.last_save_s,
+            "inflight_bytes": self.inflight_bytes(),
+            "can_abandon": self.upload_process and self.num_nodes == 1,
         }
+
+    def inflight_bytes(self) -> int:
+        """Bytes of submitted checkpoints this node has still to upload."""
+        return self._inflight.remaining(self.throughput_bps)
+
+    def abandon_inflight(self) -> list[int]:
+        """Stop the uploads of submitted checkpoints (a notice's save is worth more than them).
+
+        Only on a one-node run (every node must upload the same steps; a head waiting for a
+        part that was abandoned would block the notice's commit): queued ones are dropped, a
+        running one is cut by stopping the upload processes (its folder never gets a manifest
+        and is cleaned up like any incomplete one). Returns the abandoned steps.
+        """
+        if self.num_nodes != 1 or not self.upload_process:
+            return []
+        steps = self._inflight.abandon()
+        self._pool.kill()
+        if steps:
+            log.warning("abandoned the upload of checkpoint(s) %s for the notice's save", steps)
+        return steps
 
     def has_submitted(self, step: int) -> bool:
         """Whether checkpoint ``step`` was already handed over (so it must not be saved again)."""
@@ -280,6 +305,8 @@ class CheckpointCommitter:
                 if not self._jobs:
                     return
                 kind, job = self._jobs.popleft()
+                if kind == "commit":
+                    self._inflight.started(job[1])
                 # Uploads fell behind the saves: on one node the newest checkpoint supersedes an
                 # older one whose upload has not started (this keeps notice -> commit short). Not
                 # across nodes: every node must upload the same steps or the head waits in vain.
@@ -289,7 +316,9 @@ class CheckpointCommitter:
                     and any(k == "commit" for k, _ in self._jobs)
                 )
             try:
-                if superseded:
+                if kind == "commit" and self._inflight.abandoned(job[1]):
+                    log.info("checkpoint %d abandoned before its upload began; skipped", job[1])
+                elif superseded:
                     log.info(
                         "checkpoint %d superseded by a newer save before its upload began; skipped",
                         job[1],
@@ -305,14 +334,19 @@ class CheckpointCommitter:
                         window=self.outage_window,
                     )
             except BaseException as err:  # kept and re-raised by submit()/wait() in the main thread
-                log.error("checkpoint %s failed: %s", job[1] if job else kind, err)
-                with self._cond:
-                    if self._error is None:
-                        self._error = err
+                if kind == "commit" and self._inflight.abandoned(job[1]):
+                    log.info("checkpoint %d: upload stopped as abandoned (%s)", job[1], err)
+                else:
+                    log.error("checkpoint %s failed: %s", job[1] if job else kind, err)
+                    with self._cond:
+                        if self._error is None:
+                            self._error = err
             finally:
                 if kind == "commit" and job[0] is not None:
                     shutil.rmtree(job[0], ignore_errors=True)
                 with self._cond:
+                    if kind == "commit":
+                        self._inflight.done(job[1])
                     self._pending -= 1
                     self._cond.notify_all()
 
@@ -326,6 +360,8 @@ class CheckpointCommitter:
     def _commit(
         self, staged: Path | None, step: int, metadata: dict[str, Any], submitted: float
     ) -> None:
+        if self._inflight.abandoned(step):
+            return  # a notice's save took its place
         dest = open_store(self.checkpoints_uri).child_uri(step_folder(step))
         store = open_store(dest)
         if store.exists(MANIFEST_NAME):
@@ -346,6 +382,9 @@ class CheckpointCommitter:
                 len(entries),
                 self.durations[step],
             )
+            return
+        if self._inflight.abandoned(step):
+            log.info("checkpoint %d abandoned after its upload: not committed", step)
             return
         manifest = commit_parts(
             dest,

@@ -252,6 +252,44 @@ def fetch_or_convert(
     return dest
 
 
+#: ``ds_to_universal`` processes (extract and merge): DeepSpeed's defaults are 4 and 2; one per
+#: core up to 8 here, since the conversion runs before the collective with the node to itself.
+CONVERT_WORKERS = max(1, min(8, os.cpu_count() or 1))
+
+
+def universal_before_collective(
+    run: Run, resumed: Path, step: int, *, is_head: bool, timeout_s: float,
+    poll_s: float = 5.0, sleep: Any = time.sleep,
+) -> Path:  # fmt: skip
+    """:func:`fetch_or_convert` without a collective: called by each node's local rank 0 before
+    ``torch.distributed`` starts. The head converts with every worker (or downloads the committed
+    universal form) and commits it; the other nodes wait for that commit in the store, bounded by
+    their own ``timeout_s`` (not the collective's), then download it."""
+    from artifacts.download import download_verified
+    from artifacts.publish import publish_dir
+
+    dest = resumed.with_name(resumed.name + ".universal")
+    uri = universal_uri(run, step)
+    store = open_store(uri)
+    if is_head and not store.exists(MANIFEST_NAME):
+        started = time.monotonic()
+        to_universal(resumed, dest, workers=CONVERT_WORKERS)
+        publish_dir(dest, uri, metadata={"global_step": step, "universal": True}, overwrite=True)
+        prune_universal(run)
+        log.info("resume: step %d converted to universal and committed in %.1f s (%d workers)",
+                 step, time.monotonic() - started, CONVERT_WORKERS)  # fmt: skip
+    else:
+        deadline = time.monotonic() + timeout_s
+        while not store.exists(MANIFEST_NAME):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{uri}: not committed by the head within {timeout_s:.0f} s")
+            sleep(poll_s)
+        download_verified(uri, dest, force=True)
+    if not is_universal(dest):
+        raise ArtifactError(f"{uri}: not a universal checkpoint (no {_UNIVERSAL_TAG})")
+    return dest
+
+
 def prune_universal(run: Run) -> list[str]:
     """Remove universal forms of checkpoints that are no longer committed (retention pruned them)."""
     live = {step_folder(s) for s in committed_steps(run)}

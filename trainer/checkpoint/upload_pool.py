@@ -176,6 +176,16 @@ class UploadPool:
         """The upload processes running now (none before the first upload)."""
         return list(self._pool._processes) if self._pool else []  # no public API for this
 
+    def kill(self) -> None:
+        """Cut the running upload short (abandoned): its caller sees the pool break."""
+        import signal
+
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+
     def shutdown(self) -> None:
         """Stop the processes (after the last upload)."""
         if self._pool is not None:

@@ -11,7 +11,9 @@ inside the functions that use them. Modules, one concern each:
 - :mod:`.cost`       pure: spot price, node-hours, dollars per instance type, price sources.
 - :mod:`.deadman`    pure: idle node, stalled run, max hours/dollars decisions.
 - :mod:`.ssm`        thin SSM Run Command adapter (instance targets, output to the bucket).
+- :mod:`.plan`       pure: `invoke plan` — memory per GPU, checkpoint bytes, notice/recovery time, cost.
 - :mod:`.policy`     the supervision policy (timings, bounds) and its Outcome; pure.
+- :mod:`.recovery`   wait-or-continue, settle after exit 75, the repeated-failure guard.
 - :mod:`.attempt`    one launch attempt: its commands, their verdict, stopping them.
 - :mod:`.fleet`      the group's members seen over a run: cost spans, scale to 0 and drain.
 - :mod:`.watch`      the supervision state machine over injected ports.

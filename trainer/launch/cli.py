@@ -125,9 +125,12 @@ def pretrain(
     from trainer.launch.submit import follow, submit
 
     ctx = _context(stack, outputs)
+    config = Path(config or "configs/pretrain-p4d.toml")
+    for line in _cluster_plan(ctx, config):  # refuses (exit 2) before any node starts
+        print(line)
     request = submit(
         ctx,
-        config=Path(config or "configs/pretrain-p4d.toml"),
+        config=config,
         run=run,
         launcher=launcher,
         public_key=public_key,
@@ -144,6 +147,87 @@ def pretrain(
     _print_outcome(outcome, request.run_uri)
     if outcome is not None and outcome["state"] == "failed":
         raise Exit(code=1)
+
+
+def _cluster_plan(ctx, config: Path) -> list[str]:
+    """The plan of ``config`` on the stack's nodes at the current spot price; refused if unfit.
+
+    With several allowed types the one with the least GPU memory is planned (the group may
+    launch any of them); a type the plan has no numbers for is said, not guessed.
+    """
+    from trainer.config import load_config
+    from trainer.launch.plan import INSTANCE_TYPES, plan_recipe, require_fit
+    from trainer.launch.submit import aws_errors, prices
+
+    cfg = load_config(config)
+    known = [t for t in ctx.outputs.instance_types if t in INSTANCE_TYPES]
+    if not known:
+        return [f"plan: no hardware numbers for {', '.join(ctx.outputs.instance_types)}: "
+                "memory per GPU not checked"]  # fmt: skip
+    itype = min(known, key=lambda t: INSTANCE_TYPES[t].gpu_gb)
+    with aws_errors():
+        node_prices, _ = prices(ctx)
+    price = node_prices.get(itype)
+    return require_fit(
+        plan_recipe(
+            cfg,
+            nodes=ctx.outputs.node_count,
+            instance_type=itype,
+            usd_per_node_hour=getattr(price, "usd_per_hour", None),
+            price_source=getattr(price, "source", "no price"),
+        )
+    ).lines()
+
+
+@task(
+    help={
+        "config": "run recipe TOML (default configs/pretrain-p4d.toml)",
+        "nodes": "nodes to plan for (default 1)",
+        "instance_type": "node type: p4d.24xlarge (default), p4de.24xlarge, p5.48xlarge",
+        "price": "USD per node-hour (default: the built-in on-demand list price; "
+        "`invoke pretrain` uses the current spot price)",
+        "json": "print the plan as JSON",
+    }
+)
+@user_errors
+def plan(c, config="configs/pretrain-p4d.toml", nodes=1, instance_type="p4d.24xlarge",
+         price=None, json=False):  # fmt: skip
+    """A plan before you pay: memory per GPU, checkpoint bytes, notice and recovery time, cost.
+
+    Pure arithmetic from the recipe (trainer/launch/plan.py states every input): ZeRO-3 model
+    states (16 B/param over the GPUs) + activations at the recipe's micro-batch, sequence length
+    and gradient checkpointing; checkpoint 12 B/param; spot notice -> commit; node lost ->
+    training again; $/h and $ per 1B tokens. A recipe that cannot fit is refused with the numbers
+    and what would fit (exit 2). `invoke pretrain` makes the same check before any node starts.
+    """
+    import json as _json
+
+    from trainer.config import load_config
+    from trainer.launch.cost import on_demand_quote
+    from trainer.launch.plan import deepspeed_estimate_gb, plan_recipe, require_fit, shape_of
+
+    cfg = load_config(Path(config))
+    if price is None:
+        usd, source = on_demand_quote(instance_type)
+    else:
+        usd, source = float(price), "--price"
+    p = plan_recipe(
+        cfg, nodes=int(nodes), instance_type=instance_type, usd_per_node_hour=usd,
+        price_source=source,
+    )  # fmt: skip
+    if json:
+        print(_json.dumps(p.to_dict(), indent=2))
+    else:
+        for line in p.lines():
+            print(line)
+        from trainer.launch.plan import INSTANCE_TYPES
+
+        ds = deepspeed_estimate_gb(
+            shape_of(cfg), gpus_per_node=INSTANCE_TYPES[instance_type].gpus, nodes=int(nodes)
+        )
+        if ds is not None:
+            print(f"cross-check: DeepSpeed's estimator says {ds:.1f} GB of model states per GPU")
+    require_fit(p)
 
 
 def _index(value: str) -> int:
@@ -216,4 +300,4 @@ def stop(c, stack=None, outputs=None, run=None, timeout=900):
     print(f"resume: invoke pretrain --run {run_uri}")
 
 
-TASKS = [pretrain, status, logs, stop]
+TASKS = [plan, pretrain, status, logs, stop]

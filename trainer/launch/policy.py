@@ -16,7 +16,9 @@ from trainer.launch.cost import FleetCostReport
 class WatchPolicy:
     """Timings and bounds of the supervision loop (seconds)."""
 
-    poll_s: float = 60.0
+    poll_s: float = 10.0
+    """How often the controller looks (SSM command states, the group, STATUS): a lost node or an
+    exit is seen within this, not a minute later."""
     max_failures: int = 3
     """Consecutive failed attempts (exit code not 0/75) before giving up."""
     max_restarts: int = 50
@@ -24,14 +26,26 @@ class WatchPolicy:
     backoff_base_s: float = 60.0
     backoff_max_s: float = 1800.0
     settle_s: float = 150.0
-    """After exit 75: a spot reclaim follows its notice within two minutes."""
+    """After exit 75 whose cause is unknown: a spot reclaim follows its notice within two
+    minutes. With a notice deadline in STATUS the wait ends at that deadline; after a stop
+    request or a store outage there is no wait (:func:`settle_after_exit`)."""
     stop_grace_s: float = 600.0
     """Survivors get this long to commit and exit after SIGTERM before their command is cancelled."""
     min_nodes: int | None = None
     """``run.min_nodes``: the fewest nodes to go on with; None: every node."""
     capacity_wait_s: float = 600.0
-    """How long to wait for the full node count before going on with fewer (keep it below the
-    nodes' idle timeout, or idle nodes leave while we wait)."""
+    """The longest wait for the full node count before going on with fewer (keep it below the
+    nodes' idle timeout, or idle nodes leave while we wait); within it the choice is computed
+    (:func:`wait_or_continue`)."""
+    replacement_s: float = 420.0
+    """Expected time for the group to bring a replacement node InService (spot launch, DLAMI
+    boot, bootstrap from the wheelhouse); the wait-or-continue choice weighs it."""
+    launch_grace_s: float = 90.0
+    """After a loss the group launches the replacement within this; until then one is assumed
+    to be coming (after it, no pending instance means capacity is short)."""
+    resume_s: float = 240.0
+    """Relaunch → first training step, until this run has measured its own (the watcher times
+    every relaunch and uses the newest)."""
     capacity_timeout_s: float = 6 * 3600.0
     """Give up when not even ``min_nodes`` are InService for this long."""
     stall_timeout_s: float = 3600.0

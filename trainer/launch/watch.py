@@ -2,9 +2,9 @@
 
 One :class:`Watcher` takes a run from "submitted" to "nodes at 0":
 
-1. **capacity**: set the group's desired capacity to the run's node count and wait until that
-   many instances are InService; after ``capacity_wait_s`` go on with fewer, down to
-   ``min_nodes`` (elastic resume: the trainer keeps the global batch), give up after
+1. **capacity**: set the desired capacity to the run's node count and wait until that many are
+   InService, or go on with fewer (down to ``min_nodes``) when that is cheaper than waiting
+   (:func:`~trainer.launch.recovery.wait_or_continue`, logged with its numbers); give up after
    ``capacity_timeout_s``;
 2. **launch**: ranks from the group's InService instances (:func:`~trainer.launch.group.launch_nodes`),
    one SSM command per instance;
@@ -14,8 +14,10 @@ One :class:`Watcher` takes a run from "submitted" to "nodes at 0":
    - ``run.max_hours`` / ``run.max_dollars`` reached, or the global step has not moved for
      ``run.stall_timeout_minutes`` → stop gracefully, end (failed, with the reason);
    - an instance of the attempt is gone (spot reclaim: the group replaces it) → SIGTERM the
-     survivors, back to 1; exit 75 / SSM time-outs → wait ``settle_s``, back to 1; any other exit
-     → backoff, back to 1 (give up after ``max_failures`` in a row or ``max_restarts``);
+     survivors, back to 1; exit 75 / SSM time-outs → wait for the notice's reclaim
+     (:func:`~trainer.launch.recovery.settle_after_exit`), back to 1; any other exit → backoff,
+     back to 1 (give up after the same failure twice without progress, ``max_failures`` in a
+     row or ``max_restarts``);
    - running on fewer nodes than wanted and the group has them again → stop, relaunch at full
      size (grow back);
 4. **end**: desired capacity 0 (AWS terminates every node), wait until none is left, cost report.
@@ -47,6 +49,7 @@ from trainer.launch.ports import (
     RunView,
 )
 from trainer.launch.ranks import RankAssignment, assign_ranks
+from trainer.launch.recovery import Recovery, RepeatGuard, record_failure, wait_or_continue
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,7 @@ class Watcher:
         self.stall = StallWatch(self.policy.stall_timeout_s)
         self.fleet = Fleet(capacity, clock)
         self._attempt: Attempt | None = None
+        self.recovery = Recovery(RepeatGuard())
 
     # -- public ------------------------------------------------------------------------------
     def supervise(
@@ -123,8 +127,13 @@ class Watcher:
                     self._launch(self._wait_for_nodes())
                 resumed = False
                 kind, detail = self._follow()
-                self._check_end()  # the trainer may write its status just before it exits
+                st = self._check_end()  # the trainer may write its status just before it exits
                 record_ending(self.run, kind, f"attempt {self.attempts}: {detail}")
+                repeated, settle = self.recovery.after(
+                    kind, detail, st, self.clock.now(), self.policy
+                )
+                if repeated:
+                    raise _End("failed", repeated)
                 failures = failures + 1 if kind == "failed" else 0
                 restarts += 1
                 log.warning("attempt %d ended: %s", self.attempts, detail)
@@ -133,10 +142,7 @@ class Watcher:
                 if restarts > self.policy.max_restarts:
                     raise _End("failed", f"{restarts - 1} relaunches, the bound (last: {detail})")
                 self._stop_survivors()
-                delay = {
-                    "failed": self.policy.backoff(failures),
-                    "interrupted": self.policy.settle_s,
-                }.get(kind, 0.0)
+                delay = self.policy.backoff(failures) if kind == "failed" else settle
                 if delay:
                     self._pause(delay, "relaunching", {"why": detail})
         except _End as end:
@@ -183,12 +189,16 @@ class Watcher:
             waited = self.clock.now() - start
             if len(nodes) >= self.wanted:
                 return assign_ranks(nodes)
-            if waited >= self.policy.capacity_wait_s and len(nodes) >= self.min_nodes:
-                log.warning(
-                    "continuing with %d of %d node(s) after %.0f min without capacity",
-                    len(nodes), self.wanted, waited / 60,
+            if len(nodes) >= self.min_nodes:
+                go, why = wait_or_continue(
+                    have=len(nodes), wanted=self.wanted, waited_s=waited,
+                    replacing=self.recovery.replacing(members, waited, self.policy),
+                    policy=self.policy, resume_s=self.recovery.resume_s or self.policy.resume_s,
                 )  # fmt: skip
-                return assign_ranks(nodes)
+                if go:
+                    log.warning("%s", why)
+                    self._emit("continuing-with-fewer", {"why": why})
+                    return assign_ranks(nodes)
             if waited >= self.policy.capacity_timeout_s:
                 raise _End(
                     "failed",
@@ -211,6 +221,7 @@ class Watcher:
             commands[a.node_index] = (cid, a.instance_id)
         self._attempt = Attempt(commands)
         self.stall.reset(self.clock.now())
+        self.recovery.launched(self.run.read_status(), self.clock.now())
         nodes = [a.instance_id for a in assignments]
         self._emit(
             "running",
@@ -233,6 +244,8 @@ class Watcher:
             )
             if stall.act:
                 raise _End("failed", stall.reason)
+            if (took := self.recovery.progress(status, self.clock.now())) is not None:
+                log.info("attempt %d: training again %.0f s after the launch", self.attempts, took)
             try:
                 ended = self._check_attempt()
                 errors = 0
@@ -325,6 +338,8 @@ class Watcher:
                 self._stop_survivors()  # commit a checkpoint before the nodes go
             except Exception as err:  # noqa: BLE001 - scaling to 0 below must happen regardless
                 log.warning("could not stop the trainers gracefully: %s", err)
+        if state == "failed":  # after the survivors' own last word
+            record_failure(self.run, reason)
         self._emit("scaling-to-zero", {"why": reason})
         left = self.fleet.drain(
             retries=self.policy.max_poll_errors,

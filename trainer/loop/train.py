@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from artifacts.convergence import ConvergenceCriterion
-from artifacts.run import ExitCode, Run, RunState
+from artifacts.run import NOTICE_REASON, STOP_REASON, ExitCode, Run, RunState
 from trainer.config import TrainerConfig
 from trainer.dist import all_ok
 from trainer.env import ensure_dist_env, node_layout, scratch_dir
@@ -44,6 +44,8 @@ class RunContext:
     node_rank: int
     num_nodes: int
     started: float
+    prefetched: dict[str, Any] = field(default_factory=lambda: {"step": -1})
+    """This node's share of the resume checkpoint, fetched before the collective."""
     criterion: ConvergenceCriterion = field(init=False)
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -120,6 +122,7 @@ def setup(cfg: TrainerConfig, run: Run) -> RunContext:
     import torch
 
     from trainer.checkpoint.elastic import plan_launch
+    from trainer.checkpoint.fetch import prefetch_resume
     from trainer.data.loader import ensure_prepared
     from trainer.loop import cpu_compat
     from trainer.loop.args import training_arguments
@@ -144,6 +147,12 @@ def setup(cfg: TrainerConfig, run: Run) -> RunContext:
         num_nodes=env_nodes,
         local_rank=int(os.environ["LOCAL_RANK"]),
     )
+    # Everything that grows with model size happens here, before torch.distributed starts:
+    # each node fetches only its own ranks' share (a survivor re-uses its local copy).
+    prefetched = prefetch_resume(
+        run, scratch, world=env_world, node_rank=env_node, num_nodes=env_nodes,
+        local_rank=int(os.environ["LOCAL_RANK"]),
+    )  # fmt: skip
     ds_config = build_ds_config(cfg.deepspeed, accelerator=accelerator)
     args = training_arguments(
         cfg,
@@ -175,17 +184,21 @@ def setup(cfg: TrainerConfig, run: Run) -> RunContext:
         outage_window=cfg.run.store_outage_minutes * 60,
     )
     status.write(RunState.RUNNING, world_size=world)
-    return RunContext(cfg, run, args, scratch, status, node_rank, num_nodes, started)
+    return RunContext(cfg, run, args, scratch, status, node_rank, num_nodes, started, prefetched)
 
 
 def resume(ctx: RunContext, data: Any) -> Resumed | None:
     """Agree on the newest committed checkpoint, adapt it to this world size, restore the
     convergence state and check the data stream continues where it stopped."""
+    from trainer.checkpoint.fetch import agree_prefetched
     from trainer.checkpoint.resume import agree_resume_checkpoint
     from trainer.data.stream import check_resume_position
     from trainer.loop.callbacks import restore_convergence
 
-    found = agree_resume_checkpoint(ctx.run, ctx.scratch / "resume", local_rank=ctx.local_rank)
+    found = agree_prefetched(
+        ctx.prefetched,
+        lambda: agree_resume_checkpoint(ctx.run, ctx.scratch / "resume", local_rank=ctx.local_rank),
+    )
     if found is None:
         return None
     folder, meta = found
@@ -222,7 +235,12 @@ def _adapt_world_size(ctx: RunContext, resumed: Resumed) -> Path:
         )
     source = int(meta.get(WORLD_SIZE_KEY) or shard_world_size(folder) or ctx.world)
     world = ctx.world
-    if source != world:
+    prefetched = ctx.prefetched.get("report") or {}
+    if source != world and prefetched.get("universal") and prefetched.get("step") == step:
+        folder = Path(prefetched["universal"])  # converted before the collective
+        enable_universal_load(args.hf_deepspeed_config.config)
+        adapt_rng_files(folder, rank=ctx.rank, world=world, source_world=source)
+    elif source != world:
         folder = fetch_or_convert(
             ctx.run,
             folder,
@@ -236,7 +254,8 @@ def _adapt_world_size(ctx: RunContext, resumed: Resumed) -> Path:
     note = f"resumed at step {step} from a checkpoint of world size {source} on world size {world}"
     if ctx.rank == 0:
         log.info("%s%s", note, " (universal checkpoint)" if source != world else "")
-    ctx.status.resumed = {"step": step, "from_world_size": source, "world_size": world, "note": note}
+    ctx.status.resumed = {"step": step, "from_world_size": source, "world_size": world, "note": note,
+                          "fetch": ctx.prefetched.get("report")}  # fmt: skip
     return folder
 
 
@@ -372,7 +391,7 @@ def interrupted(
         val_loss_history=ctx.history,
         notice=watcher.notice if watcher else None,
         notice_to_commit_s=interruption.notice_to_commit_s,
-        reason="spot interruption notice" if watcher and watcher.notice else "stop requested",
+        reason=NOTICE_REASON if watcher and watcher.notice else STOP_REASON,
         world_size=ctx.world,
     )
     # All ranks leave together: the launcher SIGTERMs the others when the first exits 75.

@@ -77,17 +77,11 @@ class InterruptionCallback(TrainerCallback):
         # The rank that read the notice knows the deadline; the node's local rank 0 knows
         # the upload numbers: every rank decides with the earliest deadline any rank saw.
         self.deadline = earliest_across_ranks(self.watcher.deadline)
-        decision = decide_upload(now=self.clock(), deadline=self.deadline, **numbers)
-        upload = not any_rank_true(not decision.upload)  # every node must be able to finish
-        if decision.upload and not upload:
-            from dataclasses import replace
-
-            decision = replace(
-                decision,
-                upload=False,
-                reason="another node cannot finish its upload before the deadline; "
-                "relying on the last committed checkpoint",
-            )
+        decision = self._agree(decide_upload(now=self.clock(), deadline=self.deadline, **numbers),
+                               numbers)  # fmt: skip
+        upload = decision.upload
+        if decision.abandon and self.committer is not None:
+            self.committer.abandon_inflight()
         # Only a node's local rank 0 submits, so only it knows the step is already saved: every
         # rank must take its answer, or one rank saves (a collective) while the others stop.
         saved = any_rank_true(
@@ -124,6 +118,43 @@ class InterruptionCallback(TrainerCallback):
                 decision.reason,
             )
         return control
+
+    def _agree(self, decision: Any, numbers: dict[str, Any]) -> Any:
+        """One action for every node: the best one feasible on all of them (every node must
+        upload the same steps, or the head waits for a part that never comes)."""
+        from dataclasses import replace
+
+        from trainer.spot.deadline import AGREED_ACTIONS
+
+        mine = self._feasible(decision)
+        allowed = tuple(a for a in AGREED_ACTIONS if not any_rank_true(a not in mine))
+        action = "finish-and-save" if decision.action == "save" else decision.action
+        saving = {"finish-and-save", "abandon-and-save"}
+        if action in allowed or (action == "skip" and not saving & set(allowed)):
+            return decision
+        agreed = decide_upload(now=self.clock(), deadline=self.deadline, allowed=allowed, **numbers)
+        if not agreed.upload and decision.upload:
+            agreed = replace(
+                agreed,
+                reason="another node cannot finish its upload before the deadline; "
+                + ("its in-flight checkpoint commits" if allowed else
+                   "relying on the last committed checkpoint"),
+            )  # fmt: skip
+        return agreed
+
+    @staticmethod
+    def _feasible(decision: Any) -> set[str]:
+        """The agreed-on actions this node could take before the deadline."""
+        from trainer.spot.deadline import AGREED_ACTIONS
+
+        if decision.needed_s is None:  # no deadline or nothing measured: it tries
+            return set(AGREED_ACTIONS)
+        fits = {a for a, s in decision.options.items() if s <= (decision.available_s or 0.0)}
+        if "save" in fits:  # nothing in flight here: finishing or abandoning costs nothing
+            fits |= {"finish-and-save", "abandon-and-save"}
+        if not decision.inflight_bytes:
+            fits.add("finish-only")
+        return fits & set(AGREED_ACTIONS)
 
     def record(self, **extra: Any) -> dict[str, Any]:
         """This interruption for ``STATUS.json``: what, when, where, the decision, the time."""

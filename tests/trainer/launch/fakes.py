@@ -134,6 +134,8 @@ class Sent:
     script: str
     comment: str
     command_id: str
+    sent_at: float | None = None
+    """The fake clock's time when it was sent (when the runner has a clock)."""
 
 
 @dataclass
@@ -146,10 +148,11 @@ class FakeRunner:
     cancelled: list[str] = field(default_factory=list)
     poll_errors: int = 0
     on_launch: Callable[[Sent], None] | None = None
+    clock: Any = None
 
     def send(self, instance_id: str, script: str, *, comment: str) -> str:
         cid = f"cmd-{len(self.sent)}"
-        s = Sent(instance_id, script, comment, cid)
+        s = Sent(instance_id, script, comment, cid, self.clock.now() if self.clock else None)
         self.sent.append(s)
         if "stop" in comment:
             # SIGTERM: the trainer on that node commits and exits 75.

@@ -251,7 +251,8 @@ def test_logs_node_must_be_a_rank(monkeypatch):
 def test_ctrl_c_while_following_says_the_run_goes_on(monkeypatch):
     import trainer.launch.submit as submit_mod
 
-    monkeypatch.setattr(cli, "_context", lambda stack, outputs: types.SimpleNamespace(outputs=None))
+    outputs = types.SimpleNamespace(instance_types=["g4dn.xlarge"], node_count=1)  # not planned
+    monkeypatch.setattr(cli, "_context", lambda stack, outputs_: types.SimpleNamespace(outputs=outputs))
     monkeypatch.setattr(
         submit_mod, "submit", lambda ctx, **kw: types.SimpleNamespace(request_id="r", run_uri="u")
     )

@@ -178,8 +178,13 @@ def test_below_min_nodes_it_waits_then_gives_up_and_scales_to_zero():
 
 def test_repeated_failure_stops_after_the_retry_bound_with_backoff():
     watcher, clock, group, runner, run, _events = make(n=2)
-    runner.on_launch = lambda sent: runner.results.__setitem__(
-        sent.command_id, Invocation("Failed", 1)
+    runner.on_launch = lambda sent: runner.results.__setitem__(  # a different failure each time
+        sent.command_id, Invocation("Failed", 1 if sent.instance_id == "i-0000" else 3)
+    )
+    codes = iter(["OOM", "NCCL error", "disk full", "x", "y", "z"])
+    runner.on_launch = lambda sent, f=runner.on_launch: (
+        f(sent),
+        setattr(run, "status", Status(state=RunState.FAILED, reason=next(codes))),
     )
 
     outcome = watcher.supervise()
@@ -194,6 +199,54 @@ def test_repeated_failure_stops_after_the_retry_bound_with_backoff():
     assert 60 in waits and 120 in waits  # exponential backoff
     assert group.live() == []  # a run that failed for good stops billing too
     assert outcome.download_command is None
+
+
+def test_a_resume_failing_the_same_way_twice_ends_failed_not_in_a_loop():
+    """A resume over the collective's time-out: every relaunch converts, times out, exits 1."""
+    watcher, clock, group, runner, run, events = make(n=2)
+    run.at_step(40000)
+    timeouts = iter(range(1800001, 1800100))
+
+    def launch(sent):
+        def fail():
+            run.status = Status(
+                state=RunState.FAILED, global_step=40000,
+                reason=f"DistBackendError: Watchdog caught collective operation timeout: "
+                f"WorkNCCL(SeqNum=12, OpType=BROADCAST) ran for {next(timeouts)} milliseconds",
+            )  # fmt: skip
+            runner.finish(sent.instance_id, 1)
+
+        at(clock, clock.elapsed() + 1800, fail)
+
+    runner.on_launch = launch
+
+    outcome = watcher.supervise()
+
+    assert outcome.state == "failed" and watcher.attempts == 2  # not max_failures, not a loop
+    assert "failed the same way 2 times in a row without a step of progress" in outcome.message
+    assert "collective operation timeout" in outcome.message
+    # STATUS says so, for `invoke status` and the next person to look.
+    assert run.status.state is RunState.FAILED and run.status.reason.startswith("controller: ")
+    assert "the same way 2 times" in run.status.reason
+    assert group.live() == [] and group.desired() == 0  # scaled to 0: no more spot hours
+
+
+def test_the_same_failure_after_progress_is_not_a_loop():
+    watcher, clock, group, runner, run, _ = make(n=1)
+    steps = iter([100, 200, 300])
+
+    def launch(sent):
+        def fail():
+            run.status = Status(state=RunState.FAILED, global_step=next(steps, 300),
+                                reason="RuntimeError: CUDA error: an illegal memory access")
+            runner.finish(sent.instance_id, 1)
+
+        at(clock, clock.elapsed() + 3600, fail)
+
+    runner.on_launch = launch
+    outcome = watcher.supervise()
+    assert outcome.state == "failed"
+    assert watcher.attempts == 3 and "3 consecutive failed attempts" in outcome.message
 
 
 def test_interruptions_do_not_count_as_failures_but_are_bounded():

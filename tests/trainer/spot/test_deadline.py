@@ -118,3 +118,102 @@ def test_notice_whose_deadline_cannot_be_met_stops_without_saving():
     assert not end.should_save
     cb.on_train_end(None, None, _control())
     assert cb.notice_to_commit_s is None  # nothing was committed for this notice
+
+
+# -- an upload in flight when the notice comes ------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_periodic_upload_in_flight_is_part_of_the_budget():
+    # 7B on 2 nodes: 42 GB per node at 1.4 GB/s (8 × 0.175) = 30 s + 3 s save; a periodic
+    # checkpoint with 60 GB... still to go takes another 43 s: 110 s left fits both.
+    clock = FakeClock(T0 - 120)
+    kw = dict(deadline=T0, checkpoint_bytes=42 * GB, throughput_bps=1.4 * GB, save_s=3.0)
+    both = decide_upload(now=clock(), inflight_bytes=60 * GB, **kw)
+    assert both.action == "finish-and-save" and both.upload and not both.abandon
+    assert both.needed_s == pytest.approx(60 / 1.4 + 1 + 3 + 30 + 1, abs=0.2)
+
+    # 40 s later the same in-flight bytes no longer leave room for both: the newest step wins,
+    # the periodic upload is abandoned (its bandwidth goes to the notice's save).
+    clock.t += 40
+    late = decide_upload(now=clock(), inflight_bytes=60 * GB, **kw)
+    assert late.action == "abandon-and-save" and late.upload and late.abandon
+    assert "abandon-and-save" in late.reason and "60.00 GB still uploading" in late.reason
+
+    # Where the in-flight upload cannot be stopped (several nodes), finishing it is the best.
+    kept = decide_upload(now=clock(), inflight_bytes=60 * GB, can_abandon=False, **kw)
+    assert kept.action == "finish-only" and not kept.upload
+    assert kept.options["finish-only"] == pytest.approx(60 / 1.4 + 1, abs=0.1)
+
+    # Ignoring the in-flight bytes would have said "fits" for a save that cannot finish.
+    clock.t = T0 - 45
+    blind = decide_upload(now=clock(), **kw)
+    aware = decide_upload(now=clock(), inflight_bytes=60 * GB, can_abandon=False, **kw)
+    assert blind.upload and not aware.upload and aware.action == "skip"
+    assert "of an earlier upload in flight" in aware.reason
+
+
+def test_nodes_agree_on_one_action(monkeypatch):
+    """Node 1 (in this process) has nothing in flight and could save; another node can only
+    finish its in-flight upload: every node must take finish-only, or the head waits forever."""
+    import trainer.spot.callback as cbmod
+
+    others = {"finish-and-save": False, "abandon-and-save": False, "finish-only": True}
+    asked: list[bool] = []
+
+    def any_rank_true(flag: bool) -> bool:  # this rank's flag OR the other node's
+        asked.append(flag)
+        action = ("finish-and-save", "abandon-and-save", "finish-only")[len(asked) - 1]
+        return flag or not others[action]
+
+    monkeypatch.setattr(cbmod, "any_rank_true", lambda f: f)  # the notice check
+    w, cb = _callback(
+        estimate=lambda: {"checkpoint_bytes": 10 * GB, "throughput_bps": 1 * GB, "save_s": 1.0},
+        clock=lambda: T0 - 100,
+    )
+    w.set_notice("spot terminate at 2026-12-01T23:30:00Z")
+    w.deadline = T0
+    monkeypatch.setattr(cbmod, "any_rank_true", any_rank_true)
+    c = cb._interrupt(SimpleNamespace(global_step=40), _control(), mid_step=False)
+    assert len(asked) == 3  # one vote per agreed action, the same on every rank
+    assert cb.decision.action == "finish-only" and not c.should_save
+    assert "its in-flight checkpoint commits" in cb.decision.reason
+
+
+def test_the_committer_reports_bytes_in_flight_and_abandons_them(tmp_path):
+    """A real committer on a one-node run: a queued upload is counted, then abandoned on notice."""
+    import threading
+
+    from artifacts.run import Run
+    from trainer.checkpoint.committer import CheckpointCommitter
+
+    run = Run(str(tmp_path / "run"))
+    committer = CheckpointCommitter(run, node_rank=0, num_nodes=1, keep_last=2,
+                                    upload_process=False)  # fmt: skip
+    gate = threading.Event()
+    real = committer._commit
+    committer._commit = lambda *a: (gate.wait(10), real(*a))  # hold the upload in flight
+    for step in (10, 20):
+        d = tmp_path / f"ckpt-{step}"
+        d.mkdir()
+        (d / "shard.bin").write_bytes(b"x" * 1000)
+        committer.submit(d, step, {})
+    assert committer.inflight_bytes() == 2000
+    assert committer.estimate()["inflight_bytes"] == 2000
+    assert committer.estimate()["can_abandon"] is False  # uploads run in this process
+    committer.upload_process = True  # as on a node: queued steps can be dropped
+    assert committer.abandon_inflight() == [10, 20]
+    gate.set()
+    committer.wait(30)
+    committer.close()
+    assert committer.inflight_bytes() == 0
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any(
+        (tmp_path / "run" / "checkpoints").rglob("MANIFEST.json")
+    )

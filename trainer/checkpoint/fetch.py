@@ -1,0 +1,303 @@
+"""Resume before the collective: each node fetches only its own ranks' share of the checkpoint.
+
+Why: a committed ZeRO-3 checkpoint is 12 B/param of optimizer shards (7B: 84 GB), one file per
+rank. At the same world size a rank loads only its own files (DeepSpeed reads
+``zero_pp_rank_<r>_…`` for ``r`` = its data-parallel rank; the HF Trainer ``rng_state_<r>.pth``),
+so a node needs its own ranks' files plus the small shared ones (trainer state, scheduler,
+config, convergence state) — ``1/N`` of the bytes on ``N`` nodes. A node that still holds the
+committed step (a survivor: its own save in ``output/checkpoint-<step>`` or an earlier fetch)
+re-uses every file whose SHA-256 matches the manifest and downloads nothing. All of it runs
+before ``torch.distributed`` starts (like :func:`trainer.data.loader.ensure_prepared`): local
+rank 0 fetches, the other local ranks wait on a node-local file, so no collective time-out
+bounds the transfer. At another world size every file is fetched (the universal conversion in
+:mod:`trainer.checkpoint.elastic` reads them all).
+
+The ranks then agree on the step with one cheap all-reduce (:func:`agree_prefetched`); only if
+some node's newest copy failed to verify does the old whole-checkpoint path run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from artifacts.errors import ArtifactError, VerificationError
+from artifacts.manifest import MANIFEST_NAME, FileEntry, Manifest, committed_folders
+from artifacts.run import Run, step_of
+from artifacts.store import open_store
+from trainer.checkpoint.elastic import (
+    WORLD_SIZE_KEY,
+    facts_from_manifest,
+    universal_before_collective,
+)
+
+log = logging.getLogger(__name__)
+
+#: A file that belongs to one data-parallel rank: ZeRO optimizer / model states, HF RNG state.
+_RANK_FILE = re.compile(
+    r"(?:^|/)(?:(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_(?:optim|model)_states\.pt"
+    r"|rng_state_(\d+)\.pth)$"
+)
+#: Parallel downloads per node (each a ranged multipart transfer of its own).
+DEFAULT_WORKERS = 8
+_CHUNK = 8 << 20
+
+
+def rank_of(path: str) -> int | None:
+    """The rank a checkpoint file belongs to, or None for a file every rank needs."""
+    m = _RANK_FILE.search(path)
+    if m is None:
+        return None
+    return int(m.group(1) if m.group(1) is not None else m.group(2))
+
+
+def share(files: list[FileEntry] | tuple[FileEntry, ...], ranks: set[int] | None) -> list[FileEntry]:
+    """The files a node with ``ranks`` needs (``None``: every file)."""
+    return [f for f in files if ranks is None or (r := rank_of(f.path)) is None or r in ranks]
+
+
+def node_ranks(node: int, nodes: int, world: int) -> set[int]:
+    """Global ranks of ``node`` (ranks are node-major under both launchers)."""
+    per = max(1, world // max(1, nodes))
+    return set(range(node * per, min(world, (node + 1) * per)))
+
+
+@dataclass
+class FetchReport:
+    """What one node moved for a resume (logged; `invoke status` shows it under ``resumed``)."""
+
+    step: int
+    ranks: list[int] | None
+    files: int
+    share_bytes: int
+    """Bytes this node needs (its ranks' files + the shared ones)."""
+    total_bytes: int
+    """Bytes of the whole checkpoint."""
+    downloaded_bytes: int = 0
+    reused_bytes: int = 0
+    seconds: float = 0.0
+    universal: str | None = None
+    """The converted (universal) folder, at another world size."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _local_match(entry: FileEntry, places: list[Path]) -> Path | None:
+    """A local file with the manifest's size and SHA-256, in any of ``places``."""
+    for base in places:
+        p = base / entry.path
+        try:
+            if p.is_file() and p.stat().st_size == entry.size and _sha256(p) == entry.sha256:
+                return p
+        except OSError:
+            continue
+    return None
+
+
+def _place(src: Path, dest: Path) -> None:
+    if src == dest:
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".reuse")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp)
+    tmp.replace(dest)
+
+
+def fetch_share(
+    run: Run,
+    dest_root: Path,
+    *,
+    world: int,
+    ranks: set[int],
+    local_dirs: tuple[Path, ...] = (),
+    max_step: int | None = None,
+    workers: int = DEFAULT_WORKERS,
+    resized_ranks: set[int] | None = None,
+) -> tuple[Path, dict[str, Any], FetchReport] | None:
+    """Fetch this node's share of the newest committed checkpoint that verifies; None if none.
+
+    ``ranks``: this node's global ranks (used when the checkpoint was written at ``world``
+    ranks; otherwise ``resized_ranks``: None = every file, for the node that converts; an empty
+    set = only the shared files, for nodes that load the converted form). ``local_dirs``: other folders that may hold the
+    step's files (the trainer's own ``output/checkpoint-<step>``). A file whose bytes do not
+    match the manifest fails that checkpoint (the previous one is tried); network errors
+    propagate (a relaunch retries rather than going back further than it must).
+    """
+    store = open_store(run.checkpoints_uri)
+    candidates = [(step_of(f), f) for f in committed_folders(store.list(), "")]
+    candidates = [(s, f) for s, f in candidates if s is not None and (max_step is None or s <= max_step)]
+    for step, folder in reversed(candidates):
+        src = store.child_uri(folder)
+        dest = Path(dest_root) / f"checkpoint-{step}"
+        try:
+            raw = store.get_bytes(f"{folder}/{MANIFEST_NAME}")
+            try:
+                manifest = Manifest.from_json(raw, source=f"{src}/{MANIFEST_NAME}")
+            except ArtifactError as err:
+                raise VerificationError(str(err)) from None
+            facts = facts_from_manifest(step, manifest)
+            same_world = facts.world_size == world
+            report = _fetch_files(open_store(src), manifest, dest,
+                                  ranks if same_world else resized_ranks,
+                                  [dest, *(Path(d) / f"checkpoint-{step}" for d in local_dirs)],
+                                  workers)  # fmt: skip
+        except VerificationError as err:
+            log.warning("resume: checkpoint %s failed verification (%s); trying the previous one",
+                        src, err)  # fmt: skip
+            continue
+        (dest / MANIFEST_NAME).write_bytes(raw)  # last: the share is complete and verified
+        report.step = step
+        log.info(
+            "resume: step %d, this node's share %.2f GB of %.2f GB (ranks %s): downloaded "
+            "%.2f GB, re-used %.2f GB local, in %.1f s",
+            step, report.share_bytes / 1e9, report.total_bytes / 1e9,
+            "all" if report.ranks is None else
+            (f"{min(report.ranks)}-{max(report.ranks)}" if report.ranks else "none: shared files"),
+            report.downloaded_bytes / 1e9, report.reused_bytes / 1e9, report.seconds,
+        )  # fmt: skip
+        meta = dict(manifest.metadata)
+        if facts.world_size and not meta.get(WORLD_SIZE_KEY):  # a share cannot be counted later
+            meta[WORLD_SIZE_KEY] = facts.world_size
+        return dest, meta, report
+    if candidates:
+        log.warning("resume: no committed checkpoint of %s verified; starting fresh", run)
+    return None
+
+
+def _fetch_files(
+    src: Any,
+    manifest: Manifest,
+    dest: Path,
+    ranks: set[int] | None,
+    places: list[Path],
+    workers: int,
+) -> FetchReport:
+    started = time.monotonic()
+    need = share(manifest.files, ranks)
+    report = FetchReport(
+        step=0, ranks=None if ranks is None else sorted(ranks), files=len(need),
+        share_bytes=sum(f.size for f in need), total_bytes=manifest.total_bytes,
+    )  # fmt: skip
+    (dest / MANIFEST_NAME).unlink(missing_ok=True)  # incomplete until written again
+    missing: list[FileEntry] = []
+    for entry in need:
+        found = _local_match(entry, places)
+        if found is None:
+            missing.append(entry)
+        else:
+            _place(found, dest / entry.path)
+            report.reused_bytes += entry.size
+
+    def get(entry: FileEntry) -> int:
+        part = dest / (entry.path + ".part")
+        got = src.download_file(entry.path, part)  # hashed while it streams
+        if got.size != entry.size or got.sha256 != entry.sha256:
+            part.unlink(missing_ok=True)
+            raise VerificationError(f"{entry.path}: size or SHA-256 differs from the manifest")
+        part.replace(dest / entry.path)
+        return got.size
+
+    if missing:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(missing)))) as pool:
+            report.downloaded_bytes = sum(pool.map(get, missing))
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+# -- before the collective: local rank 0 fetches, the node's other ranks wait ---------------------
+def prefetch_resume(
+    run: Run,
+    scratch: Path,
+    *,
+    world: int,
+    node_rank: int,
+    num_nodes: int,
+    local_rank: int,
+    timeout_s: float = 6 * 3600.0,
+) -> dict[str, Any]:
+    """Run :func:`fetch_share` on local rank 0 before ``torch.distributed``; every local rank
+    returns the same record: ``{"step": …, "dest": …, "metadata": …, "report": …}`` or
+    ``{"step": -1}`` when there is nothing to resume. Other local ranks wait on a node-local
+    file named after the launcher's pid (so a file of an earlier launch never counts), for at
+    most ``timeout_s`` (their own bound, not the collective's)."""
+    ready = scratch / f".resume-ready-{os.getppid()}.json"
+    if local_rank == 0:
+        try:
+            found = fetch_share(
+                run, scratch / "resume", world=world,
+                ranks=node_ranks(node_rank, num_nodes, world), local_dirs=(scratch / "output",),
+                resized_ranks=None if node_rank == 0 else set(),
+            )  # fmt: skip
+            if found is not None and int(found[1].get(WORLD_SIZE_KEY) or world) != world:
+                # Another world size: the head converts, every node loads the universal form.
+                found[2].universal = str(universal_before_collective(
+                    run, found[0], found[2].step, is_head=node_rank == 0, timeout_s=timeout_s,
+                ))  # fmt: skip
+        except BaseException as err:
+            _write(ready, {"error": f"resume fetch failed: {err!r}"})
+            raise
+        doc: dict[str, Any] = {"step": -1}
+        if found is not None:
+            dest, meta, report = found
+            doc = {"step": report.step, "dest": str(dest), "metadata": meta,
+                   "report": report.to_dict()}  # fmt: skip
+        _write(ready, doc)
+        return doc
+    deadline = time.monotonic() + timeout_s
+    while not ready.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"local rank 0 did not fetch the resume checkpoint in {timeout_s:.0f} s")
+        time.sleep(0.2)
+    doc = json.loads(ready.read_text())
+    if "error" in doc:
+        raise RuntimeError(doc["error"])
+    return doc
+
+
+def _write(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+
+
+def agree_prefetched(doc: dict[str, Any], fallback: Any) -> tuple[Path, dict[str, Any]] | None:
+    """After the process group exists: the step every node prefetched, agreed with one MIN
+    all-reduce (cheap). When the nodes disagree (some node's newest copy failed to verify, or
+    found none), ``fallback()`` — the whole-checkpoint agreement of
+    :func:`trainer.checkpoint.resume.agree_resume_checkpoint` — decides; a rare path, logged."""
+    from trainer.dist import min_across_ranks
+
+    mine = int(doc.get("step", -1))
+    agreed = min_across_ranks(mine)
+    if min_across_ranks(0 if mine == agreed else -1) < 0:
+        log.warning("resume: nodes prefetched different steps (this one %d, lowest %d); "
+                    "agreeing the slow way", mine, agreed)  # fmt: skip
+        return fallback()
+    if agreed < 0:
+        return None
+    return Path(doc["dest"]), dict(doc["metadata"])

@@ -170,6 +170,8 @@ def test_nodes_agree_on_one_action(monkeypatch):
 
     def any_rank_true(flag: bool) -> bool:  # this rank's flag OR the other node's
         asked.append(flag)
+        if len(asked) > 3:  # after the vote: "is this step already saved?" (no node says so)
+            return flag
         action = ("finish-and-save", "abandon-and-save", "finish-only")[len(asked) - 1]
         return flag or not others[action]
 
@@ -182,7 +184,7 @@ def test_nodes_agree_on_one_action(monkeypatch):
     w.deadline = T0
     monkeypatch.setattr(cbmod, "any_rank_true", any_rank_true)
     c = cb._interrupt(SimpleNamespace(global_step=40), _control(), mid_step=False)
-    assert len(asked) == 3  # one vote per agreed action, the same on every rank
+    assert len(asked) == 4  # one vote per agreed action, then "already saved?": the same on every rank
     assert cb.decision.action == "finish-only" and not c.should_save
     assert "its in-flight checkpoint commits" in cb.decision.reason
 

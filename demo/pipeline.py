@@ -33,6 +33,8 @@ from demo.runtime import (
     bucket,
     child,
     demo_recipe,
+    evaluate_cmd,
+    export_gguf_cmd,
     finetune_cmd,
     follow_training,
     last_line,
@@ -138,6 +140,8 @@ def pretrain(opts: DemoOptions, paths: Paths, run_uri: str) -> dict[str, Any]:
             if h.get("val_loss") is not None
         ],
         "checkpoints": len(committed_folders(store.list(Run.CHECKPOINTS), Run.CHECKPOINTS)),
+        "latest_sample": status.extra.get("latest_sample"),
+        "tensorboard_files": len(store.list(Run.TENSORBOARD + "/")),
         "run_uri": run_uri,
         "final_uri": status.final or run.final_uri,
         "interruption": interruption,
@@ -243,6 +247,26 @@ def finetune(opts: DemoOptions, paths: Paths) -> dict[str, Any]:
     }
 
 
+def use(opts: DemoOptions, paths: Paths) -> dict[str, Any]:
+    """The adapter used as a user would: ``invoke evaluate`` (base vs adapter on the held-out
+    split, air-gapped) and ``invoke export-gguf`` (merged, Q8_0, read back by transformers)."""
+    out: dict[str, Any] = {}
+    for name, cmd in (("evaluate", evaluate_cmd(paths)), ("gguf", export_gguf_cmd(paths))):
+        log_path = paths.logs / f"{name}.log"
+        with child(cmd, log_path, cwd=paths.root, verbose=opts.verbose) as proc:
+            proc.wait()
+        if proc.returncode != 0:
+            raise DemoError(f"{name} failed (exit {proc.returncode}): {last_line(log_path)} — log: {log_path}")
+    rows = json.loads(paths.evaluation.read_text())["rows"]
+    out["evaluate"] = {r["model"]: {"loss": r["loss"], "perplexity": r["perplexity"]} for r in rows}
+    meta = json.loads(paths.gguf.with_name(paths.gguf.name + ".manifest.json").read_text())["metadata"]
+    out["gguf"] = {
+        "path": str(paths.gguf), "bytes": paths.gguf.stat().st_size, "dtype": meta["dtype"],
+        "readback_max_abs_diff": meta["readback_max_abs_diff"],
+    }  # fmt: skip
+    return out
+
+
 def plaintext_on_disk(root: Path) -> dict[str, Any]:
     """Search every file the demo wrote for the marker every private record carries."""
     from demo.corpus_private import CANARY
@@ -269,6 +293,9 @@ def artefacts(paths: Paths, summary: dict[str, Any]) -> dict[str, str]:
         "verified model copy": str(paths.model),
         "encrypted dataset": str(paths.data),
         "fine-tune export": str(paths.export),
+        "evaluation (JSON)": str(paths.evaluation),
+        "GGUF + Ollama Modelfile": str(paths.gguf),
+        "TensorBoard": f"invoke tensorboard --run {pre.get('run_uri', '')}",
         "summary (JSON)": str(paths.summary),
         "loss plot (PNG)": str(paths.plot),
         "logs": str(paths.logs),
@@ -347,6 +374,14 @@ def _run_demo(opts: DemoOptions, out: TextIO) -> dict[str, Any]:
         note.append(
             f"{ft['steps']} steps, eval loss {ft['loss_before']:.4f} → {ft['loss_after']:.4f}; "
             f"{ft['export_files']} files exported → {paths.export}"
+        )
+        used = summary["use"] = use(opts, paths)
+        ev, gg = used["evaluate"], used["gguf"]
+        note.append(
+            f"invoke evaluate (held-out): base {ev['base (4-bit)']['loss']:.4f} → adapter "
+            f"{ev['base + adapter']['loss']:.4f}; invoke export-gguf: {gg['dtype']} "
+            f"{gg['bytes'] / 1e6:.2f} MB, read back by transformers (max |logit diff| "
+            f"{gg['readback_max_abs_diff']:.3f}) → {paths.gguf}"
         )
     with progress.stage(6, "report", "report: privacy check, summary.json, loss plot") as note:
         summary["private_data"]["plaintext_on_disk"] = plaintext_on_disk(paths.root)

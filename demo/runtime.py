@@ -54,6 +54,7 @@ class Paths:
         self.bucket, self.scratch = r / "bucket", r / "scratch"
         self.model, self.data, self.export = r / "model", r / DATA_NAME, r / "export"
         self.summary, self.plot = r / "summary.json", r / "loss.png"
+        self.evaluation, self.gguf = r / "evaluate.json", r / "gguf" / "model.gguf"
 
 
 def prepare_workdir(workdir: Path, *, force: bool = False) -> Path:
@@ -231,6 +232,26 @@ def finetune_cmd(paths: Paths) -> list[str]:
         "--model", str(paths.model), "--data", str(paths.data), "--key-file", str(paths.data_key),
         "--out", str(paths.export), "--config", str(FINETUNE_CONFIG),
         "--public-key", str(paths.public_key), "--airgapped",
+    ]  # fmt: skip
+
+
+def evaluate_cmd(paths: Paths) -> list[str]:
+    """``invoke evaluate``: base vs adapter on the fine-tune's held-out split (air-gapped)."""
+    return [
+        sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), "evaluate",
+        "--model", str(paths.model), "--adapter", str(paths.export), "--data", str(paths.data),
+        "--key-file", str(paths.data_key), "--config", str(FINETUNE_CONFIG), "--heldout",
+        "--json", str(paths.evaluation),
+    ]  # fmt: skip
+
+
+def export_gguf_cmd(paths: Paths) -> list[str]:
+    """``invoke export-gguf``: merged, Q8_0, read back, scanned for the dataset's n-grams."""
+    paths.gguf.parent.mkdir(exist_ok=True)
+    return [
+        sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), "export-gguf",
+        "--model", str(paths.model), "--adapter", str(paths.export), "--out", str(paths.gguf),
+        "--dtype", "q8_0", "--data", str(paths.data), "--key-file", str(paths.data_key),
     ]  # fmt: skip
 
 

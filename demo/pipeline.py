@@ -33,14 +33,13 @@ from demo.runtime import (
     bucket,
     child,
     demo_recipe,
-    evaluate_cmd,
-    export_gguf_cmd,
     finetune_cmd,
     follow_training,
     last_line,
     prepare_workdir,
     pretrain_cmd,
 )
+from demo.use import use_adapter
 
 STAGES = 6
 
@@ -247,26 +246,6 @@ def finetune(opts: DemoOptions, paths: Paths) -> dict[str, Any]:
     }
 
 
-def use(opts: DemoOptions, paths: Paths) -> dict[str, Any]:
-    """The adapter used as a user would: ``invoke evaluate`` (base vs adapter on the held-out
-    split, air-gapped) and ``invoke export-gguf`` (merged, Q8_0, read back by transformers)."""
-    out: dict[str, Any] = {}
-    for name, cmd in (("evaluate", evaluate_cmd(paths)), ("gguf", export_gguf_cmd(paths))):
-        log_path = paths.logs / f"{name}.log"
-        with child(cmd, log_path, cwd=paths.root, verbose=opts.verbose) as proc:
-            proc.wait()
-        if proc.returncode != 0:
-            raise DemoError(f"{name} failed (exit {proc.returncode}): {last_line(log_path)} — log: {log_path}")
-    rows = json.loads(paths.evaluation.read_text())["rows"]
-    out["evaluate"] = {r["model"]: {"loss": r["loss"], "perplexity": r["perplexity"]} for r in rows}
-    meta = json.loads(paths.gguf.with_name(paths.gguf.name + ".manifest.json").read_text())["metadata"]
-    out["gguf"] = {
-        "path": str(paths.gguf), "bytes": paths.gguf.stat().st_size, "dtype": meta["dtype"],
-        "readback_max_abs_diff": meta["readback_max_abs_diff"],
-    }  # fmt: skip
-    return out
-
-
 def plaintext_on_disk(root: Path) -> dict[str, Any]:
     """Search every file the demo wrote for the marker every private record carries."""
     from demo.corpus_private import CANARY
@@ -375,7 +354,7 @@ def _run_demo(opts: DemoOptions, out: TextIO) -> dict[str, Any]:
             f"{ft['steps']} steps, eval loss {ft['loss_before']:.4f} → {ft['loss_after']:.4f}; "
             f"{ft['export_files']} files exported → {paths.export}"
         )
-        used = summary["use"] = use(opts, paths)
+        used = summary["use"] = use_adapter(paths, verbose=opts.verbose)
         ev, gg = used["evaluate"], used["gguf"]
         note.append(
             f"invoke evaluate (held-out): base {ev['base (4-bit)']['loss']:.4f} → adapter "

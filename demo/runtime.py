@@ -235,26 +235,6 @@ def finetune_cmd(paths: Paths) -> list[str]:
     ]  # fmt: skip
 
 
-def evaluate_cmd(paths: Paths) -> list[str]:
-    """``invoke evaluate``: base vs adapter on the fine-tune's held-out split (air-gapped)."""
-    return [
-        sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), "evaluate",
-        "--model", str(paths.model), "--adapter", str(paths.export), "--data", str(paths.data),
-        "--key-file", str(paths.data_key), "--config", str(FINETUNE_CONFIG), "--heldout",
-        "--json", str(paths.evaluation),
-    ]  # fmt: skip
-
-
-def export_gguf_cmd(paths: Paths) -> list[str]:
-    """``invoke export-gguf``: merged, Q8_0, read back, scanned for the dataset's n-grams."""
-    paths.gguf.parent.mkdir(exist_ok=True)
-    return [
-        sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), "export-gguf",
-        "--model", str(paths.model), "--adapter", str(paths.export), "--out", str(paths.gguf),
-        "--dtype", "q8_0", "--data", str(paths.data), "--key-file", str(paths.data_key),
-    ]  # fmt: skip
-
-
 def follow_training(
     proc: subprocess.Popen,
     run_uri: str,

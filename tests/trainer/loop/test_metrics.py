@@ -92,3 +92,20 @@ def test_tensorboard_task_without_event_files_is_one_line(tmp_path):
     )  # fmt: skip
     assert done.returncode == 2
     assert "no event files under logs/tensorboard/" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_tensorboard_task_fetches_and_prints_the_loopback_command(tmp_path):
+    import subprocess
+    import sys
+
+    Run(str(tmp_path / "run")).store.put_bytes(f"{Run.TENSORBOARD}/events.out.tfevents.1", b"x")
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "--search-root", str(root), "tensorboard",
+         "--run", str(tmp_path / "run"), "--logdir", str(tmp_path / "tb"), "--fetch-only"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"fetched 1 of 1 event file(s) into {tmp_path / 'tb'}" in done.stdout
+    assert "--host 127.0.0.1 --port 6006" in done.stdout
+    assert (tmp_path / "tb" / "events.out.tfevents.1").read_bytes() == b"x"

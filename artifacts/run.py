@@ -216,6 +216,8 @@ class Run:
     FINAL = "final"
     STATUS = "STATUS.json"
     LOGS = "logs"
+    TENSORBOARD = "logs/tensorboard"
+    """Rank 0's TensorBoard event files, committed in the background (``trainer.loop.metrics``)."""
     STOP = "control/stop"
     COST = "cost.json"
     """The controller's final cost report: node-hours and dollars per instance type."""

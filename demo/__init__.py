@@ -1,5 +1,6 @@
 """``invoke demo``: the whole two-stage pipeline on one CPU box, with no cloud account.
 
 :mod:`demo.pipeline` runs the stages, :mod:`demo.corpus_private` makes the private fine-tune
-dataset (encrypted in memory), :mod:`demo.report` prints the summary and draws the plot.
+dataset (encrypted in memory), :mod:`demo.use` evaluates the adapter and exports it to GGUF, :mod:`demo.report` prints the
+summary and draws the plot.
 """

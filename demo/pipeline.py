@@ -39,6 +39,7 @@ from demo.runtime import (
     prepare_workdir,
     pretrain_cmd,
 )
+from demo.use import use_adapter
 
 STAGES = 6
 
@@ -138,6 +139,8 @@ def pretrain(opts: DemoOptions, paths: Paths, run_uri: str) -> dict[str, Any]:
             if h.get("val_loss") is not None
         ],
         "checkpoints": len(committed_folders(store.list(Run.CHECKPOINTS), Run.CHECKPOINTS)),
+        "latest_sample": status.extra.get("latest_sample"),
+        "tensorboard_files": len(store.list(Run.TENSORBOARD + "/")),
         "run_uri": run_uri,
         "final_uri": status.final or run.final_uri,
         "interruption": interruption,
@@ -272,6 +275,9 @@ def artefacts(paths: Paths, summary: dict[str, Any]) -> dict[str, str]:
         "verified model copy": str(paths.model),
         "encrypted dataset": str(paths.data),
         "fine-tune export": str(paths.export),
+        "evaluation (JSON)": str(paths.evaluation),
+        "GGUF + Ollama Modelfile": str(paths.gguf),
+        "TensorBoard": f"invoke tensorboard --run {pre.get('run_uri', '')}",
         "summary (JSON)": str(paths.summary),
         "loss plot (PNG)": str(paths.plot),
         "logs": str(paths.logs),
@@ -350,6 +356,14 @@ def _run_demo(opts: DemoOptions, out: TextIO) -> dict[str, Any]:
         note.append(
             f"{ft['steps']} steps, eval loss {ft['loss_before']:.4f} → {ft['loss_after']:.4f}; "
             f"{ft['export_files']} files exported → {paths.export}"
+        )
+        used = summary["use"] = use_adapter(paths, verbose=opts.verbose)
+        ev, gg = used["evaluate"], used["gguf"]
+        note.append(
+            f"invoke evaluate (held-out): base {ev['base (4-bit)']['loss']:.4f} → adapter "
+            f"{ev['base + adapter']['loss']:.4f}; invoke export-gguf: {gg['dtype']} "
+            f"{gg['bytes'] / 1e6:.2f} MB, read back by transformers (max |logit diff| "
+            f"{gg['readback_max_abs_diff']:.3f}) → {paths.gguf}"
         )
     with progress.stage(6, "report", "report: privacy check, summary.json, loss plot") as note:
         summary["private_data"]["plaintext_on_disk"] = plaintext_on_disk(paths.root)

@@ -66,6 +66,8 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         ("spot interruption", _interruption(pre.get("interruption"))),
         ("committed checkpoints kept", _num(pre.get("checkpoints"), "{}")),
+        ("sample generation (last eval)", _sample(pre.get("latest_sample"))),
+        ("TensorBoard event files", _num(pre.get("tensorboard_files"), "{}")),
         (
             "bytes verified (download)",
             f"{human_bytes(dl.get('bytes_verified'))} in {dl.get('files', '—')} files"
@@ -86,8 +88,36 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             "export size",
             f"{human_bytes(ft.get('export_bytes'))} in {ft.get('export_files', '—')} files",
         ),
+        ("evaluate (held-out): base → adapter", _evaluate((summary.get("use") or {}).get("evaluate"))),
+        ("GGUF export (read back)", _gguf((summary.get("use") or {}).get("gguf"))),
         ("wall time", _wall(summary)),
     ]
+
+
+def _sample(sample: dict[str, Any] | None) -> str:
+    if not sample:
+        return "—"
+    text = " ".join(str(sample.get("text", "")).split())[:60]
+    return f"{sample.get('prompt', '')!r} → {text!r}"
+
+
+def _evaluate(rows: dict[str, Any] | None) -> str:
+    if not rows or len(rows) < 2:
+        return "—"
+    (_b, base), (_a, tuned) = list(rows.items())[:2]
+    return (
+        f"loss {_num(base.get('loss'))} → {_num(tuned.get('loss'))}, perplexity "
+        f"{_num(base.get('perplexity'), '{:.2f}')} → {_num(tuned.get('perplexity'), '{:.2f}')}"
+    )
+
+
+def _gguf(info: dict[str, Any] | None) -> str:
+    if not info:
+        return "—"
+    return (
+        f"{info.get('dtype')}, {human_bytes(info.get('bytes'))}, max |logit diff| "
+        f"{_num(info.get('readback_max_abs_diff'), '{:.3f}')}"
+    )
 
 
 def _ft_data(data: dict[str, Any]) -> str:

@@ -54,6 +54,7 @@ class Paths:
         self.bucket, self.scratch = r / "bucket", r / "scratch"
         self.model, self.data, self.export = r / "model", r / DATA_NAME, r / "export"
         self.summary, self.plot = r / "summary.json", r / "loss.png"
+        self.evaluation, self.gguf = r / "evaluate.json", r / "gguf" / "model.gguf"
 
 
 def prepare_workdir(workdir: Path, *, force: bool = False) -> Path:

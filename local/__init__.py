@@ -6,6 +6,7 @@ Kept import-light on purpose: ``invoke --list`` imports the cli modules, so noth
 Modules (a run goes cli → finetune → checks → tokens → model/training → audit → release):
 
 - ``cli``: the ``finetune`` and ``export-held`` tasks (thin: flags in, summary out).
+- ``use_cli``: the ``generate``, ``evaluate`` and ``export-gguf`` tasks.
 - ``crypto_cli``: the ``keygen``, ``encrypt``, ``rekey``, ``inspect-data`` tasks.
 - ``config``: the fine-tune recipe, a frozen dataclass loaded from TOML.
 - ``job``: a run's typed inputs (``Job``) and its ``FinetuneResult``, as JSON for the pipe.
@@ -26,6 +27,12 @@ Modules (a run goes cli → finetune → checks → tokens → model/training �
 - ``release``: step 7, the export's metadata, then export or hold.
 - ``export``: only what may leave, checked, with a manifest, published by one rename.
 - ``held``: a refused export kept encrypted with the dataset key.
+- ``inference``: base (4-bit, as trained) + adapter, or a merged model, loaded to run.
+- ``generate``: prompts rendered as in training, streamed, seeded (``invoke generate``).
+- ``evaluate``: held-out loss/perplexity, base vs adapter, the fine-tune's masking.
+- ``gguf_export``: GGUF tensors, metadata and tokenizer via the ``gguf`` library; Modelfile.
+- ``gguf_release``: ``invoke export-gguf``: merge, write, read back, scan, manifest, publish.
+- ``offline``: runs ``generate``/``evaluate`` air-gapped (namespace child + guard).
 - ``airgap``: the HF offline switches and the in-process network guard.
 - ``netns``: runs a ``module:function`` in a fresh network namespace (the kernel air gap).
 - ``crypto``: the encrypted-stream format (chunked AES-256-GCM, STREAM).

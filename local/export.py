@@ -150,24 +150,16 @@ def merge_adapter(model_dir: Path, staging: Path, base_label: str) -> None:
     quantization error into the published model. The reload uses the checkpoint's own 16-bit
     dtype (bf16/fp16) or fp32, on the CPU, so GPU memory is not needed.
     """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from local.model import load_full_precision
 
-    hf_cfg = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
-    saved = getattr(hf_cfg, "dtype", None) or getattr(hf_cfg, "torch_dtype", None)
-    dtype = saved if saved in (torch.bfloat16, torch.float16) else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype=dtype, device_map={"": "cpu"}, local_files_only=True
-    )
-    merged = PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
+    merged = load_full_precision(model_dir, staging)
     target = staging / MERGED_DIR
     merged.save_pretrained(str(target))
     for name in os.listdir(target):
         if name.endswith(".json"):
             _rewrite_json(target / name, base_label)
     copy_tokenizer(model_dir, target, base_label)
-    del merged, base
+    del merged
 
 
 def check_structure(staging: Path) -> list[str]:

@@ -109,7 +109,10 @@ class FinetuneResult:
             )
         if self.over_long:
             line += f"; {self.over_long} over-long record(s) ({self.dropped} dropped)"
-        return line
+        return line + (
+            f"\nnext: invoke evaluate --model MODEL --adapter {self.export_path} --data HELDOUT.enc "
+            "--key-file KEY (base vs adapter); invoke generate / export-gguf use it too"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

@@ -72,10 +72,12 @@ def choose(*, strict: bool, allowed: bool = True) -> str:
     return GUARD
 
 
-def run_in_namespace(target: str, request: dict[str, Any]) -> Any:
+def run_in_namespace(target: str, request: dict[str, Any], pass_fds: tuple[int, ...] = ()) -> Any:
     """``target(request)`` (``target`` is ``"module:function"``) run in a child in a fresh
     network namespace, inside the offline switches; its return value, or its one-line user
-    error raised here as a :class:`LocalError`."""
+    error raised here as a :class:`LocalError`. ``pass_fds`` stay open in the child under the
+    same numbers (e.g. a terminal for ``invoke generate --chat``: the child's stdin is the
+    request pipe)."""
     cmd = _command()
     assert cmd is not None
     read_fd, write_fd = os.pipe()
@@ -84,7 +86,7 @@ def run_in_namespace(target: str, request: dict[str, Any]) -> Any:
         [*cmd, sys.executable, "-m", "local.netns", target],
         stdin=subprocess.PIPE,
         env=env,
-        pass_fds=(write_fd,),
+        pass_fds=(write_fd, *pass_fds),
     )
     os.close(write_fd)
     try:
@@ -99,7 +101,7 @@ def run_in_namespace(target: str, request: dict[str, Any]) -> Any:
         raise
     if not reply:
         raise LocalError(
-            f"the isolated fine-tune exited with code {code} and no result (see log above)"
+            f"the isolated child ({target}) exited with code {code} and no result (see log above)"
         )
     doc = json.loads(reply)
     if "error" in doc:

@@ -12,7 +12,8 @@ Three kinds of needles, each matched the way that finds it without tripping on o
   characters), minus any n-gram the base model's own files already contain; looked for as raw
   and as JSON-escaped text outside vocabulary files.
 
-Searched: whole text/JSON files and safetensors headers (tensor names, ``__metadata__``). The
+Searched: whole text/JSON files, safetensors headers (tensor names, ``__metadata__``) and GGUF
+metadata (names, chat template; its vocabulary like a vocabulary file). The
 names, paths and hostnames are known before training, so :func:`preflight_scan` checks the
 files the export will copy from the base before any heavy work; only private content can be found
 after training.
@@ -64,6 +65,30 @@ def searchable_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
+#: GGUF metadata holding the (public) vocabulary: matched like a vocabulary file.
+GGUF_VOCAB_KEYS = frozenset({"tokenizer.ggml.tokens", "tokenizer.ggml.merges"})
+
+
+def searchable_parts(path: Path) -> list[tuple[str, bytes]]:
+    """``(name for matching, bytes)`` a reader could find strings in.
+
+    A GGUF file is searched in its metadata, where text lives (names, chat template, the
+    vocabulary), never its tensor data: the vocabulary as a vocabulary file, every other string
+    as ordinary text. Other files: :func:`searchable_bytes`.
+    """
+    if path.suffix != ".gguf":
+        return [(path.name, searchable_bytes(path))]
+    from gguf import GGUFReader
+
+    vocab, text = [], []
+    for key, field in GGUFReader(str(path), "r").fields.items():
+        value = field.contents()
+        strings = value if isinstance(value, list) else [value]
+        chunk = [key] + [v for v in strings if isinstance(v, str)]
+        (vocab if key in GGUF_VOCAB_KEYS else text).extend(chunk)
+    return [("tokenizer.json", "\n".join(vocab).encode()), (path.name, "\n".join(text).encode())]
+
+
 def _word_pattern(value: str) -> re.Pattern[bytes]:
     needle = re.escape(value.encode("utf-8"))
     return re.compile(
@@ -104,9 +129,11 @@ def scan_folder(root: Path, forbidden: Iterable[Forbidden]) -> list[Finding]:
     forbidden = list(forbidden)
     found = []
     for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
-        label = scan_bytes(path.name, searchable_bytes(path), forbidden)
-        if label:
-            found.append(Finding(path.relative_to(root).as_posix(), label))
+        for name, data in searchable_parts(path):
+            label = scan_bytes(name, data, forbidden)
+            if label:
+                found.append(Finding(path.relative_to(root).as_posix(), label))
+                break
     return found
 
 

@@ -79,4 +79,46 @@ def export_checkpoint(c, run, step=None, out=None, public_key=None, force=False)
     print(f"step {chosen}: consolidated model in {path}")
 
 
-TASKS = [prepare_data, export_checkpoint]
+@task(
+    help={
+        "run": "run prefix URI or path (s3://bucket/runs/NAME or a local folder)",
+        "logdir": "local folder for the fetched event files (default: a cache under ~/.cache)",
+        "port": "TensorBoard's port on 127.0.0.1 (default 6006)",
+        "fetch_only": "fetch the event files and print the TensorBoard command, start nothing",
+    }
+)
+@user_errors
+def tensorboard(c, run, logdir=None, port=6006, fetch_only=False):
+    """Watch a run: fetch its TensorBoard event files (incrementally), start TensorBoard on 127.0.0.1.
+
+    Rank 0 commits the files to <run>/logs/tensorboard/ in the background: train/val loss,
+    learning rate, grad norm, tokens/s, MFU (known GPUs), checkpoint times, interruptions, world
+    size and the sample generations ([eval] sample_prompts). Re-run it to fetch what grew. Without
+    the tensorboard extra (pip install 'twostage[tensorboard]') the command is printed instead.
+    """
+    import subprocess
+    from pathlib import Path
+
+    from artifacts.logs import init_logging
+    from trainer.launch import tensorboard as tb
+
+    init_logging()
+    dest = Path(logdir) if logdir else tb.cache_dir(run)
+    fetched, total = tb.fetch_events(run, dest)
+    if total == 0:
+        raise TrainerError(
+            f"--run {run}: no event files under logs/tensorboard/ yet (rank 0 commits them "
+            "every [eval] tensorboard_sync_s; is [eval] tensorboard = false?)"
+        )
+    print(f"fetched {fetched} of {total} event file(s) into {dest}")
+    cmd = tb.command(dest, int(port))
+    if fetch_only or not tb.installed():
+        if not tb.installed():
+            print("TensorBoard is not installed (pip install 'twostage[tensorboard]'); then run:")
+        print(" ".join(cmd))
+        return
+    print(f"TensorBoard on http://127.0.0.1:{int(port)}/ (Ctrl-C stops it)")
+    subprocess.run(cmd, check=False)
+
+
+TASKS = [prepare_data, export_checkpoint, tensorboard]

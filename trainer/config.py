@@ -17,7 +17,7 @@ from artifacts.config import build, read_toml
 from artifacts.config import check as _check
 from trainer.data.config import DataConfig
 from trainer.errors import TrainerError
-from trainer.loop.config import DeepSpeedConfig, ModelConfig, TrainingConfig
+from trainer.loop.config import DeepSpeedConfig, EvalConfig, ModelConfig, TrainingConfig
 from trainer.spot.config import SpotConfig
 
 
@@ -115,6 +115,8 @@ class TrainerConfig:
     """``[deepspeed]`` section."""
     spot: SpotConfig = field(default_factory=SpotConfig)
     """``[spot]`` section."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """``[eval]`` section (sample generations, TensorBoard)."""
     source: str = ""
     """Path of the TOML file (for messages)."""
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)

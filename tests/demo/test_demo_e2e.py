@@ -344,3 +344,26 @@ def test_s3_bucket_is_moto_on_loopback_and_env_is_restored(tmp_path, caplog):
     assert not [r for r in caplog.records if r.name == "werkzeug"]
     assert os.environ.get("AWS_ENDPOINT_URL") == before
     assert not paths.bucket.exists()
+
+
+@pytest.mark.slow
+def test_the_run_is_watched_and_the_adapter_used(demo_run):
+    """TensorBoard files in the run, a sample in the summary, evaluate before/after, GGUF read back."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from local.gguf_release import readback_overrides
+
+    proc, paths, summary = demo_run
+    pre, used = summary["pretrain"], summary["use"]
+    assert pre["tensorboard_files"] >= 1
+    assert pre["latest_sample"]["prompt"] and pre["latest_sample"]["text"].strip()
+    ev = used["evaluate"]
+    assert ev["base + adapter"]["loss"] < ev["base (4-bit)"]["loss"]
+    assert json.loads(paths.evaluation.read_text())["heldout_only"] is True
+    extra = readback_overrides(AutoConfig.from_pretrained(str(paths.model)))  # GPT-2: n_positions
+    back = AutoModelForCausalLM.from_pretrained(
+        str(paths.gguf.parent), gguf_file=paths.gguf.name, **extra
+    )
+    assert back.config.model_type == "gpt2" and used["gguf"]["readback_max_abs_diff"] < 0.1
+    assert (paths.gguf.parent / "Modelfile").read_text().startswith("FROM ./model.gguf")
+    assert "| evaluate (held-out): base → adapter" in proc.stdout

@@ -24,6 +24,7 @@ inside the functions that use them. Modules, one concern each:
 - :mod:`.submit`     `invoke pretrain`: submit and follow (AWS errors, last run, prices).
 - :mod:`.single_node` `invoke pretrain --local`: the DeepSpeed launcher on this machine.
 - :mod:`.lifecycle`  `invoke status`, `logs`, `stop`.
+- :mod:`.tensorboard` `invoke tensorboard`: the run's event files fetched incrementally, the viewer.
 - :mod:`.cli`        the invoke tasks.
 """
 

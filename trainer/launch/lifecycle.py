@@ -52,6 +52,14 @@ def data_prep_line(prep: dict) -> str:
     )
 
 
+def sample_line(sample: dict) -> str:
+    """The newest sample generation (``[eval] sample_prompts``) as one line (pure)."""
+    text = " ".join(str(sample.get("text", "")).split())
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return f"sample at step {sample.get('step', '?')}: {sample.get('prompt', '')!r} -> {text!r}"
+
+
 def run_status(ctx: Context, run_uri: str, *, now: float | None = None) -> list[str]:
     """What `invoke status` prints."""
     from artifacts.manifest import latest_committed
@@ -76,6 +84,9 @@ def run_status(ctx: Context, run_uri: str, *, now: float | None = None) -> list[
             if status.reason:
                 lines.append(f"reason: {status.reason}")
             lines.append(f"val loss: {trend([e['val_loss'] for e in status.val_loss_history])}")
+            sample = status.extra.get("latest_sample")
+            if isinstance(sample, dict):
+                lines.append(sample_line(sample))
             prep = status.extra.get("data_prep")
             if status.state == RunState.PREPARING and isinstance(prep, dict):
                 lines.append(data_prep_line(prep))

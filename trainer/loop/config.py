@@ -182,3 +182,35 @@ class DeepSpeedConfig:
             "deepspeed.optimizer",
             f"must be auto, deepspeed or torch, got {self.optimizer!r}",
         )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """``[eval]``: what rank 0 records at each evaluation besides the loss (``trainer.loop.metrics``)."""
+
+    sample_prompts: tuple[str, ...] = ()
+    """Fixed prompts generated from (greedy) at every evaluation: the log, TensorBoard (text) and
+    ``STATUS.json``'s ``latest_sample``. Empty: no samples."""
+    sample_max_new_tokens: int = 32
+    """Tokens generated per sample prompt."""
+    tensorboard: bool = True
+    """Write TensorBoard event files (rank 0) and commit them to ``<run>/logs/tensorboard/``."""
+    tensorboard_sync_s: float = 60.0
+    """Seconds between background commits of the event files (and once at the end)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.sample_max_new_tokens >= 1,
+            "eval.sample_max_new_tokens",
+            f"must be >= 1, got {self.sample_max_new_tokens}",
+        )
+        _check(
+            all(p.strip() for p in self.sample_prompts),
+            "eval.sample_prompts",
+            "must not contain empty prompts",
+        )
+        _check(
+            self.tensorboard_sync_s > 0,
+            "eval.tensorboard_sync_s",
+            f"must be > 0, got {self.tensorboard_sync_s}",
+        )

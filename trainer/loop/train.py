@@ -275,6 +275,7 @@ def fit(ctx: RunContext) -> int:
         TimedSaveCallback,
     )
     from trainer.loop.hf import build_trainer_class, streaming_trainer_class
+    from trainer.loop.metrics import MetricsCallback
     from trainer.loop.model import build_model
     from trainer.spot.callback import InterruptionCallback
     from trainer.spot.notice import InterruptionWatcher
@@ -319,7 +320,20 @@ def fit(ctx: RunContext) -> int:
             "config": cfg.raw,
         }
 
+    previous = ctx.status.previous  # read before this launch's first write replaced it
+    report = CheckpointReport(committer, previous=previous.extra if previous else None)
+    metrics = MetricsCallback(
+        local_dir=ctx.scratch / "tensorboard" if ctx.rank == 0 else None,
+        store=ctx.run.store if ctx.rank == 0 else None,
+        eval_cfg=cfg.eval,
+        tokenizer=tokenizer,
+        tokens_per_step=ctx.global_batch * cfg.data.block_size,
+        n_params=sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
+        report=report,
+        launches=len(ctx.status.launches),
+    )
     callbacks: list[Any] = [
+        metrics,  # first: its sample is in the status the convergence callback writes
         ConvergenceCallback(criterion, ctx.history, ctx.status),
         TimedSaveCallback(cfg.training.save_minutes),  # and every save_minutes, whichever first
         DataPositionCallback(data.order, data.fingerprint),  # before the commit callback
@@ -334,9 +348,8 @@ def fit(ctx: RunContext) -> int:
     timer = StepTimer()
     callbacks.append(timer)  # last, so its interval includes every other callback
 
-    previous = ctx.status.previous  # read before this launch's first write replaced it
-    report = CheckpointReport(committer, previous=previous.extra if previous else None)
     ctx.status.providers.append(report.status_fields)
+    ctx.status.providers.append(metrics.status_fields)
 
     def saved(step: int, seconds: float) -> None:
         committer.last_save_s = seconds  # the next notice's decision counts on it
@@ -364,6 +377,7 @@ def fit(ctx: RunContext) -> int:
             trainer.args.max_steps = done  # the training loop has nothing left to do
         trainer.train(resume_from_checkpoint=str(resumed.load_from) if resumed else None)
     finally:
+        metrics.close()  # the last event files committed (bounded), also on an interruption
         if watcher is not None:
             watcher.stop()
     if interruption is not None and interruption.interrupted:
@@ -372,6 +386,8 @@ def fit(ctx: RunContext) -> int:
         "step_time": timer.summary(),
         **report.summary(),
         "first_step_unix": timer.first_step_unix,
+        "sample_seconds": metrics.sample_seconds,
+        "latest_sample": metrics.latest_sample,
     }
     return finish(ctx, trainer, committer, measured)
 

@@ -215,7 +215,8 @@ def test_status_shows_state_checkpoint_trend_controller_nodes_and_cost(ctx_for, 
     run = Run(request.run_uri)
     run.write_status(
         Status(state=RunState.RUNNING, global_step=40, epoch=2.0, best_val_loss=3.0,
-               val_loss_history=({"val_loss": 3.5}, {"val_loss": 3.0}))
+               val_loss_history=({"val_loss": 3.5}, {"val_loss": 3.0}),
+               extra={"latest_sample": {"step": 40, "prompt": "The red fox", "text": " ran home."}})
     )  # fmt: skip
     ctx.control.write_state(ControllerState(request.request_id, request.run_uri, "running", 0, 1))
     ctx.control.beat(request.submitted_at + 60)
@@ -224,6 +225,7 @@ def test_status_shows_state_checkpoint_trend_controller_nodes_and_cost(ctx_for, 
 
     assert "state: running at step 40, epoch 2.0, best val loss 3.0" in text
     assert "val loss: 3.5000 ↓ 3.0000" in text
+    assert "sample at step 40: 'The red fox' -> 'ran home.'" in text
     assert "last committed checkpoint: none yet" in text
     assert "at risk since the start (no commit yet): " in text
     assert "controller: running, attempt 1; heartbeat 1.0 min ago" in text

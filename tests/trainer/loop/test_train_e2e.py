@@ -97,6 +97,18 @@ def test_tiny_recipe_converges_publishes_and_partitions(tmp_path: Path, monkeypa
     assert history[-1] < 0.6 * history[0]  # it learned the grammar
     assert [h["stalled"] for h in status["val_loss_history"][-5:]] == [True] * 5
     assert status["node_count"] == 1 and status["started_at"] <= status["updated_at"]
+    # A sample generation from the recipe's [eval] sample_prompts, at the last evaluation.
+    sample = status["latest_sample"]
+    assert sample["prompt"] == "The red fox" and sample["text"].strip()
+    assert sample["step"] == status["val_loss_history"][-1]["step"]
+
+    # TensorBoard event files, committed by rank 0 under <run>/logs/tensorboard/.
+    from test_metrics import tags
+
+    seen = tags(tmp_path / "run" / Run.TENSORBOARD)
+    assert {"train/loss", "train/learning_rate", "train/grad_norm", "eval/loss"} <= seen
+    assert {"perf/tokens_per_s", "run/world_size", "eval/sample_s"} <= seen
+    assert any(t.startswith("samples") for t in seen)  # the text summary
 
     # final/: verified, loads with stock transformers, carries the loss history.
     final = tmp_path / "run" / "final"

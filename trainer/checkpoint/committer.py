@@ -15,12 +15,9 @@ Protocol for one checkpoint of global step S, destination ``<run>/checkpoints/st
    (:func:`artifacts.publish.commit_parts`) — a checkpoint missing one node's shards is never
    committed; then it keeps the newest ``keep_last`` and removes stale incomplete folders.
 
-The bytes move in separate upload processes (spawned once, lowest CPU priority): in a thread
-of the training process, boto3's Python-level HTTP work competes with the training loop for the
-GIL (ZeRO-3's per-module hooks are Python), and a 2-core benchmark showed 1.38x step time while
-uploading. ``uploaders`` (default ``LOCAL_WORLD_SIZE``, or ``TWOSTAGE_UPLOADERS``) sets how many.
-``upload_process=False`` (or ``TWOSTAGE_UPLOAD_PROCESS=0``) keeps uploads in-process, e.g. for
-moto's in-process mock. Checkpoints upload one at a time per node, in order. On a single node, a
+The bytes move in separate low-priority upload processes (:mod:`trainer.checkpoint.upload_pool`,
+which also says how many and how to keep them in-process). Checkpoints upload one at a time per
+node, in order. On a single node, a
 queued checkpoint whose upload has not started yet is skipped when a newer one is queued behind
 it (saves outpacing uploads).
 """
@@ -48,6 +45,7 @@ from trainer.checkpoint.upload_pool import (
     CheckpointCommitError,
     UploadPool,
     lower_thread_priority,
+    upload_settings,
 )
 from trainer.checkpoint.uploaders import bytes_per_rank
 
@@ -56,10 +54,6 @@ log = logging.getLogger(__name__)
 STAGING_DIR = ".commit-staging"
 #: An incomplete folder whose newest object is older than this is a dead upload, not a slow one.
 STALE_GRACE_SECONDS = 3600.0
-#: ``0`` uploads in a thread of the training process instead of a separate upload process.
-UPLOAD_PROCESS_ENV = "TWOSTAGE_UPLOAD_PROCESS"
-#: Number of upload processes per node; default: one per local rank (``LOCAL_WORLD_SIZE``).
-UPLOADERS_ENV = "TWOSTAGE_UPLOADERS"
 
 
 def snapshot(local_dir: Path, dest: Path) -> None:
@@ -117,20 +111,8 @@ class CheckpointCommitter:
         #: seconds a failing upload/commit keeps retrying (training goes on) before it fails
         self.outage_window = outage_window
         self.is_head = node_rank == 0
-        if upload_process is None:
-            upload_process = os.environ.get(UPLOAD_PROCESS_ENV, "1") != "0"
-        self.upload_process = upload_process
-        if uploaders is None:
-            uploaders = int(
-                os.environ.get(UPLOADERS_ENV)
-                or os.environ.get("LOCAL_WORLD_SIZE")  # torchrun
-                or os.environ.get("LOCAL_SIZE")  # the DeepSpeed launcher
-                or 1
-            )
-        if uploaders < 1:
-            raise ValueError(f"uploaders must be >= 1, got {uploaders}")
-        #: upload processes on this node (one per local rank by default)
-        self.uploaders = uploaders
+        #: in separate upload processes (else in this thread), and how many on this node
+        self.upload_process, self.uploaders = upload_settings(upload_process, uploaders)
         self._pool = UploadPool(uploaders, node_rank=node_rank)
         self._tid: int | None = None
         #: step -> seconds from submit to commit (head) or to part uploaded (other nodes)

@@ -95,6 +95,32 @@ def lower_thread_priority() -> None:
         log.debug("could not lower the upload thread's priority: %s", err)
 
 
+#: ``0`` uploads in a thread of the training process instead of a separate upload process.
+UPLOAD_PROCESS_ENV = "TWOSTAGE_UPLOAD_PROCESS"
+#: Number of upload processes per node; default: one per local rank (``LOCAL_WORLD_SIZE``).
+UPLOADERS_ENV = "TWOSTAGE_UPLOADERS"
+
+
+def upload_settings(upload_process: bool | None, uploaders: int | None) -> tuple[bool, int]:
+    """``(in separate processes?, how many)``: the arguments, else the environment.
+
+    ``TWOSTAGE_UPLOAD_PROCESS=0`` keeps uploads in-process (e.g. for moto's in-process mock);
+    ``TWOSTAGE_UPLOADERS`` overrides the default of one uploader per local rank.
+    """
+    if upload_process is None:
+        upload_process = os.environ.get(UPLOAD_PROCESS_ENV, "1") != "0"
+    if uploaders is None:
+        uploaders = int(
+            os.environ.get(UPLOADERS_ENV)
+            or os.environ.get("LOCAL_WORLD_SIZE")  # torchrun
+            or os.environ.get("LOCAL_SIZE")  # the DeepSpeed launcher
+            or 1
+        )
+    if uploaders < 1:
+        raise ValueError(f"uploaders must be >= 1, got {uploaders}")
+    return upload_process, uploaders
+
+
 class UploadPool:
     """``uploaders`` spawned upload processes, started at the first upload."""
 

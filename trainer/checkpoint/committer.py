@@ -113,7 +113,7 @@ class CheckpointCommitter:
         self.is_head = node_rank == 0
         #: in separate upload processes (else in this thread), and how many on this node
         self.upload_process, self.uploaders = upload_settings(upload_process, uploaders)
-        self._pool = UploadPool(uploaders, node_rank=node_rank)
+        self._pool = UploadPool(self.uploaders, node_rank=node_rank)
         self._tid: int | None = None
         #: step -> seconds from submit to commit (head) or to part uploaded (other nodes)
         self.durations: dict[int, float] = {}

@@ -1,0 +1,127 @@
+"""The dedup scan of one unit, in a worker process: clean each document, key it, store the keys by partition.
+
+For every partition ``p`` the unit writes ``_dedup/<fp>/p<p>/u<unit>.npz`` (per band: the ids of
+the documents whose band key falls in ``p``, the keys, the documents' byte sizes), then the marker
+``_dedup/<fp>/scan/u<unit>.json`` that commits them (a relaunch skips a committed unit). No text
+is stored: only ids (source index and offset), keys and sizes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.data.clean import CleanConfig, clean
+from trainer.data.dedup import BANDS, MinHasher, doc_id, exact_key, key_width, partition_of
+from trainer.data.sources import BadInput, Doc, fetch_local
+from trainer.data.worker import Unit, queue_report
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """Everything a scan worker needs (picklable)."""
+
+    unit: Unit
+    mode: str
+    clean: CleanConfig
+    seed: int
+    partitions: int
+    cache_uri: str
+    fp: str
+    scratch: str
+
+
+def scan_marker_key(fp: str, unit: int) -> str:
+    return f"_dedup/{fp}/scan/u{unit:05d}.json"
+
+
+def part_key(fp: str, partition: int, unit: int) -> str:
+    return f"_dedup/{fp}/p{partition:04d}/u{unit:05d}.npz"
+
+
+_HASHERS: dict[int, MinHasher] = {}
+
+
+def run_scan(job: ScanJob, progress: Any = None) -> list[dict[str, Any]]:
+    """Key every kept document of the unit and commit the keys; returns ``[marker]``."""
+    import numpy as np
+
+    from artifacts.store import open_store
+
+    t0 = time.monotonic()
+    report = progress or queue_report
+    unit, src = job.unit, job.unit.source
+    store = open_store(job.cache_uri)
+    local = fetch_local(src, Path(job.scratch) / "sources", unit.download_tag)
+    bands, words = key_width(job.mode)
+    if job.mode == "minhash" and job.seed not in _HASHERS:
+        _HASHERS[job.seed] = MinHasher(job.seed)
+    ids: list[int] = []
+    sizes: list[int] = []
+    keys: list[Any] = []
+    shingles: list[Any] = []
+    pending = 0
+    for item in unit.docs(local):
+        if not isinstance(item, Doc):
+            pending += item
+            continue
+        pending += item.nbytes
+        text, reason = clean(item.text, job.clean)
+        if reason is None:
+            ids.append(doc_id(unit.source_index, item.offset))
+            sizes.append(item.nbytes)
+            if job.mode == "minhash":
+                shingles.append(_HASHERS[job.seed].shingle_hashes(text))
+                if len(shingles) >= 4096:  # keep 14 keys a document, not its shingles
+                    keys.append(_band_keys(_HASHERS[job.seed], shingles))
+            else:
+                keys.append(exact_key(text))
+        if pending >= 1 << 20:
+            report(pending, 0)
+            pending = 0
+    report(pending, 0)
+    id_arr = np.asarray(ids, dtype=np.uint64)
+    size_arr = np.asarray(sizes, dtype=np.uint32)
+    if job.mode == "minhash":
+        keys.append(_band_keys(_HASHERS[job.seed], shingles))
+        key_arr = np.concatenate(keys).reshape(len(ids), bands, words)
+    else:
+        key_arr = np.frombuffer(b"".join(keys), dtype=np.uint64).reshape(len(ids), bands, words)
+    part = partition_of(key_arr, job.partitions)  # (docs, bands)
+    for p in range(job.partitions):
+        arrays: dict[str, Any] = {}
+        for b in range(bands):
+            rows = part[:, b] == p
+            arrays[f"id{b}"], arrays[f"key{b}"] = id_arr[rows], key_arr[rows, b, :]
+            arrays[f"size{b}"] = size_arr[rows]
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        store.put_bytes(part_key(job.fp, p, unit.index), buf.getvalue())
+    marker = {"unit": unit.index, "kept": len(ids), "seconds": round(time.monotonic() - t0, 3)}
+    store.put_bytes(scan_marker_key(job.fp, unit.index), json.dumps(marker).encode())
+    if not src.local and unit.lanes > 1:
+        local.unlink(missing_ok=True)  # a lane's own copy; a whole object stays for the tokenizer
+    return [marker]
+
+
+def _band_keys(hasher: MinHasher, shingles: list[Any]) -> Any:
+    """Band keys of the buffered documents' shingle hashes (and empty the buffer)."""
+    import numpy as np
+
+    if not shingles:
+        return np.empty((0, BANDS), dtype=np.uint64)
+    keys = hasher.band_keys(hasher.signatures(shingles))
+    shingles.clear()
+    return keys
+
+
+def run_scan_checked(job: ScanJob) -> list[dict[str, Any]]:
+    """:func:`run_scan` for a pool: bad input comes back as a message, not a pickled traceback."""
+    try:
+        return run_scan(job)
+    except BadInput as err:
+        return [{"error": str(err)}]

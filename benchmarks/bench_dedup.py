@@ -15,11 +15,11 @@ Everything in one run, so the ratios share the box's load (other engineers use t
 3. One ``.zst`` file of ``--zst-mb`` MB of text with 2 workers (lanes) vs the plain single-process
    encode loop over the same text (uncompressed, one core); then the same ``.zst`` read from moto's
    S3 on 127.0.0.1 (its own niced process).
-4. Peak RSS of the whole process tree with ``dedup = exact`` (and ``minhash``), 2 workers,
-   ``--small-mb`` vs ``--big-mb`` corpus.
+4. Peak RSS of the whole process tree with ``dedup = exact`` (``--rss-modes`` for others),
+   2 workers, ``--small-mb`` vs ``--big-mb`` corpus.
 
 Usage: python benchmarks/bench_dedup.py [--docs 3000] [--mb 20] [--zst-mb 120] [--small-mb 20]
-       [--big-mb 200] [--rounds 2] [--skip-s3] [--out FILE.json]
+       [--big-mb 200] [--rounds 2] [--skip-s3] [--rss-modes exact] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -121,6 +121,7 @@ def main() -> None:
     ap.add_argument("--big-mb", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--skip-s3", action="store_true")
+    ap.add_argument("--rss-modes", default="exact", help="comma-separated dedup modes of the RSS runs")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-dedup-"))
@@ -133,16 +134,22 @@ def main() -> None:
         tok = train_tokenizer(corpus, tmp / "tok")
         base_cfg = recipe(tmp, "cost", corpus, tok, 16)
         walls: dict[str, list[float]] = {"off": [], "exact": [], "minhash": []}
+        cpus: dict[str, list[float]] = {m: [] for m in walls}
         for r in range(a.rounds):
             for mode in walls:
                 run = tmp / f"run-{mode}-{r}"
-                walls[mode].append(timed_prepare(with_dedup(base_cfg, mode), run, 2)["wall_s"])
+                t = timed_prepare(with_dedup(base_cfg, mode), run, 2)
+                walls[mode].append(t["wall_s"])
+                cpus[mode].append(t["cpu_s"])
                 shutil.rmtree(run)
                 shutil.rmtree(tmp / "scratch", ignore_errors=True)
         med = {m: statistics.median(w) for m, w in walls.items()}
-        results["cost"] = {"walls": walls, "median": med,
+        cpu = {m: statistics.median(c) for m, c in cpus.items()}
+        results["cost"] = {"walls": walls, "cpu_s": cpus, "median": med,
                            "exact_vs_off": med["exact"] / med["off"],
-                           "minhash_vs_off": med["minhash"] / med["off"]}  # fmt: skip
+                           "minhash_vs_off": med["minhash"] / med["off"],
+                           "cpu_exact_vs_off": cpu["exact"] / cpu["off"],
+                           "cpu_minhash_vs_off": cpu["minhash"] / cpu["off"]}  # fmt: skip
         print(json.dumps(results["cost"], indent=1), flush=True)
 
         results["zst"] = zst_lanes(tmp, a.zst_mb, tok, a.skip_s3)
@@ -152,13 +159,13 @@ def main() -> None:
         for mb in (a.small_mb, a.big_mb):
             folder = write_corpus(tmp / f"rss-{mb}", mb * 10**6)
             cfg = recipe(tmp, f"rss{mb}", folder, tok, 16)
-            for mode in ("exact", "minhash"):
+            for mode in a.rss_modes.split(","):
                 run = tmp / f"run-rss-{mb}-{mode}"
                 rss[f"{mb}MB-{mode}"] = timed_prepare(with_dedup(cfg, mode), run, 2)
                 shutil.rmtree(run)
                 shutil.rmtree(tmp / "scratch", ignore_errors=True)
             shutil.rmtree(folder)
-        for mode in ("exact", "minhash"):
+        for mode in a.rss_modes.split(","):
             rss[f"ratio-{mode}"] = (rss[f"{a.big_mb}MB-{mode}"]["peak_tree_rss_mb"]
                                     / rss[f"{a.small_mb}MB-{mode}"]["peak_tree_rss_mb"])  # fmt: skip
         results["rss"] = rss

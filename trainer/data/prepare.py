@@ -156,7 +156,7 @@ def _build(
     eos, vocab = tokenizer_facts(tok_dir)
     dtype = "uint16" if vocab <= 65535 else "uint32"
     width = 2 if dtype == "uint16" else 4
-    seconds = {"sources_tokenizer": round(time.monotonic() - since, 3)}
+    seconds = {"sources_tokenizer": round(time.time() - since, 3)}
     units = plan_units(sources, cfg.data.shard_bytes, node_rank, node_count)
     every = [u for _, u in all_units(sources, cfg.data.shard_bytes)]
     n_workers = workers or cfg.data.workers or os.cpu_count() or 1

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from trainer.data.clean import CleanConfig, clean
-from trainer.data.dedup import BANDS, MinHasher, doc_id, exact_key, key_width, partition_of
+from trainer.data.dedup import (
+    BANDS,
+    OFFSET_BITS,
+    MinHasher,
+    doc_id,
+    exact_key,
+    key_width,
+    partition_of,
+)
 from trainer.data.sources import BadInput, Doc, fetch_local
 from trainer.data.worker import Unit, queue_report
 
@@ -65,6 +73,7 @@ def run_scan(job: ScanJob, progress: Any = None) -> list[dict[str, Any]]:
     keys: list[Any] = []
     shingles: list[Any] = []
     pending = 0
+    base = doc_id(unit.source_index, 0)
     for item in unit.docs(local):
         if not isinstance(item, Doc):
             pending += item
@@ -72,11 +81,11 @@ def run_scan(job: ScanJob, progress: Any = None) -> list[dict[str, Any]]:
         pending += item.nbytes
         text, reason = clean(item.text, job.clean)
         if reason is None:
-            ids.append(doc_id(unit.source_index, item.offset))
+            ids.append(base | item.offset)  # doc_id(), inlined: this loop runs per document
             sizes.append(item.nbytes)
             if job.mode == "minhash":
-                shingles.append(_HASHERS[job.seed].shingle_hashes(text))
-                if len(shingles) >= 4096:  # keep 14 keys a document, not its shingles
+                shingles.append(text)
+                if len(shingles) >= 1024:  # keep 14 keys a document, not its text
                     keys.append(_band_keys(_HASHERS[job.seed], shingles))
             else:
                 keys.append(exact_key(text))
@@ -84,6 +93,8 @@ def run_scan(job: ScanJob, progress: Any = None) -> list[dict[str, Any]]:
             report(pending, 0)
             pending = 0
     report(pending, 0)
+    if ids and (ids[-1] & ((1 << OFFSET_BITS) - 1)) != ids[-1] - base:  # offsets only grow
+        raise BadInput(f"{src.name}: a document starts beyond 1 TiB of one source; split the file")
     id_arr = np.asarray(ids, dtype=np.uint64)
     size_arr = np.asarray(sizes, dtype=np.uint32)
     if job.mode == "minhash":
@@ -109,12 +120,12 @@ def run_scan(job: ScanJob, progress: Any = None) -> list[dict[str, Any]]:
 
 
 def _band_keys(hasher: MinHasher, shingles: list[Any]) -> Any:
-    """Band keys of the buffered documents' shingle hashes (and empty the buffer)."""
+    """Band keys of the buffered documents (and empty the buffer)."""
     import numpy as np
 
     if not shingles:
         return np.empty((0, BANDS), dtype=np.uint64)
-    keys = hasher.band_keys(hasher.signatures(shingles))
+    keys = hasher.band_keys(hasher.signatures(*hasher.shingle_hashes(shingles)))
     shingles.clear()
     return keys
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from artifacts.run import RUN_REF, Run
 from trainer.errors import TrainerError
@@ -226,9 +226,11 @@ def fetch_local(src: Source, scratch: Path, tag: str = "") -> Path:
     return dest
 
 
-@dataclass(frozen=True)
-class Doc:
-    """One document: its text and where it starts (byte offset in the decompressed stream, line)."""
+class Doc(NamedTuple):
+    """One document: its text and where it starts (byte offset in the decompressed stream, line).
+
+    A named tuple, not a frozen dataclass: made once per document, it costs ~0.3 µs instead of ~1.5.
+    """
 
     text: str
     offset: int

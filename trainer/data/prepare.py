@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -194,6 +195,8 @@ def _build(
         errors = run_units(jobs, n_workers, progress)
     finally:
         progress.close()
+        # S3 objects downloaded for the tokenizer sample, the dedup scan or shared lanes
+        shutil.rmtree(scratch / "prepare" / "sources", ignore_errors=True)
     if errors:
         raise fail(store, fp, errors[0], node_count == 1)
     if not lead:

@@ -64,7 +64,7 @@ def run_scan(job: ScanJob, progress: Any = None) -> list[dict[str, Any]]:
     report = progress or queue_report
     unit, src = job.unit, job.unit.source
     store = open_store(job.cache_uri)
-    local = fetch_local(src, Path(job.scratch) / "sources", unit.download_tag)
+    local = fetch_local(src, Path(job.scratch) / "sources")
     bands, words = key_width(job.mode)
     if job.mode == "minhash" and job.seed not in _HASHERS:
         _HASHERS[job.seed] = MinHasher(job.seed)
@@ -114,9 +114,7 @@ def run_scan(job: ScanJob, progress: Any = None) -> list[dict[str, Any]]:
         store.put_bytes(part_key(job.fp, p, unit.index), buf.getvalue())
     marker = {"unit": unit.index, "kept": len(ids), "seconds": round(time.monotonic() - t0, 3)}
     store.put_bytes(scan_marker_key(job.fp, unit.index), json.dumps(marker).encode())
-    if not src.local and unit.lanes > 1:
-        local.unlink(missing_ok=True)  # a lane's own copy; a whole object stays for the tokenizer
-    return [marker]
+    return [marker]  # a downloaded object stays for the tokenizer pass
 
 
 def _band_keys(hasher: MinHasher, shingles: list[Any]) -> Any:

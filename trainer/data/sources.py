@@ -209,20 +209,30 @@ def open_binary(path: Path, compression: str) -> BinaryIO:
     return path.open("rb")
 
 
-def fetch_local(src: Source, scratch: Path, tag: str = "") -> Path:
-    """A local path holding the source's bytes: itself, or a download into ``scratch`` (kept once
-    complete); ``tag`` keeps the copies of units read at once apart (each deletes its own)."""
+def fetch_local(src: Source, scratch: Path) -> Path:
+    """A local path holding the source's bytes: itself, or one download into ``scratch`` per node.
+
+    The lanes of one object run in several workers at once: a file lock makes the first download
+    it and the others wait and share it (S3 traffic once per node, not once per lane).
+    """
     if src.local:
         return Path(src.uri)
+    import fcntl
+
     from artifacts.store import open_store
 
-    dest = scratch / (hashlib.sha256(src.identity.encode() + src.uri.encode()).hexdigest()[:20] + tag)
+    dest = scratch / hashlib.sha256(src.identity.encode() + src.uri.encode()).hexdigest()[:20]
     if dest.is_file() and dest.stat().st_size == src.size:
         return dest
-    parent, _, leaf = src.uri.rpartition("/")
-    tmp = dest.with_suffix(".part")
-    open_store(parent).download_file(leaf, tmp)
-    tmp.replace(dest)
+    scratch.mkdir(parents=True, exist_ok=True)
+    with dest.with_suffix(".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if dest.is_file() and dest.stat().st_size == src.size:
+            return dest
+        parent, _, leaf = src.uri.rpartition("/")
+        tmp = dest.with_suffix(f".{os.getpid()}.part")
+        open_store(parent).download_file(leaf, tmp)
+        tmp.replace(dest)
     return dest
 
 

@@ -52,11 +52,6 @@ class Unit:
     def nbytes(self) -> int:
         return ((self.source.size if self.end < 0 else self.end) - self.start) // self.lanes
 
-    @property
-    def download_tag(self) -> str:
-        """Lanes read one object at once, each from its own download (it deletes it when done)."""
-        return f"-u{self.index}" if self.lanes > 1 else ""
-
     def docs(self, path: Path, skip_to: int = 0) -> Any:
         """:func:`~trainer.data.sources.iter_docs` over this unit's share of ``path``."""
         end = None if self.end < 0 else self.end
@@ -162,7 +157,7 @@ def run_job(job: Job, progress: Callable[[int, int], None] | None = None) -> lis
     tok = _tokenizer(job.tokenizer_json)
     unit, src = job.unit, job.unit.source
     store = open_store(job.cache_uri)
-    local = fetch_local(src, Path(job.scratch) / "sources", unit.download_tag)
+    local = fetch_local(src, Path(job.scratch) / "sources")
     out = Path(job.scratch) / "shards" / job.fp
     markers: list[dict[str, Any]] = []
     part = job.first_part
@@ -260,8 +255,9 @@ def run_job(job: Job, progress: Callable[[int, int], None] | None = None) -> lis
             gc.enable()
     report(pending, 0)
     commit(done=True)
-    if not src.local:
+    if not src.local and unit.lanes == 1:
         local.unlink(missing_ok=True)  # bounded disk: a downloaded source lives for one unit
+        # (lanes share one download, removed with the scratch sources when preparation ends)
     return markers
 
 

@@ -89,3 +89,15 @@ def test_counts_per_reason_reach_the_report(tmp_path: Path) -> None:
     dropped = {k: v["documents"] for k, v in report["dropped"].items() if v["documents"]}
     assert dropped == {k: v for k, v in expected.items() if k}
     assert report["documents_out"] == res.metadata["docs"] == report["documents_in"] - n_dropped
+
+
+def test_docs_name_every_data_and_clean_key() -> None:
+    """docs/trainer.md is where a user looks a key up: every [data] and [data.clean] key is there."""
+    import dataclasses
+
+    from trainer.data.config import DataConfig
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "trainer.md").read_text()
+    missing = [f.name for f in dataclasses.fields(DataConfig) if f"`{f.name}`" not in doc and f"data.{f.name}" not in doc]
+    missing += [f"clean.{f.name}" for f in dataclasses.fields(CleanConfig) if f"data.clean.{f.name}" not in doc]
+    assert not missing

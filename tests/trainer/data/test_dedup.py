@@ -239,3 +239,29 @@ def test_a_compressed_source_is_split_into_lanes_across_workers(tmp_path: Path) 
     assert total(res.metadata) == total(ref.metadata)
     markers = {json.loads(p.read_text())["unit"] for p in (tmp_path / "r" / CACHE_PREFIX).glob("_parts/*/u*.json")}
     assert markers == {u.index for u in units}  # every lane committed its own shards
+
+
+def test_the_lanes_of_an_s3_object_share_one_download_per_node(tmp_path: Path, monkeypatch) -> None:
+    import boto3
+    import zstandard
+    from moto import mock_aws
+
+    from artifacts.s3 import S3Store
+
+    text = generate_corpus(60_000, seed=4)
+    downloads: list[str] = []
+    real = S3Store.download_file
+    monkeypatch.setattr(
+        S3Store, "download_file", lambda self, key, path, **kw: downloads.append(key) or real(self, key, path, **kw)
+    )
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="corpus")
+        s3.put_object(Bucket="corpus", Key="c/all.txt.zst", Body=zstandard.ZstdCompressor().compress(text.encode()))
+        cfg = make_cfg(["s3://corpus/c/"], shard_bytes=8192)
+        sources = prep.config_sources(cfg.data, cfg.source, None, tmp_path / "w")
+        assert len(plan.all_units(sources, 8192)) >= 2  # several lanes of one object
+        res = run(cfg, tmp_path / "r", tmp_path / "w")
+    assert downloads == ["all.txt.zst"]  # tokenizer sample, dedup scan and every lane: one download
+    assert res.metadata["docs"] == sum(1 for ln in text.splitlines() if ln.strip())
+    assert not (tmp_path / "w" / "prepare" / "sources").exists()  # removed when preparation ends

@@ -122,58 +122,72 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--skip-s3", action="store_true")
     ap.add_argument("--rss-modes", default="exact", help="comma-separated dedup modes of the RSS runs")
+    ap.add_argument("--parts", default="correctness,cost,zst,rss", help="which measurements to run")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
+    parts = set(a.parts.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="bench-dedup-"))
     results: dict = {"args": vars(a)}
     try:
-        results["correctness"] = [correctness(tmp, a.docs, m) for m in ("exact", "minhash")]
-        print(json.dumps(results["correctness"], indent=1), flush=True)
+        if "correctness" in parts:
+            results["correctness"] = [correctness(tmp, a.docs, m) for m in ("exact", "minhash")]
+            print(json.dumps(results["correctness"], indent=1), flush=True)
 
         corpus = write_corpus(tmp / "cost", a.mb * 10**6)
         tok = train_tokenizer(corpus, tmp / "tok")
         base_cfg = recipe(tmp, "cost", corpus, tok, 16)
-        walls: dict[str, list[float]] = {"off": [], "exact": [], "minhash": []}
-        cpus: dict[str, list[float]] = {m: [] for m in walls}
-        for r in range(a.rounds):
-            for mode in walls:
-                run = tmp / f"run-{mode}-{r}"
-                t = timed_prepare(with_dedup(base_cfg, mode), run, 2)
-                walls[mode].append(t["wall_s"])
-                cpus[mode].append(t["cpu_s"])
-                shutil.rmtree(run)
-                shutil.rmtree(tmp / "scratch", ignore_errors=True)
-        med = {m: statistics.median(w) for m, w in walls.items()}
-        cpu = {m: statistics.median(c) for m, c in cpus.items()}
-        results["cost"] = {"walls": walls, "cpu_s": cpus, "median": med,
-                           "exact_vs_off": med["exact"] / med["off"],
-                           "minhash_vs_off": med["minhash"] / med["off"],
-                           "cpu_exact_vs_off": cpu["exact"] / cpu["off"],
-                           "cpu_minhash_vs_off": cpu["minhash"] / cpu["off"]}  # fmt: skip
-        print(json.dumps(results["cost"], indent=1), flush=True)
-
-        results["zst"] = zst_lanes(tmp, a.zst_mb, tok, a.skip_s3)
-        print(json.dumps(results["zst"], indent=1), flush=True)
-
-        rss = {}
-        for mb in (a.small_mb, a.big_mb):
-            folder = write_corpus(tmp / f"rss-{mb}", mb * 10**6)
-            cfg = recipe(tmp, f"rss{mb}", folder, tok, 16)
-            for mode in a.rss_modes.split(","):
-                run = tmp / f"run-rss-{mb}-{mode}"
-                rss[f"{mb}MB-{mode}"] = timed_prepare(with_dedup(cfg, mode), run, 2)
-                shutil.rmtree(run)
-                shutil.rmtree(tmp / "scratch", ignore_errors=True)
-            shutil.rmtree(folder)
-        for mode in a.rss_modes.split(","):
-            rss[f"ratio-{mode}"] = (rss[f"{a.big_mb}MB-{mode}"]["peak_tree_rss_mb"]
-                                    / rss[f"{a.small_mb}MB-{mode}"]["peak_tree_rss_mb"])  # fmt: skip
-        results["rss"] = rss
-        print(json.dumps(rss, indent=1), flush=True)
+        if "cost" in parts:
+            results["cost"] = cost(tmp, base_cfg, a.rounds)
+            print(json.dumps(results["cost"], indent=1), flush=True)
+        if "zst" in parts:
+            results["zst"] = zst_lanes(tmp, a.zst_mb, tok, a.skip_s3)
+            print(json.dumps(results["zst"], indent=1), flush=True)
+        if "rss" in parts:
+            results["rss"] = rss_runs(tmp, tok, a)
+            print(json.dumps(results["rss"], indent=1), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=1))
+
+
+def cost(tmp: Path, base_cfg: Path, rounds: int) -> dict:
+    """prepare-data with dedup off / exact / minhash on one corpus, interleaved rounds."""
+    walls: dict[str, list[float]] = {"off": [], "exact": [], "minhash": []}
+    cpus: dict[str, list[float]] = {m: [] for m in walls}
+    for r in range(rounds):
+        for mode in walls:
+            run = tmp / f"run-{mode}-{r}"
+            t = timed_prepare(with_dedup(base_cfg, mode), run, 2)
+            walls[mode].append(t["wall_s"])
+            cpus[mode].append(t["cpu_s"])
+            shutil.rmtree(run)
+            shutil.rmtree(tmp / "scratch", ignore_errors=True)
+    med = {m: statistics.median(w) for m, w in walls.items()}
+    cpu = {m: statistics.median(c) for m, c in cpus.items()}
+    return {"walls": walls, "cpu_s": cpus, "median": med,
+            "exact_vs_off": med["exact"] / med["off"],
+            "minhash_vs_off": med["minhash"] / med["off"],
+            "cpu_exact_vs_off": cpu["exact"] / cpu["off"],
+            "cpu_minhash_vs_off": cpu["minhash"] / cpu["off"]}  # fmt: skip
+
+
+def rss_runs(tmp: Path, tok: Path, a: argparse.Namespace) -> dict:
+    """Peak RSS of the process tree, small vs big corpus, per dedup mode."""
+    rss = {}
+    for mb in (a.small_mb, a.big_mb):
+        folder = write_corpus(tmp / f"rss-{mb}", mb * 10**6)
+        cfg = recipe(tmp, f"rss{mb}", folder, tok, 16)
+        for mode in a.rss_modes.split(","):
+            run = tmp / f"run-rss-{mb}-{mode}"
+            rss[f"{mb}MB-{mode}"] = timed_prepare(with_dedup(cfg, mode), run, 2)
+            shutil.rmtree(run)
+            shutil.rmtree(tmp / "scratch", ignore_errors=True)
+        shutil.rmtree(folder)
+    for mode in a.rss_modes.split(","):
+        rss[f"ratio-{mode}"] = (rss[f"{a.big_mb}MB-{mode}"]["peak_tree_rss_mb"]
+                                / rss[f"{a.small_mb}MB-{mode}"]["peak_tree_rss_mb"])  # fmt: skip
+    return rss
 
 
 def zst_lanes(tmp: Path, mb: int, tok: Path, skip_s3: bool) -> dict:

@@ -74,11 +74,12 @@ class MinHasher:
 
     ROW_LIMIT = 1 << 15  # shingles per numpy call: 32 k × 112 × 4 B = 14 MB
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, permutations: tuple[Any, Any]) -> None:
+        """``permutations``: :func:`permutations` of the seed (made once in the parent: importing
+        datasketch costs ~0.7 s, which every spawned worker would pay again)."""
         import numpy as np
-        from datasketch import MinHash
 
-        a, b = MinHash(num_perm=BANDS * ROWS, seed=seed).permutations
+        a, b = permutations
         self._a, self._b = np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32)
         self._mix = np.array(
             [0x9E3779B97F4A7C15 * (2 * i + 1) % (1 << 64) for i in range(ROWS)], dtype=np.uint64
@@ -173,6 +174,14 @@ def _word_crcs(text: str) -> list[int]:
         words = [w.encode() for w in _NONWORD.sub(" ", text.lower()).split()]
     crcs = list(map(zlib.crc32, words))
     return crcs + [0] * (NGRAM - len(crcs)) if len(crcs) < NGRAM else crcs
+
+
+def permutations(seed: int) -> tuple[Any, Any]:
+    """datasketch's 112 affine32 permutations (a, b) of ``seed``."""
+    from datasketch import MinHash
+
+    a, b = MinHash(num_perm=BANDS * ROWS, seed=seed).permutations
+    return a, b
 
 
 def key_width(mode: str) -> tuple[int, int]:

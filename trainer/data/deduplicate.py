@@ -21,7 +21,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.data.dedup import BANDS, clusters, dropped, join_partition, key_width, split_id
+from trainer.data.dedup import (
+    BANDS,
+    clusters,
+    dropped,
+    join_partition,
+    key_width,
+    permutations,
+    split_id,
+)
 from trainer.data.pool import run_units
 from trainer.data.progress import Progress, record_status
 from trainer.data.scan import ScanJob, part_key, run_scan, run_scan_checked, scan_marker_key
@@ -77,8 +85,9 @@ def run_dedup(
     out = DedupResult()
     t0 = time.monotonic()
     done = {o.key for o in store.list(f"_dedup/{fp}/scan")}
+    perms = permutations(job_args["seed"]) if mode == "minhash" else None
     jobs = [
-        ScanJob(u, mode, partitions=parts, **job_args)
+        ScanJob(u, mode, partitions=parts, permutations=perms, **job_args)
         for u in mine
         if scan_marker_key(fp, u.index) not in done
     ]

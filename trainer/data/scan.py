@@ -24,6 +24,7 @@ from trainer.data.dedup import (
     exact_key,
     key_width,
     partition_of,
+    permutations,
 )
 from trainer.data.sources import BadInput, Doc, fetch_local
 from trainer.data.worker import Unit, queue_report
@@ -41,6 +42,8 @@ class ScanJob:
     cache_uri: str
     fp: str
     scratch: str
+    permutations: tuple[Any, Any] | None = None
+    """``minhash``: the seed's permutations (:func:`trainer.data.dedup.permutations`)."""
 
 
 def scan_marker_key(fp: str, unit: int) -> str:
@@ -51,7 +54,6 @@ def part_key(fp: str, partition: int, unit: int) -> str:
     return f"_dedup/{fp}/p{partition:04d}/u{unit:05d}.npz"
 
 
-_HASHERS: dict[int, MinHasher] = {}
 
 
 def run_scan(job: ScanJob, progress: Any = None) -> list[dict[str, Any]]:
@@ -66,8 +68,9 @@ def run_scan(job: ScanJob, progress: Any = None) -> list[dict[str, Any]]:
     store = open_store(job.cache_uri)
     local = fetch_local(src, Path(job.scratch) / "sources")
     bands, words = key_width(job.mode)
-    if job.mode == "minhash" and job.seed not in _HASHERS:
-        _HASHERS[job.seed] = MinHasher(job.seed)
+    hasher = None
+    if job.mode == "minhash":
+        hasher = MinHasher(job.permutations or permutations(job.seed))
     ids: list[int] = []
     sizes: list[int] = []
     keys: list[Any] = []
@@ -86,7 +89,7 @@ def run_scan(job: ScanJob, progress: Any = None) -> list[dict[str, Any]]:
             if job.mode == "minhash":
                 shingles.append(text)
                 if len(shingles) >= 1024:  # keep 14 keys a document, not its text
-                    keys.append(_band_keys(_HASHERS[job.seed], shingles))
+                    keys.append(_band_keys(hasher, shingles))
             else:
                 keys.append(exact_key(text))
         if pending >= 1 << 20:
@@ -98,7 +101,7 @@ def run_scan(job: ScanJob, progress: Any = None) -> list[dict[str, Any]]:
     id_arr = np.asarray(ids, dtype=np.uint64)
     size_arr = np.asarray(sizes, dtype=np.uint32)
     if job.mode == "minhash":
-        keys.append(_band_keys(_HASHERS[job.seed], shingles))
+        keys.append(_band_keys(hasher, shingles))
         key_arr = np.concatenate(keys).reshape(len(ids), bands, words)
     else:
         key_arr = np.frombuffer(b"".join(keys), dtype=np.uint64).reshape(len(ids), bands, words)

@@ -65,7 +65,7 @@ def test_join_keeps_the_lowest_id_whatever_the_order() -> None:
 def test_batched_signatures_are_datasketch_minhash_and_estimate_jaccard() -> None:
     from datasketch import MinHash
 
-    hasher = dedup.MinHasher(seed=42)
+    hasher = dedup.MinHasher(dedup.permutations(42))
     texts = [t for _, _, t in planted_corpus(6, exact=0, near=0)] + ["Één, two!", "", "x " * 40_000]
     hashes, counts = hasher.shingle_hashes(texts)
     assert counts.tolist()[-3:] == [1, 1, 40_000 - 4]  # short documents are one padded 5-gram

@@ -265,3 +265,24 @@ def test_the_lanes_of_an_s3_object_share_one_download_per_node(tmp_path: Path, m
     assert downloads == ["all.txt.zst"]  # tokenizer sample, dedup scan and every lane: one download
     assert res.metadata["docs"] == sum(1 for ln in text.splitlines() if ln.strip())
     assert not (tmp_path / "w" / "prepare" / "sources").exists()  # removed when preparation ends
+
+
+def test_invoke_prepare_data_prints_the_report(tmp_path: Path, capsys) -> None:
+    from trainer.cli import prepare_data
+
+    src = tmp_path / "src" / "corpus.txt"
+    corpus = write_planted(src, docs=60, exact=0.5, near=0.0)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'[run]\nname = "t"\nscratch_dir = "{tmp_path / "scratch"}"\n'
+        f'[data]\ntrain_files = ["{src}"]\nvocab_size = 300\nblock_size = 32\nval_fraction = 0.1\n'
+        "tokenizer_sample_bytes = 20000\n"
+    )
+    for verb in ("committed", "reused"):
+        prepare_data.body(None, config=str(recipe), run=str(tmp_path / "run"), workers=1)
+        out = capsys.readouterr().out
+        n_exact = sum(k == "exact" for k, _, _ in corpus)
+        assert out.startswith(verb)
+        assert f"documents: {len(corpus):,} in, {len(corpus) - n_exact:,} out" in out
+        assert f"dropped: duplicate {n_exact}" in out and "dedup (exact):" in out
+        assert f"report: {tmp_path / 'run'}" in out and "DATA_REPORT.json" in out

@@ -286,3 +286,13 @@ def test_invoke_prepare_data_prints_the_report(tmp_path: Path, capsys) -> None:
         assert f"documents: {len(corpus):,} in, {len(corpus) - n_exact:,} out" in out
         assert f"dropped: duplicate {n_exact}" in out and "dedup (exact):" in out
         assert f"report: {tmp_path / 'run'}" in out and "DATA_REPORT.json" in out
+
+
+def test_invoke_status_names_the_preparation_stage() -> None:
+    from trainer.launch.lifecycle import data_prep_line
+
+    scan = {"stage": "dedup-scan", "bytes_done": 5e8, "bytes_total": 1e9, "mb_per_s": 40.0, "eta_s": 600}
+    assert data_prep_line(scan).startswith("preparing data (dedup scan): 50.0% of 1.00 GB")
+    assert "joining" in data_prep_line({"stage": "dedup-join"})
+    assert data_prep_line({**scan, "stage": "tokenizing"}).startswith("preparing data (tokenizing)")
+    assert "tokenizer" in data_prep_line({"stage": "tokenizer"})

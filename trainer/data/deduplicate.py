@@ -3,7 +3,7 @@
 1. Scan (worker pool, :mod:`trainer.data.scan`): every node keys its own units (the same units it
    tokenizes later) and stores the keys by partition.
 2. Join: once every unit of every node is scanned, node ``r`` joins the partitions ``p`` with
-   ``p % node_count == r`` (one partition in memory at a time) into duplicate edges,
+   ``p % node_count == r`` in its worker pool (one partition in memory per worker) into duplicate edges,
    ``_dedup/<fp>/edges/p<p>.npz``.
 3. Clusters: every node reads all edges (duplicates only, not the corpus) and computes the same
    clusters and drop set (:func:`trainer.data.dedup.clusters`); its tokenizer workers skip the
@@ -15,7 +15,6 @@ Each step is committed in the store, so a relaunch resumes after the last one do
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,14 +24,22 @@ from trainer.data.dedup import (
     BANDS,
     clusters,
     dropped,
-    join_partition,
     key_width,
     permutations,
     split_id,
 )
 from trainer.data.pool import run_units
 from trainer.data.progress import Progress, record_status
-from trainer.data.scan import ScanJob, part_key, run_scan, run_scan_checked, scan_marker_key
+from trainer.data.scan import (
+    JoinJob,
+    ScanJob,
+    edges_key,
+    load_npz,
+    run_join,
+    run_scan,
+    run_scan_checked,
+    scan_marker_key,
+)
 from trainer.data.shards import fail, wait_for_any
 from trainer.data.sources import Source
 from trainer.data.worker import Unit
@@ -108,31 +115,22 @@ def run_dedup(
     if writer is not None:
         record_status(writer, {"stage": "dedup-join", "bytes_done": 0, "bytes_total": 0})
     bands, _ = key_width(mode)
-    for p in range(node_rank, parts, node_count):
-        key = edges_key(fp, p)
-        if store.exists(key):
-            continue
-        edges, ids, sizes = [], [], []
-        loaded = [_load(store, part_key(fp, p, u.index)) for u in every]
-        for b in range(bands):
-            b_ids = np.concatenate([z[f"id{b}"] for z in loaded])
-            b_keys = np.concatenate([z[f"key{b}"] for z in loaded])
-            edges.append(join_partition(b_ids, b_keys))
-            ids.append(b_ids)
-            sizes.append(np.concatenate([z[f"size{b}"] for z in loaded]))
-        e = np.concatenate(edges)
-        all_ids, all_sizes = np.concatenate(ids), np.concatenate(sizes)
-        involved = np.isin(all_ids, e.ravel())
-        buf = io.BytesIO()
-        np.savez(buf, edges=e, ids=all_ids[involved], sizes=all_sizes[involved])
-        store.put_bytes(key, buf.getvalue())
-        del loaded
+    joins = [
+        JoinJob(p, tuple(u.index for u in every), bands, job_args["cache_uri"], fp)
+        for p in range(node_rank, parts, node_count)
+        if not store.exists(edges_key(fp, p))
+    ]
+    progress = Progress(0, writer, bar=False, stage="dedup-join")
+    try:
+        run_units(joins, workers, progress, run_join, run_join)
+    finally:
+        progress.close()
     edge_keys = [edges_key(fp, p) for p in range(parts)]
     _wait(store, fp, since, f"_dedup/{fp}/edges", edge_keys, "other nodes' dedup joins")
     out.seconds["dedup_join"] = round(time.monotonic() - t1, 3)
 
     t2 = time.monotonic()
-    zs = [_load(store, k) for k in edge_keys]
+    zs = [load_npz(store, k) for k in edge_keys]
     members, labels = clusters(np.concatenate([z["edges"] for z in zs]))
     size_of = dict(
         zip(
@@ -153,17 +151,6 @@ def run_dedup(
         mode, out.summary["dropped_docs"], out.summary["clusters"],
     )  # fmt: skip
     return out
-
-
-def _load(store: Any, key: str) -> Any:
-    import numpy as np
-
-    with np.load(io.BytesIO(store.get_bytes(key))) as z:
-        return {k: z[k] for k in z.files}
-
-
-def edges_key(fp: str, partition: int) -> str:
-    return f"_dedup/{fp}/edges/p{partition:04d}.npz"
 
 
 def _wait(store: Any, fp: str, since: float, prefix: str, keys: list[str], what: str) -> None:

@@ -1,9 +1,14 @@
-"""The dedup scan of one unit, in a worker process: clean each document, key it, store the keys by partition.
+"""The dedup stage's work in worker processes: a unit's scan, and a key partition's join.
+
+Scan: clean each document of a unit, key it, store the keys by partition.
 
 For every partition ``p`` the unit writes ``_dedup/<fp>/p<p>/u<unit>.npz`` (per band: the ids of
 the documents whose band key falls in ``p``, the keys, the documents' byte sizes), then the marker
 ``_dedup/<fp>/scan/u<unit>.json`` that commits them (a relaunch skips a committed unit). No text
 is stored: only ids (source index and offset), keys and sizes.
+
+Join (:func:`run_join`): one partition's keys from every unit, joined into edges (id, lowest id
+sharing a key), ``_dedup/<fp>/edges/p<p>.npz``; partitions run in parallel in the pool.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from trainer.data.dedup import (
     MinHasher,
     doc_id,
     exact_key,
+    join_partition,
     key_width,
     partition_of,
     permutations,
@@ -129,6 +135,52 @@ def _band_keys(hasher: MinHasher, shingles: list[Any]) -> Any:
     keys = hasher.band_keys(hasher.signatures(*hasher.shingle_hashes(shingles)))
     shingles.clear()
     return keys
+
+
+@dataclass(frozen=True)
+class JoinJob:
+    """One key partition to join (picklable): every unit's file of it, in unit order."""
+
+    partition: int
+    units: tuple[int, ...]
+    bands: int
+    cache_uri: str
+    fp: str
+
+
+def edges_key(fp: str, partition: int) -> str:
+    return f"_dedup/{fp}/edges/p{partition:04d}.npz"
+
+
+def load_npz(store: Any, key: str) -> dict[str, Any]:
+    import numpy as np
+
+    with np.load(io.BytesIO(store.get_bytes(key))) as z:
+        return {k: z[k] for k in z.files}
+
+
+def run_join(job: JoinJob, progress: Any = None) -> list[dict[str, Any]]:
+    """Join one partition (its keys in memory, nothing else) into duplicate edges; commit them."""
+    import numpy as np
+
+    from artifacts.store import open_store
+
+    store = open_store(job.cache_uri)
+    loaded = [load_npz(store, part_key(job.fp, job.partition, u)) for u in job.units]
+    edges, ids, sizes = [], [], []
+    for b in range(job.bands):
+        b_ids = np.concatenate([z[f"id{b}"] for z in loaded])
+        edges.append(join_partition(b_ids, np.concatenate([z[f"key{b}"] for z in loaded])))
+        ids.append(b_ids)
+        sizes.append(np.concatenate([z[f"size{b}"] for z in loaded]))
+    del loaded
+    e = np.concatenate(edges)
+    all_ids, all_sizes = np.concatenate(ids), np.concatenate(sizes)
+    involved = np.isin(all_ids, e.ravel())
+    buf = io.BytesIO()
+    np.savez(buf, edges=e, ids=all_ids[involved], sizes=all_sizes[involved])
+    store.put_bytes(edges_key(job.fp, job.partition), buf.getvalue())
+    return [{"partition": job.partition, "edges": len(e)}]
 
 
 def run_scan_checked(job: ScanJob) -> list[dict[str, Any]]:

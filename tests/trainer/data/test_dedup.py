@@ -119,19 +119,20 @@ def test_exact_removes_every_copy_keeps_one_and_reports_clusters(tmp_path: Path)
     assert not list((tmp_path / "r" / CACHE_PREFIX).glob("_dedup/*/*"))
 
 
-def test_minhash_removes_near_copies_exact_does_not(tmp_path: Path) -> None:
+def test_minhash_removes_near_copies_exact_does_not(tmp_path: Path, monkeypatch) -> None:
     src = tmp_path / "src" / "corpus.txt"
     corpus = write_planted(src, docs=120, exact=0.1, near=0.2)
     n_exact = sum(k == "exact" for k, _, _ in corpus)
     n_near = sum(k == "near" for k, _, _ in corpus)
     a = run(make_cfg([src]), tmp_path / "re", tmp_path / "we")
-    b = run(make_cfg([src], dedup="minhash"), tmp_path / "rm", tmp_path / "wm")
+    monkeypatch.setattr("trainer.data.deduplicate.PARTITION_BYTES", 60_000)  # several partitions
+    b = run(make_cfg([src], dedup="minhash"), tmp_path / "rm", tmp_path / "wm", workers=2)  # joined in the pool
     _, exact_report = committed(tmp_path / "re")
     _, minhash_report = committed(tmp_path / "rm")
     assert exact_report["dropped"]["duplicate"]["documents"] == n_exact
     removed = minhash_report["dropped"]["duplicate"]["documents"]
     assert n_exact + 0.95 * n_near <= removed <= n_exact + n_near
-    assert a.fingerprint != b.fingerprint
+    assert a.fingerprint != b.fingerprint and minhash_report["dedup"]["partitions"] > 1
     assert minhash_report["dedup"]["bands"] == 14 and minhash_report["settings"]["dedup"] == "minhash"
 
 

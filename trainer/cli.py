@@ -13,7 +13,7 @@ from trainer.errors import TrainerError
         "config": "run recipe TOML (its [data] section says what to prepare)",
         "run": "run prefix URI or path (default: [run] uri, else a fresh runs/<name>-<time>)",
         "workers": "tokenizer processes (default: data.workers, 0 = one per CPU core)",
-        "node_rank": "this node's index on a cluster (each node takes a disjoint set of sources)",
+        "node_rank": "this node's index on a cluster (each node takes a disjoint set of units)",
         "node_count": "nodes preparing together (node 0 commits the manifest once all are done)",
     }
 )
@@ -23,8 +23,11 @@ def prepare_data(c, config, run=None, workers=0, node_rank=0, node_count=1):
 
     Sources: local files/folders/globs and s3:// prefixes; plain text (a document per line),
     .jsonl with a "text" field, .gz and .zst. Trains the tokenizer on a bounded seeded sample
-    (or uses data.tokenizer), tokenizes in parallel processes, writes fixed-size shards each
-    committed as it is done and the manifest last. Rerunning reuses a matching cache or finishes
+    (or uses data.tokenizer), cleans every document ([data.clean]), removes duplicates across
+    the corpus and the nodes (data.dedup: exact by default, minhash, off), tokenizes in parallel
+    processes (big files and compressed/S3 objects shared by byte ranges or lanes), writes
+    fixed-size shards each committed as it is done, DATA_REPORT.json and the manifest last, and
+    prints the report (documents in/out, dropped per reason, duplicate clusters, time per stage). Rerunning reuses a matching cache or finishes
     an interrupted one. `invoke pretrain` and the trainer run this too when the cache is missing.
     """
     from artifacts.logs import init_logging
@@ -39,6 +42,14 @@ def prepare_data(c, config, run=None, workers=0, node_rank=0, node_count=1):
         f"{meta.get('val_tokens', 0):,} validation tokens in {len(meta.get('train', []))} + "
         f"{len(meta.get('val', []))} shards (fingerprint {prepared.fingerprint})"
     )
+    from trainer.data.prepare import read_report
+    from trainer.data.report import REPORT_NAME, report_lines
+
+    report = read_report(prepared.cache_uri)
+    if report is not None:
+        for line in report_lines(report):
+            print(f"  {line}")
+        print(f"  report: {prepared.cache_uri.rstrip('/')}/{REPORT_NAME}")
     print(f"train on it: invoke pretrain --local --config {config} --run {run_uri}")
 
 

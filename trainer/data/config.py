@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from artifacts.config import check as _check
+from trainer.data.clean import CleanConfig
+from trainer.data.dedup import MODES
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,11 @@ class DataConfig:
     """Shards whose blocks are shuffled together; memory and local disk grow with it, not with the corpus."""
     local_cache_shards: int = 8
     """Shards kept in the node-local cache when training reads them from a remote store (least recently used evicted)."""
+    dedup: str = field(default="exact", metadata={"choices": MODES})
+    """Duplicate removal before tokenizing: ``exact`` (same text up to whitespace), ``minhash``
+    (FineWeb's near-duplicates: 5-grams, 14 bands × 8 hashes) or ``off`` (``trainer.data.dedup``)."""
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    """``[data.clean]``: NFC, control characters, length and Gopher filters (``trainer.data.clean``)."""
 
     def __post_init__(self) -> None:
         _check(

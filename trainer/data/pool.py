@@ -7,23 +7,36 @@ redoes the unit in flight next time.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from trainer.data.progress import Progress
-from trainer.data.worker import Job
 
 
-def run_units(jobs: list[Job], workers: int, progress: Progress) -> list[str]:
-    """Run the jobs (in-process for one worker, else a spawn pool); returns bad-input messages."""
-    from trainer.data.worker import init_worker, run_job, run_job_checked
+def run_units(
+    jobs: Sequence[Any],
+    workers: int,
+    progress: Progress,
+    run: Callable[..., Any] | None = None,
+    checked: Callable[[Any], Any] | None = None,
+) -> list[str]:
+    """Run the jobs (in-process for one worker, else a spawn pool); returns bad-input messages.
 
+    ``run(job, progress)`` and its pool form ``checked(job)`` (module-level, so it pickles) default
+    to the tokenizer's; the dedup scan passes its own.
+    """
+    from trainer.data import worker
+    from trainer.data.worker import init_worker
+
+    run = run or worker.run_job
+    checked = checked or worker.run_job_checked
     errors: list[str] = []
     if workers <= 1 or len(jobs) <= 1:
         from trainer.data.sources import BadInput
 
         for job in jobs:
             try:
-                run_job(job, progress.advance)
+                run(job, progress.advance)
             except BadInput as err:
                 errors.append(str(err))
                 break
@@ -37,7 +50,7 @@ def run_units(jobs: list[Job], workers: int, progress: Progress) -> list[str]:
     with ProcessPoolExecutor(
         max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=init_worker, initargs=(q,)
     ) as pool:
-        pending = {pool.submit(run_job_checked, job) for job in jobs}
+        pending = {pool.submit(checked, job) for job in jobs}
         try:
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)

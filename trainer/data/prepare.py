@@ -4,20 +4,25 @@ Its own step, run before any training collective exists (``invoke prepare-data``
 pretrain``, or the trainer itself before ``torch.distributed`` starts; ``python -m
 trainer.data.prepare`` on a node). Steps:
 
-1. Resolve the sources and their content identities; the fingerprint hashes them with every
-   setting that changes the tokens (not ``block_size``: blocks are cut when training reads).
-   A committed cache with the same fingerprint is reused as it is.
+1. Resolve the sources and their content identities; the fingerprint (:mod:`trainer.data.plan`)
+   hashes them with every setting that changes the tokens, the splits or the surviving
+   documents (cleaning and dedup included). A committed cache with the same fingerprint is
+   reused as it is.
 2. Tokenizer: an existing folder (``data.tokenizer``), or a byte-level BPE trained on at most
    ``data.tokenizer_sample_bytes`` of text (sources in a seeded order, each from its start).
    Node 0 commits it under ``<fp>/tokenizer/``; other nodes wait for its marker.
-3. Units (a source, or a ~4-shard byte range of a big uncompressed local file) go to worker
-   processes (:mod:`trainer.data.worker`); on a cluster, node ``r`` of ``n`` takes the sources
-   ``i`` with ``i % n == r``. Each shard is uploaded and then committed by a marker, so a relaunch
-   redoes at most one shard per unit.
-4. Node 0 waits for every unit's last marker, checks the corpus is big enough, and writes
-   ``MANIFEST.json`` last (every shard and tokenizer file with size and SHA-256; the shard index
-   in its metadata). Bad input stops every node with one line naming the file and line; nothing
-   is committed.
+3. Units (a source, a ~4-shard byte range of a big uncompressed local file, or a lane of a
+   compressed file or S3 object) are numbered the same on every node; node ``r`` of ``n`` takes
+   the units ``u % n == r``.
+4. Dedup (``data.dedup`` ≠ ``off``, :mod:`trainer.data.deduplicate`): every node scans its units
+   (clean, key), the nodes join the keys by partition, and every node derives the same drop set.
+5. Units go to worker processes (:mod:`trainer.data.worker`): clean, skip dropped documents,
+   split validation from the survivors, tokenize. Each shard is uploaded and then committed by a
+   marker, so a relaunch redoes at most one shard per unit.
+6. Node 0 waits for every unit's last marker, checks the corpus is big enough, writes
+   ``DATA_REPORT.json`` (:mod:`trainer.data.report`) and ``MANIFEST.json`` last (every shard,
+   tokenizer file and the report with size and SHA-256; the shard index in its metadata). Bad
+   input stops every node with one line naming the file and line; nothing is committed.
 """
 
 from __future__ import annotations
@@ -26,15 +31,17 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from artifacts.run import Run
 from trainer.config import TrainerConfig
 from trainer.data.config import DataConfig
+from trainer.data.plan import all_units, fingerprint, plan_units
 from trainer.data.pool import run_units
 from trainer.data.progress import (
     Progress,
@@ -44,8 +51,8 @@ from trainer.data.progress import (
     sigterm_as_interrupt,
     status_writer,
 )
+from trainer.data.report import REPORT_NAME, build_report, encode, report_lines
 from trainer.data.shards import (
-    FORMAT,
     TOKENIZER_MARKER,
     check_size,
     clean_stale,
@@ -59,13 +66,10 @@ from trainer.data.shards import (
 )
 from trainer.data.sources import Source, resolve_sources
 from trainer.data.tokenizer import build_tokenizer, tokenizer_facts, tokenizer_identity
-from trainer.data.worker import Job, Unit
+from trainer.data.worker import Job
 from trainer.errors import TrainerError
 
 log = logging.getLogger(__name__)
-
-UNIT_SHARDS = 4  # a byte-range unit holds about this many shards of text
-
 
 @dataclass(frozen=True)
 class Prepared:
@@ -75,45 +79,6 @@ class Prepared:
     fingerprint: str
     metadata: dict[str, Any]
     reused: bool
-
-
-def fingerprint(data: DataConfig, seed: int, sources: list[Source], tokenizer_identity: str) -> str:
-    """What the shards depend on: content identities and the settings that change tokens or splits."""
-    d = data
-    payload = {
-        "format": FORMAT,
-        "seed": seed,
-        "val_fraction": d.val_fraction,
-        "vocab_size": d.vocab_size,
-        "tokenizer": tokenizer_identity,
-        "tokenizer_sample_bytes": d.tokenizer_sample_bytes,
-        "shard_bytes": d.shard_bytes,
-        "sources": [s.identity for s in sources],
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def all_units(sources: list[Source], shard_bytes: int) -> list[tuple[int, Unit]]:
-    """Every unit of the corpus as (source index, unit), numbered the same way on every node."""
-    span = shard_bytes * UNIT_SHARDS
-    units: list[tuple[int, Unit]] = []
-    for i, src in enumerate(sources):
-        ranges = [(0, -1)]
-        if src.local and not src.compression and src.size > span:
-            cuts = list(range(0, src.size, span))
-            ranges = [
-                (a, b if b < src.size else -1)
-                for a, b in zip(cuts, cuts[1:] + [src.size], strict=True)
-            ]
-        units += [(i, Unit(len(units) + k, src, a, b)) for k, (a, b) in enumerate(ranges)]
-    return units
-
-
-def plan_units(
-    sources: list[Source], shard_bytes: int, node_rank: int, node_count: int
-) -> list[Unit]:
-    """This node's units: those of the sources ``i`` with ``i % node_count == node_rank``."""
-    return [u for i, u in all_units(sources, shard_bytes) if i % node_count == node_rank]
 
 
 def prepare(
@@ -203,19 +168,35 @@ def _build(
     eos, vocab = tokenizer_facts(tok_dir)
     dtype = "uint16" if vocab <= 65535 else "uint32"
     width = 2 if dtype == "uint16" else 4
-    markers = read_markers(store, fp)
+    seconds = {"sources_tokenizer": round(time.time() - since, 3)}
     units = plan_units(sources, cfg.data.shard_bytes, node_rank, node_count)
+    every = [u for _, u in all_units(sources, cfg.data.shard_bytes)]
+    n_workers = workers or cfg.data.workers or os.cpu_count() or 1
+    dedup = None
+    if cfg.data.dedup != "off":
+        from trainer.data.deduplicate import run_dedup
+
+        job_args = {"clean": cfg.data.clean, "seed": cfg.run.seed, "cache_uri": cache_uri,
+                    "fp": fp, "scratch": str(scratch / "prepare")}  # fmt: skip
+        dedup = run_dedup(
+            cfg.data.dedup, job_args, sources, every, units, store, workers=n_workers,
+            node_rank=node_rank, node_count=node_count, since=since, writer=writer, bar=bar,
+        )  # fmt: skip
+        seconds.update(dedup.seconds)
+    t0 = time.monotonic()
+    markers = read_markers(store, fp)
     jobs, redo_bytes = [], 0
     for u in units:
         done, part, skip = resume_point(markers, u.index)
         if done:
             continue
+        drops = dedup.drops.get(u.source_index, frozenset()) if dedup else frozenset()
         jobs.append(
             Job(u, str(tok_dir / "tokenizer.json"), eos, dtype, max(1, cfg.data.shard_bytes // width),
-                cfg.run.seed, cfg.data.val_fraction, cache_uri, fp, str(scratch / "prepare"), part, skip)
+                cfg.run.seed, cfg.data.val_fraction, cache_uri, fp, str(scratch / "prepare"), part, skip,
+                cfg.data.clean, drops)
         )  # fmt: skip
         redo_bytes += u.nbytes
-    n_workers = workers or cfg.data.workers or os.cpu_count() or 1
     log.info(
         "data: %d source(s), %d unit(s) on this node, %d to do (%.1f MB), %d worker(s), cache %s",
         len(sources), len(units), len(jobs), redo_bytes / 1e6, n_workers, cache_uri,
@@ -225,34 +206,59 @@ def _build(
         errors = run_units(jobs, n_workers, progress)
     finally:
         progress.close()
+        # S3 objects downloaded for the tokenizer sample, the dedup scan or shared lanes
+        shutil.rmtree(scratch / "prepare" / "sources", ignore_errors=True)
     if errors:
         raise fail(store, fp, errors[0], node_count == 1)
     if not lead:
         while committed_metadata(store).get("fingerprint") != fp:  # not an older run's manifest
             wait_for_any(store, fp, since, "node 0 to commit the manifest")
         return Prepared(cache_uri, fp, committed_metadata(store), reused=False)
-    every = [u for _, u in all_units(sources, cfg.data.shard_bytes)]
     while True:
         markers = read_markers(store, fp)
         missing = [u.index for u in every if not resume_point(markers, u.index)[0]]
         if not missing:
             break
         wait_for_any(store, fp, since, f"{len(missing)} unit(s) of other nodes")
+    seconds["tokenizing"] = round(time.monotonic() - t0, 3)
     meta, files = shard_index(markers, every, fp, dtype, eos, vocab, sources)
     try:
         check_size(meta, cfg.data.block_size, where=cfg.source or "data")
     except TrainerError as err:
         raise fail(store, fp, str(err), node_count == 1) from None
+    seconds["total"] = round(time.time() - since, 3)
+    report = build_report(
+        markers,
+        {"clean": asdict(cfg.data.clean), "dedup": cfg.data.dedup},
+        dedup.summary if dedup else None,
+        seconds,
+        {"train": meta["train_tokens"], "val": meta["val_tokens"]},
+    )
+    body = encode(report)
+    store.put_bytes(REPORT_NAME, body)
+    report_entry = FileEntry(REPORT_NAME, len(body), hashlib.sha256(body).hexdigest())
     entries = [FileEntry(e["path"], e["size"], e["sha256"]) for e in tok_files] + files
     meta["tokenizer"] = f"{fp}/tokenizer"
-    store.put_bytes(MANIFEST_NAME, Manifest(files=entries, metadata=meta).to_json())
+    meta["report"] = REPORT_NAME
+    store.put_bytes(MANIFEST_NAME, Manifest(files=[*entries, report_entry], metadata=meta).to_json())
+    store.delete([o.key for o in store.list(f"_dedup/{fp}")])  # keys are only needed until now
     if writer is not None:
         record_prepared(writer, progress.snapshot())
     log.info(
         "data: committed %s: %d train / %d val tokens in %d+%d shards",
         cache_uri, meta["train_tokens"], meta["val_tokens"], len(meta["train"]), len(meta["val"]),
     )  # fmt: skip
+    for line in report_lines(report):
+        log.info("data: %s", line)
     return Prepared(cache_uri, fp, meta, reused=False)
+
+
+def read_report(cache_uri: str) -> dict[str, Any] | None:
+    """The committed ``DATA_REPORT.json`` of a cache (None for a cache prepared before reports)."""
+    from artifacts.store import open_store
+
+    store = open_store(cache_uri)
+    return json.loads(store.get_bytes(REPORT_NAME)) if store.exists(REPORT_NAME) else None
 
 
 def config_sources(data: DataConfig, source: str, run: Run | None, scratch: Path) -> list[Source]:

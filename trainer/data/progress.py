@@ -72,15 +72,17 @@ def sigterm_as_interrupt() -> Iterator[None]:
 class Progress:
     """A bar with MB/s, tokens/s and ETA on a terminal; a log line every 30 s and STATUS.json every 10 s."""
 
-    def __init__(self, total: int, status: Any, bar: bool) -> None:
-        """``status``: a :func:`status_writer` (node 0), or None (no status writes)."""
+    def __init__(self, total: int, status: Any, bar: bool, stage: str = "tokenizing") -> None:
+        """``status``: a :func:`status_writer` (node 0), or None (no status writes); ``stage``:
+        what ``invoke status`` says is running (``dedup-scan`` or ``tokenizing``)."""
         from tqdm.auto import tqdm
 
         self.total, self.done, self.tokens = total, 0, 0
         self.started = self._last_log = self._last_status = time.monotonic()
         self.status = status
+        self.stage = stage
         self.bar = tqdm(
-            total=total, desc="prepare-data", unit="B", unit_scale=True, unit_divisor=1024,
+            total=total, desc=f"prepare-data ({stage})", unit="B", unit_scale=True, unit_divisor=1024,
             disable=None if bar else True, leave=False,
         )  # fmt: skip
 
@@ -88,7 +90,7 @@ class Progress:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = self.done / elapsed
         return {
-            "stage": "tokenizing",
+            "stage": self.stage,
             "bytes_done": self.done,
             "bytes_total": self.total,
             "tokens": self.tokens,

@@ -2,8 +2,10 @@
 
 Layout: ``<fp>/tokenizer/…`` and ``<fp>/…`` shards (``fp`` = the data fingerprint), a marker per
 committed shard under ``_parts/<fp>/`` (``u<unit>-<part>.json``), the tokenizer's marker, a
-``FAILED`` marker that stops every waiting node, and ``MANIFEST.json`` written last by node 0
-(every shard and tokenizer file with size and SHA-256; the shard index in its metadata).
+``FAILED`` marker that stops every waiting node, the dedup stage's keys and edges under
+``_dedup/<fp>/`` (deleted once committed), ``DATA_REPORT.json`` and ``MANIFEST.json`` written last
+by node 0 (every shard, tokenizer file and the report with size and SHA-256; the shard index in
+its metadata).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def clean_stale(store: Any, fp: str) -> None:
     stale = [
         o.key
         for o in store.list()
-        if not (o.key.startswith(f"{fp}/") or o.key.startswith(f"_parts/{fp}/"))
+        if not o.key.startswith((f"{fp}/", f"_parts/{fp}/", f"_dedup/{fp}/"))
     ]
     store.delete(stale)
     store.delete([o.key for o in store.list(f"_parts/{fp}") if o.key.endswith(FAILED_MARKER)])
@@ -68,6 +70,7 @@ def fail(store: Any, fp: str, message: str, single_node: bool) -> TrainerError:
     if single_node:
         store.delete([o.key for o in store.list(fp)])
         store.delete([o.key for o in store.list(f"_parts/{fp}")])
+        store.delete([o.key for o in store.list(f"_dedup/{fp}")])
     store.put_bytes(f"_parts/{fp}/{FAILED_MARKER}", message.encode())
     return TrainerError(message)
 

@@ -23,11 +23,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from artifacts.run import RUN_REF, Run
 from trainer.errors import TrainerError
 
+#: Decompressed bytes per block of a compressed source shared by lanes (see :func:`iter_docs`).
+LANE_BLOCK = 1 << 20
 #: Bytes read from the start of every local source to reject binary files before any work.
 SNIFF_BYTES = 64 * 1024
 
@@ -208,24 +210,37 @@ def open_binary(path: Path, compression: str) -> BinaryIO:
 
 
 def fetch_local(src: Source, scratch: Path) -> Path:
-    """A local path holding the source's bytes: itself, or a download into ``scratch`` (kept once complete)."""
+    """A local path holding the source's bytes: itself, or one download into ``scratch`` per node.
+
+    The lanes of one object run in several workers at once: a file lock makes the first download
+    it and the others wait and share it (S3 traffic once per node, not once per lane).
+    """
     if src.local:
         return Path(src.uri)
+    import fcntl
+
     from artifacts.store import open_store
 
     dest = scratch / hashlib.sha256(src.identity.encode() + src.uri.encode()).hexdigest()[:20]
     if dest.is_file() and dest.stat().st_size == src.size:
         return dest
-    parent, _, leaf = src.uri.rpartition("/")
-    tmp = dest.with_suffix(".part")
-    open_store(parent).download_file(leaf, tmp)
-    tmp.replace(dest)
+    scratch.mkdir(parents=True, exist_ok=True)
+    with dest.with_suffix(".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if dest.is_file() and dest.stat().st_size == src.size:
+            return dest
+        parent, _, leaf = src.uri.rpartition("/")
+        tmp = dest.with_suffix(f".{os.getpid()}.part")
+        open_store(parent).download_file(leaf, tmp)
+        tmp.replace(dest)
     return dest
 
 
-@dataclass(frozen=True)
-class Doc:
-    """One document: its text and where it starts (byte offset in the decompressed stream, line)."""
+class Doc(NamedTuple):
+    """One document: its text and where it starts (byte offset in the decompressed stream, line).
+
+    A named tuple, not a frozen dataclass: made once per document, it costs ~0.3 µs instead of ~1.5.
+    """
 
     text: str
     offset: int
@@ -238,14 +253,25 @@ class BadInput(Exception):
 
 
 def iter_docs(
-    path: Path, src: Source, start: int = 0, end: int | None = None, skip_to: int = 0
+    path: Path,
+    src: Source,
+    start: int = 0,
+    end: int | None = None,
+    skip_to: int = 0,
+    lanes: int = 1,
+    lane: int = 0,
+    lane_block: int = 0,
 ) -> Iterator[Doc | int]:
     """Documents whose line starts in ``[start, end)``; yields bare ints (bytes consumed) while skipping.
 
     ``skip_to`` (an offset from a committed shard) reads past earlier lines without decoding them.
-    Line numbers are relative to ``start`` until an error, which recounts them from the file start.
+    ``lanes > 1``: only lines starting in the ``lane_block``-byte blocks ``b`` with ``b % lanes == lane``
+    (how a compressed stream, which cannot seek, is shared: every lane decompresses it, ~1 GB/s,
+    and tokenizes its blocks, ~4 MB/s). Line numbers are relative to ``start`` until an error,
+    which recounts them from the file start.
     """
     jsonl = src.jsonl  # per source, not per line
+    lane_block = lane_block or LANE_BLOCK
     with open_binary(path, src.compression) as f:
         pos = 0
         if start > 0:
@@ -258,6 +284,8 @@ def iter_docs(
             line_no += 1
             if end is not None and here >= end:
                 return
+            if lanes > 1 and (here // lane_block) % lanes != lane:
+                continue  # another lane's line: not decoded, not counted
             if here < skip_to:
                 yield len(raw)
                 continue

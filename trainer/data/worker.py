@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.data.clean import CleanConfig, clean, empty_counts
+from trainer.data.dedup import doc_id
 from trainer.data.sources import BadInput, Doc, Source, fetch_local, iter_docs
 
 BATCH_DOCS = 1024
@@ -32,16 +34,31 @@ _QUEUE: Any = None
 
 @dataclass(frozen=True)
 class Unit:
-    """Documents of ``source`` whose line starts in ``[start, end)`` (``end`` -1: to the end)."""
+    """Documents of ``source`` whose line starts in ``[start, end)`` (``end`` -1: to the end); of a
+    compressed source split ``lanes`` ways, those in the decompressed blocks ``lane`` owns."""
 
     index: int
     source: Source
     start: int = 0
     end: int = -1
+    source_index: int = 0
+    """The source's place in the corpus order (document ids and dedup's keep rule use it)."""
+    lanes: int = 1
+    lane: int = 0
+    lane_block: int = 1 << 20
+    """Decompressed bytes per block a lane owns (``trainer.data.plan``)."""
 
     @property
     def nbytes(self) -> int:
-        return (self.source.size if self.end < 0 else self.end) - self.start
+        return ((self.source.size if self.end < 0 else self.end) - self.start) // self.lanes
+
+    def docs(self, path: Path, skip_to: int = 0) -> Any:
+        """:func:`~trainer.data.sources.iter_docs` over this unit's share of ``path``."""
+        end = None if self.end < 0 else self.end
+        return iter_docs(
+            path, self.source, self.start, end, skip_to=skip_to,
+            lanes=self.lanes, lane=self.lane, lane_block=self.lane_block,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,9 @@ class Job:
     scratch: str
     first_part: int = 0
     skip_to: int = 0
+    clean: CleanConfig = CleanConfig()
+    drops: frozenset[int] = frozenset()
+    """Document ids (:func:`trainer.data.dedup.doc_id`) the dedup stage removed from this unit."""
 
 
 def part_marker_key(fp: str, unit: int, part: int) -> str:
@@ -70,6 +90,12 @@ def is_val(seed: int, identity: str, offset: int, fraction: float) -> bool:
     """Document-level hold-out: a seeded hash of (source content identity, byte offset)."""
     h = hashlib.blake2b(f"{seed}:{identity}:{offset}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") < fraction * 2.0**64
+
+
+def queue_report(nbytes: int, ntokens: int) -> None:
+    """Progress from a pool worker to the parent (no-op outside a pool)."""
+    if _QUEUE is not None:
+        _QUEUE.put((nbytes, ntokens))
 
 
 def init_worker(queue: Any) -> None:
@@ -127,7 +153,7 @@ def run_job(job: Job, progress: Callable[[int, int], None] | None = None) -> lis
     """Tokenize one unit from ``job.skip_to``; returns the markers it committed (last one ``done``)."""
     from artifacts.store import open_store
 
-    report = progress or (lambda b, t: _QUEUE.put((b, t)) if _QUEUE is not None else None)
+    report = progress or queue_report
     tok = _tokenizer(job.tokenizer_json)
     unit, src = job.unit, job.unit.source
     store = open_store(job.cache_uri)
@@ -142,6 +168,7 @@ def run_job(job: Job, progress: Callable[[int, int], None] | None = None) -> lis
     flags: list[bool] = []
     pending = 0
     cursor = job.skip_to
+    stats = _fresh_stats()
 
     def encode() -> None:
         nonlocal n_train, n_val, pending
@@ -165,7 +192,7 @@ def run_job(job: Job, progress: Callable[[int, int], None] | None = None) -> lis
         pending = 0
 
     def commit(done: bool) -> None:
-        nonlocal part, n_train, n_val, docs
+        nonlocal part, n_train, n_val, docs, stats
         marker: dict[str, Any] = {
             "unit": unit.index,
             "part": part,
@@ -174,6 +201,7 @@ def run_job(job: Job, progress: Callable[[int, int], None] | None = None) -> lis
             "done": done,
             "train": None,
             "val": None,
+            "stats": stats,
         }
         for split, toks, count in (("train", train, n_train), ("val", val, n_val)):
             if count:
@@ -190,8 +218,8 @@ def run_job(job: Job, progress: Callable[[int, int], None] | None = None) -> lis
         train.clear()
         val.clear()
         n_train = n_val = docs = 0
+        stats = _fresh_stats()
 
-    end = None if unit.end < 0 else unit.end
     # Small shards (tests) need small batches, or a shard overshoots its size by a whole batch.
     batch_bytes = min(BATCH_BYTES, max(256, job.shard_tokens // 2))
     # The loop makes no reference cycles (strings, int lists, numpy arrays), only millions of
@@ -199,15 +227,24 @@ def run_job(job: Job, progress: Callable[[int, int], None] | None = None) -> lis
     gc_was = gc.isenabled()
     gc.disable()
     try:
-        for item in iter_docs(local, src, unit.start, end, skip_to=job.skip_to):
+        for item in unit.docs(local, skip_to=job.skip_to):
             if not isinstance(item, Doc):
                 pending += item
                 continue
-            texts.append(item.text)
-            flags.append(is_val(job.seed, src.identity, item.offset, job.val_fraction))
-            pending += item.nbytes
-            docs += 1
             cursor = item.offset + 1
+            pending += item.nbytes
+            text, reason = clean(item.text, job.clean)
+            if reason is None and doc_id(unit.source_index, item.offset) in job.drops:
+                reason = "duplicate"
+            stats["in"][0] += 1
+            stats["in"][1] += item.nbytes
+            if reason is not None:
+                stats["dropped"][reason][0] += 1
+                stats["dropped"][reason][1] += item.nbytes
+                continue
+            texts.append(text)
+            flags.append(is_val(job.seed, src.identity, item.offset, job.val_fraction))
+            docs += 1
             if len(texts) >= BATCH_DOCS or pending >= batch_bytes:
                 encode()
                 if n_train >= job.shard_tokens:
@@ -218,9 +255,15 @@ def run_job(job: Job, progress: Callable[[int, int], None] | None = None) -> lis
             gc.enable()
     report(pending, 0)
     commit(done=True)
-    if not src.local:
+    if not src.local and unit.lanes == 1:
         local.unlink(missing_ok=True)  # bounded disk: a downloaded source lives for one unit
+        # (lanes share one download, removed with the scratch sources when preparation ends)
     return markers
+
+
+def _fresh_stats() -> dict[str, Any]:
+    """A marker's counts: documents and bytes read, and dropped per reason (the report sums them)."""
+    return {"in": [0, 0], "dropped": {**empty_counts(), "duplicate": [0, 0]}}
 
 
 def run_job_checked(job: Job) -> list[dict[str, Any]]:

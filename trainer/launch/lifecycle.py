@@ -41,12 +41,16 @@ def trend(history: list[float], last: int = 6) -> str:
 
 def data_prep_line(prep: dict) -> str:
     """Why no step has happened yet: how far data preparation is (from STATUS.json)."""
-    if prep.get("stage") == "tokenizer":
+    stage = prep.get("stage")
+    if stage == "tokenizer":
         return "preparing data: training the tokenizer on a sample of the corpus"
+    if stage == "dedup-join":
+        return "preparing data: dedup, joining the document keys into duplicate clusters"
     done, total = prep.get("bytes_done", 0), prep.get("bytes_total", 0) or 1
     eta = prep.get("eta_s")
+    what = {"dedup-scan": "dedup scan", "committed": "committed"}.get(stage or "", "tokenizing")
     return (
-        f"preparing data: {100 * done / total:.1f}% of {total / 1e9:.2f} GB, "
+        f"preparing data ({what}): {100 * done / total:.1f}% of {total / 1e9:.2f} GB, "
         f"{prep.get('mb_per_s', 0):.1f} MB/s, {prep.get('tokens_per_s', 0):,} tokens/s, "
         f"ETA {'?' if eta is None else f'{eta / 60:.0f} min'}"
     )

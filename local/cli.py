@@ -51,9 +51,9 @@ def finetune(
     max_steps=None,
     public_key=None,
     airgap_strict=False,
-    airgap_guard_only=False,
     resume=False,
     max_exposure=None,
+    airgap_guard_only=False,
 ):
     """QLoRA fine-tune (4-bit NF4 base + LoRA) on an encrypted dataset; export only the adapter.
 

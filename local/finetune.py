@@ -115,9 +115,12 @@ def run_finetune(
             log.debug(
                 "already imported before the offline switches: %s (the guard still applies)", early
             )
-    from local.preflight import check_positions
+    if isolation != sandbox.SANDBOX:
+        # Imports transformers: after the offline switches, and for a sandboxed run only in the
+        # child (no third-party ML code runs in this process, which holds the key and the network).
+        from local.preflight import check_positions
 
-    check_positions(model_dir, cfg)
+        check_positions(model_dir, cfg)
     from local.isolated import swap_logged
     from local.staging import sweep_stale
 
@@ -191,8 +194,11 @@ def guard(airgapped: bool, out: Path | None = None) -> Iterator[None]:
 
 def run_job_request(request: dict[str, Any]) -> dict[str, Any]:
     """The sandboxed child's side: :meth:`Job.to_dict` in, :meth:`FinetuneResult.to_dict` out."""
+    from local.preflight import check_positions
+
     job = Job.from_dict(request)
     with guard(True, job.out):
+        check_positions(job.model_dir, job.cfg)
         return run_job(job).to_dict()
 
 

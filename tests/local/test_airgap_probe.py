@@ -186,7 +186,7 @@ def _open_routes(run: dict) -> dict[str, bool]:
 def test_without_airgapped_the_probe_reaches_every_route(probed):
     run = probed["open"]
     assert run["proc"].returncode == 0, run["proc"].stderr[-3000:]
-    assert len(run["reports"]) == 1, "the probe did not run (no peft import?)"
+    assert len(run["reports"]) == 1, "the probe did not run (no transformers import?)"
     routes = _open_routes(run)
     assert len(routes) >= 16
     assert [name for name, ok in routes.items() if not ok] == []
@@ -195,7 +195,8 @@ def test_without_airgapped_the_probe_reaches_every_route(probed):
 def test_airgapped_the_probe_reaches_no_route_and_the_run_succeeds(probed):
     run = probed["airgapped"]
     assert run["proc"].returncode == 0, run["proc"].stderr[-3000:]
-    assert len(run["reports"]) == 1, "the probe did not run inside the sandbox"
+    # Exactly one report, from inside: the parent (key and network in reach) imports no ML code.
+    assert len(run["reports"]) == 1, "the probe did not run inside the sandbox, or ran outside"
     assert run["reports"][0]["netns"] != os.readlink("/proc/self/ns/net")
     routes = _open_routes(run)
     assert set(routes) == set(_open_routes(probed["open"]))  # the very same routes were tried

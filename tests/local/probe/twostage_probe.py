@@ -2,8 +2,8 @@
 
 Installed into a throw-away venv's site-packages with a ``.pth`` line (``import twostage_probe;
 twostage_probe.arm()``), so every Python started from that venv loads it — the sandboxed child
-included. It stays quiet until the fine-tune imports ``peft`` (the moment a real malicious
-dependency would have the decrypted records in reach), then tries every route out that
+included. It stays quiet until ``transformers`` is first imported (the first third-party ML library
+the fine-tune loads; a malicious dependency of it runs then, and the decrypted records follow), then tries every route out that
 ``docs/airgap.md`` lists and writes what worked to stderr as one ``TWOSTAGE-PROBE {json}`` line.
 
 It goes around the in-process guard on purpose (``_socket``, ``ctypes``): the question is what
@@ -103,11 +103,11 @@ def routes(cfg: dict) -> dict[str, bool]:
 
 
 class _Trigger:
-    """A meta-path finder that fires the probe once, when ``peft`` is first imported."""
+    """A meta-path finder that fires the probe once, when ``transformers`` is first imported."""
 
     def find_spec(self, name, path=None, target=None):
         global _fired
-        if name == "peft" and not _fired:
+        if name == "transformers" and not _fired:
             _fired = True
             report = {
                 "pid": os.getpid(),

@@ -212,32 +212,3 @@ def inspect(cipher_path: Path, key: bytes) -> DatasetInfo:
         key_id=header.key_id.hex(),
     )
 
-
-def check_key_and_framing(cipher_path: Path, key: bytes) -> None:
-    """The checks that need no decryption, done before anything else starts (``invoke finetune``
-    refuses in a fraction of a second): the header's key id against ``key``, and whether the
-    bytes after the header can be whole chunks of the header's chunk size (a truncated copy).
-
-    A truncation exactly at a chunk boundary passes here; the authenticated pass catches it.
-    """
-    from local.crypto import HEADER_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, TAG_SIZE, file_header
-    from local.crypto import key_id as key_id_of
-    from local.errors import DecryptionError
-
-    cipher_path = Path(cipher_path)
-    header = file_header(cipher_path)
-    if header.key_id != key_id_of(bytes(key)):
-        raise DecryptionError(
-            f"{cipher_path}: wrong key (file needs key id {header.key_id.hex()}, the key given has "
-            f"id {key_id_of(bytes(key)).hex()}); pass the key file it was encrypted with"
-        )
-    if not MIN_CHUNK_SIZE <= header.chunk_size <= MAX_CHUNK_SIZE:
-        raise DecryptionError(f"{cipher_path}: header chunk size {header.chunk_size} out of range")
-    body = cipher_path.stat().st_size - HEADER_SIZE
-    rest = body % (header.chunk_size + TAG_SIZE)
-    if body == TAG_SIZE or (body > 0 and (rest == 0 or rest > TAG_SIZE)):
-        return
-    raise DecryptionError(
-        f"{cipher_path}: truncated or damaged ({body} bytes after the header are not whole "
-        f"{header.chunk_size}-byte chunks and a final one); copy the file again"
-    )

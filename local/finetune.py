@@ -98,11 +98,11 @@ def run_finetune(
     )  # fmt: skip
     # The key first (a KMS unwrap needs the network), then what needs no decryption: the wrong
     # key or a truncated file is refused before anything else starts.
-    from local.dataset import check_key_and_framing
+    from local.crypto import check_framing
     from local.keys import load_key
 
     key = load_key(key_file)
-    check_key_and_framing(data, key)
+    check_framing(data, key)
     from local import netns, sandbox
 
     isolation = netns.choose(airgapped=airgapped, guard_only=airgap_guard_only, allowed=isolate)

@@ -50,9 +50,17 @@ def test_a_wrong_key_is_refused_from_the_header_before_anything_starts(inputs):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_truncated_dataset_is_refused_from_its_length_before_anything_starts(inputs):
+@pytest.mark.parametrize("cut", ["inside the last chunk", "at a chunk boundary", "in a tag"])
+def test_a_truncated_dataset_is_refused_from_its_last_chunk_before_anything_starts(inputs, cut):
+    from local.crypto import HEADER_SIZE, TAG_SIZE
+
     tmp_path, model, cipher, key = inputs
-    cipher.write_bytes(cipher.read_bytes()[:-7])
+    blob = cipher.read_bytes()
+    whole = HEADER_SIZE + (len(blob) - HEADER_SIZE) // (1024 + TAG_SIZE) * (1024 + TAG_SIZE)
+    keep = {"inside the last chunk": len(blob) - 7, "at a chunk boundary": whole,
+            "in a tag": whole + 5}[cut]  # fmt: skip
+    assert whole < len(blob)  # the fixture's last chunk is a partial one
+    cipher.write_bytes(blob[:keep])
     line = only_line(finetune(tmp_path, model, cipher, key, "--airgapped"))
     assert "truncated or damaged" in line and "data.enc" in line
 

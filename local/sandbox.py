@@ -29,6 +29,7 @@ import functools
 import glob
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -118,11 +119,14 @@ def bwrap_command(plan: Plan, bwrap: str = "bwrap") -> list[str]:
     """The ``bwrap`` argument list for ``plan`` (pure, apart from looking at which paths exist).
 
     Order matters: the fresh tmpfs mounts come first, so binds below them (a model under
-    ``/tmp``, pyenv under ``$HOME``) are mounted on top and stay visible.
+    ``/tmp``, pyenv under ``$HOME``) are mounted on top and stay visible. The UTS namespace keeps
+    the host's name (the child cannot change the host's): the export scan inside must look for
+    the real name, not a placeholder.
     """
     cmd = [
         bwrap, "--unshare-user", "--unshare-net", "--unshare-ipc", "--unshare-pid",
-        "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox", "--die-with-parent",
+        "--unshare-uts", "--unshare-cgroup-try", "--hostname", socket.gethostname(),
+        "--die-with-parent",
         "--new-session", "--cap-drop", "ALL", "--proc", "/proc", "--dev", "/dev",
         "--ro-bind", "/usr", "/usr",
     ]  # fmt: skip

@@ -13,7 +13,8 @@ its result (``local.isolated.run_sandboxed``), so it includes the sandbox's set-
 interpreter start and imports inside it, decryption, training, audit and export.
 
 The tiny model and data are the tests' (``tests/local/qlora_helpers.py``): a CPU run. Repeats are
-interleaved (sandbox, namespace, sandbox, …) so load from other processes hits both sides; the
+interleaved in ABBA order (sandbox, namespace, namespace, sandbox, …) so load from other
+processes, rising or falling, hits both sides; the
 median of each side and the median of the per-pair ratios are reported. (CPU time of the child
 is not: bwrap's PID-namespace init reaps the child, so ``RUSAGE_CHILDREN`` never sees it.) It
 also times 20 interleaved starts of ``python -c pass`` bare, in the namespace and in the sandbox:
@@ -95,7 +96,8 @@ def main() -> None:
     starts = start_cost(20)
     times: dict[str, list[float]] = {sandbox.SANDBOX: [], sandbox.NAMESPACE: []}
     for i in range(args.repeats):
-        for isolation in (sandbox.SANDBOX, sandbox.NAMESPACE):
+        order = (sandbox.SANDBOX, sandbox.NAMESPACE)
+        for isolation in order if i % 2 == 0 else order[::-1]:  # ABBA: drifting load hits both
             times[isolation].append(one_run(base, tmp / f"out-{isolation}-{i}", isolation))
             print(f"repeat {i} {isolation}: {times[isolation][-1]:.2f} s", flush=True)
     ratios = [s / n for s, n in zip(times[sandbox.SANDBOX], times[sandbox.NAMESPACE], strict=True)]

@@ -13,7 +13,8 @@ its result (``local.isolated.run_sandboxed``), so it includes the sandbox's set-
 interpreter start and imports inside it, decryption, training, audit and export.
 
 The tiny model and data are the tests' (``tests/local/qlora_helpers.py``): a CPU run. Repeats are
-interleaved in ABBA order (sandbox, namespace, namespace, sandbox, …) so load from other
+interleaved in ABBA order (sandbox, namespace, namespace, sandbox, …), after one uncounted warm-up
+run of each (the first run reads everything cold), so load from other
 processes, rising or falling, hits both sides; the
 median of each side and the median of the per-pair ratios are reported. (CPU time of the child
 is not: bwrap's PID-namespace init reaps the child, so ``RUSAGE_CHILDREN`` never sees it.) It
@@ -94,6 +95,8 @@ def main() -> None:
         started=0.0, swap=sandbox.swap_state(), key=load_key(key_file),
     )  # fmt: skip
     starts = start_cost(20)
+    for isolation in (sandbox.SANDBOX, sandbox.NAMESPACE):  # warm-up, not counted: cold caches
+        one_run(base, tmp / f"warm-{isolation}", isolation)
     times: dict[str, list[float]] = {sandbox.SANDBOX: [], sandbox.NAMESPACE: []}
     for i in range(args.repeats):
         order = (sandbox.SANDBOX, sandbox.NAMESPACE)

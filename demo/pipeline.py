@@ -244,6 +244,7 @@ def finetune(opts: DemoOptions, paths: Paths) -> dict[str, Any]:
         "export_files": len(files),
         "export_bytes": sum(p.stat().st_size for p in files),
         "airgapped": True,
+        "isolation": meta.get("isolation"),
         "data": meta.get("data", {}),
         "privacy_audit": meta.get("privacy_audit"),
     }

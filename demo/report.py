@@ -10,7 +10,7 @@ Shape of the parts used here::
                            "checkpoints", "patience", "min_rel_improvement"}
     summary["download"] = {"files", "bytes_verified", "signature_verified"}
     summary["finetune"] = {"steps", "loss_before", "loss_after", "export_bytes", "export_files",
-                           "data" (packing, train_on_prompt, …), "privacy_audit",
+                           "data" (packing, train_on_prompt, …), "privacy_audit", "isolation",
                            "train_history": [[step, loss], ...]}
 """
 
@@ -78,6 +78,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             f"{data.get('records', '—')} records, {human_bytes(data.get('ciphertext_bytes'))} ciphertext",
         ),
         ("fine-tune steps", _num(ft.get("steps"), "{}")),
+        ("fine-tune air gap (isolation)", ft.get("isolation") or "—"),
         (
             "fine-tune eval loss before → after",
             f"{_num(ft.get('loss_before'))} → {_num(ft.get('loss_after'))}",

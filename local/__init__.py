@@ -34,7 +34,11 @@ Modules (a run goes cli → finetune → checks → tokens → model/training �
 - ``gguf_release``: ``invoke export-gguf``: merge, write, read back, scan, manifest, publish.
 - ``offline``: runs ``generate``/``evaluate`` air-gapped (namespace child + guard).
 - ``airgap``: the HF offline switches and the in-process network guard.
-- ``netns``: runs a ``module:function`` in a fresh network namespace (the kernel air gap).
+- ``sandbox``: the bubblewrap sandbox — what the isolated child may see (mounts, environment),
+  fail-closed availability, no core dumps, swap state.
+- ``netns``: runs a ``module:function`` target in the sandbox (job over stdin, key as raw bytes).
+- ``isolated``: a fine-tune's steps 2–7 in the sandbox; the parent holds and publishes the export.
+- ``staging``: the export's staging folder — held with ``flock``, swept after a killed run.
 - ``crypto``: the encrypted-stream format (chunked AES-256-GCM, STREAM).
 - ``keys``: local key files and optional AWS KMS envelope encryption.
 - ``errors``: ``LocalError``, the package's user-facing error.

@@ -24,14 +24,17 @@ from local.errors import LocalError
         "decrypted in memory only.",
         "key_file": "The dataset's 256-bit key file (or KMS-wrapped key, unwrapped before going offline).",
         "out": "New folder for the export (adapter, tokenizer, manifest); must not exist.",
-        "airgapped": "Set every HF offline switch and block all non-loopback network access for the run.",
+        "airgapped": "Run in the bubblewrap sandbox: no network, no host socket, no file outside "
+        "the export, no secret in the environment; refuses if the sandbox cannot be built.",
         "config": "Fine-tune recipe TOML (default: the built-in values of configs/finetune-qlora.toml).",
         "verify": "Re-verify the model folder against its manifest before loading (--no-verify skips).",
         "merge": "Also export a merged full-precision model (safetensors) under OUT/merged/.",
         "max_steps": "Override the config's max_steps.",
         "public_key": "Ed25519 public key: also require a valid MANIFEST.json.sig on the model.",
-        "airgap_strict": "With --airgapped: refuse to run unless a kernel network namespace "
-        "(unshare -rn) cuts the run off.",
+        "airgap_guard_only": "With --airgapped: accept the weaker in-process network guard "
+        "(no sandbox); recorded as isolation guard-only in the export manifest.",
+        "airgap_strict": "Kept for old commands: --airgapped now always refuses without the "
+        "sandbox, so this changes nothing.",
         "resume": "Continue an interrupted run for this --out from its last encrypted checkpoint.",
         "max_exposure": "Refuse the export (kept encrypted) when the privacy audit's train "
         "exposure exceeds this fraction, e.g. 0.05.",
@@ -53,6 +56,7 @@ def finetune(
     airgap_strict=False,
     resume=False,
     max_exposure=None,
+    airgap_guard_only=False,
 ):
     """QLoRA fine-tune (4-bit NF4 base + LoRA) on an encrypted dataset; export only the adapter.
 
@@ -61,13 +65,14 @@ def finetune(
         `{"messages": [{"role": ..., "content": ...}, ...]}` lines).
     :param key_file: key for --data.
     :param out: export folder, written via a temporary sibling and one rename.
-    :param airgapped: run with the network cut off; any attempt aborts the run.
+    :param airgapped: run in the sandbox (docs/airgap.md); any network attempt aborts the run.
     :param config: TOML recipe, e.g. configs/finetune-tiny.toml for a CPU demo.
     :param verify: check the model against its manifest first (default on).
     :param merge: also write a merged model under OUT/merged/.
     :param max_steps: optimizer steps (overrides the config).
     :param public_key: require the model's manifest to be signed by this key.
-    :param airgap_strict: with --airgapped, refuse without a network namespace.
+    :param airgap_strict: no effect any more (failing closed is the default).
+    :param airgap_guard_only: with --airgapped, run without the sandbox (guard only).
     :param resume: continue from the newest checkpoint in the work area beside --out.
     :param max_exposure: refuse the export above this privacy-audit exposure (0..1).
     """
@@ -98,7 +103,7 @@ def finetune(
         merge=merge,
         max_steps=steps,
         public_key=Path(public_key) if public_key else None,
-        airgap_strict=airgap_strict,
+        airgap_guard_only=airgap_guard_only,
         resume=resume,
         max_exposure=exposure,
     )

@@ -377,3 +377,44 @@ def file_header(path: Path) -> Header:
             return read_header(f, str(path))
     except FileNotFoundError:
         raise LocalError(f"{path}: no such encrypted file") from None
+
+
+def check_framing(path: Path, key: bytes) -> None:
+    """The checks that read no plaintext but the last chunk, done before anything else starts
+    (``invoke finetune`` refuses in milliseconds): the header's key id and MAC against ``key``;
+    whether the bytes after the header can be whole chunks and a final one; and whether the last
+    chunk authenticates *as the final one* — a copy truncated anywhere, even at a chunk boundary,
+    fails that. What it decrypts (at most one chunk) is dropped at once.
+    """
+    path = Path(path)
+    try:
+        f = path.open("rb", buffering=0)
+    except FileNotFoundError:
+        raise LocalError(f"{path}: no such encrypted file") from None
+    with f:
+        header = read_header(f, str(path))
+        if header.key_id != key_id(bytes(key)):
+            raise DecryptionError(
+                f"{path}: wrong key (file needs key id {header.key_id.hex()}, the key given has "
+                f"id {key_id(bytes(key)).hex()}); pass the key file it was encrypted with"
+            )
+        f.seek(0)
+        header, aead = _open_header(f, bytes(key), str(path))
+        enc_size = header.chunk_size + TAG_SIZE
+        body = os.fstat(f.fileno()).st_size - HEADER_SIZE
+        rest = body % enc_size
+        if not (body == TAG_SIZE or (body > 0 and (rest == 0 or rest > TAG_SIZE))):
+            raise DecryptionError(
+                f"{path}: truncated or damaged ({body} bytes after the header are not whole "
+                f"{header.chunk_size}-byte chunks and a final one); copy the file again"
+            )
+        last = (body - 1) // enc_size
+        f.seek(HEADER_SIZE + last * enc_size)
+        sealed = f.read(enc_size)
+        try:
+            aead.decrypt(_nonce(last, True), sealed, None)
+        except InvalidTag:
+            raise DecryptionError(
+                f"{path}: truncated or damaged (chunk {last} does not authenticate as the end of "
+                "the stream); copy the file again"
+            ) from None

@@ -211,3 +211,4 @@ def inspect(cipher_path: Path, key: bytes) -> DatasetInfo:
         chunks=chunks,
         key_id=header.key_id.hex(),
     )
+

@@ -10,20 +10,19 @@ point leaves no ``--out`` behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from local.errors import LocalError
 from local.scan import VOCAB_FILES, Finding, Forbidden, scan_folder
+from local.staging import publish as publish_staged
+from local.staging import staging_dir as staging_dir  # re-exported: held.py, tests
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +63,6 @@ def is_allowed(rel: str) -> bool:
         name = parts[1]
         return bool(_MERGED_WEIGHTS.match(name)) or name in _MERGED_EXTRA or name in TOKENIZER_FILES
     return False
-
-
-@contextlib.contextmanager
-def staging_dir(out: Path) -> Iterator[Path]:
-    """A hidden sibling of ``out`` to build the export in; removed unless :func:`finalize` ran."""
-    out = Path(out)
-    if out.exists():
-        raise LocalError(
-            f"{out} already exists; choose a new --out (an export is never overwritten)"
-        )
-    if not out.parent.is_dir():
-        raise LocalError(f"{out.parent}: folder for --out does not exist")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        yield staging
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def scrub_json(doc: Any, label: str) -> Any:
@@ -214,9 +195,17 @@ def check_export(staging: Path, forbidden: Iterable[Forbidden]) -> list[str]:
 
 
 def finalize(
-    staging: Path, out: Path, *, forbidden: Iterable[Forbidden], metadata: dict[str, Any]
+    staging: Path,
+    out: Path,
+    *,
+    forbidden: Iterable[Forbidden],
+    metadata: dict[str, Any],
+    publish: bool = True,
 ) -> ExportInfo:
-    """Check the staged folder, write ``MANIFEST.json`` last, and rename it to ``out``."""
+    """Check the staged folder, write ``MANIFEST.json`` last, and rename it to ``out``.
+
+    ``publish=False`` stops before the rename (a sandboxed child: its parent publishes with
+    :func:`local.staging.publish`)."""
     from artifacts.hashing import hash_file
     from artifacts.manifest import MANIFEST_NAME, FileEntry, Manifest
 
@@ -237,20 +226,8 @@ def finalize(
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    if out.exists():
-        raise LocalError(
-            f"{out} appeared while exporting; nothing was exported (staged copy removed)"
-        )
-    os.rename(staging, out)
-    _fsync_dir(out.parent)
+    if publish:
+        publish_staged(staging, out)
     total = manifest.total_bytes + len(data)
     log.info("exported %d files (%.1f MB) to %s", len(entries) + 1, total / 1e6, out)
     return ExportInfo(path=out, files=len(entries) + 1, bytes=total)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

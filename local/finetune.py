@@ -3,11 +3,14 @@
 Order of a run (each step can refuse with a one-line :class:`LocalError`; everything a person
 can get wrong is checked before anything heavy runs):
 
-1. config and paths; ``max_seq_len`` against the model's position limit; the key file;
-   ``--airgapped`` sets the HF offline switches *before* transformers, peft or bitsandbytes are
-   imported and runs the rest in a fresh network namespace where the OS allows
-   (``local.netns``), inside the in-process network guard either way; the run is then one
-   frozen :class:`local.job.Job`;
+1. config and paths; the key file, then the dataset's key id and framing (no decryption: a
+   wrong key or a truncated copy is refused before anything else starts); the isolation —
+   ``--airgapped`` runs the rest in the bubblewrap sandbox (``local.sandbox``, ``local.netns``,
+   ``local.isolated``) and refuses when it cannot be built, unless ``--airgap-guard-only``
+   accepts the in-process guard alone; without ``--airgapped`` the log says the network is
+   reachable; the HF offline switches go up *before* transformers, peft or bitsandbytes are
+   imported; ``max_seq_len`` against the model's position limit; stale staging folders of a
+   killed run swept (``local.staging``); the run is then one frozen :class:`local.job.Job`;
 2. preflight: device, free memory, estimated peak at 4-bit (from ``config.json``, no weights);
 3. one authenticated validation pass over the dataset (bad records named by line and record
    number); the model folder re-verified against its manifest (unless ``verify=False``); the
@@ -29,7 +32,6 @@ Nothing plaintext touches the disk, and log lines only ever carry counts and los
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import logging
 import sys
@@ -49,8 +51,6 @@ from local.tokens import Examples
 log = logging.getLogger(__name__)
 
 _HEAVY = ("transformers", "peft", "bitsandbytes")
-#: What the namespace child runs (``local.netns`` imports it by name).
-_CHILD_TARGET = "local.finetune:run_job_request"
 
 
 def train_model(
@@ -74,7 +74,7 @@ def run_finetune(
     *,
     config: FinetuneConfig | None = None,
     airgapped: bool = False,
-    airgap_strict: bool = False,
+    airgap_guard_only: bool = False,
     verify: bool = True,
     merge: bool = False,
     max_steps: int | None = None,
@@ -93,9 +93,19 @@ def run_finetune(
     model_dir, data, key_file, out = Path(model_dir), Path(data), Path(key_file), Path(out)
     steps = max_steps if max_steps is not None else cfg.max_steps
     _check_args(
-        model_dir, data, out, cfg, airgapped=airgapped, airgap_strict=airgap_strict,
-        verify=verify, steps=steps, public_key=public_key, max_exposure=max_exposure,
+        model_dir, data, out, cfg, airgapped=airgapped, verify=verify, steps=steps,
+        public_key=public_key, max_exposure=max_exposure,
     )  # fmt: skip
+    # The key first (a KMS unwrap needs the network), then what needs no decryption: the wrong
+    # key or a truncated file is refused before anything else starts.
+    from local.crypto import check_framing
+    from local.keys import load_key
+
+    key = load_key(key_file)
+    check_framing(data, key)
+    from local import netns, sandbox
+
+    isolation = netns.choose(airgapped=airgapped, guard_only=airgap_guard_only, allowed=isolate)
     if airgapped:
         from local.airgap import enable_offline_env
 
@@ -105,23 +115,26 @@ def run_finetune(
             log.debug(
                 "already imported before the offline switches: %s (the guard still applies)", early
             )
-    from local.preflight import check_positions
+    if isolation != sandbox.SANDBOX:
+        # Imports transformers: after the offline switches, and for a sandboxed run only in the
+        # child (no third-party ML code runs in this process, which holds the key and the network).
+        from local.preflight import check_positions
 
-    check_positions(model_dir, cfg)
-    # KMS-wrapped keys need the network to unwrap: before the guard goes up.
-    from local.keys import load_key
+        check_positions(model_dir, cfg)
+    from local.isolated import swap_logged
+    from local.staging import sweep_stale
 
+    sweep_stale(out)
     job = Job(
         model_dir=model_dir, data=data, key_file=key_file, out=out, cfg=cfg, airgapped=airgapped,
         verify=verify, merge=merge, steps=steps, public_key=public_key, free_bytes=free_bytes,
-        resume=resume, max_exposure=max_exposure, started=started, key=load_key(key_file),
+        resume=resume, max_exposure=max_exposure, started=started, isolation=isolation,
+        swap=swap_logged(airgapped), key=key,
     )  # fmt: skip
-    if airgapped:
-        from local import netns
+    if isolation == sandbox.SANDBOX:
+        from local.isolated import run_sandboxed
 
-        job = dataclasses.replace(job, isolation=netns.choose(strict=airgap_strict, allowed=isolate))
-        if job.isolation == netns.NAMESPACE:
-            return FinetuneResult.from_dict(netns.run_in_namespace(_CHILD_TARGET, job.to_dict()))
+        return run_sandboxed(job)
     with guard(airgapped, out):
         return run_job(job)
 
@@ -133,7 +146,6 @@ def _check_args(
     cfg: FinetuneConfig,
     *,
     airgapped: bool,
-    airgap_strict: bool,
     verify: bool,
     steps: int,
     public_key: Path | None,
@@ -154,8 +166,6 @@ def _check_args(
         raise LocalError(f"--max-exposure must be a fraction in [0, 1], got {max_exposure}")
     if max_exposure is not None and cfg.audit_records == 0:
         raise LocalError("--max-exposure needs the privacy audit; set audit_records > 0")
-    if airgap_strict and not airgapped:
-        raise LocalError("--airgap-strict needs --airgapped")
     if steps < 1:
         raise LocalError(f"--max-steps must be >= 1, got {steps}")
     if public_key is not None and not verify:
@@ -183,9 +193,12 @@ def guard(airgapped: bool, out: Path | None = None) -> Iterator[None]:
 
 
 def run_job_request(request: dict[str, Any]) -> dict[str, Any]:
-    """The namespace child's side: :meth:`Job.to_dict` in, :meth:`FinetuneResult.to_dict` out."""
+    """The sandboxed child's side: :meth:`Job.to_dict` in, :meth:`FinetuneResult.to_dict` out."""
+    from local.preflight import check_positions
+
     job = Job.from_dict(request)
     with guard(True, job.out):
+        check_positions(job.model_dir, job.cfg)
         return run_job(job).to_dict()
 
 
@@ -218,7 +231,7 @@ def run_job(job: Job) -> FinetuneResult:
         job, stats, audit, base_label=checked.base_label, packed=packed,
         target_modules=checked.target_modules, compute_dtype=checked.compute_dtype,
     )  # fmt: skip
-    with export.staging_dir(job.out) as staging:
+    with export.staging_dir(job.out, given=job.staging) as staging:
         export.save_adapter(model, staging, checked.base_label)
         del model  # the only reference: its memory goes before the tokenizer copy and the merge
         gc.collect()

@@ -1,7 +1,8 @@
 """A fine-tune's inputs and outputs as typed values: :class:`Job` (what to run, checked and with
 the key loaded) and :class:`FinetuneResult` (what the run did).
 
-Both cross the pipe to the network-namespace child (``local.netns``) as JSON; a job is read back
+Both cross the pipe to the sandboxed child (``local.netns``) as JSON (the key travels apart, as raw
+bytes ahead of the JSON, and lives in a ``bytearray`` the child wipes); a job is read back
 through the project's typed config loader (``artifacts.config.build``), so a field that does not
 fit its type is an error that names it, never a silent default.
 """
@@ -33,7 +34,7 @@ class Job:
     cfg: FinetuneConfig
     """The recipe."""
     airgapped: bool
-    """Offline switches, the in-process guard and (where possible) a network namespace."""
+    """Offline switches, the in-process guard and the sandbox (``local.sandbox``)."""
     verify: bool
     """Re-verify the model folder against its manifest."""
     merge: bool
@@ -51,21 +52,33 @@ class Job:
     started: float
     """``time.monotonic()`` when the run was asked for (the summary's seconds)."""
     isolation: str = "none"
-    """Which air gap the run got (``local.netns.NAMESPACE``, ``GUARD`` or ``none``)."""
-    key: bytes = field(default=b"", repr=False)
+    """Which air gap the run got (a ``local.sandbox`` label: ``sandbox``, ``guard-only``, …)."""
+    swap: str = "unknown"
+    """``local.sandbox.swap_state()``: could plaintext in memory be swapped to disk?"""
+    staging: Path | None = None
+    """The export's staging folder when the parent made it (sandboxed runs: the child can write
+    nothing else, so the parent publishes it with the final rename)."""
+    key: bytes | bytearray = field(default=b"", repr=False)
     """The dataset key (loaded by the parent: a KMS unwrap needs the network)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON data, the key as hex (it only ever travels over a pipe)."""
-        doc = _plain(dataclasses.asdict(self))
-        doc["key"] = self.key.hex()
+    def to_dict(self, *, with_key: bool = True) -> dict[str, Any]:
+        """Plain JSON data; the key as hex unless ``with_key=False`` (then it travels apart, see
+        ``local.netns``)."""
+        doc = _plain(dataclasses.asdict(dataclasses.replace(self, key=b"")))
+        if with_key:
+            doc["key"] = bytes(self.key).hex()
+        else:
+            doc.pop("key")
         return doc
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Job:
-        """The job back from :meth:`to_dict`; a bad field is a :class:`LocalError` naming it."""
+        """The job back from :meth:`to_dict`; a bad field is a :class:`LocalError` naming it.
+        A ``secret`` (the child's ``bytearray``) is used as the key as it is, not copied."""
         doc = dict(doc)
-        key = bytes.fromhex(doc.pop("key", ""))
+        secret = doc.pop("secret", None)
+        key = secret if secret is not None else bytes.fromhex(doc.pop("key", ""))
+        doc.pop("key", None)
         return build(
             cls, doc, source="<job>", error=LocalError, skip=frozenset({"key"}), extra={"key": key}
         )
@@ -109,8 +122,9 @@ class FinetuneResult:
             )
         if self.over_long:
             line += f"; {self.over_long} over-long record(s) ({self.dropped} dropped)"
-        return line + (
-            f"\nnext: invoke evaluate --model MODEL --adapter {self.export_path} --data HELDOUT.enc "
+        return line + f"; air gap: {self.isolation}" + (
+            f"
+next: invoke evaluate --model MODEL --adapter {self.export_path} --data HELDOUT.enc "
             "--key-file KEY (base vs adapter); invoke generate / export-gguf use it too"
         )
 

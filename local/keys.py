@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import json
 import os
 import re
@@ -81,24 +82,16 @@ def _parse_key(raw: bytes, path: Path) -> bytes:
 def load_key(path: Path) -> bytes:
     """Return the 32-byte master key from a key file or a KMS-wrapped key file.
 
-    Raises :class:`LocalError` (one line, with the fix) when the file is missing, has the wrong
+    Raises :class:`LocalError` (one line, with the fix) when the file is missing, is a symlink
+    (opened with ``O_NOFOLLOW``: a link planted in its place cannot redirect the read), is not
+    owned by this user, sits in a folder others may write (they could swap it), has the wrong
     size, or is readable by group/others. A wrapped key file is unwrapped through KMS, which
     needs the network: call this before entering :func:`local.airgap.airgapped`.
     """
     path = Path(path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise LocalError(
-            f"key file {path} not found; create one with `invoke keygen --out {path}`"
-        ) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise LocalError(f"key file {path} is not a regular file")
-    if st.st_size > 64 * 1024:
-        raise LocalError(f"{path}: not a key file ({st.st_size} bytes)")
-    raw = path.read_bytes()
+    raw, st = _read_own_file(path)
     if raw.lstrip().startswith(b"{"):
-        return unwrap_kms_key(path)
+        return unwrap_kms_key(path, raw)
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o077:
         raise LocalError(
@@ -111,6 +104,42 @@ def load_key(path: Path) -> bytes:
             f"(owner read/write only): run `chmod 600 {path}`"
         )
     return _parse_key(raw, path)
+
+
+def _read_own_file(path: Path) -> tuple[bytes, os.stat_result]:
+    """The bytes of ``path``, opened without following a symlink, after the owner and folder
+    checks (done on the open file, so nothing can be swapped in between)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise LocalError(
+            f"key file {path} not found; create one with `invoke keygen --out {path}`"
+        ) from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise LocalError(
+                f"key file {path} is a symlink; pass the key file itself (links are not followed)"
+            ) from None
+        raise LocalError(f"key file {path}: cannot open ({err.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise LocalError(f"key file {path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise LocalError(
+                f"key file {path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()}); "
+                f"copy it to a file you own (`install -m 600 {path} NEW`)"
+            )
+        folder = path.absolute().parent
+        fmode = stat.S_IMODE(folder.stat().st_mode)
+        if fmode & 0o002:
+            raise LocalError(
+                f"key file {path} is in {folder}, which others may write (mode {fmode:04o}): they "
+                "could replace the key; move it to a private folder"
+            )
+        if st.st_size > 64 * 1024:
+            raise LocalError(f"{path}: not a key file ({st.st_size} bytes)")
+        return f.read(), st
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,24 +221,30 @@ def generate_kms_data_key(kms_key_id: str, out: Path, *, region: str | None = No
     )
 
 
-def read_wrapped(path: Path) -> dict[str, Any]:
-    """Parse and check a wrapped key file (no network)."""
+def read_wrapped(path: Path, raw: bytes | None = None) -> dict[str, Any]:
+    """Parse and check a wrapped key file (no network); ``raw``: its bytes, already read."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(raw.decode() if raw is not None else path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise LocalError(
             f"{path}: not a readable wrapped key file ({type(err).__name__})"
         ) from None
     if not isinstance(doc, dict) or doc.get("format") != WRAPPED_FORMAT:
         raise LocalError(f"{path}: not a twostage wrapped key file (format != {WRAPPED_FORMAT})")
-    for field in ("kms_key_id", "ciphertext_blob"):
+    for field in ("kms_key_id", "ciphertext_blob", "data_key_id"):
         if not isinstance(doc.get(field), str):
             raise LocalError(f"{path}: wrapped key file lacks '{field}'")
+    context = doc.get("encryption_context", ENCRYPTION_CONTEXT)
+    if context != ENCRYPTION_CONTEXT:
+        raise LocalError(
+            f"{path}: encryption_context {context!r} is not this project's {ENCRYPTION_CONTEXT!r} "
+            "(the context is fixed by the code, never taken from the file)"
+        )
     return doc
 
 
-def unwrap_kms_key(wrapped_path: Path) -> bytes:
+def unwrap_kms_key(wrapped_path: Path, raw: bytes | None = None) -> bytes:
     """Return the 32-byte data key held in a wrapped key file, asking KMS to decrypt it.
 
     Needs the network (and ``kms:Decrypt`` on the KMS key): do it before going offline. The key
@@ -220,7 +255,7 @@ def unwrap_kms_key(wrapped_path: Path) -> bytes:
     from local import airgap
 
     wrapped_path = Path(wrapped_path)
-    doc = read_wrapped(wrapped_path)
+    doc = read_wrapped(wrapped_path, raw)
     if airgap.active():
         raise LocalError(
             f"{wrapped_path} is KMS-wrapped and the air gap is already up; load the key "
@@ -234,7 +269,7 @@ def unwrap_kms_key(wrapped_path: Path) -> bytes:
         resp = _kms_client(doc.get("region")).decrypt(
             CiphertextBlob=blob,
             KeyId=doc["kms_key_id"],
-            EncryptionContext=doc.get("encryption_context") or ENCRYPTION_CONTEXT,
+            EncryptionContext=ENCRYPTION_CONTEXT,  # fixed here, never read from the file
         )
     except (ClientError, BotoCoreError) as err:
         raise _kms_error(f"unwrap {wrapped_path}", err) from None
@@ -243,7 +278,6 @@ def unwrap_kms_key(wrapped_path: Path) -> bytes:
         raise LocalError(f"{wrapped_path}: KMS returned a {len(key) * 8}-bit key, expected 256")
     from local.crypto import key_id
 
-    expected = doc.get("data_key_id")
-    if expected and key_id(key).hex() != expected:
+    if key_id(key).hex() != doc["data_key_id"]:
         raise LocalError(f"{wrapped_path}: unwrapped key does not match its recorded key id")
     return key

@@ -1,87 +1,89 @@
-"""The kernel air gap: run a function in a child in a fresh network namespace.
-
-``unshare -rn`` (a new user + network namespace; works as root, or where unprivileged user
-namespaces are enabled) gives the child only a loopback interface: every outbound connect from
-it — subprocesses (``curl``, ``python -c``, ``os.system``), spawn/forkserver children, ctypes or
-``_socket`` calls — fails with "Network is unreachable" at once, and DNS fails. The in-process
-guard (``local.airgap``) still runs inside, for messages that name the code that tried.
+"""The isolated child: run a ``module:function`` target in the air-gap sandbox.
 
 Generic: the child runs a function named ``module:function`` (it takes and returns plain JSON
-data) and knows nothing else of the caller. The request, which may carry a secret (the
-fine-tune's key, loaded by the parent because a KMS unwrap needs the network), goes to the child
-over a pipe (never a file); the child sends back the result or the one-line error of a
-:class:`~artifacts.errors.UserError` over another pipe. The log says which isolation is active:
-``air gap: network namespace (kernel) + in-process guard`` or ``air gap: in-process guard only``.
-``--airgap-strict`` refuses to run without the namespace.
+data) and knows nothing else of the caller, so any command (``finetune`` today; generate,
+evaluate, export) can run inside. The request goes to the child over stdin, never a file; an
+optional secret (the fine-tune's key, loaded by the parent because a KMS unwrap needs the
+network) goes first on the same pipe as raw bytes, is read into a ``bytearray`` and given to the
+target as ``request["secret"]``, and is wiped when the target returns. The child sends back the
+result or the one-line error of a :class:`~artifacts.errors.UserError` over another pipe.
+
+Isolation (``local.sandbox``): :data:`~local.sandbox.SANDBOX` — bubblewrap, the only one an
+``--airgapped`` run accepts — or :data:`~local.sandbox.NAMESPACE` (``unshare -rn``, the
+benchmark's baseline). :func:`choose` decides and fails closed: ``--airgapped`` without a
+working sandbox is a one-line error, unless ``--airgap-guard-only`` accepts the weaker guard.
+In the child, before the secret is read: no core dumps, not dumpable (``sandbox.harden``).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
-import shutil
+import struct
 import subprocess
 import sys
 from typing import Any
 
+from local import sandbox
 from local.errors import LocalError
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "network namespace (kernel) + in-process guard"
-GUARD = "in-process guard only"
 _RESULT_FD_ENV = "TWOSTAGE_NETNS_RESULT_FD"
+_LEN = struct.Struct(">I")
 
 
-def _command() -> list[str] | None:
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return None
-    # Bring loopback up where `ip` exists (a fresh namespace starts with lo down).
-    boot = 'command -v ip >/dev/null && ip link set lo up 2>/dev/null; exec "$@"'
-    return [unshare, "-rn", "sh", "-c", boot, "sh"]
+def choose(*, airgapped: bool, guard_only: bool = False, allowed: bool = True) -> str:
+    """Which isolation a run gets (a ``local.sandbox`` label); logs it in one line.
 
-
-@functools.lru_cache(maxsize=1)
-def available() -> bool:
-    """Can this process start a child in a fresh network namespace (tried once, cheaply)?"""
-    cmd = _command()
-    if cmd is None:
-        return False
-    try:
-        done = subprocess.run([*cmd, "true"], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
-
-
-def choose(*, strict: bool, allowed: bool = True) -> str:
-    """Which isolation an air-gapped run gets; logs it. ``strict`` refuses the guard alone."""
-    if allowed and available():
-        log.info("air gap: %s", NAMESPACE)
-        return NAMESPACE
-    if strict:
+    ``--airgapped`` fails closed: no sandbox here is a :class:`LocalError` that names what is
+    missing and how to enable it (before any decryption). ``guard_only`` (``--airgap-guard-only``)
+    accepts the in-process guard; ``allowed=False`` (tests) keeps the run in this process.
+    """
+    if not airgapped:
+        if guard_only:
+            raise LocalError("--airgap-guard-only needs --airgapped")
+        log.warning("air gap: %s", sandbox.DESCRIBE[sandbox.NONE])
+        return sandbox.NONE
+    if guard_only or not allowed:
+        log.warning("air gap: %s", sandbox.DESCRIBE[sandbox.GUARD])
+        return sandbox.GUARD
+    why = sandbox.missing()
+    if why is not None:
         raise LocalError(
-            "--airgap-strict: cannot create a network namespace here (`unshare -rn` failed: needs "
-            "root or unprivileged user namespaces, e.g. sysctl kernel.unprivileged_userns_clone=1); "
-            "drop --airgap-strict to run with the in-process guard only"
+            f"--airgapped: cannot build the sandbox: {why}; or pass --airgap-guard-only to accept "
+            "the weaker in-process guard (recorded in the export manifest)"
         )
-    log.warning("air gap: %s (no network namespace available: subprocesses are not cut off)", GUARD)
-    return GUARD
+    log.info("air gap: %s (%s)", sandbox.DESCRIBE[sandbox.SANDBOX], sandbox.bwrap_version())
+    return sandbox.SANDBOX
 
 
-def run_in_namespace(target: str, request: dict[str, Any], pass_fds: tuple[int, ...] = ()) -> Any:
-    """``target(request)`` (``target`` is ``"module:function"``) run in a child in a fresh
-    network namespace, inside the offline switches; its return value, or its one-line user
-    error raised here as a :class:`LocalError`. ``pass_fds`` stay open in the child under the
-    same numbers (e.g. a terminal for ``invoke generate --chat``: the child's stdin is the
-    request pipe)."""
-    cmd = _command()
-    assert cmd is not None
+def run_isolated(
+    target: str,
+    request: dict[str, Any],
+    *,
+    isolation: str = sandbox.SANDBOX,
+    plan: sandbox.Plan | None = None,
+    secret: bytes | bytearray = b"",
+    pass_fds: tuple[int, ...] = (),
+) -> Any:
+    """``target(request)`` (``target`` is ``"module:function"``) run in an isolated child; its
+    return value, or its one-line user error raised here as a :class:`LocalError`. ``pass_fds``
+    stay open in the child under the same numbers (e.g. a terminal for ``invoke generate
+    --chat``: the child's stdin is the request pipe)."""
+    if isolation == sandbox.SANDBOX:
+        cmd = sandbox.command(plan or sandbox.Plan())
+        env = sandbox.child_env()
+    elif isolation == sandbox.NAMESPACE:
+        cmd = sandbox.unshare_command() or []
+        if not cmd:
+            raise LocalError("cannot create a network namespace here: `unshare` is not installed")
+        env = dict(os.environ)
+    else:
+        raise ValueError(f"not an isolated child: {isolation!r}")
     read_fd, write_fd = os.pipe()
-    env = {**os.environ, _RESULT_FD_ENV: str(write_fd)}
+    env[_RESULT_FD_ENV] = str(write_fd)
     proc = subprocess.Popen(
         [*cmd, sys.executable, "-m", "local.netns", target],
         stdin=subprocess.PIPE,
@@ -90,6 +92,7 @@ def run_in_namespace(target: str, request: dict[str, Any], pass_fds: tuple[int, 
     )
     os.close(write_fd)
     try:
+        proc.stdin.write(_LEN.pack(len(secret)) + bytes(secret))  # type: ignore[union-attr]
         proc.stdin.write(json.dumps(request).encode())  # type: ignore[union-attr]
         proc.stdin.close()  # type: ignore[union-attr]
         with os.fdopen(read_fd, "rb") as f:
@@ -100,19 +103,29 @@ def run_in_namespace(target: str, request: dict[str, Any], pass_fds: tuple[int, 
         proc.wait()
         raise
     if not reply:
-        raise LocalError(
-            f"the isolated child ({target}) exited with code {code} and no result (see log above)"
-        )
+        raise LocalError(f"the isolated child exited with code {code} and no result (see log above)")
     doc = json.loads(reply)
     if "error" in doc:
         raise LocalError(doc["error"])
     return doc["result"]
 
 
+def _read_exact(f: Any, n: int) -> bytearray:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = f.readinto(view[got:])
+        if not k:
+            raise EOFError("request pipe closed early")
+        got += k
+    return buf
+
+
 def _child(target: str) -> int:
-    """Entry point inside the namespace: read the request, run ``target``, reply."""
+    """Entry point inside the sandbox: harden, read the request, run ``target``, reply."""
     import importlib
 
+    sandbox.harden()  # before the secret arrives
     from artifacts.errors import UserError
     from artifacts.logs import init_logging
     from local.airgap import enable_offline_env
@@ -121,7 +134,11 @@ def _child(target: str) -> int:
     init_logging()
     log.info("air gap: running in network namespace %s", os.readlink("/proc/self/ns/net"))
     out = os.fdopen(int(os.environ.pop(_RESULT_FD_ENV)), "wb")
-    request = json.loads(sys.stdin.buffer.read())
+    stdin = sys.stdin.buffer
+    secret = _read_exact(stdin, _LEN.unpack(_read_exact(stdin, _LEN.size))[0])
+    request = json.loads(stdin.read())
+    if secret:
+        request["secret"] = secret
     module, _, name = target.partition(":")
     function = getattr(importlib.import_module(module), name)
     try:
@@ -130,6 +147,8 @@ def _child(target: str) -> int:
         out.write(json.dumps({"error": str(err)}).encode())
         out.close()
         return 2
+    finally:
+        secret[:] = bytes(len(secret))  # the master key: wiped as soon as the target is done
     out.write(json.dumps({"result": result}).encode())
     out.close()
     return 0

@@ -1,9 +1,10 @@
 """Run a stage-2 command (``generate``, ``evaluate``) cut off from the network, like ``finetune``.
 
-Today's air gap (``docs/airgap.md``): the HF offline switches, then the command's function in a
-child in a fresh network namespace where the OS allows (``local.netns``, a ``module:function``
-target with a JSON request), the in-process guard up inside it either way. A blocked attempt
-aborts the command with one line. The function runs in this process when not air-gapped.
+The air gap of ``docs/airgap.md``: the HF offline switches, then the command's function in the
+bubblewrap sandbox (``local.netns.run_isolated``, a ``module:function`` target with a JSON
+request; it may read only the files the request names), the in-process guard up inside it too.
+No sandbox here fails closed, as ``invoke finetune --airgapped`` does. A blocked attempt aborts
+the command with one line. The function runs in this process when not air-gapped.
 """
 
 from __future__ import annotations
@@ -32,22 +33,32 @@ def guarded(airgapped: bool) -> Iterator[None]:
         raise LocalError(f"{err}; the command was aborted") from None
 
 
+#: Request keys that name files the command reads (bound read-only into the sandbox).
+READ_KEYS = ("model", "adapter", "prompts_file", "data", "config")
+
+
 def run(
-    target: str, request: dict[str, Any], *, airgapped: bool, strict: bool = False,
-    isolate: bool = True, pass_fds: tuple[int, ...] = (),
+    target: str, request: dict[str, Any], *, airgapped: bool, isolate: bool = True,
+    pass_fds: tuple[int, ...] = (),
 ) -> Any:  # fmt: skip
-    """``target(request)`` air-gapped (namespace child where possible) or here; its result.
+    """``target(request)`` air-gapped (in the sandbox) or here; its result.
 
     ``request["airgapped"]`` is set, so the target knows to put up the guard (:func:`guarded`)
-    wherever it runs.
+    wherever it runs. ``isolate=False`` (tests) keeps an air-gapped run in this process, guarded.
     """
     request = {**request, "airgapped": airgapped}
     if airgapped:
-        from local import netns
+        from pathlib import Path
+
+        from local import netns, sandbox
         from local.airgap import enable_offline_env
 
         enable_offline_env()
-        if netns.choose(strict=strict, allowed=isolate) == netns.NAMESPACE:
-            return netns.run_in_namespace(target, request, pass_fds)
+        if netns.choose(airgapped=True, allowed=isolate) == sandbox.SANDBOX:
+            readable = tuple(
+                Path(request[k]).resolve() for k in READ_KEYS if request.get(k) is not None
+            )
+            plan = sandbox.Plan(readable=readable)
+            return netns.run_isolated(target, request, plan=plan, pass_fds=pass_fds)
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)(request)

@@ -33,6 +33,8 @@ def export_metadata(
         "eval_loss_history": [[step, round(loss, 6)] for step, loss in stats.evals],
         "early_stopped": stats.early_stopped,
         "merged": job.merge,
+        "isolation": job.isolation,
+        "swap": job.swap,
         "data": {
             "train_on_prompt": cfg.train_on_prompt,
             "packing": packed,
@@ -81,7 +83,9 @@ def export_or_hold(
         export.check_export(staging, forbidden)
         if job.merge:
             export.merge_adapter(job.model_dir, staging, base_label)
-        return export.finalize(staging, job.out, forbidden=forbidden, metadata=metadata)
+        return export.finalize(
+            staging, job.out, forbidden=forbidden, metadata=metadata, publish=job.staging is None
+        )
     except export.ExportRefused as err:
         path = held.hold(staging, job.out, job.key, err.findings, metadata)
         raise LocalError(held.refusal_message(str(err), path, job.key_file, job.out)) from None

@@ -190,6 +190,8 @@ def test_export_verifies_and_fine_tune_lowered_the_loss(demo_run):
     assert history == manifest.metadata["train_loss_history"] and len(history) >= 2
     assert all(math.isfinite(loss) for _, loss in history) and history[-1][1] < history[0][1]
     assert ft["data"]["packing"] is True and ft["data"]["train_on_prompt"] is False
+    # The demo's fine-tune ran in the bubblewrap sandbox, and its manifest and summary say so.
+    assert ft["isolation"] == manifest.metadata["isolation"] == "sandbox"
     audit = manifest.metadata["privacy_audit"]
     assert audit == ft["privacy_audit"] and 0.0 <= audit["train_exposure"] <= 1.0
 

@@ -162,6 +162,11 @@ def test_airgapped_finetune_lowers_the_loss_and_exports(airgapped_run):
     assert result.export_path == airgapped_run["out"] and result.export_bytes > 0
     assert (airgapped_run["out"] / "adapter_model.safetensors").is_file()
     assert "eval loss" in result.summary()
+    # In this process (isolate=False) the run had the guard alone, and its manifest says so.
+    from artifacts.verify import verify_dir
+
+    meta = verify_dir(airgapped_run["out"]).metadata
+    assert meta["isolation"] == "guard-only" == result.isolation and meta["swap"]
 
 
 @pytest.mark.slow

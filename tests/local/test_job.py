@@ -1,4 +1,4 @@
-"""A fine-tune's job crosses the pipe to the namespace child as JSON (``local.job``)."""
+"""A fine-tune's job crosses the pipe to the sandboxed child as JSON (``local.job``)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,15 @@ def test_a_result_survives_the_pipe_unchanged():
     )  # fmt: skip
     assert FinetuneResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
     assert dataclasses.asdict(result)["export_path"] == Path("/exports/a")
+
+
+def test_in_the_sandbox_the_key_travels_apart_and_stays_a_wipeable_bytearray():
+    job = _job(staging=Path("/exports/.a.partial-1"), swap="off")
+    doc = json.loads(json.dumps(job.to_dict(with_key=False)))
+    assert "key" not in doc and bytes(range(32)).hex() not in json.dumps(doc)
+    secret = bytearray(range(32))
+    back = Job.from_dict({**doc, "secret": secret})
+    assert back.key is secret  # not copied into an immutable bytes: the child can wipe it
+    assert back.staging == Path("/exports/.a.partial-1") and back.swap == "off"
+    secret[:] = bytes(32)
+    assert back.key == bytes(32)

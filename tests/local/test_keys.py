@@ -163,3 +163,54 @@ def test_keygen_wraps_an_existing_key_file_with_kms(tmp_path: Path, kms_key) -> 
     wrapped = tmp_path / "data.kms.json"
     assert b"ciphertext_blob" in wrapped.read_bytes()
     assert keys.load_key(wrapped) == keys.load_key(plain)
+
+
+# --- issue 21: key files that could be swapped or redirected are refused ------------------------
+
+
+def test_a_symlinked_key_file_is_refused_not_followed(tmp_path: Path) -> None:
+    real = keys.generate_key_file(tmp_path / "data.key")
+    link = tmp_path / "link.key"
+    link.symlink_to(real)
+    with pytest.raises(LocalError, match=r"is a symlink; pass the key file itself"):
+        keys.load_key(link)
+
+
+def test_a_key_file_owned_by_someone_else_is_refused(tmp_path: Path) -> None:
+    import os
+
+    path = keys.generate_key_file(tmp_path / "data.key")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the file away (CI runs as root)")
+    os.chown(path, 4321, 4321)
+    with pytest.raises(LocalError, match=r"owned by uid 4321, not by you"):
+        keys.load_key(path)
+
+
+def test_a_key_file_in_a_folder_others_may_write_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    path = keys.generate_key_file(folder / "data.key")
+    folder.chmod(0o777)
+    with pytest.raises(LocalError, match=r"which others may write \(mode 0777\)"):
+        keys.load_key(path)
+    folder.chmod(0o700)
+    assert len(keys.load_key(path)) == 32
+
+
+def test_wrapped_keys_need_the_data_key_id_and_the_codes_own_context(tmp_path: Path, kms_key) -> None:
+    _, arn = kms_key
+    wrapped = keys.generate_kms_data_key(arn, tmp_path / "data.kms.json")
+    doc = json.loads(wrapped.read_text())
+    no_id = tmp_path / "no-id.kms.json"
+    no_id.write_text(json.dumps({k: v for k, v in doc.items() if k != "data_key_id"}))
+    with pytest.raises(LocalError, match="lacks 'data_key_id'"):
+        keys.unwrap_kms_key(no_id)
+    wrong_id = tmp_path / "wrong-id.kms.json"
+    wrong_id.write_text(json.dumps({**doc, "data_key_id": "00" * 8}))
+    with pytest.raises(LocalError, match="does not match its recorded key id"):
+        keys.unwrap_kms_key(wrong_id)
+    context = tmp_path / "context.kms.json"
+    context.write_text(json.dumps({**doc, "encryption_context": {"twostage:purpose": "other"}}))
+    with pytest.raises(LocalError, match="is not this project's"):
+        keys.unwrap_kms_key(context)

@@ -123,8 +123,7 @@ class FinetuneResult:
         if self.over_long:
             line += f"; {self.over_long} over-long record(s) ({self.dropped} dropped)"
         return line + f"; air gap: {self.isolation}" + (
-            f"
-next: invoke evaluate --model MODEL --adapter {self.export_path} --data HELDOUT.enc "
+            f"\nnext: invoke evaluate --model MODEL --adapter {self.export_path} --data HELDOUT.enc "
             "--key-file KEY (base vs adapter); invoke generate / export-gguf use it too"
         )
 

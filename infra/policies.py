@@ -26,14 +26,12 @@ from typing import Any
 from artifacts.node import (
     BOOTSTRAP_PREFIX,
     CONTROL_PREFIX,
+    GROUP_TAG,
     RUNS_PREFIX,
     TAG_CLUSTER,
     run_document_name,
 )
 from infra.errors import InfraError
-
-#: The tag Auto Scaling puts on every instance it launches (``aws:`` tags cannot be set by users).
-GROUP_TAG = "aws:autoscaling:groupName"
 
 #: What the SSM agent calls: ``AmazonSSMManagedInstanceCore`` minus ``ssm:GetParameter(s)``.
 SSM_AGENT_ACTIONS = (

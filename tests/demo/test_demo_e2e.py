@@ -246,10 +246,11 @@ def test_terminating_the_demo_stops_every_training_process(tmp_path):
     tree: list[psutil.Process] = []
     try:
         # Nothing to await: the ranks write STATUS.json once they are up; poll for it. (Data
-        # preparation writes it first, in state "preparing", before any rank starts.)
+        # preparation writes it first, "preparing" then "prepared", before any rank starts.)
         def ranks_up() -> bool:
             try:
-                return json.loads(status.read_text()).get("state") not in (None, "preparing")
+                state = json.loads(status.read_text()).get("state")
+                return state not in (None, "preparing", "prepared")
             except (OSError, ValueError):
                 return False
 

@@ -172,9 +172,9 @@ def fetch_share(
         (dest / MANIFEST_NAME).write_bytes(raw)  # last: the share is complete and verified
         report.step = step
         log.info(
-            "resume: step %d, this node's share %.2f GB of %.2f GB (ranks %s): downloaded "
-            "%.2f GB, re-used %.2f GB local, in %.1f s",
-            step, report.share_bytes / 1e9, report.total_bytes / 1e9,
+            "resume: from %s (global step %d): this node's share %.2f GB of %.2f GB (ranks %s): "
+            "downloaded %.2f GB, re-used %.2f GB local, in %.1f s",
+            src, step, report.share_bytes / 1e9, report.total_bytes / 1e9,
             "all" if report.ranks is None else
             (f"{min(report.ranks)}-{max(report.ranks)}" if report.ranks else "none: shared files"),
             report.downloaded_bytes / 1e9, report.reused_bytes / 1e9, report.seconds,

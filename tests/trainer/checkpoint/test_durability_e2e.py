@@ -149,7 +149,10 @@ def test_kill9_spot_notice_and_corruption_on_s3(tmp_path, moto_server, monkeypat
     store = open_store(run).child(f"checkpoints/{step_folder(newest)}")
     victim = next(o.key for o in store.list() if "optim_states" in o.key)
     store.put_bytes(victim, os.urandom(next(o.size for o in store.list() if o.key == victim)))
-    third = Launch(config, run, tmp_path / "launch3.log", env)
+    # A replacement node (fresh local disk): a survivor would reuse its own verified copy of the
+    # step and rightly never read the corrupted object (tests/trainer/checkpoint/test_fetch.py).
+    fresh = {**env, "TWOSTAGE_SCRATCH": str(tmp_path / "scratch-replacement")}
+    third = Launch(config, run, tmp_path / "launch3.log", fresh)
     third.wait(400)
     log3 = third.text()
     assert re.search(rf"checkpoint \S*{step_folder(newest)} failed verification", log3), log3[

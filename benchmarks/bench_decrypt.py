@@ -103,7 +103,7 @@ def bench(size: int, chunk: int, repeats: int, seconds: int, cpu: int | None, tm
 
     def aead_only() -> None:
         for i, start in enumerate(starts):
-            aead.decrypt(crypto._nonce(i, i == last), view[start : start + enc], None)
+            aead.decrypt(crypto.chunk_nonce(i, i == last), view[start : start + enc], None)
 
     rows = {
         "stream-memory": lambda: drain(crypto.decrypt_fileobj(io.BytesIO(blob), KEY)),

@@ -5,7 +5,7 @@ two thirds in ``{"prompt", "response"}`` form, one third as two-turn chats (``{"
 so the fine-tune exercises both masked forms (loss on responses / assistant turns only);
 learnable by a tiny model in a few steps. The JSON Lines
 plaintext only ever lives in a ``BytesIO``; what reaches the disk is the ciphertext
-(``local.crypto.encrypt_file`` on the stream: temporary sibling, atomic rename).
+(``local.crypto_files.encrypt_file`` on the stream: temporary sibling, atomic rename).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def write_encrypted_dataset(
     dest: Path, key: bytes, *, records: int = 160, seed: int = 7
 ) -> PrivateDataset:
     """Generate the records, encrypt them from memory into ``dest`` (atomic); plaintext never on disk."""
-    from local.crypto import encrypt_file
+    from local.crypto_files import encrypt_file
 
     dest = Path(dest)
     with io.BytesIO(to_jsonl(generate_records(records, seed))) as plaintext:

@@ -40,6 +40,7 @@ Modules (a run goes cli → finetune → checks → tokens → model/training �
 - ``isolated``: a fine-tune's steps 2–7 in the sandbox; the parent holds and publishes the export.
 - ``staging``: the export's staging folder — held with ``flock``, swept after a killed run.
 - ``crypto``: the encrypted-stream format (chunked AES-256-GCM, STREAM).
+- ``crypto_files``: whole encrypted files: atomic writes, re-keying, the framing check before a run.
 - ``keys``: local key files and optional AWS KMS envelope encryption.
 - ``errors``: ``LocalError``, the package's user-facing error.
 """

@@ -2,7 +2,7 @@
 
 A checkpoint is ``torch.save`` of a plain dict (LoRA weights, optimizer, scheduler, grad scaler,
 RNG states, data position, loss history, early-stop state) serialized **in memory** and written
-in the twostage stream format with the *dataset* key (``local.crypto.encrypt_file``: temporary
+in the twostage stream format with the *dataset* key (``local.crypto_files.encrypt_file``: temporary
 sibling, one rename) to the run's work area beside ``--out``
 (``.<out>.work/step-00000100.ckpt.enc``). Only the newest is kept. Loading authenticates the
 whole file first, then ``torch.load(weights_only=True)``. A fingerprint of the config, the
@@ -57,7 +57,7 @@ class Checkpointer:
     def save(self, step: int, state: dict[str, Any]) -> Path:
         import torch
 
-        from local.crypto import encrypt_file
+        from local.crypto_files import encrypt_file
 
         buf = io.BytesIO()
         torch.save({**state, "fingerprint": self.fingerprint, "step": step}, buf)

@@ -16,12 +16,10 @@ bytes and a wrong key all fail authentication, and the reader raises :class:`Dec
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import io
 import os
 import struct
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +69,7 @@ def key_id(key: bytes) -> bytes:
     Why: lets the reader say "wrong key" at once instead of "chunk 0 failed", and lets a team
     tell which key a file needs during key rotation.
     """
-    _check_key(key)
+    check_key(key)
     return HKDF(hashes.SHA256(), KEY_ID_SIZE, salt=None, info=KEY_ID_INFO).derive(key)
 
 
@@ -80,18 +78,18 @@ def _derive(key: bytes, salt: bytes) -> tuple[bytes, bytes]:
     return okm[:KEY_SIZE], okm[KEY_SIZE:]
 
 
-def _nonce(index: int, last: bool) -> bytes:
+def chunk_nonce(index: int, last: bool) -> bytes:
     if index > _MAX_COUNTER:
         raise DecryptionError("stream too long: chunk counter overflow")
     return index.to_bytes(NONCE_COUNTER_SIZE, "big") + (b"\x01" if last else b"\x00")
 
 
-def _check_key(key: bytes) -> None:
+def check_key(key: bytes) -> None:
     if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
         raise LocalError(f"a data key must be {KEY_SIZE} bytes (256 bits)")
 
 
-def _check_chunk_size(chunk_size: int) -> None:
+def check_chunk_size(chunk_size: int) -> None:
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         raise LocalError(
             f"chunk size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes, got {chunk_size}"
@@ -126,8 +124,8 @@ def encrypt_stream(
 
     ``on_progress(n)`` is called with the plaintext byte count of each chunk (for a progress bar).
     """
-    _check_key(key)
-    _check_chunk_size(chunk_size)
+    check_key(key)
+    check_chunk_size(chunk_size)
     salt = os.urandom(SALT_SIZE)
     payload_key, header_key = _derive(key, salt)
     body = _HEADER_BODY.pack(MAGIC, VERSION, chunk_size, key_id(key), salt)
@@ -141,7 +139,7 @@ def encrypt_stream(
         # Look one chunk ahead: the current chunk is the last one exactly when nothing follows.
         nxt_len = _read_full(src, nxt) if cur_len == chunk_size else 0
         last = nxt_len == 0
-        sealed = aead.encrypt(_nonce(index, last), memoryview(cur)[:cur_len], None)
+        sealed = aead.encrypt(chunk_nonce(index, last), memoryview(cur)[:cur_len], None)
         dest.write(sealed)
         written += len(sealed)
         if on_progress is not None:
@@ -150,47 +148,6 @@ def encrypt_stream(
             return written
         cur, nxt, cur_len = nxt, cur, nxt_len
         index += 1
-
-
-def encrypt_file(
-    src: Path | BinaryIO,
-    dest: Path,
-    key: bytes,
-    *,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    on_progress: Callable[[int], None] | None = None,
-) -> int:
-    """Encrypt ``src`` (a path, or a binary stream such as in-memory plaintext) into ``dest``.
-
-    Written through a temporary sibling and an atomic rename: ``dest`` is either the complete
-    ciphertext or untouched, and a failure part-way (disk full, Ctrl-C) leaves no half-written
-    file behind. An existing ``dest`` is replaced; refusing to overwrite is the caller's policy
-    (``invoke encrypt`` refuses without ``--force``). Returns the ciphertext size.
-    """
-    dest = Path(dest)
-    _check_key(key)
-    _check_chunk_size(chunk_size)
-    if not hasattr(src, "read"):
-        src = Path(src)
-        if not src.is_file():
-            raise LocalError(f"{src}: no such file to encrypt")
-        if src.resolve() == dest.resolve():
-            raise LocalError(f"{dest}: destination is the source file; choose another --dest")
-    if not dest.parent.is_dir():
-        raise LocalError(f"{dest.parent}: destination folder does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, contextlib.ExitStack() as stack:
-            inp = src if hasattr(src, "read") else stack.enter_context(Path(src).open("rb"))
-            written = encrypt_stream(inp, out, key, chunk_size=chunk_size, on_progress=on_progress)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return written
 
 
 def encrypt_bytes(data: bytes, key: bytes, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> bytes:
@@ -227,8 +184,8 @@ def read_header(f: BinaryIO, name: str = "input") -> Header:
     return Header(version, chunk_size, kid, salt, mac, body)
 
 
-def _open_header(f: BinaryIO, key: bytes, name: str) -> tuple[Header, AESGCM]:
-    _check_key(key)
+def open_header(f: BinaryIO, key: bytes, name: str) -> tuple[Header, AESGCM]:
+    check_key(key)
     header = read_header(f, name)
     payload_key, header_key = _derive(key, header.salt)
     if not hmac.compare_digest(hmac.digest(header_key, header.body, "sha256"), header.mac):
@@ -246,7 +203,7 @@ def _open_header(f: BinaryIO, key: bytes, name: str) -> tuple[Header, AESGCM]:
 def _fail_chunk(aead: AESGCM, index: int, sealed: memoryview, last: bool, full: bool, name: str):
     """Work out *why* chunk ``index`` failed, for a message that says what happened."""
     try:
-        aead.decrypt(_nonce(index, not last), sealed, None)
+        aead.decrypt(chunk_nonce(index, not last), sealed, None)
         flipped_ok = True
     except InvalidTag:
         flipped_ok = False
@@ -272,7 +229,7 @@ def _fail_chunk(aead: AESGCM, index: int, sealed: memoryview, last: bool, full: 
 
 def decrypt_fileobj(f: BinaryIO, key: bytes, name: str = "input") -> Iterator[bytes]:
     """Yield authenticated plaintext chunks from an open binary stream (see :func:`decrypt_stream`)."""
-    header, aead = _open_header(f, key, name)
+    header, aead = open_header(f, key, name)
     enc_size = header.chunk_size + TAG_SIZE
     cur, nxt = bytearray(enc_size), bytearray(enc_size)
     cur_len = _read_full(f, cur)
@@ -289,7 +246,7 @@ def decrypt_fileobj(f: BinaryIO, key: bytes, name: str = "input") -> Iterator[by
                 f"shorter than its {TAG_SIZE}-byte tag)"
             )
         try:
-            plain = aead.decrypt(_nonce(index, last), sealed, None)
+            plain = aead.decrypt(chunk_nonce(index, last), sealed, None)
         except InvalidTag:
             raise _fail_chunk(aead, index, sealed, last, cur_len == enc_size, name) from None
         if last and index > 0 and not plain:
@@ -326,95 +283,3 @@ def decrypt_bytes(blob: bytes, key: bytes) -> bytes:
     return b"".join(decrypt_fileobj(io.BytesIO(blob), key))
 
 
-class _ChunkReader(io.RawIOBase):
-    """A readable stream over an iterator of byte chunks (plaintext stays in memory)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:  # type: ignore[override]
-        while not self._pending:
-            nxt = next(self._chunks, None)
-            if nxt is None:
-                return 0
-            self._pending = memoryview(nxt)
-        n = min(len(buf), len(self._pending))
-        buf[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-
-def reencrypt_file(
-    src: Path, dest: Path, old_key: bytes, new_key: bytes, *, chunk_size: int | None = None
-) -> int:
-    """Re-encrypt ``src`` under ``new_key`` (key rotation) without plaintext ever touching disk.
-
-    Decryption streams straight into encryption, chunk by chunk, in constant memory. The source's
-    chunk size is kept unless ``chunk_size`` says otherwise (a rotation must not silently change
-    the memory a reader needs). ``dest`` is written through a temporary sibling and renamed only
-    after the *whole* source authenticated: a tampered or truncated source leaves no ``dest``
-    behind. Returns the ciphertext size.
-    """
-    src, dest = Path(src), Path(dest)
-    if src.resolve() == dest.resolve():
-        raise LocalError(f"{dest}: destination is the source file; choose another --dest")
-    if chunk_size is None:
-        chunk_size = file_header(src).chunk_size
-    return encrypt_file(
-        _ChunkReader(decrypt_stream(src, old_key)), dest, new_key, chunk_size=chunk_size
-    )
-
-
-def file_header(path: Path) -> Header:
-    """The (not yet authenticated) header of an encrypted file: chunk size, key id."""
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            return read_header(f, str(path))
-    except FileNotFoundError:
-        raise LocalError(f"{path}: no such encrypted file") from None
-
-
-def check_framing(path: Path, key: bytes) -> None:
-    """The checks that read no plaintext but the last chunk, done before anything else starts
-    (``invoke finetune`` refuses in milliseconds): the header's key id and MAC against ``key``;
-    whether the bytes after the header can be whole chunks and a final one; and whether the last
-    chunk authenticates *as the final one* — a copy truncated anywhere, even at a chunk boundary,
-    fails that. What it decrypts (at most one chunk) is dropped at once.
-    """
-    path = Path(path)
-    try:
-        f = path.open("rb", buffering=0)
-    except FileNotFoundError:
-        raise LocalError(f"{path}: no such encrypted file") from None
-    with f:
-        header = read_header(f, str(path))
-        if header.key_id != key_id(bytes(key)):
-            raise DecryptionError(
-                f"{path}: wrong key (file needs key id {header.key_id.hex()}, the key given has "
-                f"id {key_id(bytes(key)).hex()}); pass the key file it was encrypted with"
-            )
-        f.seek(0)
-        header, aead = _open_header(f, bytes(key), str(path))
-        enc_size = header.chunk_size + TAG_SIZE
-        body = os.fstat(f.fileno()).st_size - HEADER_SIZE
-        rest = body % enc_size
-        if not (body == TAG_SIZE or (body > 0 and (rest == 0 or rest > TAG_SIZE))):
-            raise DecryptionError(
-                f"{path}: truncated or damaged ({body} bytes after the header are not whole "
-                f"{header.chunk_size}-byte chunks and a final one); copy the file again"
-            )
-        last = (body - 1) // enc_size
-        f.seek(HEADER_SIZE + last * enc_size)
-        sealed = f.read(enc_size)
-        try:
-            aead.decrypt(_nonce(last, True), sealed, None)
-        except InvalidTag:
-            raise DecryptionError(
-                f"{path}: truncated or damaged (chunk {last} does not authenticate as the end of "
-                "the stream); copy the file again"
-            ) from None

@@ -78,7 +78,8 @@ def encrypt(c, key_file, src, dest, force=False):
     """
     from tqdm import tqdm
 
-    from local.crypto import MAGIC, encrypt_file
+    from local.crypto import MAGIC
+    from local.crypto_files import encrypt_file
     from local.keys import load_key
 
     src_p, dest_p = Path(src), Path(dest)
@@ -126,7 +127,8 @@ def rekey(c, key_file, new_key_file, src, dest, force=False, chunk_size=None):
     :param force: overwrite --dest if it exists.
     :param chunk_size: chunk size of the new file in bytes; by default the source's is kept.
     """
-    from local.crypto import key_id, reencrypt_file
+    from local.crypto import key_id
+    from local.crypto_files import reencrypt_file
     from local.keys import load_key
 
     dest_p = Path(dest)

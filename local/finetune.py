@@ -98,7 +98,7 @@ def run_finetune(
     )  # fmt: skip
     # The key first (a KMS unwrap needs the network), then what needs no decryption: the wrong
     # key or a truncated file is refused before anything else starts.
-    from local.crypto import check_framing
+    from local.crypto_files import check_framing
     from local.keys import load_key
 
     key = load_key(key_file)

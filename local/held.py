@@ -43,7 +43,7 @@ def hold(
     staging: Path, out: Path, key: bytes, findings: list[Finding], metadata: dict[str, Any]
 ) -> Path:
     """Pack the staged export (without ``merged/``: it can be rebuilt) and encrypt it to disk."""
-    from local.crypto import encrypt_file
+    from local.crypto_files import encrypt_file
 
     buf = io.BytesIO()
     info = {"findings": [f.__dict__ for f in findings], "metadata": metadata}

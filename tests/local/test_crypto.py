@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from local import crypto
+from local import crypto, crypto_files
 from local.crypto import HEADER_SIZE, TAG_SIZE, decrypt_bytes, encrypt_bytes
 from local.errors import DecryptionError, LocalError
 
@@ -53,7 +53,7 @@ def test_round_trip_file_with_default_chunks(tmp_path: Path) -> None:
     data = os.urandom(3 * crypto.DEFAULT_CHUNK_SIZE + 123)
     src, dest = tmp_path / "plain.bin", tmp_path / "data.enc"
     src.write_bytes(data)
-    crypto.encrypt_file(src, dest, KEY)
+    crypto_files.encrypt_file(src, dest, KEY)
     pieces = list(crypto.decrypt_stream(dest, KEY))
     assert b"".join(pieces) == data
     assert [len(p) for p in pieces] == [crypto.DEFAULT_CHUNK_SIZE] * 3 + [123]
@@ -62,7 +62,7 @@ def test_round_trip_file_with_default_chunks(tmp_path: Path) -> None:
 def test_encrypt_file_from_memory(tmp_path: Path) -> None:
     """In-memory plaintext goes straight to an encrypted file: no plaintext file ever exists."""
     dest = tmp_path / "data.enc"
-    written = crypto.encrypt_file(io.BytesIO(b'{"text": "x"}\n' * 100), dest, KEY, chunk_size=CS)
+    written = crypto_files.encrypt_file(io.BytesIO(b'{"text": "x"}\n' * 100), dest, KEY, chunk_size=CS)
     assert written == dest.stat().st_size
     assert decrypt_bytes(dest.read_bytes(), KEY) == b'{"text": "x"}\n' * 100
     assert [p.name for p in tmp_path.iterdir()] == ["data.enc"]
@@ -185,8 +185,8 @@ def test_empty_final_chunk_after_data_is_rejected() -> None:
     blob = encrypt_bytes(os.urandom(CS), KEY, chunk_size=CS)
     payload_key, _ = crypto._derive(KEY, blob[21:53])
     aead = AESGCM(payload_key)
-    first = aead.encrypt(crypto._nonce(0, False), os.urandom(CS), None)
-    forged = blob[:HEADER_SIZE] + first + aead.encrypt(crypto._nonce(1, True), b"", None)
+    first = aead.encrypt(crypto.chunk_nonce(0, False), os.urandom(CS), None)
+    forged = blob[:HEADER_SIZE] + first + aead.encrypt(crypto.chunk_nonce(1, True), b"", None)
     assert "empty final chunk" in _rejected(forged)
 
 
@@ -204,7 +204,7 @@ def test_not_our_file_and_bad_keys() -> None:
 def test_decrypt_runs_in_constant_memory(tmp_path: Path) -> None:
     src, dest = tmp_path / "big.bin", tmp_path / "big.enc"
     src.write_bytes(os.urandom(8 * 1024 * 1024))
-    crypto.encrypt_file(src, dest, KEY, chunk_size=64 * 1024)
+    crypto_files.encrypt_file(src, dest, KEY, chunk_size=64 * 1024)
     tracemalloc.start()
     try:
         total = 0
@@ -227,13 +227,13 @@ def test_encrypt_file_never_leaves_a_half_written_dest(tmp_path: Path, monkeypat
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        crypto.encrypt_file(src, dest, KEY, chunk_size=CS, on_progress=explode)
+        crypto_files.encrypt_file(src, dest, KEY, chunk_size=CS, on_progress=explode)
     assert dest.read_bytes() == b"previous ciphertext"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.enc", "plain.jsonl"]
 
 
 def test_rekey_keeps_the_chunk_size_unless_told(tmp_path: Path) -> None:
-    from local.crypto import file_header, reencrypt_file
+    from local.crypto_files import file_header, reencrypt_file
 
     old, new = os.urandom(32), os.urandom(32)
     src = tmp_path / "data.enc"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from local import dataset
-from local.crypto import encrypt_file
+from local.crypto_files import encrypt_file
 from local.errors import DecryptionError, LocalError
 
 KEY = os.urandom(32)

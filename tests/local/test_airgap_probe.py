@@ -28,12 +28,14 @@ from pathlib import Path
 import pytest
 import qlora_helpers as h
 
+from local import sandbox
+
 REPO = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).resolve().parent / "probe" / "twostage_probe.py"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (CI installs it)"),
+    pytest.mark.skipif(sandbox.bwrap_binary() is None, reason="bubblewrap (CI installs it)"),
 ]
 
 

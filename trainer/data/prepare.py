@@ -54,6 +54,7 @@ from trainer.data.progress import (
 from trainer.data.report import REPORT_NAME, build_report, encode, report_lines
 from trainer.data.shards import (
     TOKENIZER_MARKER,
+    CommittedMeanwhile,
     check_size,
     clean_stale,
     committed_metadata,
@@ -113,6 +114,10 @@ def prepare(
             cfg, run, scratch, sources, fp, store, existing, writer,
             workers=workers, node_rank=node_rank, node_count=node_count, bar=bar, since=since,
         )  # fmt: skip
+    except CommittedMeanwhile:  # a late node: node 0 committed while this one waited
+        meta = committed_metadata(store)
+        log.info("data: %s was committed meanwhile (%d train tokens)", cache_uri, meta.get("train_tokens", 0))
+        return Prepared(cache_uri, fp, meta, reused=True)
     except BaseException as err:  # every ending leaves a final state, then goes on as it was
         if writer is not None:
             record_stopped(writer, err)

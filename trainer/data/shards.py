@@ -81,11 +81,19 @@ def wait_for(store: Any, key: str, fp: str, since: float, what: str) -> None:
         wait_for_any(store, fp, since, what)
 
 
+class CommittedMeanwhile(Exception):  # noqa: N818 - a signal, not an error
+    """The cache this node waits to help build was committed meanwhile (node 0 finished and
+    cleaned up the intermediate markers a late node would otherwise wait for forever)."""
+
+
 def wait_for_any(store: Any, fp: str, since: float, what: str) -> None:
-    """One poll of a wait for ``what``: raise a FAILED marker newer than ``since``, else sleep."""
+    """One poll of a wait for ``what``: raise a FAILED marker newer than ``since``, or
+    :class:`CommittedMeanwhile` when the manifest for ``fp`` is there; else sleep."""
     for o in store.list(f"_parts/{fp}"):
         if o.key.endswith(FAILED_MARKER) and o.mtime >= since - 5:
             raise TrainerError(store.get_bytes(o.key).decode())
+    if committed_metadata(store).get("fingerprint") == fp:
+        raise CommittedMeanwhile(fp)
     log.info("data: waiting for %s", what)
     time.sleep(POLL_S)
 

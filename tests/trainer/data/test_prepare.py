@@ -450,3 +450,37 @@ def test_an_existing_tokenizer_folder_is_used_as_it_is(tmp_path: Path) -> None:
     (tmp_path / "notok").mkdir()
     with pytest.raises(TrainerError, match="no tokenizer.json"):
         run(make_cfg(tokenizer=str(tmp_path / "notok")), tmp_path / "r3", tmp_path / "w3")
+
+
+@pytest.mark.timeout(120)
+def test_a_late_node_stops_waiting_once_node_0_has_committed(tmp_path: Path, monkeypatch) -> None:
+    """A node still polling for intermediate markers after node 0 committed and cleaned them up
+    must not wait forever: the committed manifest ends the wait. (Seen as a hang of two torchrun
+    "nodes": node 1 polled for dedup scan markers node 0 had already removed.)"""
+    import threading
+
+    from trainer.data import shards
+
+    monkeypatch.setattr(shards, "POLL_S", 0.05)
+    cfg = make_cfg()
+    results: dict[int, object] = {}
+
+    def node(rank: int) -> None:
+        results[rank] = run(cfg, tmp_path / "r", tmp_path / f"w{rank}", node_rank=rank, node_count=2)
+
+    threads = [threading.Thread(target=node, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=100)
+    first = results[0]
+    calls = {"n": 0}
+    real = prep.committed_metadata
+
+    def not_yet_on_the_first_look(store):  # node 1 looked just before node 0 committed
+        calls["n"] += 1
+        return {} if calls["n"] == 1 else real(store)
+
+    monkeypatch.setattr(prep, "committed_metadata", not_yet_on_the_first_look)
+    late = run(cfg, tmp_path / "r", tmp_path / "w-late", node_rank=1, node_count=2)
+    assert late.fingerprint == first.fingerprint and late.metadata == first.metadata

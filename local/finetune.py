@@ -176,20 +176,15 @@ def _check_args(
 def guard(airgapped: bool, out: Path | None = None) -> Iterator[None]:
     """The in-process guard; a blocked attempt aborts the run and drops its checkpoints (a run
     that tried to reach the network is not one to resume)."""
-    if not airgapped:
-        yield
-        return
-    from local.airgap import AirgapViolation
-    from local.airgap import airgapped as network_guard
     from local.checkpoint import drop_checkpoints
+    from local.offline import guarded
 
-    try:
-        with network_guard():
-            yield
-    except AirgapViolation as err:
-        if out is not None:
-            drop_checkpoints(out)
-        raise LocalError(f"{err}; the run was aborted and nothing was exported") from None
+    with guarded(
+        airgapped,
+        aborted="the run was aborted and nothing was exported",
+        on_violation=None if out is None else lambda: drop_checkpoints(out),
+    ):
+        yield
 
 
 def run_job_request(request: dict[str, Any]) -> dict[str, Any]:

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from local.errors import LocalError
 
 
 @contextlib.contextmanager
-def guarded(airgapped: bool) -> Iterator[None]:
-    """The in-process network guard (when ``airgapped``): an attempt ends the command."""
+def guarded(
+    airgapped: bool,
+    *,
+    aborted: str = "the command was aborted",
+    on_violation: Callable[[], None] | None = None,
+) -> Iterator[None]:
+    """The in-process network guard (when ``airgapped``): an attempt ends the command with one
+    line (``aborted`` says what that means), after ``on_violation`` (e.g. drop checkpoints)."""
     if not airgapped:
         yield
         return
@@ -30,7 +36,9 @@ def guarded(airgapped: bool) -> Iterator[None]:
         with network_guard():
             yield
     except AirgapViolation as err:
-        raise LocalError(f"{err}; the command was aborted") from None
+        if on_violation is not None:
+            on_violation()
+        raise LocalError(f"{err}; {aborted}") from None
 
 
 #: Request keys that name files the command reads (bound read-only into the sandbox).

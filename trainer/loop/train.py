@@ -213,9 +213,10 @@ def resume(ctx: RunContext, data: Any) -> Resumed | None:
 
 
 def _adapt_world_size(ctx: RunContext, resumed: Resumed) -> Path:
-    """The folder to resume from: the checkpoint itself, or its universal form when it was
-    written at another world size (then DeepSpeed is told to load universal; see
-    :mod:`trainer.checkpoint.elastic`). Logs and records "resumed at step S from … world size A on B"."""
+    """The folder to resume from, and how DeepSpeed loads it: the checkpoint itself at the same
+    world size; at another one the same folder read slice by slice (:mod:`trainer.checkpoint.reshard`,
+    prepared before the collective), or its universal form (:mod:`trainer.checkpoint.elastic`) when
+    the reshard does not apply or the nodes had to agree the slow way. Logs and records "resumed at step S from … world size A on B"."""
     from trainer.checkpoint.elastic import (
         GLOBAL_BATCH_KEY,
         WORLD_SIZE_KEY,
@@ -236,10 +237,18 @@ def _adapt_world_size(ctx: RunContext, resumed: Resumed) -> Path:
     source = int(meta.get(WORLD_SIZE_KEY) or shard_world_size(folder) or ctx.world)
     world = ctx.world
     prefetched = ctx.prefetched.get("report") or {}
-    if source != world and prefetched.get("universal") and prefetched.get("step") == step:
+    if source != world and prefetched.get("reshard") and prefetched.get("step") == step:
+        from trainer.checkpoint.reshard import install
+
+        install()  # DeepSpeed's universal load reads this rank's slices of the old files
+        enable_universal_load(args.hf_deepspeed_config.config)
+        adapt_rng_files(folder, rank=ctx.rank, world=world, source_world=source)
+        how = "resharded: each rank read its slices of the old shards"
+    elif source != world and prefetched.get("universal") and prefetched.get("step") == step:
         folder = Path(prefetched["universal"])  # converted before the collective
         enable_universal_load(args.hf_deepspeed_config.config)
         adapt_rng_files(folder, rank=ctx.rank, world=world, source_world=source)
+        how = "universal checkpoint"
     elif source != world:
         folder = fetch_or_convert(
             ctx.run,
@@ -251,9 +260,10 @@ def _adapt_world_size(ctx: RunContext, resumed: Resumed) -> Path:
         )
         enable_universal_load(args.hf_deepspeed_config.config)
         adapt_rng_files(folder, rank=ctx.rank, world=world, source_world=source)
+        how = "universal checkpoint"
     note = f"resumed at step {step} from a checkpoint of world size {source} on world size {world}"
     if ctx.rank == 0:
-        log.info("%s%s", note, " (universal checkpoint)" if source != world else "")
+        log.info("%s%s", note, f" ({how})" if source != world else "")
     ctx.status.resumed = {"step": step, "from_world_size": source, "world_size": world, "note": note,
                           "fetch": ctx.prefetched.get("report")}  # fmt: skip
     return folder
@@ -271,6 +281,7 @@ def fit(ctx: RunContext) -> int:
         CommitCallback,
         ConvergenceCallback,
         DataPositionCallback,
+        ReshardReport,
         StepTimer,
         TimedSaveCallback,
     )
@@ -345,6 +356,8 @@ def fit(ctx: RunContext) -> int:
             watcher, committer=committer, estimate=committer.estimate
         )
         callbacks.append(interruption)
+    if (ctx.prefetched.get("report") or {}).get("reshard"):
+        callbacks.append(ReshardReport())
     timer = StepTimer()
     callbacks.append(timer)  # last, so its interval includes every other callback
 

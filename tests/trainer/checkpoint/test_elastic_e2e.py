@@ -4,8 +4,8 @@ Judged as a user would: two fresh runs with one seed log bit-identical losses; a
 another number of ranks (2 → 1, 1 → 2, 2 → 1 → 2) continues where it stopped — its first logged
 loss after each resume is within 1 % of an uninterrupted run at the same global batch and step,
 at the same learning rate — and ``STATUS.json`` says "resumed at step S from a checkpoint of
-world size A on world size B". The converted (universal) checkpoint is committed beside the
-original and verifies.
+world size A on world size B". A changed world size is loaded by the resharding load
+(:mod:`trainer.checkpoint.reshard`): no universal form is written.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from artifacts.run import ExitCode, Run
-from artifacts.verify import verify_dir
 from trainer.checkpoint.elastic import universal_uri
 from trainer.launch.single_node import launch_local
 
@@ -89,10 +88,12 @@ def test_two_to_one_to_two_continues_and_one_seed_gives_identical_losses(tmp_pat
 
     # Each resume continues the uninterrupted run at global batch 32 (2 x 16, then 1 x 16 x 2).
     assert_continuous(run, reference, [SAVE + 1, 2 * SAVE + 1])
-    for step in (SAVE, 2 * SAVE):  # converted once each, committed beside the original
-        store_dir = Path(universal_uri(Run(str(run)), step))
-        verify_dir(store_dir)
-        assert (store_dir / "latest_universal").exists()
+    # Resharded, not converted: no universal form was written; the last resume (1 -> 2) read
+    # old rank 0's file on every rank (each its half of it).
+    assert not Path(universal_uri(Run(str(run)), SAVE)).exists()
+    assert not Path(universal_uri(Run(str(run)), 2 * SAVE)).exists()
+    fetched = json.loads((run / "STATUS.json").read_text())["resumed"]["fetch"]
+    assert fetched["reshard"]["old_world"] == 1 and fetched["reshard"]["old_ranks"] == [0]
     manifest = json.loads((run / "checkpoints" / "step-0000000020" / "MANIFEST.json").read_text())
     assert manifest["metadata"]["world_size"] == 1
     assert manifest["metadata"]["gradient_accumulation_steps"] == 2

@@ -170,6 +170,9 @@ def _agree_rank(rank: int, port: int, run: str, root: str, out) -> None:
             Run(run), Path(root) / f"node{rank}", local_rank=0
         )
         out[rank] = (path.name, meta["global_step"])
+        # Both ranks leave together: a rank tearing gloo down while the other still reads its
+        # socket made the other fail with "connection reset" (seen once in CI).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -10,13 +10,20 @@ flag here, with its source:
 - fetch: 12 B/param of optimizer shards; 0.15–0.2 GB/s per Python process (0.175), one per GPU,
   ≤ 100 Gbps per node to S3; a survivor re-uses its local copy of its share (hash-checked at
   2.7 GB/s per NVMe device, 8 per node);
-- conversion (a changed world size today, ``ds_to_universal`` on the head): ``--convert-s-per-gb``
-  (3 s/GB optimistic, 71 s/GB measured on this 2-core box with small tensors), then the
-  universal form (12 B/param again) published by the head and fetched by every other node;
+- resharding load (a changed world size, :mod:`trainer.checkpoint.reshard`): each surviving
+  node fetches the old shard files its new ranks read that it does not already hold (computed
+  with ``old_ranks_needed`` for the worst survivor and the worst lost node; a file is the
+  checkpoint over 8·nodes ranks), then each of its 8 ranks reads its share out of them at
+  ``--reshard-s-per-gb`` per process (measured on this box, ``bench_elastic_resume.py``) or the
+  node's 8 NVMe devices at 2.7 GB/s, whichever is slower;
+- the fallback (``ds_to_universal`` on the head, kept for checkpoints the reshard does not
+  cover): ``--convert-s-per-gb`` (3 s/GB optimistic, 71 s/GB measured here with small tensors),
+  then the universal form (12 B/param again) published by the head and fetched by every node;
 - engine start + checkpoint load from NVMe: 90 s (assumed); first step: 8·N·T per micro-batch
   at 40 % of 312 TFLOP/s, 8 micro-batches per step, the largest micro-batch ≤ 32 that fits.
 
-    python benchmarks/project_recovery.py [--poll 10] [--replacement 420] [--convert-s-per-gb 3]
+    python benchmarks/project_recovery.py [--poll 10] [--replacement 420] [--reshard-s-per-gb 1.4]
+        [--convert-s-per-gb 3]
 """
 
 from __future__ import annotations
@@ -25,7 +32,26 @@ import argparse
 
 from project_notice import fitting_plan  # noqa: E402  (same folder; run as a script)
 
+from trainer.checkpoint.reshard import old_ranks_needed
 from trainer.launch import plan as P
+
+GPUS = 8  # ranks per p4d.24xlarge
+
+
+def survivor_fetch_files(before: int, after: int) -> int:
+    """Old shard files the worst surviving node lacks for the resharding load (over which node
+    was lost, and which survivor), nodes keeping their order; one large parameter (every real
+    parameter spans all ranks the same way; the small ones add at most one file)."""
+    old_w, new_w = GPUS * before, GPUS * after
+    shapes = [{"w": (old_w * new_w * 1024,)}]
+    worst = 0
+    for lost in range(before):
+        survivors = [n for n in range(before) if n != lost][:after]
+        for k, old_node in enumerate(survivors):
+            need = old_ranks_needed(shapes, old_w, set(range(k * GPUS, (k + 1) * GPUS)), new_w)
+            held = set(range(old_node * GPUS, (old_node + 1) * GPUS))
+            worst = max(worst, len(need - held))
+    return worst
 
 CASES = [("7B", 2, 1), ("13B", 4, 3), ("70B", 8, 7)]
 
@@ -46,18 +72,32 @@ def paths(name: str, before: int, after: int, a: argparse.Namespace) -> dict[str
         "first step": step,
     }
     fewer = fitting_plan(name, after, a)
-    others = ckpt - ckpt / before  # every survivor needs the shards it does not hold
+    first = fewer.step_s if fewer.fits else float("nan")
+    file_gb = ckpt / (GPUS * before)
+    share_gb = ckpt / (GPUS * after)  # one new rank's share
+    read_s = max(share_gb * a.reshard_s_per_gb, (ckpt / after) / (P.NVME_GBPS * 8))
     cont = {
+        "detect": a.poll,
+        "wait": 0.0,
+        "relaunch": a.relaunch,
+        "fetch": survivor_fetch_files(before, after) * file_gb / node_gbps,
+        "reshard": read_s,
+        "engine": a.engine,
+        "first step": first,
+    }
+    others = ckpt - ckpt / before  # the fallback: the head fetches every other node's shards
+    universal = {
         "detect": a.poll,
         "wait": 0.0,
         "relaunch": a.relaunch,
         "fetch": others / node_gbps,
         "reshard": ckpt * a.convert_s_per_gb + ckpt / node_gbps,  # convert, then others fetch it
         "engine": a.engine,
-        "first step": fewer.step_s if fewer.fits else float("nan"),
+        "first step": first,
     }
     return {"wait for the replacement (same size, share fetch)": wait,
-            "go on with survivors (changed size, universal conversion)": cont}  # fmt: skip
+            "go on with survivors (resharding load)": cont,
+            "go on with survivors (fallback: universal conversion)": universal}  # fmt: skip
 
 
 def main() -> int:
@@ -67,6 +107,8 @@ def main() -> int:
     p.add_argument("--replacement", type=float, default=420.0, help="replacement InService, s")
     p.add_argument("--engine", type=float, default=90.0, help="engine start + local load, s")
     p.add_argument("--process-gbps", type=float, default=P.PROCESS_GBPS)
+    p.add_argument("--reshard-s-per-gb", type=float, default=1.4,
+                   help="resharding read per process, s/GB (bench_elastic_resume.py, this box)")
     p.add_argument("--convert-s-per-gb", type=float, default=3.0)
     p.add_argument("--mfu", type=float, default=0.4)
     a = p.parse_args()

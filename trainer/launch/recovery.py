@@ -62,27 +62,32 @@ def wait_or_continue(
 ) -> tuple[bool, str]:  # fmt: skip
     """Go on with ``have`` < ``wanted`` nodes now (True), or keep waiting for the replacement.
 
-    Waiting loses the whole cluster's time until the replacement is InService (``left`` s);
-    going on loses one resume now (changed world size) and one more when the run grows back,
-    and trains at ``have/wanted`` of the speed meanwhile. Continue when
-    ``2·resume + left·(1 − have/wanted) < left + resume``. No replacement launching (capacity
-    short) means waiting is open-ended: continue. The reason carries the numbers (logged).
+    Decided by what the user pays for: node time billed without progress (the lost node is not
+    billed until its replacement runs). Waiting leaves the ``have`` survivors idle until the
+    replacement is InService (``left`` s), then the whole cluster resumes once; going on
+    resumes the survivors now (they then train at their own full speed) and the whole cluster
+    once more when the run grows back. The whole-cluster resume is paid on both paths, so
+    going on is cheaper exactly when ``resume < left``. With the resharding load a resume is
+    minutes (BENCHMARKS.md §20), shorter than a replacement spot node's boot. No replacement
+    launching (capacity short) means waiting is open-ended: continue. The reason carries both
+    costs in node-seconds (logged).
     """
     left = max(0.0, policy.replacement_s - waited_s) if replacing else float("inf")
-    cont = 2 * resume_s + (left * (1 - have / wanted) if left != float("inf") else 0.0)
-    wait = left + resume_s
+    cont = have * resume_s + wanted * resume_s
+    wait = have * left + wanted * resume_s
+    nodes = f"{have} of {wanted} node(s)"
     if waited_s >= policy.capacity_wait_s or cont < wait:
         why = ("no replacement is launching" if not replacing else
                f"replacement expected in {left:.0f} s")  # fmt: skip
         return True, (
-            f"continuing with {have} of {wanted} node(s): {why}; going on costs "
-            f"{cont:.0f} s of cluster time (2 resumes of {resume_s:.0f} s"
-            f"{'' if not replacing else f' + {have}/{wanted} speed meanwhile'}) vs "
-            f"{'∞' if wait == float('inf') else f'{wait:.0f}'} s waiting"
+            f"continuing with {nodes}: {why}; going on bills {cont:.0f} node-s without "
+            f"progress (a resume of {resume_s:.0f} s now on {have}, one on {wanted} when growing "
+            f"back) vs {'∞' if wait == float('inf') else f'{wait:.0f}'} node-s waiting"
         )
     return False, (
-        f"waiting for the replacement: expected in {left:.0f} s ({wait:.0f} s of cluster time) "
-        f"vs {cont:.0f} s going on with {have} of {wanted} node(s) and growing back"
+        f"waiting for the replacement: expected in {left:.0f} s ({wait:.0f} node-s without "
+        f"progress) vs {cont:.0f} node-s going on with {nodes} (resume {resume_s:.0f} s) and "
+        "growing back"
     )
 
 

@@ -23,15 +23,18 @@ FAST = WatchPolicy(stall_timeout_s=10**6)  # the defaults: 10 s poll, 420 s repl
 
 
 def test_wait_or_continue_weighs_resume_cost_against_the_replacement():
-    # 2 nodes, replacement 7 min away, resume 4 min: going on costs 2×240 + 420/2 = 690 s of
-    # cluster time, waiting 420 + 240 = 660 s → wait.
+    # 2 nodes, replacement 7 min away, resume 8 min (the universal fallback at 7B): waiting
+    # bills 1 x 420 + 2 x 480 = 1380 node-s, going on 1 x 480 + 2 x 480 = 1440 → wait.
     go, why = wait_or_continue(have=1, wanted=2, waited_s=0, replacing=True, policy=FAST,
-                               resume_s=240)  # fmt: skip
-    assert not go and "expected in 420 s (660 s of cluster time) vs 690 s" in why
-    # A cheap resume (measured 60 s) makes going on with the survivor the cheaper path.
+                               resume_s=480)  # fmt: skip
+    assert not go and "expected in 420 s (1380 node-s without progress) vs 1440 node-s" in why
+    # A resharded resume (4.3 min projected at 7B) is shorter than the replacement: go on.
     go, why = wait_or_continue(have=1, wanted=2, waited_s=0, replacing=True, policy=FAST,
-                               resume_s=60)  # fmt: skip
-    assert go and "costs 330 s of cluster time" in why and "vs 480 s waiting" in why
+                               resume_s=260)  # fmt: skip
+    assert go and "bills 780 node-s without progress" in why and "vs 940 node-s waiting" in why
+    # Already waited most of it: the replacement is close, wait the rest.
+    assert not wait_or_continue(have=7, wanted=8, waited_s=300, replacing=True, policy=FAST,
+                                resume_s=260)[0]  # fmt: skip
     # No replacement launching: waiting is open-ended.
     go, why = wait_or_continue(have=7, wanted=8, waited_s=120, replacing=False, policy=FAST,
                                resume_s=900)  # fmt: skip
@@ -106,7 +109,7 @@ def test_a_reclaim_after_a_notice_relaunches_at_the_deadline_not_after_a_fixed_w
     assert 90 <= waited <= 90 + 2 * FAST.poll_s  # the deadline, not settle_s on top
 
 
-def test_capacity_that_never_returns_goes_on_with_survivors_after_the_grace_and_says_why():
+def test_capacity_that_never_returns_goes_on_with_survivors_and_says_why():
     policy = WatchPolicy(min_nodes=1, stall_timeout_s=10**6)
     watcher, clock, group, runner, run, events = make(n=2, policy=policy)
     runner.clock = clock
@@ -120,6 +123,8 @@ def test_capacity_that_never_returns_goes_on_with_survivors_after_the_grace_and_
     second = runner.attempt(2)
     assert [s.instance_id for s in second] == ["i-0000"]
     waited = second[0].sent_at - (clock.start + 900)
-    assert waited <= policy.launch_grace_s + 2 * policy.poll_s  # not the 600 s capacity wait
+    # At once: a resume (240 s until measured) is shorter than a replacement (420 s), so going on
+    # bills less idle node time; not the 600 s capacity wait, not even the launch grace.
+    assert waited <= 2 * policy.poll_s
     (why,) = [d["why"] for phase, d in events if phase == "continuing-with-fewer"]
-    assert "continuing with 1 of 2 node(s): no replacement is launching" in why
+    assert "continuing with 1 of 2 node(s): replacement expected in" in why and "node-s" in why

@@ -15,7 +15,7 @@ Layout under the run prefix::
     data/                           uploaded corpus files (``data.train_files = ["run:data/"]``)
     cache/data/                     tokenizer + token cache (committed with a manifest)
     checkpoints/step-0000000040/    committed checkpoints (MANIFEST.json last)
-    universal/step-0000000040/      the same checkpoint converted for another world size (once)
+    universal/step-0000000040/      the fallback: that checkpoint converted for another world size
     final/                          the published model (MANIFEST.json, optional .sig)
     STATUS.json                     :class:`Status`, rank 0 / launcher writes it
     logs/node-<i>/exit_code         what each node's trainer exited with

@@ -13,7 +13,7 @@ Why the bucket and not SSM Run Command to the controller: submitting then needs 
 ``control/`` (no ``ssm:SendCommand``, which would be a remote shell on the controller for anyone
 who may submit), the request is durable (a restarted or replaced controller picks it up), the
 laptop never needs the controller's instance id, and the same TLS-only bucket carries everything.
-The controller polls every minute anyway, so a request waits at most one poll.
+The controller polls every 10 s (`WatchPolicy.poll_s`) anyway, so a request waits at most one poll.
 """
 
 from __future__ import annotations

@@ -299,7 +299,7 @@ def follow(
             if state.done:
                 return state.outcome
         elif clock.now() - start > 120 and not warned:
-            say("controller has not picked the request up yet (it polls every minute)")
+            say("controller has not picked the request up yet (it checks every poll, 10 s by default)")
             warned = True
         if beat is not None and clock.now() - beat > HEARTBEAT_STALE_S and not warned:
             say(

@@ -32,28 +32,10 @@ import argparse
 
 from project_notice import fitting_plan  # noqa: E402  (same folder; run as a script)
 
-from trainer.checkpoint.reshard import old_ranks_needed
 from trainer.launch import plan as P
 
-GPUS = 8  # ranks per p4d.24xlarge
-
-
-def survivor_fetch_files(before: int, after: int) -> int:
-    """Old shard files the worst surviving node lacks for the resharding load (over which node
-    was lost, and which survivor), nodes keeping their order; one large parameter (every real
-    parameter spans all ranks the same way; the small ones add at most one file)."""
-    old_w, new_w = GPUS * before, GPUS * after
-    shapes = [{"w": (old_w * new_w * 1024,)}]
-    worst = 0
-    for lost in range(before):
-        survivors = [n for n in range(before) if n != lost][:after]
-        for k, old_node in enumerate(survivors):
-            need = old_ranks_needed(shapes, old_w, set(range(k * GPUS, (k + 1) * GPUS)), new_w)
-            held = set(range(old_node * GPUS, (old_node + 1) * GPUS))
-            worst = max(worst, len(need - held))
-    return worst
-
 CASES = [("7B", 2, 1), ("13B", 4, 3), ("70B", 8, 7)]
+GPUS = 8  # ranks per p4d.24xlarge
 
 
 def paths(name: str, before: int, after: int, a: argparse.Namespace) -> dict[str, dict]:
@@ -80,7 +62,7 @@ def paths(name: str, before: int, after: int, a: argparse.Namespace) -> dict[str
         "detect": a.poll,
         "wait": 0.0,
         "relaunch": a.relaunch,
-        "fetch": survivor_fetch_files(before, after) * file_gb / node_gbps,
+        "fetch": P.survivor_fetch_files(before, after, GPUS) * file_gb / node_gbps,
         "reshard": read_s,
         "engine": a.engine,
         "first step": first,
@@ -107,7 +89,7 @@ def main() -> int:
     p.add_argument("--replacement", type=float, default=420.0, help="replacement InService, s")
     p.add_argument("--engine", type=float, default=90.0, help="engine start + local load, s")
     p.add_argument("--process-gbps", type=float, default=P.PROCESS_GBPS)
-    p.add_argument("--reshard-s-per-gb", type=float, default=1.4,
+    p.add_argument("--reshard-s-per-gb", type=float, default=P.RESHARD_S_PER_GB,
                    help="resharding read per process, s/GB (bench_elastic_resume.py, this box)")
     p.add_argument("--convert-s-per-gb", type=float, default=3.0)
     p.add_argument("--mfu", type=float, default=0.4)

@@ -3,9 +3,14 @@
 - :mod:`.committer`   the commit protocol: snapshot, every node's part, the head's manifest, retention.
 - :mod:`.upload_pool` the node's low-priority upload processes (one per local rank).
 - :mod:`.uploaders`   pure: which uploader takes which files, bytes per rank.
-- :mod:`.fetch`       before the collective: each node fetches only its ranks' share (survivors re-use).
+- :mod:`.fetch`       each node fetches only its ranks' share (survivors re-use); at another world
+                      size only the old files its new ranks read.
+- :mod:`.prefetch`    before the collective: local rank 0 fetches and prepares, the others wait;
+                      the ranks then agree on the step with one all-reduce.
+- :mod:`.reshard`     resume at another world size: each rank reads its slices of the old ZeRO-3
+                      shards (mmap) into DeepSpeed's universal load; no conversion.
 - :mod:`.resume`      the newest committed checkpoint, downloaded whole and verified (the fallback).
-- :mod:`.elastic`     resume at another world size: checkpoint facts, universal conversion.
+- :mod:`.elastic`     checkpoint facts (world size, batch); the universal conversion (the fallback).
 - :mod:`.outage`      store outages are weather: retry for a bounded window, then exit 75.
 - :mod:`.schedule`    pure: save every N steps or M minutes, what is at risk.
 - :mod:`.report`      what STATUS and the summary say about saves, commits, interruptions.

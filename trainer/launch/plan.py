@@ -19,6 +19,10 @@ input is a named constant or a field below, with its source:
 - **Rates**: 0.15–0.2 GB/s per Python upload/download process (s3transfer, measured ~110 MiB/s at
   300 % CPU on a CPU without SHA-NI; 0.175 used), ≤ 100 Gbps per node to S3 (the primary ENA
   interface; EFA's 400 Gbps does not carry TCP to S3), 2.7 GB/s per NVMe device (p4d: 8 × 1 TB).
+- **Going on with one node fewer** (the resharding load): each survivor fetches the old shard
+  files its new ranks read that it does not hold (:func:`survivor_fetch_files`), then each rank
+  reads its share at :data:`RESHARD_S_PER_GB` (measured) or the node's NVMe rate; the global
+  batch is held, so a step takes ``N/(N-1)`` as long.
 - **Compute**: 8·N·T FLOPs per micro-batch with gradient checkpointing (6·N·T without), at
   ``mfu`` of the GPU's dense bf16 peak.
 """
@@ -41,6 +45,9 @@ NODE_S3_GBPS = 100 / 8
 """One node to S3: ≤ 100 Gbps on the primary interface."""
 NVME_GBPS = 2.7
 """One local NVMe device, sequential write."""
+RESHARD_S_PER_GB = 1.4
+"""One rank process copying its slices out of the old shards (the resharding load): the slowest
+rank measured here (0.23–1.38 s/GB, BENCHMARKS.md §20 P11)."""
 USABLE_FRACTION = 0.9
 """Share of a GPU's memory the plan may use (CUDA context, allocator fragmentation, NCCL buffers)."""
 
@@ -159,6 +166,10 @@ class Plan:
     step_s: float
     notice_to_commit_s: float
     recovery_s: float
+    """Node lost → training again at the same size, once a replacement is InService."""
+    recovery_fewer_s: float | None
+    """Node lost → training again on the survivors (resharding load); None: one node, or the
+    model does not fit on one node fewer."""
     usd_per_hour: float | None
     price_source: str
     usd_per_1b_tokens: float | None
@@ -196,9 +207,12 @@ class Plan:
             f"{self.per_node_gb:.1f} GB per node",
             f"step: {self.step_s:.1f} s ({self.micro_batch_s:.2f} s per micro-batch)",
             f"spot notice -> commit: {self.notice_to_commit_s:.0f} s (of 120 s)",
-            f"node lost -> training again: {self.recovery_s / 60:.1f} min once the nodes are "
-            "InService (detect, relaunch, fetch this node's share, engine start, first step; "
-            "benchmarks/project_recovery.py adds the replacement's wait)",
+            "node lost -> training again: "
+            + ("" if self.recovery_fewer_s is None else
+               f"{self.recovery_fewer_s / 60:.1f} min going on with {self.nodes - 1} node(s) "
+               "(resharding load), or ")
+            + f"{self.recovery_s / 60:.1f} min once a replacement is InService (plus its wait); "
+            "the controller goes on when a resume is shorter than the replacement's wait",
             f"cost: {usd} ({self.price_source}), {per_b} per 1B tokens",
         ]
 
@@ -246,6 +260,13 @@ def make_plan(
     save_s = per_node / (NVME_GBPS * hw.nvme_devices)
     notice = knobs.spot_poll_s + 1.0 + mb_s + save_s + per_node / s3 + 2.0
     recovery = knobs.detect_s + knobs.relaunch_s + per_node / s3 + knobs.engine_s + step_s
+    fewer = None
+    if nodes > 1 and sum(gpu_gb(shape, (nodes - 1) * hw.gpus, knobs.micro_batch, knobs)) <= usable:
+        fetch = survivor_fetch_files(nodes, nodes - 1, hw.gpus) * ckpt / gpus / s3
+        read = max(ckpt / ((nodes - 1) * hw.gpus) * RESHARD_S_PER_GB,
+                   ckpt / (nodes - 1) / (NVME_GBPS * hw.nvme_devices))  # fmt: skip
+        fewer = (knobs.detect_s + knobs.relaunch_s + fetch + read + knobs.engine_s
+                 + step_s * nodes / (nodes - 1))  # fmt: skip
     usd = None if usd_per_node_hour is None else usd_per_node_hour * nodes
     tokens_per_s = gpus * hw.peak_flops * knobs.mfu / (flops / (knobs.micro_batch * shape.seq))
     per_1b = None if usd is None else usd / 3600 / tokens_per_s * 1e9
@@ -256,12 +277,31 @@ def make_plan(
         usable_gb=round(usable, 2), checkpoint_gb=round(ckpt, 1), per_node_gb=round(per_node, 1),
         micro_batch_s=round(mb_s, 3), step_s=round(step_s, 1),
         notice_to_commit_s=round(notice, 1), recovery_s=round(recovery, 1),
+        recovery_fewer_s=None if fewer is None else round(fewer, 1),
         usd_per_hour=None if usd is None else round(usd, 2), price_source=price_source,
         usd_per_1b_tokens=None if per_1b is None else round(per_1b, 2),
     )  # fmt: skip
     if plan.fits:
         return plan
     return replace(plan, suggestions=what_fits(shape, knobs, nodes=nodes, hw=hw))
+
+
+def survivor_fetch_files(before: int, after: int, gpus: int) -> int:
+    """Old shard files the worst surviving node lacks for the resharding load, over which node
+    was lost and which survivor (nodes keep their order). One large parameter stands for all:
+    every real parameter spans all ranks alike; the small ones add at most one file."""
+    from trainer.checkpoint.reshard import old_ranks_needed
+
+    old_w, new_w = gpus * before, gpus * after
+    shapes = [{"w": (old_w * new_w * 1024,)}]
+    worst = 0
+    for lost in range(before):
+        survivors = [n for n in range(before) if n != lost][:after]
+        for k, old_node in enumerate(survivors):
+            need = old_ranks_needed(shapes, old_w, set(range(k * gpus, (k + 1) * gpus)), new_w)
+            held = set(range(old_node * gpus, (old_node + 1) * gpus))
+            worst = max(worst, len(need - held))
+    return worst
 
 
 def what_fits(shape: ModelShape, knobs: Knobs, *, nodes: int, hw: Hardware) -> list[str]:

@@ -122,7 +122,7 @@ def setup(cfg: TrainerConfig, run: Run) -> RunContext:
     import torch
 
     from trainer.checkpoint.elastic import plan_launch
-    from trainer.checkpoint.fetch import prefetch_resume
+    from trainer.checkpoint.prefetch import prefetch_resume
     from trainer.data.loader import ensure_prepared
     from trainer.loop import cpu_compat
     from trainer.loop.args import training_arguments
@@ -190,7 +190,7 @@ def setup(cfg: TrainerConfig, run: Run) -> RunContext:
 def resume(ctx: RunContext, data: Any) -> Resumed | None:
     """Agree on the newest committed checkpoint, adapt it to this world size, restore the
     convergence state and check the data stream continues where it stopped."""
-    from trainer.checkpoint.fetch import agree_prefetched
+    from trainer.checkpoint.prefetch import agree_prefetched
     from trainer.checkpoint.resume import agree_resume_checkpoint
     from trainer.data.stream import check_resume_position
     from trainer.loop.callbacks import restore_convergence

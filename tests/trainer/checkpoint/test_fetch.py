@@ -11,7 +11,8 @@ import pytest
 
 from artifacts.publish import publish_dir
 from artifacts.run import Run, step_folder
-from trainer.checkpoint.fetch import fetch_share, node_ranks, prefetch_resume, rank_of
+from trainer.checkpoint.fetch import fetch_share, node_ranks, rank_of
+from trainer.checkpoint.prefetch import prefetch_resume
 
 WORLD = 4  # 2 nodes × 2 ranks
 OPTIM = "global_step{s}/zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
@@ -162,7 +163,7 @@ def test_at_another_world_size_a_non_head_node_fetches_shared_files_and_the_head
             publish_dir(universal, universal_uri(run, 50), metadata={"global_step": 50})
 
     import trainer.checkpoint.elastic as elastic
-    import trainer.checkpoint.fetch as fetch
+    import trainer.checkpoint.prefetch as fetch
 
     real = elastic.universal_before_collective
     monkeypatch.setattr(fetch, "universal_before_collective",

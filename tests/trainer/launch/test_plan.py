@@ -12,7 +12,14 @@ import pytest
 
 from trainer.config import load_config
 from trainer.launch import LaunchError
-from trainer.launch.plan import Knobs, make_plan, plan_recipe, require_fit, shape_of
+from trainer.launch.plan import (
+    Knobs,
+    make_plan,
+    plan_recipe,
+    require_fit,
+    shape_of,
+    survivor_fetch_files,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 INVOKE = str(Path(sys.executable).parent / "invoke")
@@ -79,6 +86,22 @@ def test_the_p4d_recipe_fits_and_every_number_is_there():
     assert plan.usd_per_hour == 24.0 and plan.usd_per_1b_tokens > 0
     text = "\n".join(plan.lines())
     assert "fits" in text and "per 1B tokens" in text and "notice -> commit" in text
+
+
+def test_a_node_lost_is_priced_both_ways_going_on_with_the_survivors_and_waiting():
+    cfg = load_config(P4D)
+    two = plan_recipe(cfg, nodes=2, instance_type="p4d.24xlarge", usd_per_node_hour=None,
+                      price_source="-")  # fmt: skip
+    one = plan_recipe(cfg, nodes=1, instance_type="p4d.24xlarge", usd_per_node_hour=None,
+                      price_source="-")  # fmt: skip
+    assert one.recovery_fewer_s is None  # nobody survives one node
+    # going on: the survivor fetches the other half (8 files) and its step takes twice as long
+    assert two.recovery_fewer_s > two.recovery_s
+    assert "going on with 1 node(s) (resharding load)" in "\n".join(two.lines())
+    # The worst survivor lacks about one node's files (the lost node's, or its band shifted by the
+    # loss): 8 files of 8 x nodes, whatever the size — not the whole checkpoint.
+    assert [survivor_fetch_files(n, n - 1, 8) for n in (2, 4, 8)] == [8, 8, 8]
+    assert survivor_fetch_files(4, 2, 8) == 16  # two nodes lost: two nodes' files
 
 
 def test_70b_on_four_p4d_is_refused_with_the_numbers_and_what_would_fit(tmp_path):

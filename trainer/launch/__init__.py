@@ -12,6 +12,7 @@ inside the functions that use them. Modules, one concern each:
 - :mod:`.deadman`    pure: idle node, stalled run, max hours/dollars decisions.
 - :mod:`.ssm`        thin SSM Run Command adapter (instance targets, output to the bucket).
 - :mod:`.plan`       pure: `invoke plan` — memory per GPU, checkpoint bytes, notice/recovery time, cost.
+- :mod:`.memory`     pure: ZeRO-3 memory per GPU and what would fit instead (the plan's memory half).
 - :mod:`.policy`     the supervision policy (timings, bounds) and its Outcome; pure.
 - :mod:`.recovery`   wait-or-continue, settle after exit 75, the repeated-failure guard.
 - :mod:`.attempt`    one launch attempt: its commands, their verdict, stopping them.

@@ -18,7 +18,7 @@ Layout under the run prefix::
     universal/step-0000000040/      the fallback: that checkpoint converted for another world size
     final/                          the published model (MANIFEST.json, optional .sig)
     STATUS.json                     :class:`Status`, rank 0 / launcher writes it
-    logs/node-<i>/exit_code         what each node's trainer exited with
+    logs/node-<i>/exit_code         the verdict of each node's launcher exit (what the node exits with)
     control/stop                    ``invoke stop`` asked the run to end
     cost.json                       the controller's final cost report (per instance type)
 """
@@ -325,11 +325,12 @@ def verdict(exit_code: int | None, status: Status | None) -> ExitCode:
     return ExitCode.FAILED
 
 
-def _cli(argv: list[str]) -> int:
+def verdict_cli(argv: list[str]) -> int:
     """``python -m artifacts.run verdict RC RUN_URI``: print and exit with the verdict's code.
 
-    Used by the generated node script instead of restating the rule in bash. An unreadable status
-    counts as none (the launcher's code decides).
+    The generated node script's exit code (through ``python -m artifacts.ending``, which first
+    records a failed ending in the launcher's words) instead of restating the rule in bash. An
+    unreadable status counts as none (the launcher's code decides).
     """
     if len(argv) != 3 or argv[0] != "verdict":
         print("usage: python -m artifacts.run verdict EXIT_CODE RUN_URI", file=sys.stderr)
@@ -357,4 +358,4 @@ def _cli(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_cli(sys.argv[1:]))
+    sys.exit(verdict_cli(sys.argv[1:]))

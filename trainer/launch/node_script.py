@@ -11,7 +11,9 @@ The per-node script, rendered from a :class:`~trainer.launch.ranks.LaunchSpec` a
 3. downloads ``config.toml`` from the run prefix with the project's own store;
 4. runs the DeepSpeed launcher without SSH (``--no_ssh --node_rank i``) or torchrun, which starts
    ``python -m trainer --config ... --run ...`` on every GPU;
-5. records the exit code (local file, the run prefix's ``logs/``, the script's own exit status).
+5. records a failed ending in the run's ``STATUS.json`` in the launcher's words ("a rank on
+   node 1 was killed by signal 9 (SIGKILL; …)") before the verdict turns the code into 1, then
+   the verdict's exit code (local file, the run prefix's ``logs/``, the script's own exit status).
 
 Nodes belong to an Auto Scaling group, so the script never powers its node off (the group would
 replace it): the controller scales the group to 0 at the end, and the node agent takes an idle
@@ -103,6 +105,12 @@ def exit_code_key(node_index: int) -> str:
     return Run.exit_code(node_index)
 
 
+def failure_who(node: RankAssignment) -> str:
+    """Who the node's STATUS names when its launcher exits failed (the launcher does not say which
+    of its ranks ended first; the controller calls the node by this index too)."""
+    return f"a rank on node {node.node_index}"
+
+
 def node_script(spec: LaunchSpec, node: RankAssignment) -> str:
     """The bash script SSM runs on one node (see the module docstring for the steps)."""
     q = shlex.quote
@@ -154,7 +162,10 @@ def node_script(spec: LaunchSpec, node: RankAssignment) -> str:
         "rc=$?",
         # The run protocol's verdict (artifacts.run.verdict), the rule every launcher uses: the
         # run's STATUS decides, since a rank can abort at shutdown after everything was committed.
-        f'{q(spec.python)} -m artifacts.run verdict "$rc" {q(spec.run_uri)}; rc=$?',
+        # A failure becomes 1 there (a rank killed by SIGKILL: DeepSpeed's 247), so the node first
+        # records it in STATUS in the launcher's words (artifacts.ending.record_failure).
+        f'{q(spec.python)} -m artifacts.ending "$rc" {q(spec.run_uri)} '
+        f"{q(failure_who(node))}; rc=$?",
         f'echo "$rc" > {q(work_dir_on_node(spec) + "/exit_code")}',
         f'{q(spec.python)} -c {q(_PUT)} {q(spec.run_uri)} {q(exit_code_key(node.node_index))} "$rc" '
         "|| echo 'warning: could not record the exit code in the run prefix' >&2",

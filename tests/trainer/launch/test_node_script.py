@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from artifacts.run import Run
+from trainer.launch.attempt import Attempt, record_ending
 from trainer.launch.node_script import WORKER_PATTERN, launcher_argv, node_scripts, stop_script
+from trainer.launch.ports import Invocation
 from trainer.launch.ranks import Node, assign_ranks, make_spec
 
 from .fakes import nodes
@@ -73,7 +76,7 @@ def test_stop_signal_reaches_the_workers_not_the_launchers():
 # -- the script itself, run by bash with a fake launcher ----------------------------------------
 FAKE_PYTHON = """#!/bin/bash
 # Stands in for the node's venv python: `-c` snippets run for real, a launcher is recorded.
-if [ "$1" = "-c" ] || [ "$1 $2" = "-m artifacts.run" ]; then exec {python} "$@"; fi
+if [ "$1" = "-c" ] || [[ "$1 $2" == "-m artifacts."* ]]; then exec {python} "$@"; fi
 printf '%s\\n' "$@" > "$REC/argv"
 cp "$(dirname "$(grep -A1 -- --config "$REC/argv" | tail -1)")/config.toml" "$REC/config.seen"
 exit "${{FAKE_RC:-0}}"
@@ -147,14 +150,47 @@ def test_script_exit_0_without_a_final_status_is_a_failure(node_sandbox):
     proc = execute(render(), rc=0)
     assert proc.returncode == 1
     assert (run / "logs/node-1/exit_code").read_text() == "1"
+    assert _status(run)["reason"] == "a rank on node 1 exited 0 but the run was never marked done"
     assert _idle_marked(run)
 
 
 def test_script_after_exit_75(node_sandbox):
     render, execute, rec, run = node_sandbox
+    (run / "STATUS.json").write_text('{"state": "running", "global_step": 8}')
     proc = execute(render(), rc=75)
     assert proc.returncode == 75
     assert (run / "logs/node-1/exit_code").read_text() == "75"
+    assert _status(run)["state"] == "running"  # 75 reaches the controller as it is: its to record
+
+
+def _status(run: Path) -> dict:
+    return json.loads((run / "STATUS.json").read_text())
+
+
+KILLED = (
+    "a rank on node 1 was killed by signal 9 (SIGKILL; DeepSpeed's launcher exits 256 − 9 = 247)"
+)
+
+
+def test_a_killed_rank_reaches_the_runs_status_through_the_controller(node_sandbox):
+    """kill -9 of a rank: DeepSpeed's launcher exits 247, the verdict passes on 1 — the node
+    records the rank and signal in STATUS first, and the controller keeps its words."""
+    render, execute, rec, run = node_sandbox
+    history = [{"step": 10, "epoch": 1.0, "val_loss": 3.0}]
+    running = {"state": "running", "global_step": 40, "val_loss_history": history}
+    (run / "STATUS.json").write_text(json.dumps(running))
+    proc = execute(render(), rc=247)
+    assert proc.returncode == 1, proc.stderr  # the verdict: failed
+    assert (run / "logs/node-1/exit_code").read_text() == "1"
+    st = _status(run)
+    assert (st["state"], st["reason"]) == ("failed", KILLED)
+    assert st["global_step"] == 40 and st["val_loss_history"] == history
+    # The controller sees the SSM invocation (exit 1) and records nothing over the node's words.
+    attempt = Attempt({1: ("cmd-1", "i-1")}, {1: Invocation("Failed", proc.returncode)})
+    kind, detail = attempt.verdict()
+    assert kind == "failed" and "exit code 1" in detail
+    assert record_ending(Run(str(run)), kind, f"attempt 1: {detail}") is None
+    assert _status(run)["reason"] == KILLED
 
 
 def test_script_refuses_to_run_on_the_wrong_instance(node_sandbox, tmp_path):
@@ -181,8 +217,9 @@ def test_script_trusts_a_converged_status_over_a_shutdown_abort(node_sandbox):
     assert proc.returncode == 1  # verdict: failed
     assert (
         "launcher exited 134 (a rank was killed by signal 6 (SIGABRT; the shell's 128 + 6 = 134)), "
-        "run state unknown: verdict failed (1)"
+        "run state failed: verdict failed (1)"
     ) in proc.stdout
+    assert _status(run)["reason"].startswith("a rank on node 1 was killed by signal 6 (SIGABRT")
     (run / "STATUS.json").write_text('{"state": "converged", "global_step": 10}')
     proc = execute(script, rc=134)
     assert proc.returncode == 0, proc.stderr
@@ -198,20 +235,18 @@ info = {k: os.environ.get(k) for k in keys}
 info["argv"] = sys.argv[1:]
 info["pid"] = os.getpid()
 (rec / f"rank{rank}.json").write_text(json.dumps(info))
-if os.environ.get("FAKE_MODE") == "wait-term":
+if os.environ.get("FAKE_MODE") == "kill-rank-1" and rank == "1":
+    os.kill(os.getpid(), signal.SIGKILL)  # kill -9, the OOM killer
+if os.environ.get("FAKE_MODE") in ("wait-term", "kill-rank-1"):
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(75))  # commit, then "resume me"
     while True:
         time.sleep(0.05)
 """
 
 
-@pytest.mark.slow
-def test_real_deepspeed_launcher_gives_each_node_its_rank_and_stops_on_sigterm(tmp_path):
-    """Two node scripts on this machine (`--no_ssh --node_rank i`), DeepSpeed's own runner."""
-    import time
-
-    import psutil
-
+def _start_two_nodes(tmp_path: Path, mode: str) -> tuple[dict, Path, Path]:
+    """Two node scripts on this machine (`--no_ssh --node_rank i`) running DeepSpeed's own runner
+    with the stand-in trainer in ``mode``: (node → Popen, the ranks' records, the run folder)."""
     repo = tmp_path / "repo"
     (repo / "trainer").mkdir(parents=True)
     (repo / "trainer/__init__.py").write_text("")
@@ -219,13 +254,13 @@ def test_real_deepspeed_launcher_gives_each_node_its_rank_and_stops_on_sigterm(t
     rec = tmp_path / "rec"
     rec.mkdir()
     run = tmp_path / "run"
-    run.mkdir()
+    run.mkdir(exist_ok=True)
     (run / "config.toml").write_text("[run]\n")
     (tmp_path / "ready").write_text("")
     nodes2 = [Node(0, "i-0", "127.0.0.1"), Node(1, "i-1", "127.0.0.2")]
     assignments = assign_ranks(nodes2)
     procs = {}
-    env = {**os.environ, "REC": str(rec), "FAKE_MODE": "wait-term",
+    env = {**os.environ, "REC": str(rec), "FAKE_MODE": mode,
            "PYTHONPATH": str(Path.cwd()), "OMP_NUM_THREADS": "1"}  # fmt: skip
     for a in assignments:
         (tmp_path / f"node{a.node_index}.env").write_text(f"TWOSTAGE_INSTANCE_ID={a.instance_id}\n")
@@ -241,6 +276,17 @@ def test_real_deepspeed_launcher_gives_each_node_its_rank_and_stops_on_sigterm(t
             ["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, start_new_session=True,
         )  # fmt: skip
+    return procs, rec, run
+
+
+@pytest.mark.slow
+def test_real_deepspeed_launcher_gives_each_node_its_rank_and_stops_on_sigterm(tmp_path):
+    """Two node scripts on this machine (`--no_ssh --node_rank i`), DeepSpeed's own runner."""
+    import time
+
+    import psutil
+
+    procs, rec, run = _start_two_nodes(tmp_path, "wait-term")
     try:
         deadline = time.monotonic() + 120
         while len(list(rec.glob("rank*.json"))) < 2:
@@ -273,3 +319,23 @@ def test_real_deepspeed_launcher_gives_each_node_its_rank_and_stops_on_sigterm(t
     assert {i: p.returncode for i, p in procs.items()} == {0: 75, 1: 75}, outs
     assert (run / "logs/node-0/exit_code").read_text() == "75"
     assert (tmp_path / "agent0" / "launch.ended").exists()  # idle now, for the node agent
+
+
+@pytest.mark.slow
+def test_a_sigkilled_rank_is_named_in_status_through_the_real_launcher(tmp_path):
+    """kill -9 of rank 1 under DeepSpeed's runner: it exits 247 on node 1, whose script passes
+    on 1 (the verdict) — and STATUS names the node and the signal, as the local launcher does."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "STATUS.json").write_text('{"state": "running", "global_step": 40}')
+    procs, rec, run = _start_two_nodes(tmp_path, "kill-rank-1")
+    try:
+        out = procs[1].communicate(timeout=120)[0]
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+    assert procs[1].returncode == 1, out
+    assert "launcher exited 247" in out, out
+    st = _status(run)
+    assert (st["state"], st["reason"], st["global_step"]) == ("failed", KILLED, 40), out

@@ -134,6 +134,7 @@ def main() -> dict[str, pulumi.Input]:
         "instance_type": cfg.instance_type,
         "instance_types": list(cfg.allowed_instance_types),
         "spot": cfg.spot,
+        "allow_internet_egress": cfg.allow_internet_egress,
         "ami_id": ami,
         "autoscaling_group_name": compute.group_name,
         "launch_template_id": compute.launch_template_id,

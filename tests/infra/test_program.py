@@ -38,6 +38,7 @@ CONTRACT_OUTPUTS = {
     "instance_type",
     "instance_types",
     "spot",
+    "allow_internet_egress",
     "ami_id",
     "autoscaling_group_name",
     "launch_template_id",
@@ -74,6 +75,7 @@ def test_default_stack_is_one_spot_p4d_node_in_a_group(default_stack: StackRun):
     assert out["instance_type"] == "p4d.24xlarge" and out["spot"] is True
     assert out["instance_types"] == ["p4d.24xlarge"]
     assert out["region"] == "us-east-1"
+    assert out["allow_internet_egress"] is False
     assert out["bucket"] == FAKE_BUCKET
     assert out["run_prefix"] == f"s3://{FAKE_BUCKET}/runs"
     assert out["cluster_name"] == "twostage-test"
@@ -488,6 +490,7 @@ def test_cluster_credentials_are_refused_outside_the_vpc_endpoint(default_stack:
 
 def test_allow_internet_egress_keeps_the_nat_and_https_anywhere():
     run = run_stack({"allowInternetEgress": "true"})
+    assert run.outputs["allow_internet_egress"] is True  # `invoke pretrain` reads it (report_to)
     world = [r for r in run.of_type(EGRESS) if _world_open(r)]
     assert len(world) == 2  # nodes and controller
     for rule in world:
@@ -794,6 +797,7 @@ def test_the_launch_tasks_accept_the_stacks_outputs(default_stack: StackRun):
     assert o.group_name == "twostage-test-nodes"
     assert o.instance_types == ("p4d.24xlarge",) and o.controller_instance_type == "t3.small"
     assert o.run_prefix == f"s3://{FAKE_BUCKET}/runs"
+    assert o.allow_internet_egress is False
 
 
 def test_pulumi_up_leaves_the_desired_capacity_to_the_controller(monkeypatch):

@@ -111,6 +111,10 @@ def pretrain(
 
         config = Path(config or "configs/pretrain-tiny.toml")
         cfg = load_config(config)
+        from trainer.loop.reporting import local_notes
+
+        for line in local_notes(cfg.eval.report_to):
+            print(line)
         run = run_uri(cfg.run, run)  # named here for the hint
         rc = launch_local(config, run, nproc=int(nproc), cfg=cfg)
         if rc == ExitCode.INTERRUPTED:

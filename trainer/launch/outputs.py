@@ -52,6 +52,9 @@ class StackOutputs:
     """AZ of the nodes (spot price lookups)."""
     spot: bool = True
     """Whether the nodes are spot instances."""
+    allow_internet_egress: bool = False
+    """``twostage:allowInternetEgress``: nodes reach the internet (else only the run bucket and
+    AWS APIs, through VPC endpoints). Absent (a stack from before this output): False."""
     controller_instance_id: str = ""
     controller_instance_type: str = "t3.small"
     launch_template_id: str = ""
@@ -90,9 +93,6 @@ class StackOutputs:
         types = data.get("instance_types") or [data["instance_type"]]
         if not isinstance(types, list) or not all(isinstance(t, str) and t for t in types):
             raise LaunchError(f"stack output instance_types from {source} is not a list of types")
-        spot = data.get("spot", True)
-        if isinstance(spot, str):
-            spot = spot.strip().lower() in ("1", "true", "yes")
         return cls(
             region=str(data["region"]),
             bucket=str(data["bucket"]),
@@ -103,7 +103,8 @@ class StackOutputs:
             group_name=str(data["autoscaling_group_name"]),
             instance_types=tuple(types),
             availability_zone=str(data.get("availability_zone") or ""),
-            spot=bool(spot),
+            spot=_flag(data.get("spot", True)),
+            allow_internet_egress=_flag(data.get("allow_internet_egress", False)),
             controller_instance_id=str(data.get("controller_instance_id") or ""),
             controller_instance_type=str(data.get("controller_instance_type") or "t3.small"),
             launch_template_id=str(data.get("launch_template_id") or ""),
@@ -111,6 +112,13 @@ class StackOutputs:
             security_group_id=str(data.get("security_group_id") or ""),
             raw=dict(data),
         )
+
+
+def _flag(value: Any) -> bool:
+    """A boolean output, also as the string a hand-written outputs file may hold."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes")
+    return bool(value)
 
 
 def read_outputs_file(path: Path) -> StackOutputs:

@@ -203,8 +203,14 @@ def make_request(
     """The :class:`~trainer.launch.control.RunRequest` for this recipe's ``[run]`` policy."""
     from trainer.config import load_config
     from trainer.launch.control import RunRequest
+    from trainer.loop.reporting import egress_refusal
 
-    rc = load_config(config).run
+    cfg = load_config(config)
+    rc = cfg.run
+    if not outputs.allow_internet_egress:
+        refusal = egress_refusal(cfg.eval.report_to, source=str(config))
+        if refusal:
+            raise LaunchError(refusal)
     if rc.min_nodes is not None and rc.min_nodes > outputs.node_count:
         raise LaunchError(
             f"run.min_nodes = {rc.min_nodes} in {config}, but the cluster has "

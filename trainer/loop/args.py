@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import TrainerConfig
+from trainer.loop.reporting import report_to_argument
 
 
 def training_arguments(
@@ -51,7 +52,7 @@ def training_arguments(
         logging_strategy="steps",
         logging_steps=t.logging_steps,
         logging_first_step=True,
-        report_to="none",
+        report_to=report_to_argument(cfg.eval.report_to),
         seed=cfg.run.seed,
         data_seed=cfg.run.seed,
         deepspeed=ds_config,

@@ -1,10 +1,12 @@
-"""``[model]``, ``[training]`` and ``[deepspeed]`` of the recipe: what the training loop builds and how."""
+"""``[model]``, ``[training]``, ``[deepspeed]`` and ``[eval]`` of the recipe: what the training loop
+builds and how."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from artifacts.config import check as _check
+from trainer.loop.reporting import unknown_names
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 FAMILIES = ("gpt2", "llama")
@@ -197,8 +199,15 @@ class EvalConfig:
     """Write TensorBoard event files (rank 0) and commit them to ``<run>/logs/tensorboard/``."""
     tensorboard_sync_s: float = 60.0
     """Seconds between background commits of the event files (and once at the end)."""
+    report_to: tuple[str, ...] = ()
+    """HF Trainer integrations to also report to (``TrainingArguments.report_to``, names as
+    ``transformers.integrations`` spells them: ``tensorboard``, ``trackio``, ``wandb``, ...).
+    Empty: none. Ones that send data off the machine (``trainer.loop.reporting``) are refused by
+    ``invoke pretrain`` on a stack without ``twostage:allowInternetEgress``."""
 
     def __post_init__(self) -> None:
+        problem = unknown_names(self.report_to)
+        _check(problem is None, "eval.report_to", str(problem))
         _check(
             self.sample_max_new_tokens >= 1,
             "eval.sample_max_new_tokens",

@@ -21,6 +21,10 @@ def test_outputs_file_is_read_and_typed(outputs_file):
     assert o.controller_instance_type == "t3.small"
     legacy = {k: v for k, v in outputs_dict().items() if k != "instance_types"}
     assert load_outputs(outputs_file=outputs_file(legacy)).instance_types == ("p4d.24xlarge",)
+    assert o.allow_internet_egress is False  # a stack from before the output: no egress
+    for value in (True, "true"):
+        egress = outputs_dict(allow_internet_egress=value)
+        assert load_outputs(outputs_file=outputs_file(egress)).allow_internet_egress is True
 
 
 @pytest.mark.parametrize(

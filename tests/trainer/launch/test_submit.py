@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 from pathlib import Path
@@ -201,6 +202,32 @@ def test_a_signing_key_never_goes_to_the_nodes(ctx_for, tmp_path):
     with pytest.raises(UserError, match="run.signing_key .*`invoke sign --run URI --signing-key"):
         pretrain_remote(ctx, config=keyed, run="keyed", state_path=tmp_path / "s")
     assert open_store(f"s3://{c['outputs']['bucket']}/runs/keyed").list() == []
+
+
+def test_an_off_node_report_to_is_refused_before_anything_unless_the_stack_has_egress(
+    ctx_for, tmp_path
+):
+    c, ctx = ctx_for(1)
+    assert ctx.outputs.allow_internet_egress is False
+    wandb = tmp_path / "wandb.toml"
+    wandb.write_text(TINY.read_text().replace("[eval]", '[eval]\nreport_to = ["wandb"]', 1))
+    with pytest.raises(UserError) as err:
+        pretrain_remote(ctx, config=wandb, run="wb", state_path=tmp_path / "s")
+    message = str(err.value)
+    assert message.startswith(f"{wandb}: eval.report_to: wandb sends to Weights & Biases'")
+    assert "no internet egress" in message and "\n" not in message
+    assert open_store(f"s3://{c['outputs']['bucket']}/runs/wb").list() == []
+    assert ctx.control.request() is None  # the controller starts no node
+
+    offline = tmp_path / "offline.toml"
+    offline.write_text(TINY.read_text().replace("[eval]", '[eval]\nreport_to = ["tensorboard"]', 1))
+    pretrain_remote(ctx, config=offline, run="tb", state_path=tmp_path / "s")
+    ctx.control.write_state(ControllerState(ctx.control.request().request_id, "", "done"))
+
+    ctx.outputs = dataclasses.replace(ctx.outputs, allow_internet_egress=True)
+    run_uri, request = pretrain_remote(ctx, config=wandb, run="wb", state_path=tmp_path / "s")
+    uploaded = tomllib.loads(Run(run_uri).store.get_bytes(Run.CONFIG).decode())
+    assert uploaded["eval"]["report_to"] == ["wandb"] and ctx.control.request() == request
 
 
 def test_missing_bucket_is_a_user_error(ctx_for, tmp_path):

@@ -121,7 +121,8 @@ def test_a_wheelhouse_built_from_the_lock_installs_offline_and_the_project_impor
     )
     probe = (
         "import artifacts.run, trainer.launch.node_agent, trainer.launch.controller, "
-        "transformers, tokenizers, safetensors, boto3, cryptography, zstandard, invoke; "
+        "transformers, tokenizers, safetensors, boto3, cryptography, zstandard, invoke, tensorboardX, "
+        "datasketch; "
         "import importlib.metadata as m; print(m.version('twostage'), m.version('transformers'))"
     )
     out = subprocess.run(

@@ -2,8 +2,9 @@
 
 ``infra/__main__.py`` is the program Pulumi runs (``main: infra/`` in ``Pulumi.yaml``); it reads
 the typed stack config (:mod:`infra.config`), wires one component per concern
-(:mod:`infra.network`, :mod:`infra.storage`, :mod:`infra.compute`) and exports the stack outputs
-other tools read. Policy documents and node user data are pure functions
+(:mod:`infra.network`, :mod:`infra.identity` — the two roles, planned first because the bucket
+key's policy names them —, :mod:`infra.storage`, :mod:`infra.compute`, :mod:`infra.controller`)
+and exports the stack outputs other tools read. Policy documents and node user data are pure functions
 (:mod:`infra.policies`, :mod:`infra.egress`, :mod:`infra.userdata`) so they are tested without
 the engine.
 

@@ -20,6 +20,7 @@ from infra.bundle import build_bundle, repo_root  # noqa: E402
 from infra.compute import Compute, ComputeArgs  # noqa: E402
 from infra.config import load_config, require_pinned_ami  # noqa: E402
 from infra.controller import Controller, ControllerArgs  # noqa: E402
+from infra.identity import Identity  # noqa: E402
 from infra.network import Network, NetworkArgs  # noqa: E402
 from infra.storage import Storage, StorageArgs  # noqa: E402
 from infra.wheelhouse import pack_wheelhouse  # noqa: E402
@@ -57,6 +58,8 @@ def main() -> dict[str, pulumi.Input]:
         ),
         region=region,
     )
+    # The roles first: the bucket's key policy names them (KMS refuses unknown principals).
+    identity = Identity(name, name)
     storage = Storage(
         name,
         StorageArgs(
@@ -64,8 +67,10 @@ def main() -> dict[str, pulumi.Input]:
             bucket_prefix=cfg.bucket_prefix,
             noncurrent_retention_days=cfg.checkpoint_retention_days,
             force_destroy=cfg.bucket_force_destroy,
+            owner_principal_arn=cfg.owner_principal_arn,
         ),
         region=region,
+        cluster_role_arns=[identity.node_role.arn, identity.controller_role.arn],
         s3_endpoint_id=network.s3_endpoint_id,
     )
     compute = Compute(
@@ -87,11 +92,11 @@ def main() -> dict[str, pulumi.Input]:
             wheelhouse=wheels,
             wheelhouse_sha256=wheels_digest,
         ),
+        role=identity.node_role,
         subnet_id=network.subnet_id,
         security_group_id=network.security_group_id,
         bucket_name=storage.bucket_name,
         bucket_arn=storage.bucket_arn,
-        key_arn=storage.key_arn,
         run_prefix=storage.run_prefix,
         region=region,
     )
@@ -110,11 +115,11 @@ def main() -> dict[str, pulumi.Input]:
             source_sha256=digest,
             wheelhouse_sha256=wheels_digest,
         ),
+        role=identity.controller_role,
         subnet_id=network.subnet_id,
         security_group_id=network.controller_security_group_id,
         bucket_name=storage.bucket_name,
         bucket_arn=storage.bucket_arn,
-        key_arn=storage.key_arn,
         run_prefix=storage.run_prefix,
         region=region,
         group_arn=compute.group_arn,

@@ -1,4 +1,4 @@
-"""Compute component: node IAM role, cluster placement group, launch template and the nodes'
+"""Compute component: the node role's scoped policies, cluster placement group, launch template and
 Auto Scaling group.
 
 The nodes belong to one EC2 Auto Scaling group that Pulumi owns: AWS launches them (one request
@@ -19,13 +19,10 @@ import pulumi_aws as aws
 
 from artifacts.node import ROLE_NODE, TAG_CLUSTER, group_name, node_tags
 from infra.bundle import BUNDLE_KEY
-from infra.egress import kms_use_statement
 from infra.policies import (
-    assume_role_policy,
     bucket_access_policy,
     efa_interfaces_for,
     node_self_terminate_policy,
-    ssm_agent_policy,
     to_json,
 )
 from infra.userdata import Bootstrap, render_user_data
@@ -83,45 +80,6 @@ def network_interfaces(
     ]
 
 
-def agent_role(
-    prefix: str, description: str, tags: dict[str, str], opts: pulumi.ResourceOptions
-) -> aws.iam.Role:
-    """An EC2 role with the SSM agent's own policy (``<prefix>-role``, ``<prefix>-ssm-agent``).
-
-    Why shared: nodes and the controller start from the same trust and agent permissions; each
-    adds only its own scoped policy.
-    """
-    role = aws.iam.Role(
-        f"{prefix}-role",
-        assume_role_policy=to_json(assume_role_policy()),
-        description=description,
-        tags=tags,
-        opts=opts,
-    )
-    aws.iam.RolePolicy(
-        f"{prefix}-ssm-agent", role=role.id, policy=to_json(ssm_agent_policy()), opts=opts
-    )
-    return role
-
-
-def bucket_key_policy(
-    name: str,
-    role: aws.iam.Role,
-    key_arn: pulumi.Input[str],
-    region: pulumi.Input[str],
-    opts: pulumi.ResourceOptions,
-) -> aws.iam.RolePolicy:
-    """The role may use the bucket's KMS key, only through S3 (SSE-KMS reads and writes)."""
-    return aws.iam.RolePolicy(
-        name,
-        role=role.id,
-        policy=pulumi.Output.all(key_arn, region).apply(
-            lambda v: to_json({"Version": "2012-10-17", "Statement": [kms_use_statement(*v)]})
-        ),
-        opts=opts,
-    )
-
-
 class Compute(pulumi.ComponentResource):
     """GPU nodes in an Auto Scaling group that can reach only their bucket and SSM."""
 
@@ -139,11 +97,11 @@ class Compute(pulumi.ComponentResource):
         name: str,
         args: ComputeArgs,
         *,
+        role: aws.iam.Role,
         subnet_id: pulumi.Input[str],
         security_group_id: pulumi.Input[str],
         bucket_name: pulumi.Input[str],
         bucket_arn: pulumi.Input[str],
-        key_arn: pulumi.Input[str],
         run_prefix: pulumi.Input[str],
         region: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
@@ -155,10 +113,9 @@ class Compute(pulumi.ComponentResource):
         tags = {TAG_CLUSTER: cluster}
         asg_name = group_name(cluster)
 
-        # --- IAM: the SSM agent's calls, this bucket (writes under runs/ only), leaving the group.
-        role = agent_role(
-            f"{name}-node", f"{cluster} GPU nodes: SSM agent + the run bucket only", tags, child
-        )
+        # --- IAM: the role (infra.identity: trust + the SSM agent's calls) gets this bucket
+        # (writes under runs/ only) and leaving the group. The bucket's key is granted by the key
+        # policy itself (infra.egress.bucket_key_policy), which names this role.
         aws.iam.RolePolicy(
             f"{name}-bucket-access",
             role=role.id,
@@ -167,7 +124,6 @@ class Compute(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        bucket_key_policy(f"{name}-node-bucket-key", role, key_arn, region, child)
         profile = aws.iam.InstanceProfile(
             f"{name}-node-profile", role=role.name, tags=tags, opts=child
         )

@@ -37,6 +37,7 @@ _VPC = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _SUBNET = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 _GIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 _REPO_URL = re.compile(r"^https://[A-Za-z0-9.-]+(:\d+)?/[A-Za-z0-9._~/-]+$")
+_PRINCIPAL = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[A-Za-z0-9+=,.@_/-]{1,512}$")
 _KEY_NAME = re.compile(r"^[A-Za-z0-9 ._:/()#,@\[\]+=&;{}!$*-]{1,255}$")
 
 
@@ -147,6 +148,14 @@ class StackConfig:
     """Let ``pulumi up`` bundle uncommitted changes to tracked files (recorded in ``BUNDLE.json``)."""
     wheelhouse: str = ""
     """Folder of the hash-locked wheelhouse (``invoke wheelhouse``); empty: ``build/wheelhouse``."""
+    owner_principal_arn: str | None = field(
+        default=None,
+        metadata=_key(
+            pattern=_PRINCIPAL, what="an IAM role or user ARN (arn:aws:iam::<account>:role/...)"
+        ),
+    )
+    """The owner's IAM role or user, named in the bucket key's policy besides whoever runs
+    ``pulumi up`` (``invoke pretrain`` uploads, ``invoke download`` reads); unset: the deployer only."""
 
     def __post_init__(self) -> None:
         if self.spot_max_price is not None:

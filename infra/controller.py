@@ -31,7 +31,6 @@ from artifacts.node import (
     TAG_ROLE,
     run_document_name,
 )
-from infra.compute import agent_role, bucket_key_policy
 from infra.policies import (
     controller_policy,
     to_json,
@@ -77,11 +76,11 @@ class Controller(pulumi.ComponentResource):
         name: str,
         args: ControllerArgs,
         *,
+        role: aws.iam.Role,
         subnet_id: pulumi.Input[str],
         security_group_id: pulumi.Input[str],
         bucket_name: pulumi.Input[str],
         bucket_arn: pulumi.Input[str],
-        key_arn: pulumi.Input[str],
         run_prefix: pulumi.Input[str],
         region: pulumi.Input[str],
         group_arn: pulumi.Input[str],
@@ -99,12 +98,7 @@ class Controller(pulumi.ComponentResource):
 
         partition = aws.get_partition_output(opts=invoke).partition
         account = aws.get_caller_identity_output(opts=invoke).account_id
-        role = agent_role(
-            f"{name}-controller",
-            f"{cluster} controller: this group, this cluster's SSM targets, the bucket",
-            tags,
-            child,
-        )
+        # The role (infra.identity) gets its scope here; the bucket's key names it in its policy.
         aws.iam.RolePolicy(
             f"{name}-controller-scope",
             role=role.id,
@@ -122,7 +116,6 @@ class Controller(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        bucket_key_policy(f"{name}-controller-bucket-key", role, key_arn, region, child)
         # The one Run Command document the controller may send (typed, base64 script).
         aws.ssm.Document(
             f"{name}-run-document",

@@ -12,6 +12,7 @@ refuses this cluster's roles unless the request came through that S3 endpoint
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from artifacts.node import TAG_CLUSTER
@@ -36,8 +37,38 @@ S3_ENDPOINT_ACTIONS = (
     "s3:GetEncryptionConfiguration",
 )
 
-#: KMS calls S3 makes for a principal reading or writing SSE-KMS objects.
-KMS_S3_ACTIONS = ("kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey")
+#: KMS calls S3 makes for a principal reading or writing SSE-KMS objects (GenerateDataKey on a
+#: write, Decrypt on a read or a multipart upload; Encrypt as the issue lists it, same conditions).
+KMS_S3_ACTIONS = ("kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey*")
+#: The encryption context S3 passes to KMS: the bucket ARN (bucket keys on) or the object ARN.
+S3_CONTEXT_KEY = "kms:EncryptionContext:aws:s3:arn"
+#: Key administration without use (no Encrypt/Decrypt/GenerateDataKey*/ReEncrypt*/Sign, no
+#: CreateGrant, which would hand out use): what ``pulumi up`` and an administrator call.
+KEY_ADMIN_ACTIONS = (
+    "kms:CancelKeyDeletion",
+    "kms:CreateAlias",
+    "kms:DeleteAlias",
+    "kms:DescribeKey",
+    "kms:DisableKey",
+    "kms:DisableKeyRotation",
+    "kms:EnableKey",
+    "kms:EnableKeyRotation",
+    "kms:GetKeyPolicy",
+    "kms:GetKeyRotationStatus",
+    "kms:ListGrants",
+    "kms:ListKeyPolicies",
+    "kms:ListKeyRotations",
+    "kms:ListResourceTags",
+    "kms:PutKeyPolicy",
+    "kms:RetireGrant",
+    "kms:RevokeGrant",
+    "kms:RotateKeyOnDemand",
+    "kms:ScheduleKeyDeletion",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:UpdateAlias",
+    "kms:UpdateKeyDescription",
+)
 
 #: Prices used in docs/provision.md's cost table (us-east-1, USD, AWS price pages, 2026).
 INTERFACE_ENDPOINT_USD_PER_HOUR_PER_AZ = 0.01
@@ -116,51 +147,106 @@ def deny_outside_vpce_statement(bucket_arn: str, cluster: str, vpce_id: str) -> 
     }
 
 
-def bucket_key_policy(*, account: str, partition: str, cluster: str, region: str) -> dict[str, Any]:
-    """Key policy of the bucket's customer-managed KMS key.
+def bucket_key_policy(
+    *,
+    account: str,
+    partition: str,
+    region: str,
+    bucket_arn: str,
+    cluster_role_arns: Sequence[str],
+    owner_arns: Sequence[str],
+) -> dict[str, Any]:
+    """Key policy of the bucket's customer-managed KMS key: every principal named, by ARN.
 
-    The account (its IAM administrators: the owner who runs ``pulumi up`` and downloads models)
-    administers and uses the key through IAM; this cluster's node and controller roles (by their
-    ``twostage:cluster`` tag) may use it only through S3 in this region. It is a symmetric
-    encryption key: ``kms:Sign`` does not exist for it, so no role can sign with it.
+    - the account (``:root``, i.e. its IAM administrators) may **administer** the key — describe,
+      rotate, tag, change the policy, schedule deletion — but not use it: AWS requires a key
+      policy to keep an administrator, or the key becomes unmanageable;
+    - the cluster's node and controller roles and the owner principals (who runs ``pulumi up``,
+      which uploads the bundle and wheelhouse, plus ``ownerPrincipalArn``: ``invoke pretrain``
+      uploads, ``invoke download`` reads) may use it only as S3 does for this bucket:
+      ``kms:ViaService`` = S3 in this region and the encryption context ``aws:s3:arn`` naming the
+      bucket (with S3 bucket keys on it is the bucket ARN; an object ARN without them);
+    - the cluster roles are denied every other KMS call on this key, whatever IAM gives them;
+    - nobody may ``kms:Sign`` (a symmetric key cannot sign at all; the deny says so in policy).
+
+    KMS refuses a policy naming a principal that does not exist, so the ARNs are the created
+    roles' own (the key is planned after them) and the owner's existing user or role.
     """
-    root = f"arn:{partition}:iam::{account}:root"
+    _check_bucket_arn(bucket_arn)
+    cluster = sorted(set(cluster_role_arns))
+    owners = sorted(set(owner_arns))
+    for arn in (*cluster, *owners):
+        _check_principal_arn(arn, partition, account)
+    if len(cluster) != 2:
+        raise ValueError(f"expected the node and the controller role, got {cluster}")
+    via_s3 = {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}
+    this_bucket = {
+        **via_s3,
+        "StringLike": {S3_CONTEXT_KEY: [bucket_arn, f"{bucket_arn}/*"]},
+    }
+    users = [*cluster, *[o for o in owners if o not in cluster]]
     return {
         "Version": "2012-10-17",
         "Statement": [
             {
-                "Sid": "AccountAdministersThroughIam",
+                "Sid": "AccountAdministersTheKeyOnly",
                 "Effect": "Allow",
-                "Principal": {"AWS": root},
-                "Action": "kms:*",
+                "Principal": {"AWS": f"arn:{partition}:iam::{account}:root"},
+                "Action": list(KEY_ADMIN_ACTIONS),
                 "Resource": "*",
             },
             {
-                "Sid": "ClusterRolesOnlyThroughS3",
+                "Sid": "UseOnlyThroughS3ForTheRunBucket",
+                "Effect": "Allow",
+                "Principal": {"AWS": users},
+                "Action": list(KMS_S3_ACTIONS),
+                "Resource": "*",
+                "Condition": this_bucket,
+            },
+            {
+                # DescribeKey carries no encryption context, so it is allowed via S3 alone.
+                "Sid": "DescribeThroughS3",
+                "Effect": "Allow",
+                "Principal": {"AWS": users},
+                "Action": ["kms:DescribeKey"],
+                "Resource": "*",
+                "Condition": via_s3,
+            },
+            {
+                "Sid": "ClusterRolesNothingElse",
                 "Effect": "Deny",
                 "Principal": {"AWS": "*"},
                 "Action": "kms:*",
                 "Resource": "*",
                 "Condition": {
-                    "StringEquals": {f"aws:PrincipalTag/{TAG_CLUSTER}": cluster},
+                    "ArnEquals": {"aws:PrincipalArn": cluster},
                     "StringNotEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"},
                 },
+            },
+            {
+                "Sid": "NobodySigns",
+                "Effect": "Deny",
+                "Principal": {"AWS": "*"},
+                "Action": "kms:Sign",
+                "Resource": "*",
             },
         ],
     }
 
 
-def kms_use_statement(key_arn: str, region: str) -> dict[str, Any]:
-    """IAM statement for a role that reads/writes SSE-KMS objects: the key, only via S3."""
-    if not key_arn.startswith("arn:") or ":kms:" not in key_arn or "*" in key_arn:
-        raise ValueError(f"not a single KMS key ARN: {key_arn!r}")
-    return {
-        "Sid": "BucketKeyViaS3",
-        "Effect": "Allow",
-        "Action": list(KMS_S3_ACTIONS),
-        "Resource": [key_arn],
-        "Condition": {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}},
-    }
+def _check_principal_arn(arn: str, partition: str, account: str) -> None:
+    # A wildcard or a malformed principal would open the key or make KMS refuse the policy.
+    prefix = f"arn:{partition}:iam::{account}:"
+    if (
+        not arn.startswith(prefix)
+        or "*" in arn
+        or arn[len(prefix) :].split("/")[0]
+        not in (
+            "role",
+            "user",
+        )
+    ):
+        raise ValueError(f"not an IAM role or user of account {account}: {arn!r}")
 
 
 def _check_bucket_arn(bucket_arn: str) -> None:

@@ -13,8 +13,10 @@ Who may do what (the security model, see docs/provision.md "IAM"):
   terminating themselves out of their own Auto Scaling group (the dead-man switch);
 - **the controller** may describe, scale *this* group (ARN + cluster tag), send Run Command
   documents to the instances *this group* launched (the ``aws:autoscaling:groupName`` tag, which
-  only Auto Scaling can set: a user who may tag instances cannot put one in reach), and
-  read/write the bucket.
+  only Auto Scaling can set: a user who may tag instances cannot put one in reach), only with
+  the project's own document, read and cancel Run Command invocations in this region (IAM has no
+  resource type or condition key that narrows these to its own commands), and read/write the
+  bucket. It cannot list commands.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ SSM_AGENT_ACTIONS = (
     "ec2messages:GetMessages",
     "ec2messages:SendReply",
 )
+#: Run Command reads and cancels the controller makes (``trainer/launch/ssm.py``). IAM has no
+#: resource type or service condition key for either (see ``controller_policy``).
+COMMAND_READ_CANCEL_ACTIONS = ("ssm:GetCommandInvocation", "ssm:CancelCommand")
 #: Parameter Store reads nobody on a node needs; denied explicitly so no attached policy adds them.
 DENIED_PARAMETER_ACTIONS = ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath")
 
@@ -241,9 +246,6 @@ def controller_policy(
                     "ec2:DescribeInstances",
                     "ec2:DescribeSpotPriceHistory",
                     "ssm:DescribeInstanceInformation",
-                    "ssm:GetCommandInvocation",
-                    "ssm:ListCommandInvocations",
-                    "ssm:ListCommands",
                 ],
                 "Resource": "*",
             },
@@ -276,10 +278,17 @@ def controller_policy(
                 ],
             },
             {
-                "Sid": "CancelOwnCommands",
+                "Sid": "ReadAndCancelCommandsInThisRegion",
                 "Effect": "Allow",
-                "Action": ["ssm:CancelCommand"],
-                "Resource": "*",  # CancelCommand has no resource-level permissions
+                "Action": list(COMMAND_READ_CANCEL_ACTIONS),
+                # "*" because IAM offers nothing narrower: the Service Authorization Reference
+                # (Actions, resources, and condition keys for AWS Systems Manager) lists no
+                # resource type and no condition key for ssm:GetCommandInvocation or
+                # ssm:CancelCommand (nor for ssm:ListCommands / ssm:ListCommandInvocations, which
+                # the controller does not call and does not get). So "its own commands" cannot be
+                # expressed; the global aws:RequestedRegion key at least keeps it to this region.
+                "Resource": "*",
+                "Condition": {"StringEquals": {"aws:RequestedRegion": region}},
             },
             {
                 "Sid": "RunBucket",

@@ -2,13 +2,17 @@
 
 Objects are encrypted with SSE-KMS under a customer-managed key (rotation on, S3 bucket keys on
 so hundreds of PUTs per second do not each call KMS): reading the corpus or a model then needs
-``kms:Decrypt`` on this key as well as ``s3:GetObject``, and every use is in CloudTrail. When the
-program created the network, the bucket also refuses this cluster's roles outside the VPC's S3
+``kms:Decrypt`` on this key as well as ``s3:GetObject``, and every use is in CloudTrail. The key
+policy (:func:`infra.egress.bucket_key_policy`) names its users by ARN — the node and controller
+roles (planned first, :mod:`infra.identity`), the deployer and ``ownerPrincipalArn`` — each only
+through S3 for this bucket; the account keeps administration only. When the program created the
+network, the bucket also refuses this cluster's roles outside the VPC's S3
 endpoint, and that endpoint reaches this bucket only (see :mod:`infra.egress`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -29,6 +33,8 @@ class StorageArgs:
     bucket_prefix: str
     noncurrent_retention_days: int
     force_destroy: bool = False
+    owner_principal_arn: str | None = None
+    """The owner's IAM role or user besides the deployer, named in the key policy (downloads)."""
 
 
 class Storage(pulumi.ComponentResource):
@@ -45,6 +51,7 @@ class Storage(pulumi.ComponentResource):
         args: StorageArgs,
         *,
         region: pulumi.Input[str],
+        cluster_role_arns: Sequence[pulumi.Input[str]],
         s3_endpoint_id: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
@@ -54,17 +61,43 @@ class Storage(pulumi.ComponentResource):
         tags = {TAG_CLUSTER: args.cluster_name}
         cluster = args.cluster_name
 
-        account = aws.get_caller_identity_output(opts=invoke).account_id
+        bucket = aws.s3.Bucket(
+            f"{name}-bucket",
+            bucket_prefix=args.bucket_prefix,
+            force_destroy=args.force_destroy,
+            tags=tags,
+            opts=child,
+        )
+        caller = aws.get_caller_identity_output(opts=invoke)
         partition = aws.get_partition_output(opts=invoke).partition
+        # Who runs `pulumi up` (it uploads the bundle and the wheelhouse under this key): its IAM
+        # role or user, not the session (a session ARN changes every login).
+        deployer = aws.iam.get_session_context_output(arn=caller.arn, opts=invoke).issuer_arn
+        owners = [deployer, *([args.owner_principal_arn] if args.owner_principal_arn else [])]
         key = aws.kms.Key(
             f"{name}-bucket-key",
             description=f"{cluster} run bucket (SSE-KMS)",
             key_usage="ENCRYPT_DECRYPT",
             enable_key_rotation=True,
             deletion_window_in_days=30,
-            policy=pulumi.Output.all(account, partition, region).apply(
+            # Depends on the roles (Outputs): planned after them, naming them by their real ARNs.
+            policy=pulumi.Output.all(
+                caller.account_id,
+                partition,
+                region,
+                bucket.arn,
+                pulumi.Output.all(*cluster_role_arns),
+                pulumi.Output.all(*owners),
+            ).apply(
                 lambda v: to_json(
-                    bucket_key_policy(account=v[0], partition=v[1], cluster=cluster, region=v[2])
+                    bucket_key_policy(
+                        account=v[0],
+                        partition=v[1],
+                        region=v[2],
+                        bucket_arn=v[3],
+                        cluster_role_arns=v[4],
+                        owner_arns=v[5],
+                    )
                 )
             ),
             tags=tags,
@@ -74,14 +107,6 @@ class Storage(pulumi.ComponentResource):
             f"{name}-bucket-key-alias",
             name=f"alias/{cluster}-bucket",
             target_key_id=key.key_id,
-            opts=child,
-        )
-
-        bucket = aws.s3.Bucket(
-            f"{name}-bucket",
-            bucket_prefix=args.bucket_prefix,
-            force_destroy=args.force_destroy,
-            tags=tags,
             opts=child,
         )
         public_block = aws.s3.BucketPublicAccessBlock(
@@ -105,7 +130,7 @@ class Storage(pulumi.ComponentResource):
             versioning_configuration={"status": "Enabled"},
             opts=child,
         )
-        aws.s3.BucketServerSideEncryptionConfiguration(
+        encryption = aws.s3.BucketServerSideEncryptionConfiguration(
             f"{name}-encryption",
             bucket=bucket.id,
             rules=[
@@ -161,7 +186,10 @@ class Storage(pulumi.ComponentResource):
                 opts=child,
             )
 
-        self.bucket_name = bucket.bucket
+        # Everything written through this name (the bundle, the wheelhouse) waits for the default
+        # encryption, hence for the key and its policy: never an SSE-S3 object, never a write
+        # before the key names its writer.
+        self.bucket_name = pulumi.Output.all(bucket.bucket, encryption.id).apply(lambda v: v[0])
         self.bucket_arn = bucket.arn
         self.key_arn = key.arn
         self.run_prefix = bucket.bucket.apply(lambda b: f"s3://{b}/{RUNS_PREFIX}")

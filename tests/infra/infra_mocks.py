@@ -88,6 +88,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state["privateIp"] = f"10.42.16.{self._ips}"
         elif args.typ == "aws:ec2/vpcEndpoint:VpcEndpoint":
             rid = f"vpce-{args.name}"
+        elif args.typ == "aws:iam/role:Role":
+            state["arn"] = f"arn:aws:iam::{ACCOUNT}:role/{args.name}"  # KMS checks the form
         elif args.typ == "aws:kms/key:Key":
             state["arn"] = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{args.name}"
             state["keyId"] = args.name
@@ -107,6 +109,10 @@ class RecordingMocks(pulumi.runtime.Mocks):
             return {"region": "us-east-1", "name": "us-east-1", "id": "us-east-1"}
         if token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/me", "id": ACCOUNT}
+        if token == "aws:iam/getSessionContext:getSessionContext":
+            # The mocked caller is an IAM user: its own ARN is the issuer.
+            arn = args.args["arn"]
+            return {"arn": arn, "issuerArn": arn, "issuerName": arn.rsplit("/", 1)[-1], "id": arn}
         if token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}
         if token == "aws:ssm/getParameter:getParameter":

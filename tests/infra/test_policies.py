@@ -71,9 +71,11 @@ CONTROLLER = [
     ),
 ]
 INSTANCE = "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"
+HERE = {"aws:RequestedRegion": "us-east-1"}
 MINE = {
     "ssm:resourceTag/aws:autoscaling:groupName": "twostage-dev-nodes",
     "aws:ResourceTag/twostage:cluster": "twostage-dev",
+    **HERE,
 }
 
 
@@ -145,6 +147,18 @@ def test_controller_scales_only_this_group_and_commands_only_this_cluster():
     assert not allowed(CONTROLLER, "ec2:TerminateInstances", INSTANCE)
     assert not allowed(CONTROLLER, "iam:PassRole", "*")
     assert not allowed(CONTROLLER, "ssm:GetParameter", "*")
+
+
+def test_controller_reads_and_cancels_commands_in_its_region_only_and_lists_none():
+    # IAM has no resource type or condition key for these (Service Authorization Reference):
+    # the region is the only narrowing it offers.
+    for action in ("ssm:GetCommandInvocation", "ssm:CancelCommand"):
+        assert allowed(CONTROLLER, action, "*", HERE)
+        assert not allowed(CONTROLLER, action, "*", {"aws:RequestedRegion": "eu-west-1"})
+        assert not allowed(NODE, action, "*", HERE)
+    # The controller never lists commands (the code table below checks it calls no list_*).
+    for action in ("ssm:ListCommands", "ssm:ListCommandInvocations"):
+        assert not allowed(CONTROLLER, action, "*", HERE)
 
 
 def test_no_statement_allows_a_wildcard_action():
@@ -220,8 +234,8 @@ CONTROLLER_CALLS = {
     '"describe_instance_information"': ("ssm:DescribeInstanceInformation", "*", {}),
     "describe_spot_price_history": ("ec2:DescribeSpotPriceHistory", "*", {}),
     "send_command": ("ssm:SendCommand", INSTANCE, MINE),
-    "get_command_invocation": ("ssm:GetCommandInvocation", "*", {}),
-    "cancel_command": ("ssm:CancelCommand", "*", {}),
+    "get_command_invocation": ("ssm:GetCommandInvocation", "*", HERE),
+    "cancel_command": ("ssm:CancelCommand", "*", HERE),
 }
 NODE_CALLS = {
     "terminate_instance_in_auto_scaling_group": (
@@ -260,7 +274,7 @@ def test_the_launch_code_calls_nothing_the_table_does_not_know():
     called = set(
         re.findall(
             r"\.(describe_[a-z_]+|set_[a-z_]+_capacity|terminate_[a-z_]+|"
-            r"send_command|cancel_command|get_command_invocation)\(",
+            r"send_command|cancel_command|get_command_invocation|list_command[a-z_]*)\(",
             source,
         )
     )

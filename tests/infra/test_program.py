@@ -656,7 +656,7 @@ def test_node_role_has_no_managed_policy_and_no_parameter_store(default_stack: S
     # No AmazonSSMManagedInstanceCore (it grants ssm:GetParameter* on *): inline policies only.
     assert not default_stack.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
     docs = _role_policies(default_stack, "twostage-test-node-role")
-    assert len(docs) == 4  # SSM agent, bucket, the bucket's key, leave the group
+    assert len(docs) == 3  # SSM agent, bucket, leave the group (the key policy names the role)
     statements = [s for d in docs for s in d["Statement"]]
     denies = [a for s in statements if s["Effect"] == "Deny" for a in s["Action"]]
     assert {"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"} <= set(denies)
@@ -710,28 +710,104 @@ def test_controller_role_is_scoped_to_this_cluster(default_stack: StackRun):
     assert default_stack.one(INSTANCE).inputs["iamInstanceProfile"] == profile.name
 
 
-def test_the_bucket_key_is_usable_only_through_s3_and_nobody_can_sign(default_stack: StackRun):
+def _key_policy(run: StackRun) -> dict:
+    return json.loads(run.one("aws:kms/key:Key").inputs["policy"])
+
+
+def _role_arn(run: StackRun, name: str) -> str:
+    (role,) = [r for r in run.of_type("aws:iam/role:Role") if r.name == name]
+    return f"arn:aws:iam::123456789012:role/{role.name}"  # what the provider returns for it
+
+
+def test_the_key_policy_names_the_created_roles_and_the_deployer(default_stack: StackRun):
     key = default_stack.one("aws:kms/key:Key")
     assert key.inputs["keyUsage"] == "ENCRYPT_DECRYPT"  # kms:Sign does not exist for it
-    policy = json.loads(key.inputs["policy"])
-    (deny,) = [s for s in policy["Statement"] if s["Effect"] == "Deny"]
-    assert deny["Condition"] == {
-        "StringEquals": {"aws:PrincipalTag/twostage:cluster": "twostage-test"},
-        "StringNotEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"},
+    policy = _key_policy(default_stack)
+    by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    roles = sorted(
+        _role_arn(default_stack, f"twostage-test-{r}-role") for r in ("node", "controller")
+    )
+    deployer = "arn:aws:iam::123456789012:user/me"  # the mocked caller's own IAM user
+    use = by_sid["UseOnlyThroughS3ForTheRunBucket"]
+    assert use["Principal"] == {"AWS": [*roles, deployer]}
+    assert use["Condition"] == {
+        "StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"},
+        "StringLike": {
+            "kms:EncryptionContext:aws:s3:arn": [
+                f"arn:aws:s3:::{FAKE_BUCKET}",
+                f"arn:aws:s3:::{FAKE_BUCKET}/*",
+            ]
+        },
     }
-    for role in ("twostage-test-node-role", "twostage-test-controller-role"):
-        docs = _role_policies(default_stack, role)
-        assert "kms:Sign" not in json.dumps(docs)
-        (use,) = [s for d in docs for s in d["Statement"] if s.get("Sid") == "BucketKeyViaS3"]
-        assert use["Resource"] == [f"arn:aws:kms:us-east-1:123456789012:key/{key.name}"]
-        assert use["Condition"]["StringEquals"]["kms:ViaService"] == "s3.us-east-1.amazonaws.com"
+    assert by_sid["ClusterRolesNothingElse"]["Condition"]["ArnEquals"] == {
+        "aws:PrincipalArn": roles
+    }
+    admin = by_sid["AccountAdministersTheKeyOnly"]
+    assert admin["Principal"] == {"AWS": "arn:aws:iam::123456789012:root"}
+    assert "kms:PutKeyPolicy" in admin["Action"]
+    assert not {"kms:Decrypt", "kms:GenerateDataKey*", "kms:CreateGrant"} & set(admin["Action"])
+    assert by_sid["NobodySigns"] == {
+        "Sid": "NobodySigns",
+        "Effect": "Deny",
+        "Principal": {"AWS": "*"},
+        "Action": "kms:Sign",
+        "Resource": "*",
+    }
+
+
+def test_the_owner_principal_is_named_only_when_set(default_stack: StackRun):
+    owner = "arn:aws:iam::123456789012:role/data-owner"
+    assert owner not in json.dumps(_key_policy(default_stack))
+    run = run_stack({"ownerPrincipalArn": owner})
+    (use,) = [
+        s for s in _key_policy(run)["Statement"] if s["Sid"] == "UseOnlyThroughS3ForTheRunBucket"
+    ]
+    assert owner in use["Principal"]["AWS"]
+    with pytest.raises(InfraError, match="^twostage:ownerPrincipalArn"):
+        run_stack({"ownerPrincipalArn": "arn:aws:sts::123456789012:assumed-role/Admin/alice"})
+
+
+def test_no_role_policy_grants_kms_and_nothing_grants_sign(default_stack: StackRun):
     every = json.dumps(
         [
             json.loads(p.inputs["policy"])
             for p in default_stack.of_type("aws:iam/rolePolicy:RolePolicy")
         ]
     )
-    assert "kms:Sign" not in every and '"kms:*"' not in every
+    # The key policy is the one place that says who uses the key.
+    assert '"kms:' not in every
+    assert "kms:Sign" not in json.dumps(
+        [s for s in _key_policy(default_stack)["Statement"] if s["Effect"] == "Allow"]
+    )
+
+
+def test_nothing_is_uploaded_before_the_bucket_encrypts_with_the_key(default_stack: StackRun):
+    """The bundle and the wheelhouse are written after the default encryption (and the key)."""
+    order = [r.typ for r in default_stack.resources]
+    sse = order.index(
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+    )
+    key = order.index("aws:kms/key:Key")
+    roles = [i for i, t in enumerate(order) if t == "aws:iam/role:Role"]
+    objects = [i for i, t in enumerate(order) if t == "aws:s3/bucketObjectv2:BucketObjectv2"]
+    assert len(objects) == 2 and min(objects) > sse > key > max(roles)
+
+
+def test_controller_reads_and_cancels_commands_in_its_region_only(default_stack: StackRun):
+    docs = _role_policies(default_stack, "twostage-test-controller-role")
+    statements = [s for d in docs for s in d["Statement"]]
+    commands = [s for s in statements if "ssm:CancelCommand" in s["Action"]]
+    assert commands == [
+        {
+            "Sid": "ReadAndCancelCommandsInThisRegion",
+            "Effect": "Allow",
+            "Action": ["ssm:GetCommandInvocation", "ssm:CancelCommand"],
+            "Resource": "*",
+            "Condition": {"StringEquals": {"aws:RequestedRegion": "us-east-1"}},
+        }
+    ]
+    actions = {a for s in statements for a in s["Action"]}
+    assert not {"ssm:ListCommands", "ssm:ListCommandInvocations"} & actions
 
 
 # --- config errors stop the plan -----------------------------------------------------------------

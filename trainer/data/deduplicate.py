@@ -28,7 +28,7 @@ from trainer.data.dedup import (
     permutations,
     split_id,
 )
-from trainer.data.pool import run_units
+from trainer.data.pool import WorkerPool, run_units
 from trainer.data.progress import Progress, record_status
 from trainer.data.scan import (
     JoinJob,
@@ -77,14 +77,17 @@ def run_dedup(
     mine: list[Unit],
     store: Any,
     *,
-    workers: int,
+    workers: int | WorkerPool,
     node_rank: int,
     node_count: int,
     since: float,
     writer: Any,
     bar: bool,
 ) -> DedupResult:
-    """Scan this node's units, join its partitions, and return the corpus-wide drop set."""
+    """Scan this node's units, join its partitions, and return the corpus-wide drop set.
+
+    ``workers``: the preparation's :class:`~trainer.data.pool.WorkerPool` (or a count).
+    """
     import numpy as np
 
     fp = job_args["fp"]

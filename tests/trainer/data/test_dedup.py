@@ -60,11 +60,18 @@ def test_join_keeps_the_lowest_id_whatever_the_order() -> None:
     # a chain across bands (a~b in one band, b~c in another) is one cluster kept at its lowest id
     members, labels = dedup.clusters(np.array([[8, 4], [6, 4], [12, 8]], dtype=np.uint64))
     assert set(labels.tolist()) == {4} and dedup.dropped(members, labels).tolist() == [6, 8, 12]
+    # stars (exact's edges) take the path without scipy and give what the graph gives
+    stars = np.array([[9, 2], [5, 2], [7, 3], [4, 2]], dtype=np.uint64)
+    members, labels = dedup.clusters(stars)
+    assert members.tolist() == [2, 4, 5, 9, 3, 7] and labels.tolist() == [2, 2, 2, 2, 3, 3]
 
 
 def test_batched_signatures_are_datasketch_minhash_and_estimate_jaccard() -> None:
     from datasketch import MinHash
 
+    for seed in (0, 42, 2**31 + 5):  # drawn without importing datasketch: the same draws
+        ours, ref_perm = dedup.permutations(seed), MinHash(num_perm=112, seed=seed).permutations
+        assert all(np.array_equal(x, y) and x.dtype == y.dtype for x, y in zip(ours, ref_perm, strict=True))
     hasher = dedup.MinHasher(dedup.permutations(42))
     texts = [t for _, _, t in planted_corpus(6, exact=0, near=0)] + ["Één, two!", "", "x " * 40_000]
     hashes, counts = hasher.shingle_hashes(texts)

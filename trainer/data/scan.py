@@ -32,7 +32,7 @@ from trainer.data.dedup import (
     partition_of,
     permutations,
 )
-from trainer.data.sources import BadInput, Doc, fetch_local
+from trainer.data.sources import BadInput, Doc
 from trainer.data.worker import Unit, queue_report
 
 
@@ -72,7 +72,7 @@ def run_scan(job: ScanJob, progress: Any = None) -> list[dict[str, Any]]:
     report = progress or queue_report
     unit, src = job.unit, job.unit.source
     store = open_store(job.cache_uri)
-    local = fetch_local(src, Path(job.scratch) / "sources")
+    local, comp = unit.fetch(Path(job.scratch) / "sources")
     bands, words = key_width(job.mode)
     hasher = None
     if job.mode == "minhash":
@@ -83,7 +83,7 @@ def run_scan(job: ScanJob, progress: Any = None) -> list[dict[str, Any]]:
     shingles: list[Any] = []
     pending = 0
     base = doc_id(unit.source_index, 0)
-    for item in unit.docs(local):
+    for item in unit.docs(local, compression=comp):
         if not isinstance(item, Doc):
             pending += item
             continue

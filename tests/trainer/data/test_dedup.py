@@ -249,6 +249,37 @@ def test_a_compressed_source_is_split_into_lanes_across_workers(tmp_path: Path) 
     assert markers == {u.index for u in units}  # every lane committed its own shards
 
 
+def test_lanes_seek_their_blocks_of_one_decompressed_copy(tmp_path: Path) -> None:
+    import zstandard
+
+    from trainer.data.sources import BadInput, Source, fetch_plain, iter_docs, resolve_sources
+
+    text = generate_corpus(50_000, seed=3)
+    src_path = tmp_path / "big.txt.zst"
+    src_path.write_bytes(zstandard.ZstdCompressor().compress(text.encode()))
+    (src,) = resolve_sources((str(src_path),), base=tmp_path, run=None, where="t")
+    path, comp = fetch_plain(src, tmp_path / "s", 3)
+    assert comp == "" and path.read_bytes() == text.encode()  # decompressed once per node
+    assert fetch_plain(src, tmp_path / "s", 3)[0] == path
+    assert fetch_plain(src, tmp_path / "s", 1) == (src_path, "zst")  # one lane streams it
+    stream = [(d.text, d.offset) for d in iter_docs(src_path, src) if not isinstance(d, int)]
+    lanes = [
+        [(d.text, d.offset) for d in iter_docs(path, src, lanes=3, lane=k, lane_block=4096, compression=comp)
+         if not isinstance(d, int)]
+        for k in range(3)
+    ]  # fmt: skip
+    assert all(lanes) and sorted(sum(lanes, [])) == sorted(stream)  # every document once
+    assert {off // 4096 % 3 for _, off in lanes[1]} == {1}  # a lane keeps the lines starting in its blocks
+    bad = text.encode().split(b"\n")
+    bad[150] = b"caf\xe9"
+    src_path.write_bytes(zstandard.ZstdCompressor().compress(b"\n".join(bad)))
+    src = Source(src.name, src.uri, src_path.stat().st_size, "sha256:changed")  # past the sniff
+    path, comp = fetch_plain(src, tmp_path / "s", 3)
+    with pytest.raises(BadInput, match=r"big.txt.zst:151: not UTF-8"):  # the line in the whole file
+        for k in range(3):
+            list(iter_docs(path, src, lanes=3, lane=k, lane_block=4096, compression=comp))
+
+
 def test_the_lanes_of_an_s3_object_share_one_download_per_node(tmp_path: Path, monkeypatch) -> None:
     import boto3
     import zstandard

@@ -53,8 +53,13 @@ def settings(mode: str) -> dict[str, Any]:
     return {"mode": mode, "key": "blake2b-128/ws" if mode == "exact" else None}
 
 
-def exact_key(text: str) -> bytes:
-    """16 bytes identifying the text up to whitespace runs."""
+def exact_key(text: str | bytes) -> bytes:
+    """16 bytes identifying the text up to whitespace runs (``bytes``: one line of ASCII text without
+    control characters, as :func:`~trainer.data.clean.clean_ascii_lines` keeps it: the same key)."""
+    if isinstance(text, bytes):
+        if b"  " in text or b"\t" in text:
+            text = b" ".join(text.split())
+        return hashlib.blake2b(text, digest_size=16).digest()
     if not text.isascii() or "  " in text or "\n" in text or "\t" in text:  # whitespace to collapse
         text = " ".join(text.split())
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
@@ -85,7 +90,7 @@ class MinHasher:
             [0x9E3779B97F4A7C15 * (2 * i + 1) % (1 << 64) for i in range(ROWS)], dtype=np.uint64
         )
 
-    def shingle_hashes(self, texts: list[str]) -> tuple[Any, Any]:
+    def shingle_hashes(self, texts: list[str] | list[bytes]) -> tuple[Any, Any]:
         """(32-bit hashes of every document's word 5-grams, concatenated; shingles per document).
 
         Words: the text lower-cased, punctuation removed (ASCII text through a byte table, the
@@ -164,11 +169,14 @@ def _ascii_table() -> bytes:
 _ASCII_PUNCT_TO_SPACE = _ascii_table()
 
 
-def _word_crcs(text: str) -> list[int]:
-    """CRC-32 of each word of the lower-cased text without punctuation, padded to NGRAM words."""
+def _word_crcs(text: str | bytes) -> list[int]:
+    """CRC-32 of each word of the lower-cased text without punctuation, padded to NGRAM words
+    (``bytes``: ASCII text, as :func:`~trainer.data.clean.clean_ascii_lines` keeps it)."""
     import zlib
 
-    if text.isascii():
+    if isinstance(text, bytes):
+        words = text.lower().translate(_ASCII_PUNCT_TO_SPACE).split()
+    elif text.isascii():
         words = text.encode().lower().translate(_ASCII_PUNCT_TO_SPACE).split()
     else:
         words = [w.encode() for w in _NONWORD.sub(" ", text.lower()).split()]

@@ -307,17 +307,8 @@ def iter_docs(
     lane_block = lane_block or LANE_BLOCK
     comp = src.compression if compression is None else compression
     with open_binary(path, comp) as f:
-        ranges: Any = [(start, end)]
-        if lanes > 1:
-            if comp:
-                raise ValueError(f"{src.name}: lanes read a decompressed copy (fetch_plain)")
-            size = os.fstat(f.fileno()).st_size
-            ranges = ((b * lane_block, (b + 1) * lane_block) for b in range(lane, -(-size // lane_block), lanes))
-        for lo, hi in ranges:
-            pos = 0
-            if lo > 0:
-                f.seek(lo - 1)
-                pos = lo - 1 + len(f.readline())  # finish the line that straddles ``lo``
+        for lo, hi in _ranges(f, src, comp, start, end, lanes, lane, lane_block):
+            pos = _first_line(f, lo)
             first, line_no = pos, 0  # line numbers count from the range's first line
             for raw in f:
                 here = pos
@@ -333,6 +324,75 @@ def iter_docs(
                     yield Doc(text, here, line_no, len(raw))
                 else:
                     yield len(raw)
+
+
+def _ranges(
+    f: BinaryIO, src: Source, comp: str, start: int, end: int | None, lanes: int, lane: int, block: int
+) -> Any:
+    """The byte ranges ``[lo, hi)`` (``hi`` None: to the end) whose lines a unit reads."""
+    if lanes == 1:
+        return [(start, end)]
+    if comp:
+        raise ValueError(f"{src.name}: lanes read a decompressed copy (fetch_plain)")
+    size = os.fstat(f.fileno()).st_size
+    return ((b * block, (b + 1) * block) for b in range(lane, -(-size // block), lanes))
+
+
+def _first_line(f: BinaryIO, lo: int) -> int:
+    """Seek ``f`` to the first line starting at or after ``lo``; returns that offset."""
+    if lo <= 0:
+        return 0
+    f.seek(lo - 1)
+    return lo - 1 + len(f.readline())  # finish the line that straddles ``lo``
+
+
+def iter_line_chunks(
+    path: Path,
+    src: Source,
+    start: int = 0,
+    end: int | None = None,
+    lanes: int = 1,
+    lane: int = 0,
+    lane_block: int = 0,
+    compression: str | None = None,
+    chunk: int = 1 << 20,
+) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes of whole lines): the lines :func:`iter_docs` reads, undecoded, ~``chunk`` at a time.
+
+    For callers that work on many lines per Python call (the dedup scan); checking and decoding
+    is theirs (:func:`decode_line` gives iter_docs' errors for a line).
+    """
+    lane_block = lane_block or LANE_BLOCK
+    comp = src.compression if compression is None else compression
+    with open_binary(path, comp) as f:
+        for lo, hi in _ranges(f, src, comp, start, end, lanes, lane, lane_block):
+            pos = _first_line(f, lo)
+            rest = b""
+            while hi is None or pos < hi:
+                # past ``hi`` only as far as the last line's end needs (lanes: not the next block)
+                want = chunk if hi is None else min(chunk, max(hi - pos - len(rest), 0) + (1 << 16))
+                data = f.read(want)
+                buf = rest + data
+                cut = buf.rfind(b"\n") + 1 if data else len(buf)  # at EOF: the last line, unended
+                if hi is not None and cut and pos + cut > hi:
+                    # keep the lines that start before ``hi``: up to the first line end at or past it
+                    cut = min(cut, buf.find(b"\n", max(hi - pos - 1, 0)) + 1 or cut)
+                    if cut:
+                        yield pos, buf[:cut]
+                    break
+                if cut:
+                    yield pos, buf[:cut]
+                    pos += cut
+                rest = buf[cut:]
+                if not data:
+                    break
+
+
+def decode_line(
+    raw: bytes, path: Path, src: Source, offset: int, line_no: int, start: int, compression: str
+) -> str:
+    """One line as :func:`iter_docs` decodes it (``line_no`` counted from the line at ``start``)."""
+    return _decode(raw, path, src, offset, line_no, start, src.jsonl, compression)
 
 
 def _decode(

@@ -94,6 +94,31 @@ def test_batched_signatures_are_datasketch_minhash_and_estimate_jaccard() -> Non
     assert keys.shape == (2, 14) and (keys[0] == keys[1]).sum() >= 1  # share a band: candidates
 
 
+@pytest.mark.parametrize("gopher", [False, True])
+def test_the_batched_scan_cleans_and_keys_lines_as_the_per_document_path(gopher: bool) -> None:
+    from trainer.data.clean import CleanConfig, clean, clean_ascii_lines
+
+    cfg = CleanConfig(min_chars=5, max_chars=60, gopher_repetition=gopher, gopher_symbol_ratio=gopher)
+    lines = [b"The cat  sat\t on the mat.", b"", b"   ", b"tiny", b"  padded line here  ", b"x" * 61,
+             b"a a a a a a a a a a a a a", b"# # # # # heading ###", b"Exactly five", b"The Cat sat, on the mat!",
+             b"last line without a newline"]  # fmt: skip
+    chunk = b"\n".join(lines)
+    offsets, sizes, texts = clean_ascii_lines(chunk, cfg)
+    ref, off = [], 0
+    for i, raw in enumerate(lines):
+        text, reason = clean(raw.decode().strip(), cfg)
+        if text and reason is None:
+            ref.append((off, len(raw) + (i < len(lines) - 1), text))
+        off += len(raw) + 1
+    assert [(o, n, t.decode()) for o, n, t in zip(offsets, sizes, texts, strict=True)] == ref
+    assert len(ref) == (5 if gopher else 7)  # the filters drop the repetitive and the symbol line
+    for t, (_, _, s) in zip(texts, ref, strict=True):
+        assert dedup.exact_key(t) == dedup.exact_key(s) and dedup._word_crcs(t) == dedup._word_crcs(s)
+    assert dedup.exact_key(b"a  b\tc") == dedup.exact_key("a b c")  # re-wrapped copies still match
+    for other in ("caf\u00e9 au lait\n", "bell\x07 rings here\n", "crlf line here\r\n"):
+        assert clean_ascii_lines(chunk + b"\n" + other.encode(), cfg) is None  # per-document path
+
+
 def test_exact_removes_every_copy_keeps_one_and_reports_clusters(tmp_path: Path) -> None:
     src = tmp_path / "src" / "corpus.txt"
     corpus = write_planted(src, docs=120, exact=0.3, near=0.0)

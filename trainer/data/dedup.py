@@ -232,13 +232,14 @@ def clusters(edges: Any) -> tuple[Any, Any]:
 
     Labels are the cluster's lowest id (its kept document), so they do not depend on edge order.
     Edges that are already stars (every member in one edge, no head a member: what ``exact``'s
-    one key per document gives) are their own clusters; the rest go through scipy's connected
-    components (imported only then: ~0.3 s).
+    one key per document gives, and ``minhash``'s pairs found in several bands) are their own
+    clusters; the rest go through scipy's connected components (imported only then: ~0.3 s).
     """
     import numpy as np
 
     if len(edges) == 0:
         return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.uint64)
+    edges = np.unique(edges, axis=0)  # a pair found in several bands is one edge
     members, heads = edges[:, 0], edges[:, 1]
     stars = (heads < members).all() and not np.isin(heads, members).any()
     if stars and len(np.unique(members)) == len(members):

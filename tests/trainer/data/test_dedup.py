@@ -61,7 +61,7 @@ def test_join_keeps_the_lowest_id_whatever_the_order() -> None:
     members, labels = dedup.clusters(np.array([[8, 4], [6, 4], [12, 8]], dtype=np.uint64))
     assert set(labels.tolist()) == {4} and dedup.dropped(members, labels).tolist() == [6, 8, 12]
     # stars (exact's edges) take the path without scipy and give what the graph gives
-    stars = np.array([[9, 2], [5, 2], [7, 3], [4, 2]], dtype=np.uint64)
+    stars = np.array([[9, 2], [5, 2], [7, 3], [4, 2], [9, 2]], dtype=np.uint64)  # 9~2 in two bands
     members, labels = dedup.clusters(stars)
     assert members.tolist() == [2, 4, 5, 9, 3, 7] and labels.tolist() == [2, 2, 2, 2, 3, 3]
 

@@ -39,6 +39,13 @@ class WorkerPool:
                 stop(self._pool)
             self._pool = None
 
+    def release(self) -> None:
+        """Shut the processes down now (the next stage spawns them again): frees their memory
+        while the parent needs it (``minhash``'s partition join)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
     def abort(self) -> None:
         """End the running units now (bad input: a big unit could run for minutes)."""
         if self._pool is not None:

@@ -192,19 +192,18 @@ def run_join(job: JoinJob, progress: Any = None) -> list[dict[str, Any]]:
     store = open_store(job.cache_uri)
     loaded = [load_npz(store, part_key(job.fp, job.partition, u)) for u in job.units]
     edges, ids, sizes = [], [], []
-    for b in range(job.bands):
-        b_ids = np.concatenate([z[f"id{b}"] for z in loaded])
-        edges.append(join_partition(b_ids, np.concatenate([z[f"key{b}"] for z in loaded])))
-        ids.append(b_ids)
-        sizes.append(np.concatenate([z[f"size{b}"] for z in loaded]))
+    for b in range(job.bands):  # a band's arrays are dropped once joined: one band's keys at a time
+        b_ids = np.concatenate([z.pop(f"id{b}") for z in loaded])
+        b_edges = join_partition(b_ids, np.concatenate([z.pop(f"key{b}") for z in loaded]))
+        involved = np.isin(b_ids, b_edges.ravel())  # the sizes of documents with an edge, no more
+        edges.append(b_edges)
+        ids.append(b_ids[involved])
+        sizes.append(np.concatenate([z.pop(f"size{b}") for z in loaded])[involved])
     del loaded
-    e = np.concatenate(edges)
-    all_ids, all_sizes = np.concatenate(ids), np.concatenate(sizes)
-    involved = np.isin(all_ids, e.ravel())
     buf = io.BytesIO()
-    np.savez(buf, edges=e, ids=all_ids[involved], sizes=all_sizes[involved])
+    np.savez(buf, edges=np.concatenate(edges), ids=np.concatenate(ids), sizes=np.concatenate(sizes))
     store.put_bytes(edges_key(job.fp, job.partition), buf.getvalue())
-    return [{"partition": job.partition, "edges": len(e)}]
+    return [{"partition": job.partition, "edges": sum(map(len, edges))}]
 
 
 def run_scan_checked(job: ScanJob) -> list[dict[str, Any]]:

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 #: ~2 M web documents: 2 M × 14 bands × 20 B ≈ 560 MB of minhash keys, 80 MB of exact ones).
 PARTITION_BYTES = 4_000_000_000
 MAX_PARTITIONS = 1024
+#: ``minhash`` shuts the pool down for a join in the parent above this much text (~20 MB of keys).
+RELEASE_TEXT = 64_000_000
 TOP_CLUSTERS = 10
 
 
@@ -123,9 +125,11 @@ def run_dedup(
         for p in range(node_rank, parts, node_count)
         if not store.exists(edges_key(fp, p))
     ]
-    if mode == "minhash" and isinstance(workers, WorkerPool) and len(joins) <= 1:
+    text = sum(s.size * (4 if s.compression else 1) for s in sources)
+    if mode == "minhash" and isinstance(workers, WorkerPool) and len(joins) <= 1 and text > RELEASE_TEXT:
         # the join runs in this process and holds 14 bands of keys (~280 B a document): idle
-        # workers would add their ~70 MB each to the peak (200 MB corpus: 485 MB vs 345 MB)
+        # workers would add their ~70 MB each to the peak (200 MB corpus: 485 MB vs 345 MB);
+        # below RELEASE_TEXT the keys are smaller than an idle worker and a respawn costs more
         workers.release()
     progress = Progress(0, writer, bar=False, stage="dedup-join")
     try:

@@ -15,6 +15,7 @@ from trainer.config import config_from_dict
 from trainer.data import dedup, plan
 from trainer.data import prepare as prep
 from trainer.data.corpus import generate_corpus, planted_corpus
+from trainer.data.pool import WorkerPool
 from trainer.data.report import REPORT_NAME, report_lines
 from trainer.data.shards import CACHE_PREFIX
 
@@ -166,6 +167,16 @@ def test_minhash_removes_near_copies_exact_does_not(tmp_path: Path, monkeypatch)
     assert n_exact + 0.95 * n_near <= removed <= n_exact + n_near
     assert a.fingerprint != b.fingerprint and minhash_report["dedup"]["partitions"] > 1
     assert minhash_report["dedup"]["bands"] == 14 and minhash_report["settings"]["dedup"] == "minhash"
+    monkeypatch.setattr("trainer.data.deduplicate.PARTITION_BYTES", 1 << 40)  # one partition, joined here
+    monkeypatch.setattr("trainer.data.deduplicate.RELEASE_TEXT", 0)  # the pool shut down for it, respawned
+    released = []
+    monkeypatch.setattr(WorkerPool, "release", lambda self, real=WorkerPool.release: released.append(
+        self._pool is not None) or real(self))  # fmt: skip
+    # byte-range units, so the scan runs in the two worker processes
+    c = run(make_cfg([src], dedup="minhash", shard_bytes=8192), tmp_path / "r1", tmp_path / "w1", workers=2)
+    _, one_report = committed(tmp_path / "r1")
+    assert released == [True] and one_report["dedup"]["partitions"] == 1
+    assert one_report["dropped"] == minhash_report["dropped"] and c.metadata["docs"] == b.metadata["docs"]
 
 
 def test_validation_is_chosen_after_dedup(tmp_path: Path) -> None:

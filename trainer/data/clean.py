@@ -94,6 +94,41 @@ def clean(text: str, cfg: CleanConfig) -> tuple[str, str | None]:
     return text, None
 
 
+def clean_ascii_lines(chunk: bytes, cfg: CleanConfig) -> tuple[list[int], list[int], list[bytes]] | None:
+    """:func:`clean` of every line of ``chunk`` (whole lines of a plain-text source) at once.
+
+    (offsets in the chunk, sizes with the newline, cleaned bytes) of the kept lines; None when the
+    chunk is not ASCII without control characters, where the per-document path must run (NFC,
+    control characters, UTF-8 and NUL errors). For such a chunk the answer is :func:`clean`'s: the
+    text is already NFC and has nothing to strip but spaces and tabs, and characters are bytes,
+    so only the Gopher filters need a ``str``. One Python call per chunk instead of a generator,
+    a decode and a :func:`clean` call per line (~10 µs a line in the dedup scan before).
+    """
+    if not chunk.isascii() or len(chunk.translate(None, _CONTROL_BYTES)) != len(chunk):
+        return None
+    lines = chunk.split(b"\n")
+    ended = not lines[-1]
+    if ended:
+        lines.pop()
+    lo, hi = cfg.min_chars, cfg.max_chars
+    gopher = cfg.gopher_repetition or cfg.gopher_symbol_ratio
+    offsets: list[int] = []
+    sizes: list[int] = []
+    texts: list[bytes] = []
+    off = 0
+    for raw in lines:
+        n = len(raw) + 1
+        text = raw.strip()
+        if text and lo <= len(text) <= hi and not (gopher and clean(text.decode(), cfg)[1]):
+            offsets.append(off)
+            sizes.append(n)
+            texts.append(text)
+        off += n
+    if not ended and offsets and offsets[-1] + sizes[-1] > len(chunk):
+        sizes[-1] -= 1  # the file's last line, without a newline
+    return offsets, sizes, texts
+
+
 def repetitive(text: str, max_dup_lines: float = 0.3) -> bool:
     """Gopher's repetition removal (thresholds in the module doc)."""
     lines = [ln for ln in text.split("\n") if ln.strip()]

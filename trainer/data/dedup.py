@@ -53,8 +53,13 @@ def settings(mode: str) -> dict[str, Any]:
     return {"mode": mode, "key": "blake2b-128/ws" if mode == "exact" else None}
 
 
-def exact_key(text: str) -> bytes:
-    """16 bytes identifying the text up to whitespace runs."""
+def exact_key(text: str | bytes) -> bytes:
+    """16 bytes identifying the text up to whitespace runs (``bytes``: one line of ASCII text without
+    control characters, as :func:`~trainer.data.clean.clean_ascii_lines` keeps it: the same key)."""
+    if isinstance(text, bytes):
+        if b"  " in text or b"\t" in text:
+            text = b" ".join(text.split())
+        return hashlib.blake2b(text, digest_size=16).digest()
     if not text.isascii() or "  " in text or "\n" in text or "\t" in text:  # whitespace to collapse
         text = " ".join(text.split())
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
@@ -85,7 +90,7 @@ class MinHasher:
             [0x9E3779B97F4A7C15 * (2 * i + 1) % (1 << 64) for i in range(ROWS)], dtype=np.uint64
         )
 
-    def shingle_hashes(self, texts: list[str]) -> tuple[Any, Any]:
+    def shingle_hashes(self, texts: list[str] | list[bytes]) -> tuple[Any, Any]:
         """(32-bit hashes of every document's word 5-grams, concatenated; shingles per document).
 
         Words: the text lower-cased, punctuation removed (ASCII text through a byte table, the
@@ -164,11 +169,14 @@ def _ascii_table() -> bytes:
 _ASCII_PUNCT_TO_SPACE = _ascii_table()
 
 
-def _word_crcs(text: str) -> list[int]:
-    """CRC-32 of each word of the lower-cased text without punctuation, padded to NGRAM words."""
+def _word_crcs(text: str | bytes) -> list[int]:
+    """CRC-32 of each word of the lower-cased text without punctuation, padded to NGRAM words
+    (``bytes``: ASCII text, as :func:`~trainer.data.clean.clean_ascii_lines` keeps it)."""
     import zlib
 
-    if text.isascii():
+    if isinstance(text, bytes):
+        words = text.lower().translate(_ASCII_PUNCT_TO_SPACE).split()
+    elif text.isascii():
         words = text.encode().lower().translate(_ASCII_PUNCT_TO_SPACE).split()
     else:
         words = [w.encode() for w in _NONWORD.sub(" ", text.lower()).split()]
@@ -177,10 +185,18 @@ def _word_crcs(text: str) -> list[int]:
 
 
 def permutations(seed: int) -> tuple[Any, Any]:
-    """datasketch's 112 affine32 permutations (a, b) of ``seed``."""
-    from datasketch import MinHash
+    """datasketch's 112 affine32 permutations (a, b) of ``seed``.
 
-    a, b = MinHash(num_perm=BANDS * ROWS, seed=seed).permutations
+    ``MinHash(num_perm=112, seed=seed).permutations`` draws them from ``RandomState(seed)`` (a
+    random odd ``a`` below 2^32, then ``b``); the same draws here, because importing datasketch
+    (it pulls scipy) costs ~0.5 s of the parent's serial time. A test holds the two equal.
+    """
+    import numpy as np
+
+    gen = np.random.RandomState(seed)
+    n = BANDS * ROWS
+    a = gen.randint(0, 1 << 31, n, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, n, dtype=np.uint32)
     return a, b
 
 
@@ -215,13 +231,25 @@ def clusters(edges: Any) -> tuple[Any, Any]:
     """(member ids, cluster label) of every document in a duplicate cluster, sorted by label then id.
 
     Labels are the cluster's lowest id (its kept document), so they do not depend on edge order.
+    Edges that are already stars (every member in one edge, no head a member: what ``exact``'s
+    one key per document gives, and ``minhash``'s pairs found in several bands) are their own
+    clusters; the rest go through scipy's connected components (imported only then: ~0.3 s).
     """
     import numpy as np
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
     if len(edges) == 0:
         return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.uint64)
+    edges = np.unique(edges, axis=0)  # a pair found in several bands is one edge
+    members, heads = edges[:, 0], edges[:, 1]
+    stars = (heads < members).all() and not np.isin(heads, members).any()
+    if stars and len(np.unique(members)) == len(members):
+        nodes = np.concatenate([members, np.unique(heads)])  # join_partition: head < member
+        label = np.concatenate([heads, np.unique(heads)])
+        order = np.lexsort((nodes, label))
+        return nodes[order].astype(np.uint64), label[order].astype(np.uint64)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     nodes, inv = np.unique(edges.ravel(), return_inverse=True)
     inv = inv.reshape(-1, 2)
     graph = coo_matrix(

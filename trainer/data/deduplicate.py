@@ -28,7 +28,7 @@ from trainer.data.dedup import (
     permutations,
     split_id,
 )
-from trainer.data.pool import run_units
+from trainer.data.pool import WorkerPool, run_units
 from trainer.data.progress import Progress, record_status
 from trainer.data.scan import (
     JoinJob,
@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 #: ~2 M web documents: 2 M × 14 bands × 20 B ≈ 560 MB of minhash keys, 80 MB of exact ones).
 PARTITION_BYTES = 4_000_000_000
 MAX_PARTITIONS = 1024
+#: ``minhash`` shuts the pool down for a join in the parent above this much text (~20 MB of keys).
+RELEASE_TEXT = 64_000_000
 TOP_CLUSTERS = 10
 
 
@@ -77,14 +79,17 @@ def run_dedup(
     mine: list[Unit],
     store: Any,
     *,
-    workers: int,
+    workers: int | WorkerPool,
     node_rank: int,
     node_count: int,
     since: float,
     writer: Any,
     bar: bool,
 ) -> DedupResult:
-    """Scan this node's units, join its partitions, and return the corpus-wide drop set."""
+    """Scan this node's units, join its partitions, and return the corpus-wide drop set.
+
+    ``workers``: the preparation's :class:`~trainer.data.pool.WorkerPool` (or a count).
+    """
     import numpy as np
 
     fp = job_args["fp"]
@@ -120,6 +125,12 @@ def run_dedup(
         for p in range(node_rank, parts, node_count)
         if not store.exists(edges_key(fp, p))
     ]
+    text = sum(s.size * (4 if s.compression else 1) for s in sources)
+    if mode == "minhash" and isinstance(workers, WorkerPool) and len(joins) <= 1 and text > RELEASE_TEXT:
+        # the join runs in this process and holds 14 bands of keys (~280 B a document): idle
+        # workers would add their ~70 MB each to the peak (200 MB corpus: 485 MB vs 345 MB);
+        # below RELEASE_TEXT the keys are smaller than an idle worker and a respawn costs more
+        workers.release()
     progress = Progress(0, writer, bar=False, stage="dedup-join")
     try:
         run_units(joins, workers, progress, run_join, run_join)

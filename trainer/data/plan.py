@@ -7,10 +7,9 @@ Pure functions of the sources and the ``[data]`` settings, the same on every nod
   of them rebuilds; ``block_size`` is not in it (blocks are cut when training reads);
 - a unit is a whole source, a byte range of a big uncompressed local file (about
   ``UNIT_SHARDS`` shards of text), or one of the ``lanes`` (about a shard of text each, at most
-  ``MAX_LANES``) of a compressed file or store object, which cannot be cut by bytes: each lane
-  streams the whole object (an S3 object is downloaded once per node) and keeps the decompressed
-  blocks ``b`` with ``b % lanes == lane``. Reading (decompression ~1 GB/s a core, the line loop
-  ~0.5 GB/s) outruns tokenization (~4 MB/s a core) >100×, so 16 lanes cost each lane a few %;
+  ``MAX_LANES``) of a compressed file or store object, which cannot be cut by bytes: the object
+  is downloaded and decompressed once per node into scratch (``sources.fetch_plain``) and each
+  lane seeks to the decompressed blocks ``b`` with ``b % lanes == lane``;
 - node ``r`` of ``n`` takes the units ``u`` with ``u % n == r``: nodes share big files by byte
   ranges and lanes, not whole files.
 """

@@ -1,4 +1,8 @@
-"""The tokenizer pool of ``prepare-data``: units in spawned worker processes, progress back.
+"""The worker processes of ``prepare-data``: units out, progress back, stopped on bad input.
+
+One :class:`WorkerPool` serves every stage of a preparation (dedup scan, partition joins,
+tokenizing), so its processes are spawned once, not once a stage: a spawn costs each worker
+~0.3 CPU-s of start-up and imports, several % of a small corpus.
 
 Spawned, not forked: the parent's tokenizer threads may already have run. Bad input in any unit
 stops the pool at once (a big unit could run for minutes); Ctrl-C keeps every committed shard and
@@ -13,25 +17,80 @@ from typing import Any
 from trainer.data.progress import Progress
 
 
+class WorkerPool:
+    """Up to ``workers`` spawned processes, started on the first stage with more than one job.
+
+    A context manager: leaving it shuts the processes down (or ends them, after an error).
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, workers)
+        self._pool: Any = None
+        self._queue: Any = None
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if self._pool is not None:
+            if kind is None:
+                self._pool.shutdown(wait=True)
+            else:
+                stop(self._pool)
+            self._pool = None
+
+    def release(self) -> None:
+        """Shut the processes down now (the next stage spawns them again): frees their memory
+        while the parent needs it (``minhash``'s partition join)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def abort(self) -> None:
+        """End the running units now (bad input: a big unit could run for minutes)."""
+        if self._pool is not None:
+            stop(self._pool)
+            self._pool = None
+
+    def executor(self) -> tuple[Any, Any]:
+        """(the process pool, its progress queue), spawned on first use."""
+        if self._pool is None:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            from trainer.data.worker import init_worker
+
+            ctx = mp.get_context("spawn")  # no fork of a process whose tokenizer threads already ran
+            self._queue = ctx.Queue()
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=ctx, initializer=init_worker,
+                initargs=(self._queue,),
+            )  # fmt: skip
+        return self._pool, self._queue
+
+
 def run_units(
     jobs: Sequence[Any],
-    workers: int,
+    workers: int | WorkerPool,
     progress: Progress,
     run: Callable[..., Any] | None = None,
     checked: Callable[[Any], Any] | None = None,
 ) -> list[str]:
-    """Run the jobs (in-process for one worker, else a spawn pool); returns bad-input messages.
+    """Run the jobs (in-process for one worker or one job, else in the pool); returns bad-input messages.
 
+    ``workers``: a :class:`WorkerPool` shared by the stages, or a count (a pool for this call).
     ``run(job, progress)`` and its pool form ``checked(job)`` (module-level, so it pickles) default
     to the tokenizer's; the dedup scan passes its own.
     """
     from trainer.data import worker
-    from trainer.data.worker import init_worker
 
     run = run or worker.run_job
     checked = checked or worker.run_job_checked
+    if not isinstance(workers, WorkerPool):
+        with WorkerPool(workers) as pool:
+            return run_units(jobs, pool, progress, run, checked)
     errors: list[str] = []
-    if workers <= 1 or len(jobs) <= 1:
+    if workers.workers <= 1 or len(jobs) <= 1:
         from trainer.data.sources import BadInput
 
         for job in jobs:
@@ -41,35 +100,36 @@ def run_units(
                 errors.append(str(err))
                 break
         return errors
-    import multiprocessing as mp
-    import queue as queue_mod
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
 
-    ctx = mp.get_context("spawn")  # no fork of a process whose tokenizer threads already ran
-    q = ctx.Queue()
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=init_worker, initargs=(q,)
-    ) as pool:
-        pending = {pool.submit(checked, job) for job in jobs}
-        try:
-            while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    result = fut.result()
-                    if result and "error" in result[0]:
-                        errors.append(result[0]["error"])
-                while True:
-                    try:
-                        progress.advance(*q.get_nowait())
-                    except queue_mod.Empty:
-                        break
-                if errors:
-                    stop(pool)
-                    break
-        except BaseException:
-            stop(pool)  # Ctrl-C: committed shards stay, the unit in flight is redone next time
-            raise
+    pool, q = workers.executor()
+    _drain(q, None)  # a previous stage's last reports: its progress is closed
+    pending = {pool.submit(checked, job) for job in jobs}
+    while pending:
+        done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+        for fut in done:
+            result = fut.result()
+            if result and "error" in result[0]:
+                errors.append(result[0]["error"])
+        _drain(q, progress)
+        if errors:
+            workers.abort()
+            break
+    _drain(q, progress)
     return errors
+
+
+def _drain(q: Any, progress: Progress | None) -> None:
+    """Apply (or drop, for ``None``) the progress reports waiting in the queue."""
+    import queue as queue_mod
+
+    while True:
+        try:
+            item = q.get_nowait()
+        except queue_mod.Empty:
+            return
+        if progress is not None:
+            progress.advance(*item)
 
 
 def stop(pool: Any) -> None:

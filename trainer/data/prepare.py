@@ -42,7 +42,7 @@ from artifacts.run import Run
 from trainer.config import TrainerConfig
 from trainer.data.config import DataConfig
 from trainer.data.plan import all_units, fingerprint, plan_units
-from trainer.data.pool import run_units
+from trainer.data.pool import WorkerPool, run_units
 from trainer.data.progress import (
     Progress,
     record_prepared,
@@ -177,42 +177,44 @@ def _build(
     units = plan_units(sources, cfg.data.shard_bytes, node_rank, node_count)
     every = [u for _, u in all_units(sources, cfg.data.shard_bytes)]
     n_workers = workers or cfg.data.workers or os.cpu_count() or 1
-    dedup = None
-    if cfg.data.dedup != "off":
-        from trainer.data.deduplicate import run_dedup
+    # one set of worker processes for the dedup scan, the joins and tokenizing (spawned once)
+    with WorkerPool(n_workers) as pool:
+        dedup = None
+        if cfg.data.dedup != "off":
+            from trainer.data.deduplicate import run_dedup
 
-        job_args = {"clean": cfg.data.clean, "seed": cfg.run.seed, "cache_uri": cache_uri,
-                    "fp": fp, "scratch": str(scratch / "prepare")}  # fmt: skip
-        dedup = run_dedup(
-            cfg.data.dedup, job_args, sources, every, units, store, workers=n_workers,
-            node_rank=node_rank, node_count=node_count, since=since, writer=writer, bar=bar,
+            job_args = {"clean": cfg.data.clean, "seed": cfg.run.seed, "cache_uri": cache_uri,
+                        "fp": fp, "scratch": str(scratch / "prepare")}  # fmt: skip
+            dedup = run_dedup(
+                cfg.data.dedup, job_args, sources, every, units, store, workers=pool,
+                node_rank=node_rank, node_count=node_count, since=since, writer=writer, bar=bar,
+            )  # fmt: skip
+            seconds.update(dedup.seconds)
+        t0 = time.monotonic()
+        markers = read_markers(store, fp)
+        jobs, redo_bytes = [], 0
+        for u in units:
+            done, part, skip = resume_point(markers, u.index)
+            if done:
+                continue
+            drops = dedup.drops.get(u.source_index, frozenset()) if dedup else frozenset()
+            jobs.append(
+                Job(u, str(tok_dir / "tokenizer.json"), eos, dtype, max(1, cfg.data.shard_bytes // width),
+                    cfg.run.seed, cfg.data.val_fraction, cache_uri, fp, str(scratch / "prepare"), part, skip,
+                    cfg.data.clean, drops)
+            )  # fmt: skip
+            redo_bytes += u.nbytes
+        log.info(
+            "data: %d source(s), %d unit(s) on this node, %d to do (%.1f MB), %d worker(s), cache %s",
+            len(sources), len(units), len(jobs), redo_bytes / 1e6, n_workers, cache_uri,
         )  # fmt: skip
-        seconds.update(dedup.seconds)
-    t0 = time.monotonic()
-    markers = read_markers(store, fp)
-    jobs, redo_bytes = [], 0
-    for u in units:
-        done, part, skip = resume_point(markers, u.index)
-        if done:
-            continue
-        drops = dedup.drops.get(u.source_index, frozenset()) if dedup else frozenset()
-        jobs.append(
-            Job(u, str(tok_dir / "tokenizer.json"), eos, dtype, max(1, cfg.data.shard_bytes // width),
-                cfg.run.seed, cfg.data.val_fraction, cache_uri, fp, str(scratch / "prepare"), part, skip,
-                cfg.data.clean, drops)
-        )  # fmt: skip
-        redo_bytes += u.nbytes
-    log.info(
-        "data: %d source(s), %d unit(s) on this node, %d to do (%.1f MB), %d worker(s), cache %s",
-        len(sources), len(units), len(jobs), redo_bytes / 1e6, n_workers, cache_uri,
-    )  # fmt: skip
-    progress = Progress(redo_bytes, writer, bar=bar)
-    try:
-        errors = run_units(jobs, n_workers, progress)
-    finally:
-        progress.close()
-        # S3 objects downloaded for the tokenizer sample, the dedup scan or shared lanes
-        shutil.rmtree(scratch / "prepare" / "sources", ignore_errors=True)
+        progress = Progress(redo_bytes, writer, bar=bar)
+        try:
+            errors = run_units(jobs, pool, progress)
+        finally:
+            progress.close()
+            # S3 objects downloaded for the tokenizer sample, the dedup scan or shared lanes
+            shutil.rmtree(scratch / "prepare" / "sources", ignore_errors=True)
     if errors:
         raise fail(store, fp, errors[0], node_count == 1)
     if not lead:

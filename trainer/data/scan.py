@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.data.clean import CleanConfig, clean
+from trainer.data.clean import CleanConfig, clean, clean_ascii_lines
 from trainer.data.dedup import (
     BANDS,
     OFFSET_BITS,
@@ -32,7 +32,7 @@ from trainer.data.dedup import (
     partition_of,
     permutations,
 )
-from trainer.data.sources import BadInput, Doc, fetch_local
+from trainer.data.sources import BadInput, Source, decode_line, iter_line_chunks
 from trainer.data.worker import Unit, queue_report
 
 
@@ -72,7 +72,7 @@ def run_scan(job: ScanJob, progress: Any = None) -> list[dict[str, Any]]:
     report = progress or queue_report
     unit, src = job.unit, job.unit.source
     store = open_store(job.cache_uri)
-    local = fetch_local(src, Path(job.scratch) / "sources")
+    local, comp = unit.fetch(Path(job.scratch) / "sources")
     bands, words = key_width(job.mode)
     hasher = None
     if job.mode == "minhash":
@@ -81,27 +81,25 @@ def run_scan(job: ScanJob, progress: Any = None) -> list[dict[str, Any]]:
     sizes: list[int] = []
     keys: list[Any] = []
     shingles: list[Any] = []
-    pending = 0
     base = doc_id(unit.source_index, 0)
-    for item in unit.docs(local):
-        if not isinstance(item, Doc):
-            pending += item
-            continue
-        pending += item.nbytes
-        text, reason = clean(item.text, job.clean)
-        if reason is None:
-            ids.append(base | item.offset)  # doc_id(), inlined: this loop runs per document
-            sizes.append(item.nbytes)
-            if job.mode == "minhash":
-                shingles.append(text)
-                if len(shingles) >= 1024:  # keep 14 keys a document, not its text
-                    keys.append(_band_keys(hasher, shingles))
-            else:
-                keys.append(exact_key(text))
-        if pending >= 1 << 20:
-            report(pending, 0)
-            pending = 0
-    report(pending, 0)
+    end = None if unit.end < 0 else unit.end
+    chunks = iter_line_chunks(
+        local, src, unit.start, end, unit.lanes, unit.lane, unit.lane_block, compression=comp
+    )  # fmt: skip
+    for offset, chunk in chunks:
+        kept = None if src.jsonl else clean_ascii_lines(chunk, job.clean)
+        if kept is None:
+            kept = _clean_lines(chunk, offset, local, src, comp, job.clean)
+        rel, nbytes, texts = kept
+        ids.extend([base | (offset + r) for r in rel])
+        sizes.extend(nbytes)
+        if job.mode == "minhash":
+            shingles.extend(texts)
+            if len(shingles) >= 1024:  # keep 14 keys a document, not its text
+                keys.append(_band_keys(hasher, shingles))
+        else:
+            keys.extend(map(exact_key, texts))
+        report(len(chunk), 0)
     if ids and (ids[-1] & ((1 << OFFSET_BITS) - 1)) != ids[-1] - base:  # offsets only grow
         raise BadInput(f"{src.name}: a document starts beyond 1 TiB of one source; split the file")
     id_arr = np.asarray(ids, dtype=np.uint64)
@@ -124,6 +122,32 @@ def run_scan(job: ScanJob, progress: Any = None) -> list[dict[str, Any]]:
     marker = {"unit": unit.index, "kept": len(ids), "seconds": round(time.monotonic() - t0, 3)}
     store.put_bytes(scan_marker_key(job.fp, unit.index), json.dumps(marker).encode())
     return [marker]  # a downloaded object stays for the tokenizer pass
+
+
+def _clean_lines(
+    chunk: bytes, offset: int, path: Path, src: Source, comp: str, cfg: CleanConfig
+) -> tuple[list[int], list[int], list[str]]:
+    """:func:`~trainer.data.clean.clean_ascii_lines` for any chunk: per line, as the tokenizer
+    reads it (decode with its errors, jsonl records, NFC)."""
+    lines = chunk.split(b"\n")
+    ended = not lines[-1]
+    if ended:
+        lines.pop()
+    rel: list[int] = []
+    sizes: list[int] = []
+    texts: list[str] = []
+    off = 0
+    for i, raw in enumerate(lines):
+        n = len(raw) + (1 if ended or i < len(lines) - 1 else 0)
+        text = decode_line(raw, path, src, offset + off, i + 1, offset, comp)
+        if text:
+            text, reason = clean(text, cfg)
+            if reason is None:
+                rel.append(off)
+                sizes.append(n)
+                texts.append(text)
+        off += n
+    return rel, sizes, texts
 
 
 def _band_keys(hasher: MinHasher, shingles: list[Any]) -> Any:
@@ -168,19 +192,18 @@ def run_join(job: JoinJob, progress: Any = None) -> list[dict[str, Any]]:
     store = open_store(job.cache_uri)
     loaded = [load_npz(store, part_key(job.fp, job.partition, u)) for u in job.units]
     edges, ids, sizes = [], [], []
-    for b in range(job.bands):
-        b_ids = np.concatenate([z[f"id{b}"] for z in loaded])
-        edges.append(join_partition(b_ids, np.concatenate([z[f"key{b}"] for z in loaded])))
-        ids.append(b_ids)
-        sizes.append(np.concatenate([z[f"size{b}"] for z in loaded]))
+    for b in range(job.bands):  # a band's arrays are dropped once joined: one band's keys at a time
+        b_ids = np.concatenate([z.pop(f"id{b}") for z in loaded])
+        b_edges = join_partition(b_ids, np.concatenate([z.pop(f"key{b}") for z in loaded]))
+        involved = np.isin(b_ids, b_edges.ravel())  # the sizes of documents with an edge, no more
+        edges.append(b_edges)
+        ids.append(b_ids[involved])
+        sizes.append(np.concatenate([z.pop(f"size{b}") for z in loaded])[involved])
     del loaded
-    e = np.concatenate(edges)
-    all_ids, all_sizes = np.concatenate(ids), np.concatenate(sizes)
-    involved = np.isin(all_ids, e.ravel())
     buf = io.BytesIO()
-    np.savez(buf, edges=e, ids=all_ids[involved], sizes=all_sizes[involved])
+    np.savez(buf, edges=np.concatenate(edges), ids=np.concatenate(ids), sizes=np.concatenate(sizes))
     store.put_bytes(edges_key(job.fp, job.partition), buf.getvalue())
-    return [{"partition": job.partition, "edges": len(e)}]
+    return [{"partition": job.partition, "edges": sum(map(len, edges))}]
 
 
 def run_scan_checked(job: ScanJob) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from trainer.data.clean import CleanConfig, clean, empty_counts
 from trainer.data.dedup import doc_id
-from trainer.data.sources import BadInput, Doc, Source, fetch_local, iter_docs
+from trainer.data.sources import BadInput, Doc, Source, fetch_plain, iter_docs
 
 BATCH_DOCS = 1024
 BATCH_BYTES = 1 << 20
@@ -52,12 +52,16 @@ class Unit:
     def nbytes(self) -> int:
         return ((self.source.size if self.end < 0 else self.end) - self.start) // self.lanes
 
-    def docs(self, path: Path, skip_to: int = 0) -> Any:
-        """:func:`~trainer.data.sources.iter_docs` over this unit's share of ``path``."""
+    def fetch(self, scratch: Path) -> tuple[Path, str]:
+        """(local path, its compression) to read: :func:`~trainer.data.sources.fetch_plain`."""
+        return fetch_plain(self.source, scratch, self.lanes)
+
+    def docs(self, path: Path, skip_to: int = 0, compression: str | None = None) -> Any:
+        """:func:`~trainer.data.sources.iter_docs` over this unit's share of ``path`` (from :meth:`fetch`)."""
         end = None if self.end < 0 else self.end
         return iter_docs(
             path, self.source, self.start, end, skip_to=skip_to,
-            lanes=self.lanes, lane=self.lane, lane_block=self.lane_block,
+            lanes=self.lanes, lane=self.lane, lane_block=self.lane_block, compression=compression,
         )  # fmt: skip
 
 
@@ -157,7 +161,7 @@ def run_job(job: Job, progress: Callable[[int, int], None] | None = None) -> lis
     tok = _tokenizer(job.tokenizer_json)
     unit, src = job.unit, job.unit.source
     store = open_store(job.cache_uri)
-    local = fetch_local(src, Path(job.scratch) / "sources")
+    local, comp = unit.fetch(Path(job.scratch) / "sources")
     out = Path(job.scratch) / "shards" / job.fp
     markers: list[dict[str, Any]] = []
     part = job.first_part
@@ -227,7 +231,7 @@ def run_job(job: Job, progress: Callable[[int, int], None] | None = None) -> lis
     gc_was = gc.isenabled()
     gc.disable()
     try:
-        for item in unit.docs(local, skip_to=job.skip_to):
+        for item in unit.docs(local, skip_to=job.skip_to, compression=comp):
             if not isinstance(item, Doc):
                 pending += item
                 continue

@@ -15,6 +15,7 @@ from trainer.config import config_from_dict
 from trainer.data import dedup, plan
 from trainer.data import prepare as prep
 from trainer.data.corpus import generate_corpus, planted_corpus
+from trainer.data.pool import WorkerPool
 from trainer.data.report import REPORT_NAME, report_lines
 from trainer.data.shards import CACHE_PREFIX
 
@@ -60,11 +61,18 @@ def test_join_keeps_the_lowest_id_whatever_the_order() -> None:
     # a chain across bands (a~b in one band, b~c in another) is one cluster kept at its lowest id
     members, labels = dedup.clusters(np.array([[8, 4], [6, 4], [12, 8]], dtype=np.uint64))
     assert set(labels.tolist()) == {4} and dedup.dropped(members, labels).tolist() == [6, 8, 12]
+    # stars (exact's edges) take the path without scipy and give what the graph gives
+    stars = np.array([[9, 2], [5, 2], [7, 3], [4, 2], [9, 2]], dtype=np.uint64)  # 9~2 in two bands
+    members, labels = dedup.clusters(stars)
+    assert members.tolist() == [2, 4, 5, 9, 3, 7] and labels.tolist() == [2, 2, 2, 2, 3, 3]
 
 
 def test_batched_signatures_are_datasketch_minhash_and_estimate_jaccard() -> None:
     from datasketch import MinHash
 
+    for seed in (0, 42, 2**31 + 5):  # drawn without importing datasketch: the same draws
+        ours, ref_perm = dedup.permutations(seed), MinHash(num_perm=112, seed=seed).permutations
+        assert all(np.array_equal(x, y) and x.dtype == y.dtype for x, y in zip(ours, ref_perm, strict=True))
     hasher = dedup.MinHasher(dedup.permutations(42))
     texts = [t for _, _, t in planted_corpus(6, exact=0, near=0)] + ["Één, two!", "", "x " * 40_000]
     hashes, counts = hasher.shingle_hashes(texts)
@@ -85,6 +93,31 @@ def test_batched_signatures_are_datasketch_minhash_and_estimate_jaccard() -> Non
     assert same[0] == same[1]  # case and punctuation do not count
     keys = hasher.band_keys(np.stack([a, b]))
     assert keys.shape == (2, 14) and (keys[0] == keys[1]).sum() >= 1  # share a band: candidates
+
+
+@pytest.mark.parametrize("gopher", [False, True])
+def test_the_batched_scan_cleans_and_keys_lines_as_the_per_document_path(gopher: bool) -> None:
+    from trainer.data.clean import CleanConfig, clean, clean_ascii_lines
+
+    cfg = CleanConfig(min_chars=5, max_chars=60, gopher_repetition=gopher, gopher_symbol_ratio=gopher)
+    lines = [b"The cat  sat\t on the mat.", b"", b"   ", b"tiny", b"  padded line here  ", b"x" * 61,
+             b"a a a a a a a a a a a a a", b"# # # # # heading ###", b"Exactly five", b"The Cat sat, on the mat!",
+             b"last line without a newline"]  # fmt: skip
+    chunk = b"\n".join(lines)
+    offsets, sizes, texts = clean_ascii_lines(chunk, cfg)
+    ref, off = [], 0
+    for i, raw in enumerate(lines):
+        text, reason = clean(raw.decode().strip(), cfg)
+        if text and reason is None:
+            ref.append((off, len(raw) + (i < len(lines) - 1), text))
+        off += len(raw) + 1
+    assert [(o, n, t.decode()) for o, n, t in zip(offsets, sizes, texts, strict=True)] == ref
+    assert len(ref) == (5 if gopher else 7)  # the filters drop the repetitive and the symbol line
+    for t, (_, _, s) in zip(texts, ref, strict=True):
+        assert dedup.exact_key(t) == dedup.exact_key(s) and dedup._word_crcs(t) == dedup._word_crcs(s)
+    assert dedup.exact_key(b"a  b\tc") == dedup.exact_key("a b c")  # re-wrapped copies still match
+    for other in ("caf\u00e9 au lait\n", "bell\x07 rings here\n", "crlf line here\r\n"):
+        assert clean_ascii_lines(chunk + b"\n" + other.encode(), cfg) is None  # per-document path
 
 
 def test_exact_removes_every_copy_keeps_one_and_reports_clusters(tmp_path: Path) -> None:
@@ -134,6 +167,16 @@ def test_minhash_removes_near_copies_exact_does_not(tmp_path: Path, monkeypatch)
     assert n_exact + 0.95 * n_near <= removed <= n_exact + n_near
     assert a.fingerprint != b.fingerprint and minhash_report["dedup"]["partitions"] > 1
     assert minhash_report["dedup"]["bands"] == 14 and minhash_report["settings"]["dedup"] == "minhash"
+    monkeypatch.setattr("trainer.data.deduplicate.PARTITION_BYTES", 1 << 40)  # one partition, joined here
+    monkeypatch.setattr("trainer.data.deduplicate.RELEASE_TEXT", 0)  # the pool shut down for it, respawned
+    released = []
+    monkeypatch.setattr(WorkerPool, "release", lambda self, real=WorkerPool.release: released.append(
+        self._pool is not None) or real(self))  # fmt: skip
+    # byte-range units, so the scan runs in the two worker processes
+    c = run(make_cfg([src], dedup="minhash", shard_bytes=8192), tmp_path / "r1", tmp_path / "w1", workers=2)
+    _, one_report = committed(tmp_path / "r1")
+    assert released == [True] and one_report["dedup"]["partitions"] == 1
+    assert one_report["dropped"] == minhash_report["dropped"] and c.metadata["docs"] == b.metadata["docs"]
 
 
 def test_validation_is_chosen_after_dedup(tmp_path: Path) -> None:
@@ -240,6 +283,37 @@ def test_a_compressed_source_is_split_into_lanes_across_workers(tmp_path: Path) 
     assert total(res.metadata) == total(ref.metadata)
     markers = {json.loads(p.read_text())["unit"] for p in (tmp_path / "r" / CACHE_PREFIX).glob("_parts/*/u*.json")}
     assert markers == {u.index for u in units}  # every lane committed its own shards
+
+
+def test_lanes_seek_their_blocks_of_one_decompressed_copy(tmp_path: Path) -> None:
+    import zstandard
+
+    from trainer.data.sources import BadInput, Source, fetch_plain, iter_docs, resolve_sources
+
+    text = generate_corpus(50_000, seed=3)
+    src_path = tmp_path / "big.txt.zst"
+    src_path.write_bytes(zstandard.ZstdCompressor().compress(text.encode()))
+    (src,) = resolve_sources((str(src_path),), base=tmp_path, run=None, where="t")
+    path, comp = fetch_plain(src, tmp_path / "s", 3)
+    assert comp == "" and path.read_bytes() == text.encode()  # decompressed once per node
+    assert fetch_plain(src, tmp_path / "s", 3)[0] == path
+    assert fetch_plain(src, tmp_path / "s", 1) == (src_path, "zst")  # one lane streams it
+    stream = [(d.text, d.offset) for d in iter_docs(src_path, src) if not isinstance(d, int)]
+    lanes = [
+        [(d.text, d.offset) for d in iter_docs(path, src, lanes=3, lane=k, lane_block=4096, compression=comp)
+         if not isinstance(d, int)]
+        for k in range(3)
+    ]  # fmt: skip
+    assert all(lanes) and sorted(sum(lanes, [])) == sorted(stream)  # every document once
+    assert {off // 4096 % 3 for _, off in lanes[1]} == {1}  # a lane keeps the lines starting in its blocks
+    bad = text.encode().split(b"\n")
+    bad[150] = b"caf\xe9"
+    src_path.write_bytes(zstandard.ZstdCompressor().compress(b"\n".join(bad)))
+    src = Source(src.name, src.uri, src_path.stat().st_size, "sha256:changed")  # past the sniff
+    path, comp = fetch_plain(src, tmp_path / "s", 3)
+    with pytest.raises(BadInput, match=r"big.txt.zst:151: not UTF-8"):  # the line in the whole file
+        for k in range(3):
+            list(iter_docs(path, src, lanes=3, lane=k, lane_block=4096, compression=comp))
 
 
 def test_the_lanes_of_an_s3_object_share_one_download_per_node(tmp_path: Path, monkeypatch) -> None:

@@ -52,7 +52,8 @@ def correctness(tmp: Path, docs: int, mode: str) -> dict:
     from trainer.data.corpus import planted_corpus
     from trainer.data.deduplicate import run_dedup
     from trainer.data.plan import all_units
-    from trainer.data.sources import iter_docs, resolve_sources
+    from trainer.data.reading import iter_docs
+    from trainer.data.sources import resolve_sources
 
     corpus = planted_corpus(docs, exact=0.2, near=0.1)
     src = tmp / f"planted-{mode}" / "corpus.txt"

@@ -1,7 +1,8 @@
 """Stage 1 data: corpus → tokenizer → committed token shards → a stream with a global order.
 
 - :mod:`.config`     ``[data]`` of the recipe.
-- :mod:`.sources`    what the recipe names: local files, globs, ``s3://`` prefixes; documents.
+- :mod:`.sources`    what the recipe names: local files, globs, ``s3://`` prefixes; their identity.
+- :mod:`.reading`    a source's documents: decompressed bytes, lines or jsonl, a lane's share.
 - :mod:`.corpus`     the generated corpus of the tiny recipe (no download).
 - :mod:`.tokenizer`  byte-level BPE on a bounded sample, or an existing fast tokenizer.
 - :mod:`.clean`      ``[data.clean]``: NFC, control characters, length and Gopher filters (pure).

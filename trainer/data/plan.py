@@ -8,7 +8,7 @@ Pure functions of the sources and the ``[data]`` settings, the same on every nod
 - a unit is a whole source, a byte range of a big uncompressed local file (about
   ``UNIT_SHARDS`` shards of text), or one of the ``lanes`` (about a shard of text each, at most
   ``MAX_LANES``) of a compressed file or store object, which cannot be cut by bytes: the object
-  is downloaded and decompressed once per node into scratch (``sources.fetch_plain``) and each
+  is downloaded and decompressed once per node into scratch (``reading.fetch_plain``) and each
   lane seeks to the decompressed blocks ``b`` with ``b % lanes == lane``;
 - node ``r`` of ``n`` takes the units ``u`` with ``u % n == r``: nodes share big files by byte
   ranges and lanes, not whole files.

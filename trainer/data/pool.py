@@ -91,7 +91,7 @@ def run_units(
             return run_units(jobs, pool, progress, run, checked)
     errors: list[str] = []
     if workers.workers <= 1 or len(jobs) <= 1:
-        from trainer.data.sources import BadInput
+        from trainer.data.reading import BadInput
 
         for job in jobs:
             try:

@@ -32,7 +32,8 @@ from trainer.data.dedup import (
     partition_of,
     permutations,
 )
-from trainer.data.sources import BadInput, Source, decode_line, iter_line_chunks
+from trainer.data.reading import BadInput, decode_line, iter_line_chunks
+from trainer.data.sources import Source
 from trainer.data.worker import Unit, queue_report
 
 

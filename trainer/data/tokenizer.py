@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import DataConfig
-from trainer.data.sources import Source, iter_docs
+from trainer.data.reading import iter_docs
+from trainer.data.sources import Source
 from trainer.errors import TrainerError
 
 EOS_TOKEN = "<|endoftext|>"
@@ -59,7 +60,7 @@ def _sample(sources: list[Source], budget: int, seed: int, scratch: Path) -> Any
     """Texts for tokenizer training: sources in a seeded order, each from its start, ``budget`` bytes."""
     import random
 
-    from trainer.data.sources import BadInput, Doc, fetch_local
+    from trainer.data.reading import BadInput, Doc, fetch_local
 
     order = list(sources)
     random.Random(seed).shuffle(order)

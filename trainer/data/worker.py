@@ -24,7 +24,8 @@ from typing import Any
 
 from trainer.data.clean import CleanConfig, clean, empty_counts
 from trainer.data.dedup import doc_id
-from trainer.data.sources import BadInput, Doc, Source, fetch_plain, iter_docs
+from trainer.data.reading import BadInput, Doc, fetch_plain, iter_docs
+from trainer.data.sources import Source
 
 BATCH_DOCS = 1024
 BATCH_BYTES = 1 << 20
@@ -53,11 +54,11 @@ class Unit:
         return ((self.source.size if self.end < 0 else self.end) - self.start) // self.lanes
 
     def fetch(self, scratch: Path) -> tuple[Path, str]:
-        """(local path, its compression) to read: :func:`~trainer.data.sources.fetch_plain`."""
+        """(local path, its compression) to read: :func:`~trainer.data.reading.fetch_plain`."""
         return fetch_plain(self.source, scratch, self.lanes)
 
     def docs(self, path: Path, skip_to: int = 0, compression: str | None = None) -> Any:
-        """:func:`~trainer.data.sources.iter_docs` over this unit's share of ``path`` (from :meth:`fetch`)."""
+        """:func:`~trainer.data.reading.iter_docs` over this unit's share of ``path`` (from :meth:`fetch`)."""
         end = None if self.end < 0 else self.end
         return iter_docs(
             path, self.source, self.start, end, skip_to=skip_to,

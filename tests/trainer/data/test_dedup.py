@@ -288,7 +288,8 @@ def test_a_compressed_source_is_split_into_lanes_across_workers(tmp_path: Path) 
 def test_lanes_seek_their_blocks_of_one_decompressed_copy(tmp_path: Path) -> None:
     import zstandard
 
-    from trainer.data.sources import BadInput, Source, fetch_plain, iter_docs, resolve_sources
+    from trainer.data.reading import BadInput, fetch_plain, iter_docs
+    from trainer.data.sources import Source, resolve_sources
 
     text = generate_corpus(50_000, seed=3)
     src_path = tmp_path / "big.txt.zst"

@@ -158,7 +158,7 @@ def test_run_data_is_accepted_as_the_trainer_reads_it(ctx_for, tmp_path):
     """``train_files = ["run:data/"]`` (documented in configs/pretrain-p4d.toml) is read in place."""
     from artifacts.run import Run
     from trainer.data.prepare import config_sources
-    from trainer.data.sources import fetch_local
+    from trainer.data.reading import fetch_local
 
     c, ctx = ctx_for(1)
     cfg = tmp_path / "recipe.toml"

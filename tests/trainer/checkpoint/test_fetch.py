@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from pathlib import Path
-
-import pytest
 
 from artifacts.publish import publish_dir
 from artifacts.run import Run, step_folder
@@ -17,29 +14,6 @@ from trainer.checkpoint.prefetch import prefetch_resume
 WORLD = 4  # 2 nodes × 2 ranks
 OPTIM = "global_step{s}/zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
 MODEL = "global_step{s}/zero_pp_rank_{r}_mp_rank_00_model_states.pt"
-
-
-@pytest.fixture
-def s3_run(monkeypatch):
-    """A run in moto's S3; every byte a download moves is counted by key."""
-    import boto3
-    from moto import mock_aws
-
-    from artifacts import s3
-
-    got: dict[str, int] = {}
-    real = s3.S3Store.download_file
-
-    def counting(self, key, local_path, **kw):
-        entry = real(self, key, local_path, **kw)
-        got[key] = got.get(key, 0) + entry.size
-        return entry
-
-    monkeypatch.setattr(s3.S3Store, "download_file", counting)
-    bucket = f"fetch-{uuid.uuid4().hex[:10]}"
-    with mock_aws():
-        boto3.client("s3").create_bucket(Bucket=bucket)
-        yield Run(f"s3://{bucket}/runs/r1"), got
 
 
 def save(root: Path, step: int, world: int = WORLD) -> Path:

@@ -11,7 +11,6 @@ with ``ds_to_universal`` is ``test_reshard_engine.py``.
 from __future__ import annotations
 
 import math
-import uuid
 from collections import OrderedDict
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 import torch
 
 from artifacts.publish import publish_dir
-from artifacts.run import Run, step_folder
+from artifacts.run import step_folder
 from trainer.checkpoint import reshard
 from trainer.checkpoint.fetch import fetch_share, rank_kind
 
@@ -127,28 +126,6 @@ def test_a_missing_old_file_is_named(tmp_path: Path) -> None:
     reader = reshard.SliceReader(folder / "global_step5", 4)
     with pytest.raises(Exception, match="old rank 3's optimizer file is needed"):
         reader.partition("h1", "fp32", 1, 2)
-
-
-@pytest.fixture
-def s3_run(monkeypatch):
-    import boto3
-    from moto import mock_aws
-
-    from artifacts import s3
-
-    got: dict[str, int] = {}
-    real = s3.S3Store.download_file
-
-    def counting(self, key, local_path, **kw):
-        entry = real(self, key, local_path, **kw)
-        got[key.rsplit("/", 1)[-1]] = entry.size
-        return entry
-
-    monkeypatch.setattr(s3.S3Store, "download_file", counting)
-    bucket = f"reshard-{uuid.uuid4().hex[:10]}"
-    with mock_aws():
-        boto3.client("s3").create_bucket(Bucket=bucket)
-        yield Run(f"s3://{bucket}/runs/r1"), got
 
 
 def test_a_node_fetches_only_the_old_files_its_new_ranks_read(s3_run, tmp_path: Path) -> None:

@@ -85,8 +85,11 @@ def download_verified(
         parent = parent.parent
     tmp = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        for d in reversed(created):
-            d.mkdir()
+        for d in reversed(list(created)):
+            try:
+                d.mkdir()
+            except FileExistsError:  # another process (a rank on this node) made it first:
+                created.remove(d)  # not ours to remove on failure
         tmp.mkdir()
 
         def fetch(entry) -> None:

@@ -180,3 +180,38 @@ def test_multi_node_commit_waits_for_every_part(store_uri, sample_dir, tmp_path)
     assert len(m.files) == 4 and store.exists(MANIFEST_NAME)
     got = download_verified(store_uri, tmp_path / "d")
     assert got.metadata == {"step": 5}
+
+
+def test_a_parent_made_by_another_process_meanwhile_is_used_and_not_removed(
+    store_uri, sample_dir, tmp_path, monkeypatch
+):
+    """Two ranks of a node download into one scratch: both see ``scratch`` missing, one makes it
+    first. The other must go on (it raised FileExistsError), and on failure it must leave the
+    folder it did not make (the first rank may be writing there)."""
+    from pathlib import Path
+
+    publish_dir(sample_dir, store_uri)
+    real = Path.mkdir
+    shared = tmp_path / "scratch"
+
+    def other_rank_first(self, *a, **kw):
+        if self == shared and not shared.exists():
+            real(shared)  # the other rank wins the race between exists() and mkdir()
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "mkdir", other_rank_first)
+    download_verified(store_uri, shared / "node0" / "model")
+    assert snapshot(shared / "node0" / "model")["config.json"]
+
+    import shutil
+
+    import artifacts.download as download
+
+    def bad_bytes(*a, **kw):
+        raise VerificationError("sha256 mismatch (simulated)")
+
+    shutil.rmtree(shared)
+    monkeypatch.setattr(download, "check_file", bad_bytes)
+    with pytest.raises(VerificationError):
+        download_verified(store_uri, shared / "node1" / "model")
+    assert shared.is_dir() and not any(shared.iterdir())  # its own parent node1 is gone

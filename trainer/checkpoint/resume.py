@@ -141,3 +141,29 @@ def agree_resume_checkpoint(
 
 def _step_of(path: Path) -> int:
     return int(path.name.rsplit("-", 1)[-1])
+
+
+def drop_saves_after(output_dir: Path, step: int) -> list[str]:
+    """Delete this node's ``checkpoint-<n>`` folders with ``n > step`` (``step=-1``: all of them).
+
+    Why: they are saves of an earlier attempt on this node that never committed (the store is
+    the truth), and the Trainer's rotation (``save_total_limit``) keeps the *highest-numbered*
+    folders: left in place, a stale ``checkpoint-10`` makes it delete the ``checkpoint-8`` the
+    resumed run has just written, before that save can be committed. Run by local rank 0 after
+    the resume step is agreed and before the first save.
+    """
+    import shutil
+
+    saves = {}
+    for folder in Path(output_dir).glob("checkpoint-*"):
+        suffix = folder.name.removeprefix("checkpoint-")
+        if folder.is_dir() and suffix.isdigit():
+            saves[int(suffix)] = folder
+    dropped = []
+    for n in sorted(s for s in saves if s > step):
+        shutil.rmtree(saves[n], ignore_errors=True)
+        dropped.append(saves[n].name)
+    if dropped:
+        log.info("resume: dropped %s from %s (saved after step %d, never committed)",
+                 ", ".join(dropped), output_dir, step)  # fmt: skip
+    return dropped

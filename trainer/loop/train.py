@@ -191,7 +191,7 @@ def resume(ctx: RunContext, data: Any) -> Resumed | None:
     """Agree on the newest committed checkpoint, adapt it to this world size, restore the
     convergence state and check the data stream continues where it stopped."""
     from trainer.checkpoint.prefetch import agree_prefetched
-    from trainer.checkpoint.resume import agree_resume_checkpoint
+    from trainer.checkpoint.resume import agree_resume_checkpoint, drop_saves_after
     from trainer.data.stream import check_resume_position
     from trainer.loop.callbacks import restore_convergence
 
@@ -199,10 +199,12 @@ def resume(ctx: RunContext, data: Any) -> Resumed | None:
         ctx.prefetched,
         lambda: agree_resume_checkpoint(ctx.run, ctx.scratch / "resume", local_rank=ctx.local_rank),
     )
-    if found is None:
+    resumed = None if found is None else Resumed(found[0], found[1], load_from=found[0])
+    if ctx.local_rank == 0:  # this node's saves of an earlier attempt that never committed
+        drop_saves_after(Path(ctx.args.output_dir), -1 if resumed is None else resumed.step)
+    if resumed is None:
         return None
-    folder, meta = found
-    resumed = Resumed(folder, meta, load_from=folder)
+    folder, meta = resumed.folder, resumed.metadata
     resumed.load_from = _adapt_world_size(ctx, resumed)
     ctx.history = restore_convergence(folder, ctx.criterion)
     check_resume_position(

@@ -122,6 +122,12 @@ def test_kill9_spot_notice_and_corruption_on_s3(tmp_path, moto_server, monkeypat
     before = committed_steps(Run(run))
     assert before and before[-1] < TOTAL_STEPS
     last = before[-1]
+    # The killed run may have saved past its last commit (uploads lag saves under load). Plant
+    # two such saves: the Trainer's rotation keeps the highest-numbered folders, so left in place
+    # they would make it delete the resumed run's first save before that save is committed.
+    (output,) = (tmp_path / "scratch").rglob("output")
+    for stale in (TOTAL_STEPS + 2, TOTAL_STEPS + 4):
+        (output / f"checkpoint-{stale}").mkdir(parents=True, exist_ok=True)
 
     # 2. relaunch resumes at the last committed step; a spot notice stops it with exit 75
     with FakeIMDS() as imds:
@@ -136,6 +142,7 @@ def test_kill9_spot_notice_and_corruption_on_s3(tmp_path, moto_server, monkeypat
         assert imds.rejected == 0 and len(imds.requests) > 0  # it really polled, with a token
     log2 = second.text()
     assert resumed_step(log2) == last, log2[-4000:]
+    assert re.search(rf"dropped .*checkpoint-{TOTAL_STEPS + 2}, checkpoint-{TOTAL_STEPS + 4} ", log2)
     st = status(run)
     assert st["state"] == "interrupted", st
     interrupted_at = st["global_step"]

@@ -195,3 +195,27 @@ def test_nodes_agree_on_the_newest_checkpoint_every_node_verified(tmp_path):
     res = dict(out)
     mgr.shutdown()
     assert res == {0: ("checkpoint-10", 10), 1: ("checkpoint-10", 10)}
+
+
+def test_saves_after_the_resume_step_are_dropped_so_rotation_keeps_the_new_save(tmp_path):
+    from transformers.trainer_utils import rotate_checkpoints
+
+    from trainer.checkpoint.resume import drop_saves_after
+
+    def killed_attempt(out: Path) -> None:  # committed 4; saved 6, 8 and 10 before kill -9
+        for n in (4, 6, 8, 10):
+            (out / f"checkpoint-{n}").mkdir(parents=True)
+
+    control, out = tmp_path / "control", tmp_path / "output"
+    killed_attempt(control)
+    (control / "checkpoint-6" / "new-save").touch()  # the resumed run saves step 6 again
+    rotate_checkpoints(str(control), save_total_limit=2)
+    assert not (control / "checkpoint-6").exists()  # the stock rotation deletes the new save
+
+    killed_attempt(out)
+    assert drop_saves_after(out, 4) == ["checkpoint-6", "checkpoint-8", "checkpoint-10"]
+    (out / "checkpoint-6").mkdir()
+    rotate_checkpoints(str(out), save_total_limit=2)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-4", "checkpoint-6"]
+    assert drop_saves_after(out, -1) == ["checkpoint-4", "checkpoint-6"]  # a fresh start
+    assert drop_saves_after(tmp_path / "missing", 3) == []

@@ -24,6 +24,7 @@ inside the functions that use them. Modules, one concern each:
 - :mod:`.upload`     run config + local data to the run prefix.
 - :mod:`.submit`     `invoke pretrain`: submit and follow (AWS errors, last run, prices).
 - :mod:`.single_node` `invoke pretrain --local`: the DeepSpeed launcher on this machine.
+- :mod:`.rank_watch` which rank ended first (both launchers name it in STATUS; ``python -m``).
 - :mod:`.lifecycle`  `invoke status`, `logs`, `stop`.
 - :mod:`.tensorboard` `invoke tensorboard`: the run's event files fetched incrementally, the viewer.
 - :mod:`.cli`        the invoke tasks.

@@ -11,8 +11,9 @@ The per-node script, rendered from a :class:`~trainer.launch.ranks.LaunchSpec` a
 3. downloads ``config.toml`` from the run prefix with the project's own store;
 4. runs the DeepSpeed launcher without SSH (``--no_ssh --node_rank i``) or torchrun, which starts
    ``python -m trainer --config ... --run ...`` on every GPU;
-5. records a failed ending in the run's ``STATUS.json`` in the launcher's words ("a rank on
-   node 1 was killed by signal 9 (SIGKILL; …)") before the verdict turns the code into 1, then
+5. records a failed ending in the run's ``STATUS.json`` in the launcher's words ("rank 5 on
+   node 1 was killed by signal 9 (SIGKILL; …)": :mod:`trainer.launch.rank_watch` runs beside the
+   launcher to see which rank ended first) before the verdict turns the code into 1, then
    the verdict's exit code (local file, the run prefix's ``logs/``, the script's own exit status).
 
 Nodes belong to an Auto Scaling group, so the script never powers its node off (the group would
@@ -105,10 +106,14 @@ def exit_code_key(node_index: int) -> str:
     return Run.exit_code(node_index)
 
 
+FIRST_GONE_FILE = "first_rank_gone"
+
+
 def failure_who(node: RankAssignment) -> str:
-    """Who the node's STATUS names when its launcher exits failed (the launcher does not say which
-    of its ranks ended first; the controller calls the node by this index too)."""
-    return f"a rank on node {node.node_index}"
+    """Who the node's STATUS names when its launcher exits failed, as a bash word: the rank that
+    ended first (``$who``, found by :mod:`trainer.launch.rank_watch`; the launcher does not say
+    which) on this node (the controller calls the node by this index too)."""
+    return f'"${{who:-a rank}} on node {node.node_index}"'
 
 
 def node_script(spec: LaunchSpec, node: RankAssignment) -> str:
@@ -121,6 +126,7 @@ def node_script(spec: LaunchSpec, node: RankAssignment) -> str:
     # Values may reference ${VAR} (LD_LIBRARY_PATH), so double-quote rather than shlex-quote them.
     exports = "\n".join(f'export {k}="{v}"' for k, v in env.items())
     argv = " ".join(q(a) for a in launcher_argv(spec, node, cfg))
+    first_gone = f"{work_dir_on_node(spec)}/{FIRST_GONE_FILE}"
     role = "head" if node.is_head else "worker"
     lines = [
         "#!/bin/bash",
@@ -158,14 +164,18 @@ def node_script(spec: LaunchSpec, node: RankAssignment) -> str:
             else []
         ),
         f'echo "twostage: node {node.node_index} rank {node.node_rank} starting {spec.launcher}"',
+        f"rm -f {q(first_gone)}",
+        f"{q(spec.python)} -m trainer.launch.rank_watch $$ {q(first_gone)} >/dev/null 2>&1 &",
+        "watch=$!",
         argv,
         "rc=$?",
+        'kill "$watch" 2>/dev/null; wait "$watch" 2>/dev/null',
+        f"who=$(cat {q(first_gone)} 2>/dev/null || true)",
         # The run protocol's verdict (artifacts.run.verdict), the rule every launcher uses: the
         # run's STATUS decides, since a rank can abort at shutdown after everything was committed.
         # A failure becomes 1 there (a rank killed by SIGKILL: DeepSpeed's 247), so the node first
         # records it in STATUS in the launcher's words (artifacts.ending.record_failure).
-        f'{q(spec.python)} -m artifacts.ending "$rc" {q(spec.run_uri)} '
-        f"{q(failure_who(node))}; rc=$?",
+        f'{q(spec.python)} -m artifacts.ending "$rc" {q(spec.run_uri)} {failure_who(node)}; rc=$?',
         f'echo "$rc" > {q(work_dir_on_node(spec) + "/exit_code")}',
         f'{q(spec.python)} -c {q(_PUT)} {q(spec.run_uri)} {q(exit_code_key(node.node_index))} "$rc" '
         "|| echo 'warning: could not record the exit code in the run prefix' >&2",

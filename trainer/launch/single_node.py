@@ -10,7 +10,7 @@ exit :data:`~artifacts.run.ExitCode.INTERRUPTED`). Success is judged by the run 
 :func:`~artifacts.run.verdict` over the exit code and the run's status: in rare runs a rank aborts
 at interpreter shutdown after everything was committed. An ending the ranks could not record (a
 rank killed by a signal, a status write lost to a store outage) is recorded here
-(:func:`record_ending`): it names the rank that ended first (:class:`RankWatch`) and the signal
+(:func:`record_ending`): it names the rank that ended first (:mod:`trainer.launch.rank_watch`) and the signal
 behind DeepSpeed's ``256 − N`` exit code.
 
 Laptop side: imports the trainer's config loader (to fail fast) and the run protocol, never the
@@ -32,6 +32,7 @@ from artifacts.ending import STATUS_FALLBACK_ENV, settle
 from artifacts.run import ExitCode, Run, Status, verdict
 from trainer.config import TrainerConfig
 from trainer.errors import TrainerError
+from trainer.launch.rank_watch import RankWatch
 
 log = logging.getLogger(__name__)
 
@@ -189,56 +190,6 @@ def launch_local(
 
 def _reason(status: Status | None) -> str:
     return (status.reason if status is not None else None) or "no reason recorded"
-
-
-class RankWatch:
-    """Which rank ended first — DeepSpeed's launcher only reports an exit code.
-
-    The ranks are the launcher's grandchildren (``runner`` → ``launch`` → ranks, each with its
-    ``RANK`` in its environment); polled every :attr:`POLL_S` while the launcher runs. The rank
-    that vanishes first is the one whose exit ended the launch: the launcher notices a dead rank
-    within its own 1 s poll and only then terminates the others.
-    """
-
-    POLL_S = 0.2
-
-    def __init__(self, launcher_pid: int) -> None:
-        self.launcher_pid = launcher_pid
-        self.seen: dict[int, int] = {}  # pid -> rank
-        self.first_gone: list[int] = []
-
-    def poll(self) -> None:
-        import psutil
-
-        live: set[int] = set()
-        try:
-            launchers = psutil.Process(self.launcher_pid).children()
-        except psutil.Error:
-            return
-        for launcher in launchers:
-            try:
-                procs = launcher.children()
-            except psutil.Error:
-                continue
-            for p in procs:
-                live.add(p.pid)
-                if p.pid not in self.seen:
-                    try:
-                        rank = p.environ().get("RANK")
-                    except psutil.Error:
-                        continue
-                    if rank is not None and rank.isdigit():
-                        self.seen[p.pid] = int(rank)
-        if not self.first_gone:
-            self.first_gone = sorted(r for pid, r in self.seen.items() if pid not in live)
-
-    def who(self) -> str:
-        """``rank 1`` when one rank ended first, else ``a rank``."""
-        if len(self.first_gone) == 1:
-            return f"rank {self.first_gone[0]}"
-        if self.first_gone:
-            return "one of ranks " + ", ".join(map(str, self.first_gone))
-        return "a rank"
 
 
 def record_ending(

@@ -76,7 +76,9 @@ def test_stop_signal_reaches_the_workers_not_the_launchers():
 # -- the script itself, run by bash with a fake launcher ----------------------------------------
 FAKE_PYTHON = """#!/bin/bash
 # Stands in for the node's venv python: `-c` snippets run for real, a launcher is recorded.
-if [ "$1" = "-c" ] || [[ "$1 $2" == "-m artifacts."* ]]; then exec {python} "$@"; fi
+if [ "$1" = "-c" ] || [[ "$1 $2" == "-m artifacts."* || "$2" == trainer.launch.rank_watch ]]; then
+  exec {python} "$@"
+fi
 printf '%s\\n' "$@" > "$REC/argv"
 cp "$(dirname "$(grep -A1 -- --config "$REC/argv" | tail -1)")/config.toml" "$REC/config.seen"
 exit "${{FAKE_RC:-0}}"
@@ -167,7 +169,7 @@ def _status(run: Path) -> dict:
     return json.loads((run / "STATUS.json").read_text())
 
 
-KILLED = (
+KILLED = (  # the fake launcher starts no ranks, so none can be named
     "a rank on node 1 was killed by signal 9 (SIGKILL; DeepSpeed's launcher exits 256 − 9 = 247)"
 )
 
@@ -236,6 +238,7 @@ info["argv"] = sys.argv[1:]
 info["pid"] = os.getpid()
 (rec / f"rank{rank}.json").write_text(json.dumps(info))
 if os.environ.get("FAKE_MODE") == "kill-rank-1" and rank == "1":
+    time.sleep(3)  # a real rank trains for a while first; the rank watch polls every 0.2 s
     os.kill(os.getpid(), signal.SIGKILL)  # kill -9, the OOM killer
 if os.environ.get("FAKE_MODE") in ("wait-term", "kill-rank-1"):
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(75))  # commit, then "resume me"
@@ -251,6 +254,7 @@ def _start_two_nodes(tmp_path: Path, mode: str) -> tuple[dict, Path, Path]:
     (repo / "trainer").mkdir(parents=True)
     (repo / "trainer/__init__.py").write_text("")
     (repo / "trainer/__main__.py").write_text(FAKE_TRAINER)
+    (repo / "trainer/launch").symlink_to(Path(__file__).parents[3] / "trainer/launch")  # rank_watch
     rec = tmp_path / "rec"
     rec.mkdir()
     run = tmp_path / "run"
@@ -324,7 +328,8 @@ def test_real_deepspeed_launcher_gives_each_node_its_rank_and_stops_on_sigterm(t
 @pytest.mark.slow
 def test_a_sigkilled_rank_is_named_in_status_through_the_real_launcher(tmp_path):
     """kill -9 of rank 1 under DeepSpeed's runner: it exits 247 on node 1, whose script passes
-    on 1 (the verdict) — and STATUS names the node and the signal, as the local launcher does."""
+    on 1 (the verdict) — and STATUS names the rank, its node and the signal, as the local
+    launcher does."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "STATUS.json").write_text('{"state": "running", "global_step": 40}')
@@ -338,4 +343,5 @@ def test_a_sigkilled_rank_is_named_in_status_through_the_real_launcher(tmp_path)
     assert procs[1].returncode == 1, out
     assert "launcher exited 247" in out, out
     st = _status(run)
-    assert (st["state"], st["reason"], st["global_step"]) == ("failed", KILLED, 40), out
+    named = KILLED.replace("a rank on node 1", "rank 1 on node 1")
+    assert (st["state"], st["reason"], st["global_step"]) == ("failed", named, 40), out

@@ -89,8 +89,9 @@ def main(argv: list[str]) -> int:
     """``python -m artifacts.ending EXIT_CODE RUN_URI WHO``: record a failed ending, then the verdict.
 
     The node script's last word (``WHO``: "rank 5 on node 1"; "a rank on node 1" when its rank
-    watch could not tell): :func:`record_failure`, then ``python -m artifacts.run verdict``'s line and exit code. Recording is best effort — the
-    verdict (what the node exits with) never depends on the store.
+    watch could not tell): :func:`record_failure`, then ``python -m artifacts.run verdict``'s
+    line and exit code. Recording is best effort — the verdict (what the node exits with) never
+    depends on the store.
     """
     if len(argv) != 3:
         print("usage: python -m artifacts.ending EXIT_CODE RUN_URI WHO", file=sys.stderr)

@@ -165,7 +165,8 @@ def node_script(spec: LaunchSpec, node: RankAssignment) -> str:
         ),
         f'echo "twostage: node {node.node_index} rank {node.node_rank} starting {spec.launcher}"',
         f"rm -f {q(first_gone)}",
-        f"{q(spec.python)} -m trainer.launch.rank_watch $$ {q(first_gone)} >/dev/null 2>&1 &",
+        f"{q(spec.python)} -m trainer.launch.rank_watch $$ {q(first_gone)} "
+        f">/dev/null 2>>{q(work_dir_on_node(spec) + '/rank_watch.log')} &",
         "watch=$!",
         argv,
         "rc=$?",

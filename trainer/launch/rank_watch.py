@@ -78,16 +78,22 @@ class RankWatch:
 
 def main(argv: list[str]) -> int:
     """``python -m trainer.launch.rank_watch ROOT_PID FILE``: watch ROOT_PID's ranks; write the
-    name of the first one to end to FILE (atomically) as soon as it is known. Exits when ROOT_PID
-    does, or when signalled (the node script stops it once its launcher has exited)."""
+    name of the first one to end to FILE (atomically) as soon as it is known; say on stderr which
+    ranks it watches. Exits when ROOT_PID does, or when signalled (the node script stops it once
+    its launcher has exited)."""
     import psutil
 
     if len(argv) != 2 or not argv[0].isdigit():
         print("usage: python -m trainer.launch.rank_watch ROOT_PID FILE", file=sys.stderr)
         return 2
     watch, out = RankWatch(int(argv[0])), Path(argv[1])
+    known: list[int] = []
     while psutil.pid_exists(watch.root_pid):
         watch.poll()
+        if sorted(watch.seen.values()) != known:
+            known = sorted(watch.seen.values())
+            print(f"rank_watch: watching rank(s) {', '.join(map(str, known))} under pid "
+                  f"{watch.root_pid}", file=sys.stderr, flush=True)  # fmt: skip
         if watch.first_gone:
             tmp = out.with_name(f".{out.name}.{os.getpid()}")
             tmp.write_text(watch.who() + "\n")

@@ -238,7 +238,10 @@ info["argv"] = sys.argv[1:]
 info["pid"] = os.getpid()
 (rec / f"rank{rank}.json").write_text(json.dumps(info))
 if os.environ.get("FAKE_MODE") == "kill-rank-1" and rank == "1":
-    time.sleep(3)  # a real rank trains for a while first; the rank watch polls every 0.2 s
+    # A real rank trains for a while first: die once the node's rank watch has seen this rank.
+    watch_log = pathlib.Path(sys.argv[sys.argv.index("--config") + 1]).parent / "rank_watch.log"
+    while "watching rank(s) 1 " not in (watch_log.read_text() if watch_log.exists() else ""):
+        time.sleep(0.05)
     os.kill(os.getpid(), signal.SIGKILL)  # kill -9, the OOM killer
 if os.environ.get("FAKE_MODE") in ("wait-term", "kill-rank-1"):
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(75))  # commit, then "resume me"

@@ -78,11 +78,14 @@ def test_the_command_writes_the_name_for_the_node_script(launcher, tmp_path):
     proc, _ = launcher
     out = tmp_path / "first_rank_gone"
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "trainer.launch.rank_watch", str(proc.pid), str(out)]
-    )
+        [sys.executable, "-m", "trainer.launch.rank_watch", str(proc.pid), str(out)],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
-        _until(lambda: len(_tree(proc.pid)) == 3, "the ranks")
-        time.sleep(2.0)  # a real rank trains for a while (the watch starts, then polls every 0.2 s)
+        # A real rank trains for a while before it dies: kill rank 1 once the watch has it.
+        for line in watcher.stderr:
+            if line.startswith("rank_watch: watching rank(s) 0, 1 "):
+                break
         rank1 = next(p for p in _tree(proc.pid) if p.environ().get("RANK") == "1")
         rank1.send_signal(signal.SIGKILL)
         assert watcher.wait(timeout=60) == 0

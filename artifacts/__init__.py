@@ -12,7 +12,9 @@ Modules:
 - ``download``: verified download (temp sibling, verify every byte, atomic rename).
 - ``verify``: offline verification of a downloaded artifact folder.
 - ``retention``: keep the newest K committed artifacts, drop stale half-uploads.
-- ``run``: the run protocol (layout, status, exit codes, verdict).
+- ``run``: the run protocol's front door (layout, the ``verdict`` command; re-exports the next two).
+- ``status``: ``STATUS.json``, a run's status document (``Status``, ``RunState``).
+- ``verdict``: the exit codes and the one rule for what an exit means.
 - ``exits``: the launchers' exit codes for a child killed by a signal, in words.
 - ``ending``: how a run ended when it could not say (launchers' signal conventions, ``settle``).
 - ``convergence``: convergence on validation loss, a pure decision.

@@ -6,6 +6,15 @@ the watcher, the demo, the benchmarks — builds a :class:`Run` once and asks it
 ``STATUS.json`` as a :class:`Status`, and decides what a rank's exit means with :func:`verdict`.
 Nothing else spells out ``"STATUS.json"``, ``"checkpoints"`` or the number 75 (a test checks it).
 
+This module is the protocol's front door and owns the layout; the rest lives in a module per idea
+and is re-exported here, so callers import every name from ``artifacts.run``:
+
+- :mod:`artifacts.status`: ``STATUS.json`` as a :class:`Status` (:class:`RunState`, ``now_iso``,
+  the ``reason`` of a notice or a stop);
+- :mod:`artifacts.verdict`: :class:`ExitCode` and :func:`verdict`, what an exit means;
+- here: :class:`Run` (the layout below, the store, reading and writing the status), step folder
+  names, and the ``verdict`` command.
+
 Pure and light: importing this module imports no torch, boto3 or trainer code, so the node script
 can call ``python -m artifacts.run verdict RC RUN_URI`` and the laptop can read a run's state.
 
@@ -25,154 +34,35 @@ Layout under the run prefix::
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, datetime
-from enum import IntEnum, StrEnum
+from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from artifacts.exits import describe_exit, exit_signal
+from artifacts.status import NOTICE_REASON, STOP_REASON, RunState, Status, now_iso
+from artifacts.verdict import ExitCode, verdict
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from artifacts.store_api import Store
 
-
-#: ``Status.reason`` of an exit 75 after a spot notice / a stop request (SIGTERM without a notice):
-#: the controller reads them (a notice: the node goes at its deadline; neither is a fault).
-NOTICE_REASON = "spot interruption notice"
-STOP_REASON = "stop requested"
-
-
-class ExitCode(IntEnum):
-    """Exit codes of the trainer, the per-node script and ``invoke pretrain`` (documented contract)."""
-
-    OK = 0
-    """Finished: converged, or reached the epoch/step limit; ``final/`` is published."""
-    FAILED = 1
-    """A failure that is not the user's: look at the log."""
-    USER = 2
-    """A user error (config, URI, flag, file): one line says what to fix; nothing was lost."""
-    BOOT = 3
-    """The node could not start the trainer (bootstrap unfinished, wrong node, no config)."""
-    INTERRUPTED = 75
-    """Interrupted (spot notice, stop, store outage) after committing: relaunch the same run (EX_TEMPFAIL)."""
-
-
-class RunState(StrEnum):
-    """The ``state`` field of ``STATUS.json``."""
-
-    PREPARING = "preparing"
-    PREPARED = "prepared"
-    """``prepare-data`` committed the data cache; no rank has recorded a start since."""
-    RUNNING = "running"
-    INTERRUPTED = "interrupted"
-    CONVERGED = "converged"
-    FINISHED = "finished"
-    FAILED = "failed"
-
-    @property
-    def done(self) -> bool:
-        """The run ended well: ``final/`` is published and nothing needs relaunching."""
-        return self in (RunState.CONVERGED, RunState.FINISHED)
-
-    @property
-    def live(self) -> bool:
-        """No launch's ending is recorded (preparing, prepared, running): when the ranks exit
-        without writing one, whoever sees the exit next records
-        it (:func:`artifacts.ending.settle`)."""
-        return self in (RunState.PREPARING, RunState.PREPARED, RunState.RUNNING)
-
-
-def now_iso() -> str:
-    """UTC wall time in the one format STATUS.json uses."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _finite(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-@dataclass(frozen=True)
-class Status:
-    """``STATUS.json``: what a person or a launcher needs to know about a run, in one schema.
-
-    Unknown keys read from a file are kept in ``extra`` (and written back), so a newer writer's
-    fields survive an older reader.
-    """
-
-    state: RunState
-    global_step: int = 0
-    epoch: float | None = None
-    best_val_loss: float | None = None
-    converged: bool = False
-    converged_at_step: int | None = None
-    """The step whose evaluation made the criterion declare convergence (None until then)."""
-    val_loss_history: tuple[Mapping[str, Any], ...] = ()
-    """One entry per evaluation: ``{"step", "epoch", "val_loss"}``."""
-    started_at: str | None = None
-    updated_at: str | None = None
-    node_count: int = 1
-    world_size: int | None = None
-    final: str | None = None
-    """URI of the published model once the run is done."""
-    reason: str | None = None
-    """Why the run is interrupted or failed, in words."""
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "state", RunState(self.state))
-        object.__setattr__(self, "best_val_loss", _finite(self.best_val_loss))
-        object.__setattr__(self, "val_loss_history", tuple(self.val_loss_history))
-
-    @property
-    def done(self) -> bool:
-        return self.state.done
-
-    def to_dict(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {}
-        for f in fields(self):
-            if f.name == "extra":
-                continue
-            value = getattr(self, f.name)
-            if f.name == "state":
-                value = str(value)
-            elif f.name == "val_loss_history":
-                value = [dict(e) for e in value]
-            doc[f.name] = value
-        return {**dict(self.extra), **doc}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
-
-    @classmethod
-    def from_dict(cls, doc: Mapping[str, Any]) -> Status:
-        if not isinstance(doc, Mapping) or "state" not in doc:
-            raise ValueError("not a run status (no 'state')")
-        known = {f.name for f in fields(cls)} - {"extra"}
-        kwargs = {k: v for k, v in doc.items() if k in known}
-        try:
-            kwargs["state"] = RunState(doc["state"])
-        except ValueError:
-            raise ValueError(f"unknown run state {doc['state']!r}") from None
-        extra = {k: v for k, v in doc.items() if k not in known}
-        return cls(**kwargs, extra=extra)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Status:
-        return cls.from_dict(json.loads(text))
-
-    def evolve(self, **changes: Any) -> Status:
-        """A copy with ``changes`` and a fresh ``updated_at``."""
-        return replace(self, **changes, updated_at=now_iso())
+__all__ = [
+    "NOTICE_REASON",
+    "RUN_REF",
+    "STOP_REASON",
+    "ExitCode",
+    "Run",
+    "RunState",
+    "Status",
+    "default_run_uri",
+    "now_iso",
+    "step_folder",
+    "step_of",
+    "verdict",
+    "verdict_cli",
+]
 
 
 _STEP_FOLDER = re.compile(r"^step-(\d+)$")
@@ -300,29 +190,6 @@ class Run:
 
     def __str__(self) -> str:
         return self.uri
-
-
-def verdict(exit_code: int | None, status: Status | None) -> ExitCode:
-    """What a rank's (or launcher's) exit means, given the run's status: the one rule everyone uses.
-
-    - The status says done (converged/finished) → OK, whatever the code: a rank can abort at
-      interpreter shutdown after everything was committed.
-    - The status says interrupted, or the code is 75 → INTERRUPTED (relaunch, it resumes).
-    - Code 2 → USER; code 3 → BOOT.
-    - Code 0 without a done status → FAILED: the trainer exits 0 only after publishing and
-      writing the status, so a missing or unfinished status means something went wrong.
-    - Anything else → FAILED.
-    """
-    state = status.state if status is not None else None
-    if state is not None and state.done:
-        return ExitCode.OK
-    if state is RunState.INTERRUPTED or exit_code == ExitCode.INTERRUPTED:
-        return ExitCode.INTERRUPTED
-    if exit_code == ExitCode.USER:
-        return ExitCode.USER
-    if exit_code == ExitCode.BOOT:
-        return ExitCode.BOOT
-    return ExitCode.FAILED
 
 
 def verdict_cli(argv: list[str]) -> int:

@@ -4,10 +4,15 @@
 the typed stack config (:mod:`infra.config`), wires one component per concern
 (:mod:`infra.network`, :mod:`infra.identity` — the two roles, planned first because the bucket
 key's policy names them —, :mod:`infra.storage`, :mod:`infra.compute`, :mod:`infra.controller`)
-and exports the stack outputs other tools read. Policy documents and node user data are pure functions
-(:mod:`infra.policies`, :mod:`infra.egress`, :mod:`infra.userdata`) so they are tested without
-the engine.
+and exports the stack outputs other tools read. Policy documents, hardware facts and node user
+data are pure functions (:mod:`infra.policies`, :mod:`infra.controller_policy`, :mod:`infra.egress`,
+:mod:`infra.efa`, :mod:`infra.userdata`) so they are tested without the engine.
 
+- ``policies``: IAM and bucket policy documents — the nodes' role, what both roles share (trust,
+  the SSM agent's calls, action lists, ARN checks), the bucket's TLS-only rule.
+- ``controller_policy``: the controller's role (this group, this cluster's instances, the
+  project's Run Command document, the bucket).
+- ``efa``: EFA interfaces per instance type, validated against every allowed type.
 - ``egress``: what the machines may reach (interface endpoints, the S3 endpoint's policy, the
   bucket's ``aws:SourceVpce`` rule, the KMS key policy) and the endpoint-vs-NAT cost.
 - ``wheelhouse``: the nodes' hash-locked lock file and wheelhouse (build, pack, pin).

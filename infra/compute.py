@@ -19,9 +19,9 @@ import pulumi_aws as aws
 
 from artifacts.node import ROLE_NODE, TAG_CLUSTER, group_name, node_tags
 from infra.bundle import BUNDLE_KEY
+from infra.efa import efa_interfaces_for
 from infra.policies import (
     bucket_access_policy,
-    efa_interfaces_for,
     node_self_terminate_policy,
     to_json,
 )

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 from artifacts.config import ConfigValueError, build, check
+from infra.efa import efa_interfaces_for
 from infra.errors import InfraError
-from infra.policies import efa_interfaces_for
 
 PROJECT = "twostage"
 #: Current PyTorch DLAMI with the open-source NVIDIA driver; its release notes list P4 instances,

@@ -31,10 +31,8 @@ from artifacts.node import (
     TAG_ROLE,
     run_document_name,
 )
-from infra.policies import (
-    controller_policy,
-    to_json,
-)
+from infra.controller_policy import controller_policy
+from infra.policies import to_json
 from infra.run_document import run_document
 from infra.userdata import Bootstrap, render_user_data
 

@@ -107,7 +107,7 @@ def test_verdict_cli_is_what_the_node_script_calls(tmp_path: Path) -> None:
 
 # -- one definition per fact --------------------------------------------------------------------
 FACTS: dict[object, str] = {
-    75: "artifacts/run.py",
+    75: "artifacts/verdict.py",
     "STATUS.json": "artifacts/run.py",
     "config.toml": "artifacts/run.py",
     "cache/data": "artifacts/run.py",

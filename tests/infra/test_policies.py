@@ -1,4 +1,4 @@
-"""IAM and bucket policy documents and per-type EFA facts (pure functions, no engine).
+"""IAM and bucket policy documents of both roles (pure functions, no engine).
 
 ``allowed`` is a small IAM evaluator (explicit deny wins, wildcards in actions and resources,
 ``StringEquals`` conditions) so the tests ask what a role can *do*, not how the JSON looks.
@@ -11,13 +11,10 @@ from fnmatch import fnmatchcase
 
 import pytest
 
-from infra.errors import InfraError
+from infra.controller_policy import controller_policy
 from infra.policies import (
     assume_role_policy,
     bucket_access_policy,
-    controller_policy,
-    efa_interface_count,
-    efa_interfaces_for,
     node_self_terminate_policy,
     ssm_agent_policy,
     tls_only_bucket_policy,
@@ -204,24 +201,6 @@ def test_only_ec2_may_assume_the_roles():
 def test_policy_json_is_stable():
     assert to_json(bucket_access_policy(ARN)) == to_json(bucket_access_policy(ARN))
     assert to_json({"b": 1, "a": 2}) == '{"a": 2, "b": 1}'
-
-
-def test_efa_interfaces_per_instance_type():
-    assert efa_interface_count("p4d.24xlarge") == 4
-    assert efa_interface_count("p5.48xlarge") == 32
-    assert efa_interface_count("g5.12xlarge") == 0
-    assert efa_interface_count("p4d.24xlarge", override=1) == 1
-    assert efa_interface_count("p4d.24xlarge", override=0) == 0
-    assert efa_interfaces_for(["p5.48xlarge", "p4de.24xlarge"]) == 4
-
-
-@pytest.mark.parametrize(
-    ("types", "override"),
-    [(["p4d.24xlarge"], 8), (["p5.48xlarge", "p4d.24xlarge"], 32), (["g5.12xlarge"], 1)],
-)
-def test_efa_count_beyond_the_type_is_refused(types, override):
-    with pytest.raises(InfraError, match="^twostage:efaInterfaces:"):
-        efa_interfaces_for(types, override)
 
 
 # -- the roles grant what the code calls ---------------------------------------------------------

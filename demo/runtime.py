@@ -1,6 +1,6 @@
 """The demo's plumbing: workdir policy, the bucket (folder or moto S3), child processes, progress.
 
-Kept apart from :mod:`demo.pipeline` so the stages there read as the pipeline and nothing else.
+Kept apart from :mod:`demo.stages` so the stages there read as the pipeline and nothing else.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def demo_recipe(paths: Paths, run_uri: str) -> Path:
     """The tiny pretraining recipe, plus this run's scratch folder and run URI.
 
     No signing key in the recipe: the machines that train never hold one; the owner signs the
-    finished run afterwards (:func:`demo.pipeline.download`, ``invoke sign``).
+    finished run afterwards (:func:`demo.stages.download`, ``invoke sign``).
     """
     from trainer.config import load_config
 

@@ -33,7 +33,9 @@ Modules (a run goes cli → finetune → checks → tokens → model/training �
 - ``gguf_export``: GGUF tensors, metadata and tokenizer via the ``gguf`` library; Modelfile.
 - ``gguf_release``: ``invoke export-gguf``: merge, write, read back, scan, manifest, publish.
 - ``offline``: runs ``generate``/``evaluate`` air-gapped (namespace child + guard).
-- ``airgap``: the HF offline switches and the in-process network guard.
+- ``airgap``: the HF offline switches and the in-process network guard (``airgapped()``).
+- ``airgap_socket``: what counts as loopback, and the ``socket`` replacements the guard installs.
+- ``airgap_record``: a blocked attempt — ``AirgapViolation``, the code that tried, the record.
 - ``sandbox``: the bubblewrap sandbox — what the isolated child may see (mounts, environment),
   fail-closed availability, no core dumps, swap state.
 - ``netns``: runs a ``module:function`` target in the sandbox (job over stdin, key as raw bytes).

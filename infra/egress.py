@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from artifacts.node import TAG_CLUSTER
+from infra.policies import check_bucket_arn
 
 #: Interface endpoints the machines need, and who calls each (docs/provision.md lists the cost):
 #: the SSM agent (ssm, ssmmessages, ec2messages: Run Command and Session Manager), the dead-man
@@ -109,7 +110,7 @@ def s3_endpoint_policy(bucket_arn: str) -> dict[str, Any]:
     its wheels come from the run bucket. (The SSM agent's self-update and Distributor packages,
     which live in AWS-owned buckets, are thereby off; the agent keeps running the AMI's version.)
     """
-    _check_bucket_arn(bucket_arn)
+    check_bucket_arn(bucket_arn)
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -131,7 +132,7 @@ def deny_outside_vpce_statement(bucket_arn: str, cluster: str, vpce_id: str) -> 
     not wait on the roles (which wait on the bucket); the owner's own principals are untagged and
     keep working from their laptop.
     """
-    _check_bucket_arn(bucket_arn)
+    check_bucket_arn(bucket_arn)
     if not vpce_id.startswith("vpce-"):
         raise ValueError(f"not a VPC endpoint id: {vpce_id!r}")
     return {
@@ -172,7 +173,7 @@ def bucket_key_policy(
     KMS refuses a policy naming a principal that does not exist, so the ARNs are the created
     roles' own (the key is planned after them) and the owner's existing user or role.
     """
-    _check_bucket_arn(bucket_arn)
+    check_bucket_arn(bucket_arn)
     cluster = sorted(set(cluster_role_arns))
     owners = sorted(set(owner_arns))
     for arn in (*cluster, *owners):
@@ -248,7 +249,3 @@ def _check_principal_arn(arn: str, partition: str, account: str) -> None:
     ):
         raise ValueError(f"not an IAM role or user of account {account}: {arn!r}")
 
-
-def _check_bucket_arn(bucket_arn: str) -> None:
-    if not bucket_arn.startswith("arn:") or ":s3:::" not in bucket_arn or "*" in bucket_arn:
-        raise ValueError(f"not a single bucket ARN: {bucket_arn!r}")

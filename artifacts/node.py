@@ -1,5 +1,6 @@
 """Facts about a training node shared by ``infra/`` (which builds nodes) and ``trainer/launch/``
-(which drives them): paths on the node, the keys of its environment file, and its EC2 tags.
+(which drives them): paths on the node, the keys of its environment file, its EC2 tags, and the
+lock of what it installs.
 
 One definition each: the user data that writes ``/etc/twostage/node.env`` and the launch script
 that sources it import the same names, and so do the Pulumi program that tags nodes and the SSM

@@ -240,7 +240,8 @@ def make_request(
 
 
 def _locked(lock: Path) -> frozenset[str]:
-    """The distributions the nodes install: this checkout's lock, which ``pulumi up`` ships."""
+    """The distributions the nodes install: this checkout's lock (``invoke wheelhouse`` builds
+    from it what ``pulumi up`` ships; a lock changed since the last ``pulumi up`` is not there yet)."""
     try:
         return locked_distributions(lock.read_text(encoding="utf-8"))
     except OSError as err:

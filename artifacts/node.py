@@ -1,5 +1,6 @@
 """Facts about a training node shared by ``infra/`` (which builds nodes) and ``trainer/launch/``
-(which drives them): paths on the node, the keys of its environment file, and its EC2 tags.
+(which drives them): paths on the node, the keys of its environment file, its EC2 tags, and the
+lock of what it installs.
 
 One definition each: the user data that writes ``/etc/twostage/node.env`` and the launch script
 that sources it import the same names, and so do the Pulumi program that tags nodes and the SSM
@@ -7,6 +8,9 @@ adapter that targets them by tag. Pure constants, importable from anywhere (no P
 """
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 # -- paths on a node ----------------------------------------------------------------------------
 PROJECT_DIR = "/opt/twostage"
@@ -111,3 +115,38 @@ RUNS_PREFIX = "runs/"
 """Where runs live in the bucket (the only prefix nodes may write)."""
 BOOTSTRAP_PREFIX = "bootstrap/"
 """The source bundle every node runs as root (read-only for nodes)."""
+
+# -- what a node installs (the repository's lock; ``infra`` builds the wheelhouse from it) ----------
+NODE_REQUIREMENTS = Path(__file__).resolve().parents[1] / "infra" / "requirements-node.in"
+"""The nodes' direct dependencies (ranges); ``invoke lock-node`` resolves it into :data:`NODE_LOCK`."""
+NODE_LOCK = NODE_REQUIREMENTS.with_suffix(".lock")
+"""Every distribution the project installs on a node, pinned and hashed. Nothing outside it is
+(the wheelhouse is built from it; ``pip install --no-index --require-hashes``), so a package a
+recipe needs and this file lacks is missing on the nodes, whatever this machine has. The DLAMI's
+own PyTorch environment sits underneath; the project relies on it for torch only."""
+_REQUIREMENT_NAME = re.compile(
+    r"^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:\[[^\]]*\])?\s*(?:[=<>!~;@]|$)"
+)
+
+
+def normalise(name: str) -> str:
+    """A distribution name as PEP 503 compares it (``Tensorboard_X`` and ``tensorboardx`` agree)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked_distributions(text: str) -> frozenset[str]:
+    """The (normalised) distribution names a requirements lock installs.
+
+    Reads what pip-compile and ``uv pip compile`` write: ``name==version \\`` with continued
+    ``--hash`` lines, ``# via`` comments, extras, markers. Option lines (``--index-url``, ``-e``)
+    name no distribution and are skipped.
+    """
+    names = set()
+    for line in re.sub(r"\\\n", " ", text).splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        match = _REQUIREMENT_NAME.match(line)
+        if match:
+            names.add(normalise(match.group(1)))
+    return frozenset(names)

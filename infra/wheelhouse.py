@@ -27,11 +27,11 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from artifacts.node import NODE_LOCK, NODE_REQUIREMENTS, normalise
 from infra.errors import InfraError
 
-HERE = Path(__file__).resolve().parent
-LOCK_INPUT = HERE / "requirements-node.in"
-LOCK_FILE = HERE / "requirements-node.lock"
+LOCK_INPUT = NODE_REQUIREMENTS
+LOCK_FILE = NODE_LOCK
 #: The file in a built wheelhouse that names every wheel with its hash.
 REQUIREMENTS = "requirements.txt"
 WHEELHOUSE_KEY = "bootstrap/wheelhouse.tar"
@@ -100,7 +100,7 @@ def lock_blocks(text: str) -> dict[str, str]:
                 raise InfraError(
                     f"{LOCK_FILE.name}: not a pinned, hashed requirement: {current[0]}"
                 )
-            blocks[_norm(match.group(1))] = block
+            blocks[normalise(match.group(1))] = block
             current = []
     return blocks
 
@@ -158,7 +158,7 @@ def write_requirements(folder: Path) -> Path:
     for wheel in sorted(Path(folder).glob("*.whl")):
         name, version = wheel.name.split("-")[:2]
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-        lines.append(f"{_norm(name)}=={version} --hash=sha256:{digest}\n")
+        lines.append(f"{normalise(name)}=={version} --hash=sha256:{digest}\n")
     if not lines:
         raise InfraError(f"{folder}: no wheels")
     path = Path(folder) / REQUIREMENTS
@@ -190,7 +190,7 @@ def pack_wheelhouse(folder: Path) -> tuple[Path, str]:
             data = path.read_bytes()
             if path.suffix == ".whl":
                 name, version = path.name.split("-")[:2]
-                if listed.get(f"{_norm(name)}=={version}") != hashlib.sha256(data).hexdigest():
+                if listed.get(f"{normalise(name)}=={version}") != hashlib.sha256(data).hexdigest():
                     raise InfraError(
                         f"twostage:wheelhouse: {path.name} does not match {REQUIREMENTS}; rebuild "
                         "with `invoke wheelhouse`"
@@ -203,10 +203,6 @@ def pack_wheelhouse(folder: Path) -> tuple[Path, str]:
     target = Path(tempfile.gettempdir()) / f"twostage-wheelhouse-{digest[:16]}.tar"
     target.write_bytes(body)
     return target, digest
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _read(path: Path) -> str:

@@ -120,6 +120,7 @@ FACTS: dict[object, str] = {
     "heartbeat.json": "artifacts/node.py",
     "request.json": "artifacts/node.py",
     "aws:autoscaling:groupName": "artifacts/node.py",
+    "requirements-node": "artifacts/node.py",
 }
 
 

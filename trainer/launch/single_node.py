@@ -110,6 +110,11 @@ def launch_local(
     if nproc < 1:
         raise TrainerError(f"--nproc must be >= 1, got {nproc}")
     cfg = cfg or load_config(config)  # fail fast, before starting ranks
+    from trainer.loop.reporting import local_refusal
+
+    refusal = local_refusal(cfg.eval.report_to, source=str(config))
+    if refusal:  # else the Trainer raises on every rank, after the data is prepared
+        raise TrainerError(refusal)
     run = run_uri(cfg.run, run)
     from trainer.checkpoint.elastic import plan_launch
 

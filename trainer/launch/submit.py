@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from artifacts.node import NODE_LOCK, locked_distributions
 from artifacts.run import Run
 from trainer.launch import LaunchError
 from trainer.launch.outputs import StackOutputs
@@ -199,24 +200,28 @@ def make_request(
     launcher: str,
     public_key: str | None,
     now: float,
+    node_lock: Path = NODE_LOCK,
+    say: Callable[[str], None] = print,
 ) -> Any:
     """The :class:`~trainer.launch.control.RunRequest` for this recipe's ``[run]`` policy."""
     from trainer.config import load_config
     from trainer.launch.control import RunRequest
-    from trainer.loop.reporting import egress_refusal
+    from trainer.loop.reporting import cluster_notes, egress_refusal, lock_refusal
 
     cfg = load_config(config)
     rc = cfg.run
-    if not outputs.allow_internet_egress:
-        refusal = egress_refusal(cfg.eval.report_to, source=str(config))
-        if refusal:
-            raise LaunchError(refusal)
+    names, source = cfg.eval.report_to, str(config)
+    refusal = None if outputs.allow_internet_egress else egress_refusal(names, source=source)
+    if refusal is None and names:  # the nodes' packages: else the Trainer raises on paid nodes
+        refusal = lock_refusal(names, _locked(node_lock), source=source)
+    if refusal:
+        raise LaunchError(refusal)
     if rc.min_nodes is not None and rc.min_nodes > outputs.node_count:
         raise LaunchError(
             f"run.min_nodes = {rc.min_nodes} in {config}, but the cluster has "
             f"{outputs.node_count} node(s): lower it or `pulumi config set twostage:nodeCount`"
         )
-    return RunRequest(
+    request = RunRequest(
         request_id=f"{datetime.fromtimestamp(now, UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",
         run_uri=run_uri,
         submitted_at=now,
@@ -229,6 +234,21 @@ def make_request(
         max_dollars=rc.max_dollars,
         public_key=public_key,
     )
+    for line in cluster_notes(names):
+        say(line)
+    return request
+
+
+def _locked(lock: Path) -> frozenset[str]:
+    """The distributions the nodes install: this checkout's lock (``invoke wheelhouse`` builds
+    from it what ``pulumi up`` ships; a lock changed since the last ``pulumi up`` is not there yet)."""
+    try:
+        return locked_distributions(lock.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise LaunchError(
+            f"cannot read the nodes' lock {lock} ({err.strerror or err}): run `invoke pretrain` "
+            "from the project's checkout"
+        ) from None
 
 
 def submit(
@@ -243,16 +263,21 @@ def submit(
     state_path: Path = STATE_FILE,
     clock: Any = None,
     say: Callable[[str], None] = print,
+    node_lock: Path = NODE_LOCK,
 ) -> Any:
-    """Upload the run and hand it to the controller; returns the request (nothing waits)."""
+    """Upload the run and hand it to the controller; returns the request (nothing waits).
+
+    ``node_lock``: what the nodes install (a recipe's ``report_to`` packages are checked in it).
+    """
     from trainer.launch.upload import upload_run_config
 
     clock = clock or SystemClock()
     o = ctx.outputs
     run_uri = resolve_run_uri(o, run)
     request = make_request(
-        o, run_uri, Path(config), launcher=launcher, public_key=public_key, now=clock.now()
-    )
+        o, run_uri, Path(config), launcher=launcher, public_key=public_key, now=clock.now(),
+        node_lock=node_lock, say=say,
+    )  # fmt: skip
     with aws_errors():
         current, state = ctx.control.request(), ctx.control.state()
         if current is not None and not (state.request_id == current.request_id and state.done):

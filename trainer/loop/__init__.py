@@ -9,6 +9,7 @@
 - :mod:`.hf`          every Trainer subclass and every private HF API use (pins transformers).
 - :mod:`.callbacks`   the TrainerCallbacks: convergence, timed saves, commit, data position, timer.
 - :mod:`.metrics`     TensorBoard event files (committed in the background) and sample generations.
-- :mod:`.reporting`   pure: the HF ``report_to`` integrations a recipe may name, offline or not.
+- :mod:`.reporting`   pure: the HF ``report_to`` integrations a recipe may name, offline or not,
+  and the packages each needs.
 - :mod:`.publish`     the converged model as ``final/`` with a (signed) manifest.
 """

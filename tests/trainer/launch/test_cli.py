@@ -148,6 +148,38 @@ def test_local_success_and_failure(fake_local_run):
     assert "--run runs/y --nproc 2" in str(err.value.message)
 
 
+def test_local_refuses_an_integration_it_cannot_import_before_preparing_data(
+    tmp_path, monkeypatch
+):
+    """Else every rank's Trainer raises at start, after the data preparation (minutes to hours)."""
+    prepared = []
+
+    class Prepared(Exception):
+        pass
+
+    def prepare_run(cfg, run):
+        prepared.append(run)
+        raise Prepared  # the launch got as far as preparing: stop here
+
+    monkeypatch.setattr("trainer.data.prepare.prepare_run", prepare_run)
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not importable, whatever this venv holds
+    tiny = Path("configs/pretrain-tiny.toml").read_text()
+    recipe = tmp_path / "wandb.toml"
+    recipe.write_text(tiny.replace("[eval]", '[eval]\nreport_to = ["wandb"]', 1))
+    with pytest.raises(Exit) as err:
+        cli.pretrain(Context(), local=True, config=str(recipe), run=str(tmp_path / "run"))
+    assert err.value.code == 2 and prepared == []
+    assert str(err.value.message) == (
+        f"error: {recipe}: eval.report_to: wandb needs the module wandb, which this Python "
+        "environment cannot import: `pip install wandb` here, or remove the integration"
+    )
+
+    recipe.write_text(tiny.replace("[eval]", '[eval]\nreport_to = ["tensorboard"]', 1))
+    with pytest.raises(Prepared):  # tensorboardX is a project dependency: allowed, on it goes
+        cli.pretrain(Context(), local=True, config=str(recipe), run=str(tmp_path / "run"))
+    assert prepared == [str(tmp_path / "run")]
+
+
 # -- the whole remote path through the real `invoke`, against moto's server ----------------------
 @pytest.fixture
 def moto_cluster(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 
 from artifacts.config import dump_toml
 from artifacts.errors import UserError
+from artifacts.node import NODE_LOCK
 from artifacts.run import Run, RunState, Status
 from artifacts.store import open_store
 from trainer.launch import LaunchError
@@ -45,10 +46,26 @@ def ctx_for(cluster):
     return build
 
 
-def pretrain_remote(ctx, *, config, run, watch=False, state_path):
+def pretrain_remote(ctx, *, config, run, watch=False, state_path, **kw):
     """Submit (the laptop's part); returns (run URI, request)."""
-    request = submit(ctx, config=config, run=run, state_path=state_path, say=lambda line: None)
+    kw.setdefault("say", lambda line: None)
+    request = submit(ctx, config=config, run=run, state_path=state_path, **kw)
     return request.run_uri, request
+
+
+def node_lock(tmp_path: Path, *extra: str) -> Path:
+    """The repository's node lock plus ``extra`` pins, as `invoke lock-node` would write them."""
+    path = tmp_path / "requirements-node.lock"
+    pins = "".join(f"{pin} \\\n    --hash=sha256:{'0' * 64}\n    # via -r in\n" for pin in extra)
+    path.write_text(NODE_LOCK.read_text() + pins)
+    return path
+
+
+def reporting_to(tmp_path: Path, *names: str) -> Path:
+    path = tmp_path / f"{'-'.join(names)}.toml"
+    listed = ", ".join(f'"{n}"' for n in names)
+    path.write_text(TINY.read_text().replace("[eval]", f"[eval]\nreport_to = [{listed}]", 1))
+    return path
 
 
 def test_submit_uploads_the_config_writes_the_request_and_remembers_the_run(ctx_for, tmp_path):
@@ -225,9 +242,56 @@ def test_an_off_node_report_to_is_refused_before_anything_unless_the_stack_has_e
     ctx.control.write_state(ControllerState(ctx.control.request().request_id, "", "done"))
 
     ctx.outputs = dataclasses.replace(ctx.outputs, allow_internet_egress=True)
-    run_uri, request = pretrain_remote(ctx, config=wandb, run="wb", state_path=tmp_path / "s")
+    lock = node_lock(tmp_path, "wandb==0.21.0")
+    run_uri, request = pretrain_remote(
+        ctx, config=wandb, run="wb", state_path=tmp_path / "s", node_lock=lock
+    )
     uploaded = tomllib.loads(Run(run_uri).store.get_bytes(Run.CONFIG).decode())
     assert uploaded["eval"]["report_to"] == ["wandb"] and ctx.control.request() == request
+
+
+def test_an_integration_whose_package_the_nodes_lack_is_refused_before_anything(
+    ctx_for, tmp_path
+):
+    """The HF Trainer raises at start without the package: on the cluster, after nodes boot."""
+    c, ctx = ctx_for(1)
+    ctx.outputs = dataclasses.replace(ctx.outputs, allow_internet_egress=True)
+    wandb = reporting_to(tmp_path, "wandb")
+    with pytest.raises(UserError) as err:
+        pretrain_remote(ctx, config=wandb, run="wb", state_path=tmp_path / "s")  # the repo's lock
+    message = str(err.value)
+    assert err.value.exit_code == 2 and "\n" not in message
+    assert message.startswith(f"{wandb}: eval.report_to: wandb needs the package wandb, which")
+    assert "not in infra/requirements-node.lock" in message
+    assert "add it to infra/requirements-node.in, run `invoke lock-node`" in message
+    assert "`pulumi up` so the nodes get it" in message
+    assert open_store(f"s3://{c['outputs']['bucket']}/runs/wb").list() == []
+    assert ctx.control.request() is None and not (tmp_path / "s").exists()
+
+    # An offline one is checked too: trackio is allowed everywhere but not installed on nodes.
+    with pytest.raises(UserError, match="trackio needs the package trackio, which the nodes"):
+        pretrain_remote(
+            ctx, config=reporting_to(tmp_path, "trackio"), run="t", state_path=tmp_path / "s"
+        )
+    assert ctx.control.request() is None
+
+    # A lock that pins it (any PEP 503 spelling) passes, and says the credentials are the user's.
+    lines: list[str] = []
+    lock = node_lock(tmp_path, "WandB==0.21.0")
+    pretrain_remote(ctx, config=wandb, run="wb", state_path=tmp_path / "s", node_lock=lock,
+                    say=lines.append)  # fmt: skip
+    assert ctx.control.request().run_uri.endswith("/runs/wb")
+    (note,) = [line for line in lines if line.startswith("note: eval.report_to: wandb")]
+    assert "credentials and settings it needs (an API key, a server URL) are yours" in note
+
+
+def test_an_unreadable_node_lock_is_one_line(ctx_for, tmp_path):
+    c, ctx = ctx_for(1)
+    missing = tmp_path / "gone.lock"
+    with pytest.raises(UserError, match=f"cannot read the nodes' lock {missing} "):
+        pretrain_remote(ctx, config=reporting_to(tmp_path, "tensorboard"), run="x",
+                        state_path=tmp_path / "s", node_lock=missing)  # fmt: skip
+    pretrain_remote(ctx, config=TINY, run="x", state_path=tmp_path / "s", node_lock=missing)
 
 
 def test_missing_bucket_is_a_user_error(ctx_for, tmp_path):

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import types
 from pathlib import Path
 
 import pytest
 
 from trainer.config import load_config
 from trainer.errors import TrainerError
-from trainer.loop.reporting import INTEGRATIONS, OFFLINE, egress_refusal, local_notes
+from trainer.loop.reporting import (
+    INTEGRATIONS,
+    OFFLINE,
+    cluster_notes,
+    egress_refusal,
+    importable,
+    local_notes,
+    local_refusal,
+    lock_refusal,
+)
 
 MINIMAL = "[data]\ngenerated_corpus = true\n"
 
@@ -92,3 +104,101 @@ def test_the_recipes_list_reaches_training_arguments(
         cfg, output_dir=tmp_path / "out", ds_config=None, precision="fp32", extra={}
     )
     assert args.report_to == expected
+
+
+# -- the packages each integration needs --------------------------------------------------------
+#: transformers' check per integration, where it asks ``find_spec`` when called (neptune and
+#: comet_ml decide at import time: their names are checked in the source below).
+AVAILABLE = {
+    "tensorboard": "is_tensorboard_available",
+    "trackio": "is_trackio_available",
+    "wandb": "is_wandb_available",
+    "clearml": "is_clearml_available",
+    "dagshub": "is_dagshub_available",
+    "azure_ml": "is_azureml_available",
+    "swanlab": "is_swanlab_available",
+    "mlflow": "is_mlflow_available",
+    "dvclive": "is_dvclive_available",
+    "codecarbon": "is_codecarbon_available",
+    "flyte": "is_flytekit_available",
+    "kubeflow": "is_kubeflow_available",
+}
+
+
+def _only(monkeypatch: pytest.MonkeyPatch, modules: set[str]) -> None:
+    """``find_spec`` finds exactly ``modules`` (and their parent packages), nothing else."""
+    present = {".".join(m.split(".")[:i]) for m in modules for i in range(1, m.count(".") + 2)}
+    spec = importlib.util.spec_from_loader("x", loader=None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: spec if n in present else None)
+    if "wandb" in present:  # transformers then imports it and looks for `wandb.run`
+        monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(run=None))
+
+
+@pytest.mark.parametrize("name", sorted(AVAILABLE))
+def test_each_integration_needs_what_transformers_looks_for(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Met needs → transformers finds it; any need unmet → it does not (the Trainer raises)."""
+    from transformers.integrations import integration_utils
+
+    check = getattr(integration_utils, AVAILABLE[name])
+    for var in ("DISABLE_MLFLOW_INTEGRATION", "DISABLE_KUBEFLOW_INTEGRATION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("KUBEFLOW_TRAINER_SERVER_URL", "https://kubeflow.invalid")
+    needs = INTEGRATIONS[name].needs
+    for choice in range(max((len(need) for need in needs), default=1)):
+        _only(monkeypatch, {need[min(choice, len(need) - 1)].module for need in needs})
+        assert check(), (name, choice)
+    for dropped in range(len(needs)):
+        _only(monkeypatch, {need[0].module for i, need in enumerate(needs) if i != dropped})
+        assert not check(), (name, dropped)
+
+
+def test_every_integration_has_its_packages_checked() -> None:
+    from transformers.integrations import integration_utils
+
+    assert set(AVAILABLE) | {"neptune", "comet_ml"} == set(INTEGRATIONS)
+    source = Path(integration_utils.__file__).read_text()
+    assert 'find_spec("neptune")' in source and 'version("neptune-client")' in source
+    assert {p.distribution for p in INTEGRATIONS["neptune"].needs[0]} == {"neptune", "neptune-client"}
+    assert 'importlib.metadata.version("comet_ml")' in source
+    assert [(p.module, p.distribution) for p in INTEGRATIONS["comet_ml"].needs[0]] == [
+        ("comet_ml", "comet-ml")
+    ]
+    assert INTEGRATIONS["kubeflow"].needs == ()  # an environment variable, no package
+
+
+def test_a_package_the_nodes_lack_is_one_line_naming_it_and_the_fix() -> None:
+    locked = {"tensorboardx", "mlflow-skinny", "transformers"}
+    assert lock_refusal(("tensorboard", "mlflow", "kubeflow"), locked, source="r.toml") is None
+    message = lock_refusal(("tensorboard", "wandb", "dagshub"), locked, source="r.toml")
+    assert message is not None and "\n" not in message
+    assert message.startswith(
+        "r.toml: eval.report_to: wandb needs the package wandb; dagshub needs the package dagshub, "
+        "which the nodes do not install (not in infra/requirements-node.lock): add them to "
+        "infra/requirements-node.in, run `invoke lock-node` and `invoke wheelhouse`, then "
+        "`pulumi up` so the nodes get them"
+    )
+
+
+def test_a_module_this_environment_lacks_is_one_line_with_the_pip_command() -> None:
+    have = {"tensorboardX", "mlflow"}.__contains__
+    assert local_refusal(("tensorboard", "mlflow"), source="r.toml", installed=have) is None
+    message = local_refusal(("tensorboard", "dagshub", "azure_ml"), source="r.toml", installed=have)
+    assert message == (
+        "r.toml: eval.report_to: dagshub needs the module dagshub; azure_ml needs the module "
+        "azureml.core.run, which this Python environment cannot import: `pip install dagshub "
+        "azureml-core` here, or remove the integration"
+    )
+
+    # The default asks this interpreter; a dotted name under a missing package is missing.
+    assert importable("json") and not importable("twostage_no_such_package.core.run")
+
+
+def test_off_node_integrations_say_their_credentials_are_the_users_to_provide() -> None:
+    (note,) = cluster_notes(("tensorboard", "wandb"))
+    assert note.startswith("note: eval.report_to: wandb sends to Weights & Biases'")
+    assert "credentials and settings it needs (an API key, a server URL) are yours" in note
+    assert "no supported way to yet (docs/trainer.md)" in note
+    assert "are yours to put on the nodes" in str(egress_refusal(("wandb",), source="r.toml"))
+    assert "credentials you put on the nodes yourself" in local_notes(("wandb",))[0]

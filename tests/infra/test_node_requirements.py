@@ -13,6 +13,12 @@ from pathlib import Path
 
 from artifacts.node import NODE_LOCK, NODE_REQUIREMENTS, locked_distributions
 from infra.wheelhouse import lock_blocks
+from trainer.loop.reporting import INTEGRATIONS
+
+#: Packages a recipe's `[eval] report_to` may need on the nodes (trainer/loop/reporting.py).
+REPORT_TO_PACKAGES = {
+    p.distribution for i in INTEGRATIONS.values() for need in i.needs for p in need
+}
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +45,14 @@ def test_the_nodes_install_every_stage_1_dependency() -> None:
     lines = (ROOT / "infra" / "requirements-node.in").read_text().splitlines()
     node = {_name(x) for x in lines if x.strip() and not x.startswith("#")} - BUILD_ONLY
     assert wanted - node == set(), "add to infra/requirements-node.in, then `invoke lock-node`"
-    assert node - wanted == set(), "in the node requirements but not in pyproject"
+    # A user may add a `[eval] report_to` integration's package for the nodes only (the fix the
+    # submit-time refusal names); anything else there must be a stage 1 dependency.
+    assert node - wanted - REPORT_TO_PACKAGES == set(), "in the node requirements but not in pyproject"
+
+
+def test_an_integration_package_added_for_the_nodes_is_allowed_and_nothing_else() -> None:
+    assert {"wandb", "mlflow-skinny", "comet-ml", "tensorboard"} <= REPORT_TO_PACKAGES
+    assert not {"requests", "boto3", "torch"} & REPORT_TO_PACKAGES
 
 
 def test_the_lock_pins_every_node_requirement_with_hashes() -> None:

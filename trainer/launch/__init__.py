@@ -22,7 +22,8 @@ inside the functions that use them. Modules, one concern each:
 - :mod:`.controller` the service on the controller instance (``python -m``).
 - :mod:`.node_agent` the dead-man service on every node (``python -m``).
 - :mod:`.upload`     run config + local data to the run prefix.
-- :mod:`.submit`     `invoke pretrain`: submit and follow (AWS errors, last run, prices).
+- :mod:`.submit`     `invoke pretrain`: submit and follow (AWS errors, prices).
+- :mod:`.last_run`   which run a task means: `--run`, else `.twostage/last-run`.
 - :mod:`.single_node` `invoke pretrain --local`: the DeepSpeed launcher on this machine.
 - :mod:`.rank_watch` which rank ended first (both launchers name it in STATUS; ``python -m``).
 - :mod:`.lifecycle`  `invoke status`, `logs`, `stop`.

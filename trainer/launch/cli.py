@@ -247,8 +247,8 @@ def _index(value: str) -> int:
 @user_errors
 def status(c, stack=None, outputs=None, run=None):
     """Run state (STATUS.json), checkpoint, val-loss trend, controller phase, nodes, cost so far."""
+    from trainer.launch.last_run import pick_run
     from trainer.launch.lifecycle import run_status
-    from trainer.launch.submit import pick_run
 
     ctx = _context(stack, outputs)
     for line in run_status(ctx, pick_run(ctx.outputs, run)):
@@ -266,8 +266,8 @@ def status(c, stack=None, outputs=None, run=None):
 @user_errors
 def logs(c, stack=None, outputs=None, run=None, node=None, follow=False):
     """Output of the latest launch command on each node (the copy SSM writes to <run>/logs/)."""
+    from trainer.launch.last_run import pick_run
     from trainer.launch.lifecycle import launch_done, node_logs
-    from trainer.launch.submit import pick_run
 
     ctx = _context(stack, outputs)
     run_uri = pick_run(ctx.outputs, run)
@@ -294,8 +294,8 @@ def logs(c, stack=None, outputs=None, run=None, node=None, follow=False):
 @user_errors
 def stop(c, stack=None, outputs=None, run=None, timeout=900):
     """Graceful stop: the controller SIGTERMs the trainer (it commits), then scales the nodes to 0."""
+    from trainer.launch.last_run import pick_run
     from trainer.launch.lifecycle import stop_run
-    from trainer.launch.submit import pick_run
 
     ctx = _context(stack, outputs)
     run_uri = pick_run(ctx.outputs, run)

@@ -256,13 +256,13 @@ def test_pretrain_detach_then_status_and_stop_through_invoke(moto_cluster, tmp_p
 
 
 def test_logs_follow_prints_only_new_output_until_the_run_is_done(monkeypatch, capsys):
+    import trainer.launch.last_run as last_run
     import trainer.launch.lifecycle as lifecycle
-    import trainer.launch.submit as submit_mod
 
     texts = iter(["step 1\n", "step 1\nstep 2\n", "step 1\nstep 2\ndone\n"])
     polls = iter([False, False, True])
     monkeypatch.setattr(cli, "_context", lambda stack, outputs: types.SimpleNamespace(outputs=None))
-    monkeypatch.setattr(submit_mod, "pick_run", lambda o, run: "s3://b/runs/r")
+    monkeypatch.setattr(last_run, "pick_run", lambda o, run: "s3://b/runs/r")
     monkeypatch.setattr(lifecycle, "node_logs", lambda ctx, uri, rank: {1: next(texts)})
     monkeypatch.setattr(lifecycle, "launch_done", lambda ctx, uri: next(polls))
     monkeypatch.setattr(cli.time, "sleep", lambda s: None)
@@ -274,7 +274,7 @@ def test_logs_follow_prints_only_new_output_until_the_run_is_done(monkeypatch, c
 
 def test_logs_node_must_be_a_rank(monkeypatch):
     monkeypatch.setattr(cli, "_context", lambda stack, outputs: types.SimpleNamespace(outputs=None))
-    monkeypatch.setattr("trainer.launch.submit.pick_run", lambda o, run: "s3://b/runs/r")
+    monkeypatch.setattr("trainer.launch.last_run.pick_run", lambda o, run: "s3://b/runs/r")
     with pytest.raises(Exit) as err:
         cli.logs(Context(), outputs="o.json", node="first")
     assert err.value.code == 2 and "--node first: give a node rank" in str(err.value.message)

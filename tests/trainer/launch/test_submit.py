@@ -17,18 +17,10 @@ from artifacts.store import open_store
 from trainer.launch import LaunchError
 from trainer.launch.control import ControllerState, ControlPlane
 from trainer.launch.group import Group
+from trainer.launch.last_run import LastRun, load_last_run, pick_run, resolve_run_uri
 from trainer.launch.lifecycle import node_logs, run_status, stop_run, trend
 from trainer.launch.outputs import load_outputs
-from trainer.launch.submit import (
-    STOP_KEY,
-    Context,
-    LastRun,
-    follow,
-    load_last_run,
-    pick_run,
-    resolve_run_uri,
-    submit,
-)
+from trainer.launch.submit import STOP_KEY, Context, follow, submit
 
 from .fakes import FakeClock, outputs_dict
 

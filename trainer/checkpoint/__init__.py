@@ -1,6 +1,8 @@
 """Stage 1 checkpoints: committed in the background, manifest last; resumed at any world size.
 
-- :mod:`.committer`   the commit protocol: snapshot, every node's part, the head's manifest, retention.
+- :mod:`.committer`   the background committer: snapshot at submit, a queue and a thread, outages.
+- :mod:`.commit`      the commit protocol: this node's part, the head's manifest, retention.
+- :mod:`.staging`     the upload's hard-link snapshot of a checkpoint folder (the Trainer rotates).
 - :mod:`.upload_pool` the node's low-priority upload processes (one per local rank).
 - :mod:`.uploaders`   pure: which uploader takes which files, bytes per rank.
 - :mod:`.fetch`       each node fetches only its ranks' share (survivors re-use); at another world

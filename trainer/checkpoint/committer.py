@@ -1,85 +1,59 @@
 """Background commit of checkpoints to the run's store prefix (every node's shards, manifest last).
 
-Protocol for one checkpoint of global step S, destination ``<run>/checkpoints/step-S/``:
+For one checkpoint of global step S, destination ``<run>/checkpoints/step-S/``:
 
 1. every rank has written its part of ``checkpoint-S`` on its node's local disk (barrier);
 2. local rank 0 of each node calls :meth:`CheckpointCommitter.submit`: the folder is snapshotted
-   with hard links (instant; the Trainer may rotate the original away while it uploads) and
-   queued; training goes on;
-3. the node's background thread hands the files to its upload processes, one per local rank
-   (each rank's shards in their own process, :func:`trainer.checkpoint.uploaders.assign_uploads`, each
-   file hashed while it streams) and, once every one of them has finished, writes
-   ``_parts/node-<rank>.json`` listing all of them (:func:`artifacts.publish.write_part`); if
-   an uploader dies, no part record is written;
-4. the head (node 0) waits for every node's part record and only then writes ``MANIFEST.json``
-   (:func:`artifacts.publish.commit_parts`) — a checkpoint missing one node's shards is never
-   committed; then it keeps the newest ``keep_last`` and removes stale incomplete folders.
+   with hard links (:mod:`trainer.checkpoint.staging`) and queued; training goes on;
+3. the node's background thread runs the commit protocol (:mod:`trainer.checkpoint.commit`):
+   this node's part, and on the head the manifest once every node's part is in. The head also
+   removes stale incomplete folders.
 
-The bytes move in separate low-priority upload processes (:mod:`trainer.checkpoint.upload_pool`,
-which also says how many and how to keep them in-process). Checkpoints upload one at a time per
-node, in order. On a single node, a
-queued checkpoint whose upload has not started yet is skipped when a newer one is queued behind
-it (saves outpacing uploads).
+This module is the *when*: a queue and one background thread per node, so ``submit`` never waits
+on the network; store outages retried for a window while training goes on; a failure re-raised in
+the training thread. The bytes move in low-priority upload processes
+(:mod:`trainer.checkpoint.upload_pool`, which also says how many and how to keep them
+in-process). Checkpoints upload one at a time per node, in order. On a single node, a queued
+checkpoint whose upload has not started yet is skipped when a newer one is queued behind it
+(saves outpacing uploads).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-from artifacts.manifest import MANIFEST_NAME, PARTS_DIR
-from artifacts.publish import commit_parts, publish_part, write_part
 from artifacts.retention import Retention
-from artifacts.run import Run, now_iso, step_folder
-from artifacts.store import open_store
-from artifacts.store_api import join_key
+from artifacts.run import Run
+from trainer.checkpoint.commit import CommitProtocol
 from trainer.checkpoint.inflight import InFlight, folder_bytes
 from trainer.checkpoint.outage import StoreOutageError, retry_through_outage
+from trainer.checkpoint.staging import stage, unstage
 from trainer.checkpoint.upload_pool import (
     CheckpointCommitError,
     UploadPool,
     lower_thread_priority,
     upload_settings,
 )
-from trainer.checkpoint.uploaders import bytes_per_rank
 
 log = logging.getLogger(__name__)
 
-STAGING_DIR = ".commit-staging"
 #: An incomplete folder whose newest object is older than this is a dead upload, not a slow one.
 STALE_GRACE_SECONDS = 3600.0
 
 
-def snapshot(local_dir: Path, dest: Path) -> None:
-    """Hard-link copy of ``local_dir`` at ``dest`` (byte copy where links are not possible).
-
-    Why: the Trainer deletes old ``checkpoint-*`` folders (``save_total_limit``) while an upload
-    may still read them; links keep the bytes alive until the upload is done.
-    """
-    if dest.exists():
-        shutil.rmtree(dest)
-
-    def link_or_copy(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    shutil.copytree(local_dir, dest, copy_function=link_or_copy)
-
-
-class CheckpointCommitter:
+class CheckpointCommitter(CommitProtocol):
     """Uploads checkpoints in a background thread; node 0 writes the commit.
 
     ``submit`` never waits on the network; ``wait`` blocks until everything submitted is
     committed (on other nodes: uploaded) and re-raises a background failure. A failure is also
     raised by the next ``submit``: training must not go on for days with no usable checkpoint.
+    The protocol's :meth:`~CommitProtocol.commit` runs in the background thread only; what it
+    measured (``durations``, ``commits``, ``uploads``, ``throughput_bps``) is read from any.
     """
 
     def __init__(
@@ -100,34 +74,25 @@ class CheckpointCommitter:
             raise ValueError(f"node_rank {node_rank} is not in [0, num_nodes={num_nodes})")
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        super().__init__(
+            run.checkpoints_uri,
+            node_rank=node_rank,
+            num_nodes=num_nodes,
+            retention=Retention(run.checkpoints_uri, keep_last, stale_grace),
+            signing_key=signing_key,
+            part_timeout=part_timeout,
+        )
         self.run = run
-        self.checkpoints_uri = run.checkpoints_uri
-        self.node_rank = node_rank
-        self.num_nodes = num_nodes
         self.keep_last = keep_last
-        self.signing_key = signing_key
-        self.part_timeout = part_timeout
         self.stale_grace = stale_grace
         #: seconds a failing upload/commit keeps retrying (training goes on) before it fails
         self.outage_window = outage_window
-        self.is_head = node_rank == 0
         #: in separate upload processes (else in this thread), and how many on this node
         self.upload_process, self.uploaders = upload_settings(upload_process, uploaders)
         self._pool = UploadPool(self.uploaders, node_rank=node_rank)
         self._tid: int | None = None
-        #: step -> seconds from submit to commit (head) or to part uploaded (other nodes)
-        self.durations: dict[int, float] = {}
-        self.committed_steps: list[int] = []
-        #: step -> what the head committed: bytes per rank, submit -> commit seconds, when
-        self.commits: dict[int, dict[str, Any]] = {}
-        #: step -> {"bytes": this node's bytes, "upload_s": seconds its upload took}
-        self.uploads: dict[int, dict[str, Any]] = {}
-        #: bytes per second of this node's last upload; None until one finished
-        self.throughput_bps: float | None = None
         #: seconds the last local save took (set by the trainer; the notice decision uses it)
         self.last_save_s: float | None = None
-        #: keep_last, stale half-uploads, and half-deleted old checkpoints (retried)
-        self.retention = Retention(self.checkpoints_uri, keep_last, stale_grace)
         self._jobs: deque[Any] = deque()
         self._submitted: set[int] = set()
         self._inflight = InFlight()
@@ -158,9 +123,7 @@ class CheckpointCommitter:
         local_dir = Path(local_dir)
         staged: Path | None = None
         if local_dir.is_dir():
-            staged = local_dir.parent / STAGING_DIR / local_dir.name
-            staged.parent.mkdir(parents=True, exist_ok=True)
-            snapshot(local_dir, staged)
+            staged = stage(local_dir)
         else:
             log.info("checkpoint %d: nothing written on node %d; empty part", step, self.node_rank)
         self._inflight.add(step, folder_bytes(staged))
@@ -169,12 +132,6 @@ class CheckpointCommitter:
             self._pending += 1
             self._jobs.append(("commit", (staged, step, dict(metadata), time.monotonic())))
             self._cond.notify_all()
-
-    def _record_upload(self, step: int, entries: list[Any], seconds: float) -> None:
-        nbytes = sum(int(e.size) for e in entries)
-        self.uploads[step] = {"bytes": nbytes, "upload_s": round(seconds, 3)}
-        if nbytes and seconds > 0:
-            self.throughput_bps = nbytes / seconds
 
     def estimate(self) -> dict[str, Any]:
         """This node's numbers for the notice decision (:func:`trainer.spot.deadline.decide_upload`).
@@ -324,72 +281,23 @@ class CheckpointCommitter:
                         if self._error is None:
                             self._error = err
             finally:
-                if kind == "commit" and job[0] is not None:
-                    shutil.rmtree(job[0], ignore_errors=True)
+                if kind == "commit":
+                    unstage(job[0])
                 with self._cond:
                     if kind == "commit":
                         self._inflight.done(job[1])
                     self._pending -= 1
                     self._cond.notify_all()
 
-    def _publish_part(self, src: Path, dest: str, part: str, files: list[str] | None) -> list[Any]:
-        if not self.upload_process:
-            return publish_part(src, dest, part, files=files)
-        entries = self._pool.upload(src, dest, files)
-        write_part(dest, part, entries)
-        return entries
-
     def _commit(
         self, staged: Path | None, step: int, metadata: dict[str, Any], submitted: float
     ) -> None:
-        if self._inflight.abandoned(step):
-            return  # a notice's save took its place
-        dest = open_store(self.checkpoints_uri).child_uri(step_folder(step))
-        store = open_store(dest)
-        if store.exists(MANIFEST_NAME):
-            log.info("checkpoint %d is already committed at %s; not uploading it again", step, dest)
-            return
-        part = f"node-{self.node_rank}"
-        store.delete([join_key(PARTS_DIR, f"{part}.json")])  # a record left by an earlier attempt
-        files = None if staged is not None else []
-        upload_started = time.monotonic()
-        entries = self._publish_part(staged or Path("."), dest, part, files)
-        self._record_upload(step, entries, time.monotonic() - upload_started)
-        if not self.is_head:
-            self.durations[step] = time.monotonic() - submitted
-            log.info(
-                "checkpoint %d: node %d uploaded %d files in %.1fs",
-                step,
-                self.node_rank,
-                len(entries),
-                self.durations[step],
-            )
-            return
-        if self._inflight.abandoned(step):
-            log.info("checkpoint %d abandoned after its upload: not committed", step)
-            return
-        manifest = commit_parts(
-            dest,
-            [f"node-{i}" for i in range(self.num_nodes)],
-            metadata={"global_step": step, **metadata},
-            signing_key=self.signing_key,
-            timeout=self.part_timeout,
-        )
-        self.durations[step] = time.monotonic() - submitted
-        self.committed_steps.append(step)
-        self.commits[step] = {
-            "bytes_per_rank": bytes_per_rank(manifest.files),
-            "total_bytes": manifest.total_bytes,
-            "submit_to_commit_s": round(self.durations[step], 3),
-            "committed_at": time.time(),
-            "committed_at_iso": now_iso(),
-        }
-        log.info(
-            "checkpoint %d committed to %s (%d files, %.1f MB) %.1fs after the save",
+        """One queued checkpoint, in this thread (:meth:`CommitProtocol.commit`)."""
+        self.commit(
+            staged,
             step,
-            dest,
-            len(manifest.files),
-            manifest.total_bytes / 1e6,
-            self.durations[step],
+            metadata,
+            submitted,
+            pool=self._pool if self.upload_process else None,
+            abandoned=self._inflight.abandoned,
         )
-        self.retention.tidy()

@@ -4,8 +4,7 @@ One :class:`Watcher` takes a run from "submitted" to "nodes at 0":
 
 1. **capacity**: set the desired capacity to the run's node count and wait until that many are
    InService, or go on with fewer (down to ``min_nodes``) when that is cheaper than waiting
-   (:func:`~trainer.launch.recovery.wait_or_continue`, logged with its numbers); give up after
-   ``capacity_timeout_s``;
+   (:mod:`.sizing`, logged with its numbers); give up after ``capacity_timeout_s``;
 2. **launch**: ranks from the group's InService instances (:func:`~trainer.launch.group.launch_nodes`),
    one SSM command per instance;
 3. **follow**, every ``poll_s``:
@@ -19,8 +18,9 @@ One :class:`Watcher` takes a run from "submitted" to "nodes at 0":
      back to 1 (give up after the same failure twice without progress, ``max_failures`` in a
      row or ``max_restarts``);
    - running on fewer nodes than wanted and the group has them again → stop, relaunch at full
-     size (grow back);
-4. **end**: desired capacity 0 (AWS terminates every node), wait until none is left, cost report.
+     size (grow back, :mod:`.sizing`);
+4. **end**: desired capacity 0 (AWS terminates every node), wait until none is left, cost report
+   (:mod:`.ending`, which also holds the end conditions every poll checks).
 
 The ports (command runner, capacity, run view, clock: :mod:`.ports`) are protocols so tests drive
 every path with fakes or moto and a fake clock; the real ones are SSM (:mod:`.ssm`), the Auto
@@ -36,9 +36,9 @@ from typing import Any
 from artifacts.run import Status
 from trainer.launch.attempt import Attempt, record_ending, stop_commands
 from trainer.launch.cost import FleetCostReport, Price
-from trainer.launch.deadman import StallWatch, over_budget, preparing_bytes
+from trainer.launch.deadman import StallWatch, preparing_bytes
+from trainer.launch.ending import DONE_STATES, RunEnd, check_end, wind_down
 from trainer.launch.fleet import Fleet
-from trainer.launch.group import launch_nodes
 from trainer.launch.policy import Outcome, WatchPolicy, download_command, end_message
 from trainer.launch.ports import (
     LIVE_STATES,
@@ -48,17 +48,11 @@ from trainer.launch.ports import (
     CommandRunner,
     RunView,
 )
-from trainer.launch.ranks import RankAssignment, assign_ranks
-from trainer.launch.recovery import Recovery, RepeatGuard, record_failure, wait_or_continue
+from trainer.launch.ranks import RankAssignment
+from trainer.launch.recovery import Recovery, RepeatGuard
+from trainer.launch.sizing import Sizing
 
 log = logging.getLogger(__name__)
-
-class _End(Exception):
-    """Internal: the run is over (``state``), for ``reason``."""
-
-    def __init__(self, state: str, reason: str) -> None:
-        super().__init__(reason)
-        self.state, self.reason = state, reason
 
 
 class Watcher:
@@ -96,6 +90,10 @@ class Watcher:
         self.fleet = Fleet(capacity, clock)
         self._attempt: Attempt | None = None
         self.recovery = Recovery(RepeatGuard())
+        self.sizing = Sizing(
+            wanted=node_count, min_nodes=self.min_nodes, capacity=capacity, fleet=self.fleet,
+            clock=clock, policy=self.policy, recovery=self.recovery,
+        )  # fmt: skip
 
     # -- public ------------------------------------------------------------------------------
     def supervise(
@@ -124,7 +122,7 @@ class Watcher:
                     self._stop_strays()
             while True:
                 if not resumed:
-                    self._launch(self._wait_for_nodes())
+                    self._launch(self.sizing.wait(self._check_end, self._emit))
                 resumed = False
                 kind, detail = self._follow()
                 st = self._check_end()  # the trainer may write its status just before it exits
@@ -133,19 +131,21 @@ class Watcher:
                     kind, detail, st, self.clock.now(), self.policy
                 )
                 if repeated:
-                    raise _End("failed", repeated)
+                    raise RunEnd("failed", repeated)
                 failures = failures + 1 if kind == "failed" else 0
                 restarts += 1
                 log.warning("attempt %d ended: %s", self.attempts, detail)
                 if failures >= self.policy.max_failures:
-                    raise _End("failed", f"{failures} consecutive failed attempts (last: {detail})")
+                    raise RunEnd(
+                        "failed", f"{failures} consecutive failed attempts (last: {detail})"
+                    )
                 if restarts > self.policy.max_restarts:
-                    raise _End("failed", f"{restarts - 1} relaunches, the bound (last: {detail})")
+                    raise RunEnd("failed", f"{restarts - 1} relaunches, the bound (last: {detail})")
                 self._stop_survivors()
                 delay = self.policy.backoff(failures) if kind == "failed" else settle
                 if delay:
                     self._pause(delay, "relaunching", {"why": detail})
-        except _End as end:
+        except RunEnd as end:
             return self._end(end.state, end.reason)
 
     # -- steps -------------------------------------------------------------------------------
@@ -161,54 +161,11 @@ class Watcher:
             self.clock.sleep(min(self.policy.poll_s, left))
 
     def _check_end(self) -> Status | None:
-        """Raise :class:`_End` when the run is done, stopped or over a cap; else the status."""
-        status = self.run.read_status()
-        if status is not None and status.done:
-            raise _End(str(status.state), f"run {status.state} at step {status.global_step}")
-        if self.run.stop_requested():
-            raise _End("stopped", "stopped on request (`invoke stop`)")
-        now = self.clock.now()
-        cost = self.cost_report().dollars if self.policy.max_dollars is not None else None
-        cap = over_budget(
-            now,
-            started_at=self.started,
-            dollars=cost,
-            max_hours=self.policy.max_hours,
-            max_dollars=self.policy.max_dollars,
-        )
-        if cap.act:
-            raise _End("failed", cap.reason)
-        return status
-
-    def _wait_for_nodes(self) -> list[RankAssignment]:
-        start = self.clock.now()
-        while True:
-            self._check_end()
-            members = self.fleet.observe()
-            nodes = launch_nodes(members, self.wanted)
-            waited = self.clock.now() - start
-            if len(nodes) >= self.wanted:
-                return assign_ranks(nodes)
-            if len(nodes) >= self.min_nodes:
-                go, why = wait_or_continue(
-                    have=len(nodes), wanted=self.wanted, waited_s=waited,
-                    replacing=self.recovery.replacing(members, waited, self.policy),
-                    policy=self.policy, resume_s=self.recovery.resume_s or self.policy.resume_s,
-                )  # fmt: skip
-                if go:
-                    log.warning("%s", why)
-                    self._emit("continuing-with-fewer", {"why": why})
-                    return assign_ranks(nodes)
-            if waited >= self.policy.capacity_timeout_s:
-                raise _End(
-                    "failed",
-                    f"only {len(nodes)} of {self.wanted} node(s) (at least {self.min_nodes} "
-                    f"needed) after {waited / 3600:.1f} h waiting for capacity",
-                )
-            if self.capacity.desired() < self.wanted:
-                self.capacity.set_desired(self.wanted)  # idle nodes may have left meanwhile
-            self._emit("waiting-capacity", {"in_service": len(nodes), "wanted": self.wanted})
-            self.clock.sleep(self.policy.poll_s)
+        """Raise :class:`RunEnd` when the run is done, stopped or over a cap; else the status."""
+        return check_end(
+            self.run, clock=self.clock, started=self.started, cost=self.cost_report,
+            policy=self.policy,
+        )  # fmt: skip
 
     def _launch(self, assignments: list[RankAssignment]) -> None:
         scripts = self.scripts_for(assignments)
@@ -243,7 +200,7 @@ class Watcher:
                 data_bytes=preparing_bytes(status),
             )
             if stall.act:
-                raise _End("failed", stall.reason)
+                raise RunEnd("failed", stall.reason)
             if (took := self.recovery.progress(status, self.clock.now())) is not None:
                 log.info("attempt %d: training again %.0f s after the launch", self.attempts, took)
             try:
@@ -255,7 +212,7 @@ class Watcher:
                 errors += 1
                 log.warning("poll %d/%d failed: %s", errors, self.policy.max_poll_errors, err)
                 if errors >= self.policy.max_poll_errors:
-                    raise _End("failed", f"{errors} polls in a row failed (last: {err})") from err
+                    raise RunEnd("failed", f"{errors} polls in a row failed (last: {err})") from err
                 ended = None
             if ended is not None:
                 return ended
@@ -275,13 +232,7 @@ class Watcher:
                 "failed",
                 f"every node exited 0 but the run's status says {st.state if st else 'missing'}",
             )
-        if len(attempt.commands) < self.wanted:
-            usable = launch_nodes(list(members.values()), self.wanted)
-            if len(usable) >= self.wanted:
-                return "grow", f"{len(usable)} nodes InService again: relaunch on all {self.wanted}"
-            if self.capacity.desired() < self.wanted:
-                self.capacity.set_desired(self.wanted)  # an idle node left meanwhile: ask again
-        return None
+        return self.sizing.grow_back(list(members.values()), len(attempt.commands))
 
     def _running_commands(self) -> dict[int, tuple[str, str]]:
         attempt = self._attempt
@@ -332,21 +283,11 @@ class Watcher:
         )
 
     def _end(self, state: str, reason: str) -> Outcome:
-        done = state in ("converged", "finished")
-        if not done:
-            try:
-                self._stop_survivors()  # commit a checkpoint before the nodes go
-            except Exception as err:  # noqa: BLE001 - scaling to 0 below must happen regardless
-                log.warning("could not stop the trainers gracefully: %s", err)
-        if state == "failed":  # after the survivors' own last word
-            record_failure(self.run, reason)
-        self._emit("scaling-to-zero", {"why": reason})
-        left = self.fleet.drain(
-            retries=self.policy.max_poll_errors,
-            poll_s=self.policy.poll_s,
-            timeout_s=self.policy.drain_timeout_s,
-            on_wait=lambda left: self._emit("scaling-to-zero", {"left": left}),
-        )
+        left = wind_down(
+            state, reason, run=self.run, fleet=self.fleet, policy=self.policy,
+            stop_survivors=self._stop_survivors, emit=self._emit,
+        )  # fmt: skip
+        done = state in DONE_STATES
         return Outcome(
             state=state,
             message=end_message(state, reason, self.run_uri),

@@ -89,19 +89,19 @@ class SlowStore:
     """Wraps publish_part so an upload blocks until the test releases it."""
 
     def __init__(self, monkeypatch):
-        import trainer.checkpoint.committer as committer
+        import trainer.checkpoint.commit as commit_mod  # where publish_part is looked up
 
         monkeypatch.setenv("TWOSTAGE_UPLOAD_PROCESS", "0")  # the patch below is in-process
         self.release = threading.Event()
         self.started = threading.Event()
-        real = committer.publish_part
+        real = commit_mod.publish_part
 
         def slow(*a, **kw):
             self.started.set()
             assert self.release.wait(30)
             return real(*a, **kw)
 
-        monkeypatch.setattr(committer, "publish_part", slow)
+        monkeypatch.setattr(commit_mod, "publish_part", slow)
 
 
 def test_submit_does_not_wait_for_the_upload(tmp_path, monkeypatch):
@@ -297,11 +297,11 @@ def test_single_node_skips_a_queued_checkpoint_superseded_by_a_newer_one(tmp_pat
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread niceness is Linux-only")
 def test_in_process_uploads_run_at_low_cpu_priority(tmp_path, monkeypatch):
     """Training ranks must win the CPU over a background upload (step time while uploading)."""
-    import trainer.checkpoint.committer as committer
+    import trainer.checkpoint.commit as commit_mod  # where publish_part is looked up
 
     seen = []
     uploaded = threading.Event()
-    real = committer.publish_part
+    real = commit_mod.publish_part
 
     def spy(*a, **kw):
         seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
@@ -310,7 +310,7 @@ def test_in_process_uploads_run_at_low_cpu_priority(tmp_path, monkeypatch):
         finally:
             uploaded.set()
 
-    monkeypatch.setattr(committer, "publish_part", spy)
+    monkeypatch.setattr(commit_mod, "publish_part", spy)
     monkeypatch.setenv("TWOSTAGE_UPLOAD_PROCESS", "0")
     main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     c = CheckpointCommitter(Run(str(tmp_path / "run")), node_rank=0, num_nodes=1, keep_last=1)

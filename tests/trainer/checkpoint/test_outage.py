@@ -83,9 +83,9 @@ def checkpoint(tmp_path: Path, step: int) -> Path:
 def test_a_failing_upload_keeps_retrying_while_submits_return_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trainer.checkpoint.committer as committer_mod
+    import trainer.checkpoint.commit as commit_mod  # where publish_part is looked up
 
-    real = committer_mod.publish_part
+    real = commit_mod.publish_part
     down_until = time.monotonic() + 2.5  # longer than one backoff round
 
     def publish_part(*a, **k):
@@ -93,7 +93,7 @@ def test_a_failing_upload_keeps_retrying_while_submits_return_at_once(
             raise ArtifactError("s3://b/k: upload failed: connection reset")
         return real(*a, **k)
 
-    monkeypatch.setattr(committer_mod, "publish_part", publish_part)
+    monkeypatch.setattr(commit_mod, "publish_part", publish_part)
     run = Run(str(tmp_path / "run"))
     c = CheckpointCommitter(
         run, node_rank=0, num_nodes=1, keep_last=3, upload_process=False, outage_window=60
@@ -110,12 +110,12 @@ def test_a_failing_upload_keeps_retrying_while_submits_return_at_once(
 def test_past_the_window_the_committer_raises_store_outage(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trainer.checkpoint.committer as committer_mod
+    import trainer.checkpoint.commit as commit_mod  # where publish_part is looked up
 
     def publish_part(*a, **k):
         raise ArtifactError("s3://b/k: cannot reach the S3 endpoint")
 
-    monkeypatch.setattr(committer_mod, "publish_part", publish_part)
+    monkeypatch.setattr(commit_mod, "publish_part", publish_part)
     c = CheckpointCommitter(
         Run(str(tmp_path / "run")),
         node_rank=0,

@@ -18,7 +18,7 @@ inside the functions that use them. Modules, one concern each:
 - :mod:`.attempt`    one launch attempt: its commands, their verdict, stopping them.
 - :mod:`.fleet`      the group's members seen over a run: cost spans, scale to 0 and drain.
 - :mod:`.sizing`     how many nodes an attempt runs on: wait, go on with fewer, grow back.
-- :mod:`.ending`     how a run ends: the conditions every poll checks, then stop, record, scale to 0.
+- :mod:`.run_end`    how a run ends: the conditions every poll checks, then stop, record, scale to 0.
 - :mod:`.watch`      the supervision state machine over injected ports.
 - :mod:`.control`    the control objects in the bucket (request, heartbeat, controller state).
 - :mod:`.controller` the service on the controller instance (``python -m``).

@@ -14,13 +14,13 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from trainer.launch.ending import RunEnd
 from trainer.launch.fleet import Fleet
 from trainer.launch.group import launch_nodes
 from trainer.launch.policy import WatchPolicy
 from trainer.launch.ports import Capacity, Clock, Member
 from trainer.launch.ranks import RankAssignment, assign_ranks
 from trainer.launch.recovery import Recovery, wait_or_continue
+from trainer.launch.run_end import RunEnd
 
 log = logging.getLogger("trainer.launch.watch")  # the watcher's log lines, as before
 
@@ -47,7 +47,7 @@ class Sizing:
         self, check_end: Callable[[], Any], emit: Callable[[str, dict[str, Any]], None]
     ) -> list[RankAssignment]:
         """The ranks of the next attempt, once enough nodes are InService (``check_end`` each
-        poll); raises :class:`~trainer.launch.ending.RunEnd` after ``capacity_timeout_s``."""
+        poll); raises :class:`~trainer.launch.run_end.RunEnd` after ``capacity_timeout_s``."""
         start = self.clock.now()
         while True:
             check_end()

@@ -20,7 +20,7 @@ One :class:`Watcher` takes a run from "submitted" to "nodes at 0":
    - running on fewer nodes than wanted and the group has them again → stop, relaunch at full
      size (grow back, :mod:`.sizing`);
 4. **end**: desired capacity 0 (AWS terminates every node), wait until none is left, cost report
-   (:mod:`.ending`, which also holds the end conditions every poll checks).
+   (:mod:`.run_end`, which also holds the end conditions every poll checks).
 
 The ports (command runner, capacity, run view, clock: :mod:`.ports`) are protocols so tests drive
 every path with fakes or moto and a fake clock; the real ones are SSM (:mod:`.ssm`), the Auto
@@ -37,7 +37,6 @@ from artifacts.run import Status
 from trainer.launch.attempt import Attempt, record_ending, stop_commands
 from trainer.launch.cost import FleetCostReport, Price
 from trainer.launch.deadman import StallWatch, preparing_bytes
-from trainer.launch.ending import DONE_STATES, RunEnd, check_end, wind_down
 from trainer.launch.fleet import Fleet
 from trainer.launch.policy import Outcome, WatchPolicy, download_command, end_message
 from trainer.launch.ports import (
@@ -50,6 +49,7 @@ from trainer.launch.ports import (
 )
 from trainer.launch.ranks import RankAssignment
 from trainer.launch.recovery import Recovery, RepeatGuard
+from trainer.launch.run_end import DONE_STATES, RunEnd, check_end, wind_down
 from trainer.launch.sizing import Sizing
 
 log = logging.getLogger(__name__)

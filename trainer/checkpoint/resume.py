@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +153,6 @@ def drop_saves_after(output_dir: Path, step: int) -> list[str]:
     resumed run has just written, before that save can be committed. Run by local rank 0 after
     the resume step is agreed and before the first save.
     """
-    import shutil
-
     saves = {}
     for folder in Path(output_dir).glob("checkpoint-*"):
         suffix = folder.name.removeprefix("checkpoint-")
